@@ -1,0 +1,145 @@
+package btree
+
+import (
+	"github.com/scrubd/scrubd/engine/format"
+)
+
+type frame struct {
+	n format.Node
+	i int
+}
+
+// Ascend calls fn for every item with key >= from in increasing key order,
+// until fn returns false. The value slice is valid only during fn, and fn
+// must not modify the tree.
+func (t *Tree) Ascend(from format.Key, fn func(k format.Key, v []byte) bool) error {
+	var stack [format.MaxLevel + 1]frame
+	d := 0
+	p, level := t.Root, t.Level
+	for {
+		n, err := t.Store.Read(t.ID, p, level)
+		if err != nil {
+			return err
+		}
+		if n.IsLeaf() {
+			i, _ := n.Search(from)
+			stack[d] = frame{n, i}
+			break
+		}
+		slot := n.ChildSlot(from)
+		stack[d] = frame{n, slot}
+		b, g := n.Child(slot)
+		p, level, d = Ptr{b, g}, level-1, d+1
+	}
+	for {
+		f := &stack[d]
+		if f.n.IsLeaf() {
+			for ; f.i < f.n.NrItems(); f.i++ {
+				if !fn(f.n.Key(f.i), f.n.Value(f.i)) {
+					return nil
+				}
+			}
+		}
+		// Climb to the first ancestor with a next child, then go down its
+		// leftmost path.
+		for {
+			if d == 0 {
+				return nil
+			}
+			d--
+			stack[d].i++
+			if stack[d].i < stack[d].n.NrItems() {
+				break
+			}
+		}
+		for !stack[d].n.IsLeaf() {
+			b, g := stack[d].n.Child(stack[d].i)
+			n, err := t.Store.Read(t.ID, Ptr{b, g}, stack[d].n.Level()-1)
+			if err != nil {
+				return err
+			}
+			d++
+			stack[d] = frame{n, 0}
+		}
+	}
+}
+
+// Descend calls fn for every item with key <= from in decreasing key order,
+// until fn returns false. The same rules as for Ascend apply.
+func (t *Tree) Descend(from format.Key, fn func(k format.Key, v []byte) bool) error {
+	var stack [format.MaxLevel + 1]frame
+	d := 0
+	p, level := t.Root, t.Level
+	for {
+		n, err := t.Store.Read(t.ID, p, level)
+		if err != nil {
+			return err
+		}
+		if n.IsLeaf() {
+			i, eq := n.Search(from)
+			if !eq {
+				i--
+			}
+			stack[d] = frame{n, i}
+			break
+		}
+		slot := n.ChildSlot(from)
+		stack[d] = frame{n, slot}
+		b, g := n.Child(slot)
+		p, level, d = Ptr{b, g}, level-1, d+1
+	}
+	for {
+		f := &stack[d]
+		if f.n.IsLeaf() {
+			for ; f.i >= 0; f.i-- {
+				if !fn(f.n.Key(f.i), f.n.Value(f.i)) {
+					return nil
+				}
+			}
+		}
+		for {
+			if d == 0 {
+				return nil
+			}
+			d--
+			stack[d].i--
+			if stack[d].i >= 0 {
+				break
+			}
+		}
+		for !stack[d].n.IsLeaf() {
+			b, g := stack[d].n.Child(stack[d].i)
+			n, err := t.Store.Read(t.ID, Ptr{b, g}, stack[d].n.Level()-1)
+			if err != nil {
+				return err
+			}
+			d++
+			last := n.NrItems() - 1
+			stack[d] = frame{n, last}
+		}
+	}
+}
+
+// First returns the smallest item with key >= from, copied.
+func (t *Tree) First(from format.Key) (format.Key, []byte, bool, error) {
+	var k format.Key
+	var v []byte
+	found := false
+	err := t.Ascend(from, func(kk format.Key, vv []byte) bool {
+		k, v, found = kk, append([]byte(nil), vv...), true
+		return false
+	})
+	return k, v, found, err
+}
+
+// Last returns the largest item with key <= from, copied.
+func (t *Tree) Last(from format.Key) (format.Key, []byte, bool, error) {
+	var k format.Key
+	var v []byte
+	found := false
+	err := t.Descend(from, func(kk format.Key, vv []byte) bool {
+		k, v, found = kk, append([]byte(nil), vv...), true
+		return false
+	})
+	return k, v, found, err
+}

@@ -1,0 +1,287 @@
+package format
+
+import (
+	"bytes"
+	"fmt"
+	"time"
+)
+
+// Superblock layout (one block; copies at SuperBlocks):
+//
+//	off  size  field
+//	  0     8  magic "SCRUBDSB"
+//	  8     4  crc32c of the block with this field zero
+//	 12     2  major version       14  2  minor version
+//	 16    16  filesystem UUID
+//	 32     8  block number of this copy
+//	 40     8  generation
+//	 48     4  block size          52  4  flags (reserved)
+//	 56     8  total blocks
+//	 64     8  free blocks
+//	 72     8  root tree: root block   80  8  its generation
+//	 88     1  root tree level     89  7  reserved
+//	 96     8  compat features    104  8  ro-compat features   112  8  incompat features
+//	120     8  recovery_passes_required (bit n = pass n)
+//	128    32  errors_silent (bit n = error id n is not counted loudly)
+//	160     8  log tree root block  168  8  its generation  176  1  its level
+//	184     8  next object id (inode numbers are never reused)
+//	192    64  label (NUL padded)
+//	256     4  number of device entries (<= MaxDevices)
+//	264   128  device entries: {device id, read errors, write errors, checksum errors} u64 each
+//	400     2  number of error entries (<= MaxErrorEntries)
+//	408  1536  error entries: {error id u32, reserved u32, count u64, last seen unix ns i64}
+//
+// All integers little-endian. Everything after the used fields is zero.
+const (
+	MaxDevices      = 4
+	MaxErrorEntries = 64
+	MinBlocks       = 1024 // 4 MiB
+	LabelSize       = 64
+)
+
+var superMagic = [8]byte{'S', 'C', 'R', 'U', 'B', 'D', 'S', 'B'}
+
+// SuperBlocks returns where superblock copies live on an image of total
+// blocks: the primary first, then backups that fit.
+func SuperBlocks(total uint64) []BlockNr {
+	out := []BlockNr{0}
+	for _, b := range []BlockNr{16, 256} {
+		if uint64(b) < total {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// Feature bits. Unknown incompat bits refuse the mount; unknown ro-compat
+// bits allow only a read-only mount; unknown compat bits are ignored.
+const (
+	IncompatSupported uint64 = 0
+	RoCompatSupported uint64 = 0
+)
+
+// RootPtr locates a tree's root block.
+type RootPtr struct {
+	Block BlockNr
+	Gen   Gen
+	Level uint8
+}
+
+// DeviceStats are per-device IO error counters.
+type DeviceStats struct {
+	ID          uint64
+	ReadErrors  uint64
+	WriteErrors uint64
+	CsumErrors  uint64
+}
+
+// ErrorEntry counts one kind of error seen on the filesystem.
+type ErrorEntry struct {
+	ID    uint32
+	Count uint64
+	Last  int64 // unix nanoseconds
+}
+
+// Super is the decoded superblock.
+type Super struct {
+	Major, Minor   uint16
+	FSID           FSID
+	Block          BlockNr // where this copy lives
+	Gen            Gen
+	BlockSize      uint32
+	Flags          uint32
+	TotalBlocks    uint64
+	FreeBlocks     uint64
+	Root           RootPtr
+	Compat         uint64
+	RoCompat       uint64
+	Incompat       uint64
+	RecoveryPasses uint64
+	ErrorsSilent   [4]uint64
+	Log            RootPtr
+	NextObjectID   uint64
+	Label          string
+	Devices        []DeviceStats
+	Errors         []ErrorEntry
+}
+
+// Encode writes s into b (one block) and seals it with its checksum.
+func (s *Super) Encode(b []byte) {
+	b = b[:BlockSize]
+	clear(b)
+	copy(b[0:8], superMagic[:])
+	le.PutUint16(b[12:], s.Major)
+	le.PutUint16(b[14:], s.Minor)
+	copy(b[16:32], s.FSID[:])
+	le.PutUint64(b[32:], uint64(s.Block))
+	le.PutUint64(b[40:], uint64(s.Gen))
+	le.PutUint32(b[48:], s.BlockSize)
+	le.PutUint32(b[52:], s.Flags)
+	le.PutUint64(b[56:], s.TotalBlocks)
+	le.PutUint64(b[64:], s.FreeBlocks)
+	putRootPtr(b[72:], s.Root)
+	le.PutUint64(b[96:], s.Compat)
+	le.PutUint64(b[104:], s.RoCompat)
+	le.PutUint64(b[112:], s.Incompat)
+	le.PutUint64(b[120:], s.RecoveryPasses)
+	for i, w := range s.ErrorsSilent {
+		le.PutUint64(b[128+8*i:], w)
+	}
+	putRootPtr(b[160:], s.Log)
+	le.PutUint64(b[184:], s.NextObjectID)
+	copy(b[192:192+LabelSize], s.Label)
+	nd := min(len(s.Devices), MaxDevices)
+	le.PutUint32(b[256:], uint32(nd))
+	for i, d := range s.Devices[:nd] {
+		o := 264 + 32*i
+		le.PutUint64(b[o:], d.ID)
+		le.PutUint64(b[o+8:], d.ReadErrors)
+		le.PutUint64(b[o+16:], d.WriteErrors)
+		le.PutUint64(b[o+24:], d.CsumErrors)
+	}
+	ne := min(len(s.Errors), MaxErrorEntries)
+	le.PutUint16(b[400:], uint16(ne))
+	for i, e := range s.Errors[:ne] {
+		o := 408 + 24*i
+		le.PutUint32(b[o:], e.ID)
+		le.PutUint64(b[o+8:], e.Count)
+		le.PutUint64(b[o+16:], uint64(e.Last))
+	}
+	le.PutUint32(b[8:], blockChecksum(b, 8))
+}
+
+func putRootPtr(b []byte, r RootPtr) {
+	le.PutUint64(b[0:], uint64(r.Block))
+	le.PutUint64(b[8:], uint64(r.Gen))
+	b[16] = r.Level
+}
+
+func getRootPtr(b []byte) RootPtr {
+	return RootPtr{Block: BlockNr(le.Uint64(b[0:])), Gen: Gen(le.Uint64(b[8:])), Level: b[16]}
+}
+
+// DecodeSuper decodes and validates the superblock copy read from block at.
+// Every field that later code uses as a length, count or location is bounded
+// here. It does not judge features; see CheckFeatures.
+func DecodeSuper(b []byte, at BlockNr) (*Super, error) {
+	bad := func(format string, args ...any) error {
+		return corrupt(KindBadSuper, OwnerSuper, at, format, args...)
+	}
+	if len(b) != BlockSize {
+		return nil, bad("superblock is %d bytes", len(b))
+	}
+	if !bytes.Equal(b[0:8], superMagic[:]) {
+		return nil, corrupt(KindBadMagic, OwnerSuper, at, "magic %q", b[0:8])
+	}
+	if got, want := le.Uint32(b[8:]), blockChecksum(b, 8); got != want {
+		return nil, corrupt(KindBadChecksum, OwnerSuper, at, "stored crc32c %#08x, computed %#08x", got, want)
+	}
+	s := &Super{
+		Major:          le.Uint16(b[12:]),
+		Minor:          le.Uint16(b[14:]),
+		Block:          BlockNr(le.Uint64(b[32:])),
+		Gen:            Gen(le.Uint64(b[40:])),
+		BlockSize:      le.Uint32(b[48:]),
+		Flags:          le.Uint32(b[52:]),
+		TotalBlocks:    le.Uint64(b[56:]),
+		FreeBlocks:     le.Uint64(b[64:]),
+		Root:           getRootPtr(b[72:]),
+		Compat:         le.Uint64(b[96:]),
+		RoCompat:       le.Uint64(b[104:]),
+		Incompat:       le.Uint64(b[112:]),
+		RecoveryPasses: le.Uint64(b[120:]),
+		Log:            getRootPtr(b[160:]),
+		NextObjectID:   le.Uint64(b[184:]),
+	}
+	copy(s.FSID[:], b[16:32])
+	for i := range s.ErrorsSilent {
+		s.ErrorsSilent[i] = le.Uint64(b[128+8*i:])
+	}
+	s.Label = string(bytes.TrimRight(b[192:192+LabelSize], "\x00"))
+	if s.Major != VersionMajor {
+		return nil, corrupt(KindUnsupported, OwnerSuper, at, "format version %d.%d, this build reads %d.x", s.Major, s.Minor, VersionMajor)
+	}
+	if s.Block != at {
+		return nil, corrupt(KindMisdirected, OwnerSuper, at, "superblock says it lives at block %d", s.Block)
+	}
+	if s.BlockSize != BlockSize {
+		return nil, bad("block size %d, want %d", s.BlockSize, BlockSize)
+	}
+	if s.TotalBlocks < MinBlocks || s.TotalBlocks > 1<<48 {
+		return nil, bad("total blocks %d out of range", s.TotalBlocks)
+	}
+	if s.FreeBlocks > s.TotalBlocks {
+		return nil, bad("free blocks %d exceed total %d", s.FreeBlocks, s.TotalBlocks)
+	}
+	if s.Gen == 0 {
+		return nil, bad("generation 0")
+	}
+	for _, r := range []struct {
+		name string
+		p    RootPtr
+	}{{"root tree", s.Root}, {"log tree", s.Log}} {
+		if r.name == "log tree" && r.p.Block == 0 {
+			continue
+		}
+		if uint64(r.p.Block) >= s.TotalBlocks || r.p.Block == 0 || r.p.Level > MaxLevel || r.p.Gen > s.Gen {
+			return nil, bad("%s pointer block %d gen %d level %d out of range", r.name, r.p.Block, r.p.Gen, r.p.Level)
+		}
+	}
+	nd := le.Uint32(b[256:])
+	if nd > MaxDevices {
+		return nil, bad("%d device entries exceed %d", nd, MaxDevices)
+	}
+	for i := 0; i < int(nd); i++ {
+		o := 264 + 32*i
+		s.Devices = append(s.Devices, DeviceStats{
+			ID: le.Uint64(b[o:]), ReadErrors: le.Uint64(b[o+8:]),
+			WriteErrors: le.Uint64(b[o+16:]), CsumErrors: le.Uint64(b[o+24:]),
+		})
+	}
+	ne := le.Uint16(b[400:])
+	if ne > MaxErrorEntries {
+		return nil, bad("%d error entries exceed %d", ne, MaxErrorEntries)
+	}
+	for i := 0; i < int(ne); i++ {
+		o := 408 + 24*i
+		s.Errors = append(s.Errors, ErrorEntry{
+			ID: le.Uint32(b[o:]), Count: le.Uint64(b[o+8:]), Last: int64(le.Uint64(b[o+16:])),
+		})
+	}
+	return s, nil
+}
+
+// CheckFeatures refuses a superblock whose feature bits this build cannot
+// honour: unknown incompat bits always, unknown ro-compat bits for writing.
+func (s *Super) CheckFeatures(readOnly bool) error {
+	if u := s.Incompat &^ IncompatSupported; u != 0 {
+		return corrupt(KindUnsupported, OwnerSuper, s.Block, "unknown incompat features %#x: refusing to mount", u)
+	}
+	if u := s.RoCompat &^ RoCompatSupported; u != 0 && !readOnly {
+		return corrupt(KindUnsupported, OwnerSuper, s.Block, "unknown ro-compat features %#x: mount read-only", u)
+	}
+	return nil
+}
+
+// CountError bumps the counter for error id at time now.
+func (s *Super) CountError(id uint32, n uint64, now time.Time) {
+	for i := range s.Errors {
+		if s.Errors[i].ID == id {
+			s.Errors[i].Count += n
+			s.Errors[i].Last = now.UnixNano()
+			return
+		}
+	}
+	if len(s.Errors) < MaxErrorEntries {
+		s.Errors = append(s.Errors, ErrorEntry{ID: id, Count: n, Last: now.UnixNano()})
+	}
+}
+
+// Silent reports whether error id is in errors_silent.
+func (s *Super) Silent(id uint32) bool {
+	return id < 256 && s.ErrorsSilent[id/64]&(1<<(id%64)) != 0
+}
+
+func (s *Super) String() string {
+	return fmt.Sprintf("superblock %d gen %d fs %s", s.Block, s.Gen, s.FSID)
+}

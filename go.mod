@@ -1,0 +1,13 @@
+module github.com/scrubd/scrubd
+
+go 1.26.8
+
+require (
+	github.com/edsrzf/mmap-go v1.2.0 // indirect
+	github.com/hanwen/go-fuse/v2 v2.12.1 // indirect
+	github.com/inconshreveable/mousetrap v1.1.0 // indirect
+	github.com/spf13/cobra v1.10.2 // indirect
+	github.com/spf13/pflag v1.0.9 // indirect
+	github.com/tidwall/btree v1.8.2 // indirect
+	golang.org/x/sys v0.49.0 // indirect
+)
