@@ -44,7 +44,7 @@ func (t *Tree) Check(v CheckVisitor) error {
 		return err
 	}
 	if c.complete && c.items != t.Items {
-		c.problem(t.Root.Block, format.KindBadItem, "root records %d items, tree holds %d", t.Items, c.items)
+		c.problem(t.Root.Block, format.KindItemCount, "root records %d items, tree holds %d", t.Items, c.items)
 	}
 	return nil
 }

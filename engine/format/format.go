@@ -114,17 +114,18 @@ type Kind string
 const (
 	KindBadMagic    Kind = "bad_magic"
 	KindBadChecksum Kind = "bad_checksum"
-	KindWrongFS     Kind = "wrong_fs"     // block belongs to another filesystem
-	KindMisdirected Kind = "misdirected"  // header names another block number
-	KindWrongOwner  Kind = "wrong_owner"  // header names another tree
-	KindStale       Kind = "stale"        // generation differs from the parent pointer's
-	KindBadLevel    Kind = "bad_level"    // level differs from what the parent implies
-	KindBadLayout   Kind = "bad_layout"   // item count, offsets or lengths out of bounds
-	KindKeyOrder    Kind = "key_order"    // keys not strictly increasing or outside parent range
-	KindBadItem     Kind = "bad_item"     // an item's value does not decode
-	KindBadSuper    Kind = "bad_super"    // superblock fields out of range
-	KindUnsupported Kind = "unsupported"  // a feature or version this code cannot handle
-	KindShortRead   Kind = "short_read"   // block lies beyond the end of the device
+	KindWrongFS     Kind = "wrong_fs"    // block belongs to another filesystem
+	KindMisdirected Kind = "misdirected" // header names another block number
+	KindWrongOwner  Kind = "wrong_owner" // header names another tree
+	KindStale       Kind = "stale"       // generation differs from the parent pointer's
+	KindBadLevel    Kind = "bad_level"   // level differs from what the parent implies
+	KindBadLayout   Kind = "bad_layout"  // item count, offsets or lengths out of bounds
+	KindKeyOrder    Kind = "key_order"   // keys not strictly increasing or outside parent range
+	KindBadItem     Kind = "bad_item"    // an item's value does not decode
+	KindBadSuper    Kind = "bad_super"   // superblock fields out of range
+	KindUnsupported Kind = "unsupported" // a feature or version this code cannot handle
+	KindShortRead   Kind = "short_read"  // block lies beyond the end of the device
+	KindItemCount   Kind = "item_count"  // root item count differs from the tree
 )
 
 // CorruptError describes corrupt on-disk data. It wraps ErrCorrupt.

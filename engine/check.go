@@ -1,0 +1,409 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	eb "github.com/scrubd/scrubd/engine/btree"
+	"github.com/scrubd/scrubd/engine/format"
+)
+
+// The self-check walks every tree of a pinned generation and verifies, per
+// block, checksum, header (magic, filesystem, own number, owner, level,
+// generation against the parent pointer) and layout; per tree, key order
+// and parent/child key ranges and the item count; and across trees, that
+// the free-space, alloc and rmap trees describe exactly the blocks the trees
+// use: every block is either free or allocated, never both; every
+// allocated extent has one rmap record per reference; every tree block has
+// an alloc record and an rmap record naming its tree; and no alloc record
+// is left that nothing uses. It never stops at the first problem; each
+// finding names the tree, the block and what is wrong.
+
+// ErrorID is a stable finding id: it is recorded in the superblock's error
+// counters and in reports, and never renumbered.
+type ErrorID uint32
+
+const (
+	ErrSuperCopyBad    ErrorID = 1
+	ErrSuperCopyStale  ErrorID = 2
+	ErrSuperFreeCount  ErrorID = 3
+	ErrNodeBadMagic    ErrorID = 10
+	ErrNodeBadChecksum ErrorID = 11
+	ErrNodeWrongFS     ErrorID = 12
+	ErrNodeMisdirected ErrorID = 13
+	ErrNodeWrongOwner  ErrorID = 14
+	ErrNodeStale       ErrorID = 15
+	ErrNodeBadLevel    ErrorID = 16
+	ErrNodeBadLayout   ErrorID = 17
+	ErrNodeKeyOrder    ErrorID = 18
+	ErrNodeUnreadable  ErrorID = 19
+	ErrItemBad         ErrorID = 20
+	ErrTreeItemCount   ErrorID = 21
+	ErrTreeMissing     ErrorID = 22
+	ErrAllocMissing    ErrorID = 30
+	ErrAllocLeaked     ErrorID = 31
+	ErrAllocRefcount   ErrorID = 32
+	ErrAllocOverlap    ErrorID = 33
+	ErrAllocKind       ErrorID = 34
+	ErrRmapMissing     ErrorID = 40
+	ErrRmapOrphan      ErrorID = 41
+	ErrRmapLength      ErrorID = 42
+	ErrFreeOverlap     ErrorID = 50
+	ErrSpaceLost       ErrorID = 51
+	ErrFreeNotMerged   ErrorID = 52
+	ErrBlockCrossLink  ErrorID = 53
+)
+
+var errorNames = map[ErrorID]string{
+	ErrSuperCopyBad: "super_copy_bad", ErrSuperCopyStale: "super_copy_stale", ErrSuperFreeCount: "super_free_count",
+	ErrNodeBadMagic: "node_bad_magic", ErrNodeBadChecksum: "node_bad_checksum", ErrNodeWrongFS: "node_wrong_fs",
+	ErrNodeMisdirected: "node_misdirected", ErrNodeWrongOwner: "node_wrong_owner", ErrNodeStale: "node_stale",
+	ErrNodeBadLevel: "node_bad_level", ErrNodeBadLayout: "node_bad_layout", ErrNodeKeyOrder: "node_key_order",
+	ErrNodeUnreadable: "node_unreadable", ErrItemBad: "item_bad", ErrTreeItemCount: "tree_item_count",
+	ErrTreeMissing: "tree_missing", ErrAllocMissing: "alloc_missing", ErrAllocLeaked: "alloc_leaked",
+	ErrAllocRefcount: "alloc_refcount", ErrAllocOverlap: "alloc_overlap", ErrAllocKind: "alloc_kind",
+	ErrRmapMissing: "rmap_missing", ErrRmapOrphan: "rmap_orphan", ErrRmapLength: "rmap_length",
+	ErrFreeOverlap: "free_overlap", ErrSpaceLost: "space_lost", ErrFreeNotMerged: "free_not_merged",
+	ErrBlockCrossLink: "block_cross_linked",
+}
+
+// Name returns the stable name of the id.
+func (id ErrorID) Name() string {
+	if n, ok := errorNames[id]; ok {
+		return n
+	}
+	return fmt.Sprintf("error_%d", uint32(id))
+}
+
+// ErrorIDs returns every id this build defines, in order.
+func ErrorIDs() []ErrorID {
+	ids := make([]ErrorID, 0, len(errorNames))
+	for id := range errorNames {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+var kindIDs = map[format.Kind]ErrorID{
+	format.KindBadMagic: ErrNodeBadMagic, format.KindBadChecksum: ErrNodeBadChecksum,
+	format.KindWrongFS: ErrNodeWrongFS, format.KindMisdirected: ErrNodeMisdirected,
+	format.KindWrongOwner: ErrNodeWrongOwner, format.KindStale: ErrNodeStale,
+	format.KindBadLevel: ErrNodeBadLevel, format.KindBadLayout: ErrNodeBadLayout,
+	format.KindKeyOrder: ErrNodeKeyOrder, format.KindBadItem: ErrItemBad,
+	format.KindShortRead: ErrNodeUnreadable, format.KindItemCount: ErrTreeItemCount,
+}
+
+// Finding is one problem the check found. Findings are data; errors are for
+// operational failure only.
+type Finding struct {
+	ID     ErrorID        `json:"id"`
+	Name   string         `json:"name"`
+	Tree   format.TreeID  `json:"-"`
+	Block  format.BlockNr `json:"block"`
+	Detail string         `json:"detail"`
+}
+
+func (f Finding) String() string {
+	return fmt.Sprintf("tree %s block %d: %s: %s", f.Tree, f.Block, f.Name, f.Detail)
+}
+
+func finding(id ErrorID, tree format.TreeID, b format.BlockNr, f string, args ...any) Finding {
+	return Finding{ID: id, Name: id.Name(), Tree: tree, Block: b, Detail: fmt.Sprintf(f, args...)}
+}
+
+// TreeCheck summarizes the check of one tree.
+type TreeCheck struct {
+	Tree     format.TreeID
+	Root     format.BlockNr
+	Level    int
+	Gen      format.Gen
+	Items    uint64 // items seen
+	Blocks   uint64 // blocks read
+	Findings int
+}
+
+// CheckResult summarizes a whole check.
+type CheckResult struct {
+	Gen      format.Gen
+	Trees    []TreeCheck
+	Findings int
+	// Complete is false when damage hid part of a tree, so cross-reference
+	// checks that need every block (leaks) were skipped.
+	Complete bool
+}
+
+// Check runs the full self-check on the snapshot's generation and streams
+// every finding to fn. It returns an error only for operational failure
+// (an unreadable device, cancellation).
+func (s *Snapshot) Check(ctx context.Context, fn func(Finding)) (*CheckResult, error) {
+	return s.check(ctx, fn)
+}
+
+type allocRec struct {
+	start format.BlockNr
+	n     uint64
+	item  format.ExtentItem
+}
+
+type rmapRec struct {
+	start format.BlockNr
+	n     uint64
+	owner format.Owner
+}
+
+type metaRef struct {
+	block format.BlockNr
+	tree  format.TreeID
+}
+
+func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, error) {
+	e := s.e
+	res := &CheckResult{Gen: s.Gen(), Complete: true}
+	perTree := map[format.TreeID]*TreeCheck{}
+	report := func(f Finding) {
+		res.Findings++
+		if tc := perTree[f.Tree]; tc != nil {
+			tc.Findings++
+		}
+		fn(f)
+	}
+	total := e.totalBlocks
+	var refs []metaRef
+	for _, b := range format.SuperBlocks(total) {
+		refs = append(refs, metaRef{b, format.OwnerSuper})
+	}
+	s.checkSupers(report)
+
+	var allocs []allocRec
+	var rmaps []rmapRec
+	var frees []extent
+	for _, id := range s.Trees() {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		tr, _ := s.Tree(id)
+		tc := &TreeCheck{Tree: id, Root: tr.Root.Block, Level: tr.Level, Gen: tr.Root.Gen}
+		perTree[id] = tc
+		v := eb.CheckVisitor{
+			Block: func(p eb.Ptr, _ int) { refs = append(refs, metaRef{p.Block, id}) },
+			Node:  func(format.Node, eb.Ptr) { tc.Blocks++ },
+			Problem: func(p eb.Problem) {
+				if p.Kind != format.KindItemCount {
+					res.Complete = false
+				}
+				idv, ok := kindIDs[p.Kind]
+				if !ok {
+					idv = ErrNodeBadLayout
+				}
+				report(finding(idv, id, p.Block, "%s", p.Detail))
+			},
+			Item: func(k format.Key, val []byte) {
+				tc.Items++
+				switch id {
+				case format.TreeRoot:
+					if k.Type == format.TypeRootItem {
+						if _, err := format.DecodeRootItem(val); err != nil {
+							report(finding(ErrItemBad, id, tr.Root.Block, "root item %s: %v", k, err))
+						}
+					}
+				case format.TreeAlloc:
+					it, err := format.DecodeExtentItem(val)
+					if err != nil || k.Type != format.TypeExtentItem || k.Off == 0 || k.Obj+k.Off > total || k.Obj+k.Off < k.Obj {
+						report(finding(ErrItemBad, id, format.BlockNr(k.Obj), "alloc item %s: bad key or value (%v)", k, err))
+						return
+					}
+					allocs = append(allocs, allocRec{format.BlockNr(k.Obj), k.Off, it})
+				case format.TreeRmap:
+					ri, err := format.DecodeRmapItem(val)
+					o, ok := format.RmapOwner(k)
+					if err != nil || !ok || k.Obj+ri.Len > total {
+						report(finding(ErrItemBad, id, format.BlockNr(k.Obj), "rmap item %s: bad key or value (%v)", k, err))
+						return
+					}
+					rmaps = append(rmaps, rmapRec{format.BlockNr(k.Obj), ri.Len, o})
+				case format.TreeFree:
+					if k.Type != format.TypeFreeExtent || k.Off == 0 || k.Obj+k.Off > total || k.Obj+k.Off < k.Obj || len(val) != 0 {
+						report(finding(ErrItemBad, id, format.BlockNr(k.Obj), "free item %s out of range", k))
+						return
+					}
+					frees = append(frees, extent{format.BlockNr(k.Obj), k.Off})
+				}
+			},
+		}
+		if err := tr.Check(v); err != nil {
+			return res, err
+		}
+		res.Trees = append(res.Trees, *tc)
+	}
+	missing := false
+	for _, id := range format.KnownTrees[:4] { // root, alloc, rmap, free must exist
+		if _, ok := s.v.roots[id]; !ok {
+			res.Complete, missing = false, true
+			report(finding(ErrTreeMissing, id, 0, "the root tree has no usable %s tree", id))
+		}
+	}
+	if !missing {
+		s.crossCheck(res, refs, allocs, rmaps, frees, report)
+	}
+	// Per-tree finding counts include cross-reference findings.
+	for i := range res.Trees {
+		res.Trees[i].Findings = perTree[res.Trees[i].Tree].Findings
+	}
+	return res, nil
+}
+
+// checkSupers verifies every superblock copy against the snapshot's.
+func (s *Snapshot) checkSupers(report func(Finding)) {
+	e := s.e
+	// Hold the writer so no commit rewrites a copy while it is read.
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	buf := make([]byte, format.BlockSize)
+	for _, at := range format.SuperBlocks(e.totalBlocks) {
+		if _, err := e.dev.ReadAt(buf, int64(at)*format.BlockSize); err != nil {
+			report(finding(ErrSuperCopyBad, format.OwnerSuper, at, "unreadable: %v", err))
+			continue
+		}
+		sb, err := format.DecodeSuper(buf, at)
+		if err != nil {
+			report(finding(ErrSuperCopyBad, format.OwnerSuper, at, "%v", err))
+			continue
+		}
+		if sb.FSID != e.fsid {
+			report(finding(ErrSuperCopyBad, format.OwnerSuper, at, "copy belongs to filesystem %s", sb.FSID))
+		} else if sb.Gen < s.Gen() {
+			report(finding(ErrSuperCopyStale, format.OwnerSuper, at, "copy has generation %d, filesystem is at %d", sb.Gen, s.Gen()))
+		}
+	}
+}
+
+func (s *Snapshot) crossCheck(res *CheckResult, refs []metaRef, allocs []allocRec, rmaps []rmapRec, frees []extent, report func(Finding)) {
+	total := s.e.totalBlocks
+	slices.SortFunc(refs, func(a, b metaRef) int { return cmpBlock(a.block, b.block) })
+	// Tree blocks referenced twice.
+	for i := 1; i < len(refs); i++ {
+		if refs[i].block == refs[i-1].block {
+			report(finding(ErrBlockCrossLink, refs[i].tree, refs[i].block, "block referenced by tree %s and tree %s", refs[i-1].tree, refs[i].tree))
+		}
+	}
+	// Alloc extents: sorted by the tree; must not overlap.
+	allocAt := make(map[format.BlockNr]*allocRec, len(allocs))
+	for i := range allocs {
+		a := &allocs[i]
+		if i > 0 && uint64(allocs[i-1].start)+allocs[i-1].n > uint64(a.start) {
+			report(finding(ErrAllocOverlap, format.TreeAlloc, a.start, "extent %d+%d overlaps extent %d+%d", a.start, a.n, allocs[i-1].start, allocs[i-1].n))
+		}
+		allocAt[a.start] = a
+	}
+	// Rmap records against alloc extents.
+	owners := make(map[format.BlockNr][]rmapRec, len(rmaps))
+	for _, r := range rmaps {
+		owners[r.start] = append(owners[r.start], r)
+		a := allocAt[r.start]
+		switch {
+		case a == nil:
+			report(finding(ErrRmapOrphan, format.TreeRmap, r.start, "reverse mapping to %s for %d blocks, but no allocated extent starts there", r.owner, r.n))
+		case a.n != r.n:
+			report(finding(ErrRmapLength, format.TreeRmap, r.start, "reverse mapping to %s says %d blocks, extent has %d", r.owner, r.n, a.n))
+		case r.owner.IsData() != (a.item.Flags == format.ExtentData):
+			report(finding(ErrAllocKind, format.TreeAlloc, r.start, "extent flags %#x but owner is %s", a.item.Flags, r.owner))
+		}
+	}
+	for _, a := range allocs {
+		if got := uint64(len(owners[a.start])); got != a.item.Refs {
+			report(finding(ErrAllocRefcount, format.TreeAlloc, a.start, "extent %d+%d has %d references recorded, %d reverse mappings", a.start, a.n, a.item.Refs, got))
+		}
+	}
+	// Every tree block: alloc record (1 block, metadata) and rmap by its tree.
+	used := make(map[format.BlockNr]format.TreeID, len(refs))
+	for _, r := range refs {
+		used[r.block] = r.tree
+		if uint64(r.block) >= total {
+			continue // reported by the walk as unreadable
+		}
+		a := allocAt[r.block]
+		switch {
+		case a == nil:
+			report(finding(ErrAllocMissing, r.tree, r.block, "block of tree %s has no alloc record", r.tree))
+		case a.n != 1 || a.item.Flags != format.ExtentMeta:
+			report(finding(ErrAllocKind, r.tree, r.block, "block of tree %s is recorded as a %d-block extent with flags %#x", r.tree, a.n, a.item.Flags))
+		}
+		found := false
+		for _, o := range owners[r.block] {
+			if !o.owner.IsData() && o.owner.Tree == r.tree {
+				found = true
+			}
+		}
+		if !found {
+			report(finding(ErrRmapMissing, r.tree, r.block, "block of tree %s has no reverse mapping to it", r.tree))
+		}
+	}
+	// Metadata reverse mappings whose tree does not use the block.
+	for _, r := range rmaps {
+		if r.owner.IsData() {
+			continue
+		}
+		if t, ok := used[r.start]; (!ok || t != r.owner.Tree) && res.Complete {
+			report(finding(ErrRmapOrphan, format.TreeRmap, r.start, "reverse mapping says tree %s owns block %d, but it does not use it", r.owner.Tree, r.start))
+		}
+	}
+	// Metadata extents nothing uses.
+	if res.Complete {
+		for _, a := range allocs {
+			if a.item.Flags != format.ExtentMeta {
+				continue
+			}
+			if _, ok := used[a.start]; !ok {
+				report(finding(ErrAllocLeaked, format.TreeAlloc, a.start, "metadata block is allocated but no tree uses it"))
+			}
+		}
+	}
+	// Free and allocated extents tile the device exactly.
+	var freeSum uint64
+	for i, f := range frees {
+		freeSum += f.n
+		if i > 0 && uint64(frees[i-1].start)+frees[i-1].n == uint64(f.start) {
+			report(finding(ErrFreeNotMerged, format.TreeFree, f.start, "free extent %d+%d adjoins the previous one", f.start, f.n))
+		}
+	}
+	if freeSum != s.v.super.FreeBlocks {
+		report(finding(ErrSuperFreeCount, format.OwnerSuper, 0, "superblock counts %d free blocks, free-space tree holds %d", s.v.super.FreeBlocks, freeSum))
+	}
+	pos := uint64(0)
+	ai, fi := 0, 0
+	for ai < len(allocs) || fi < len(frees) {
+		var start, n uint64
+		isFree := false
+		if fi < len(frees) && (ai >= len(allocs) || frees[fi].start <= allocs[ai].start) {
+			start, n, isFree = uint64(frees[fi].start), frees[fi].n, true
+			fi++
+		} else {
+			start, n = uint64(allocs[ai].start), allocs[ai].n
+			ai++
+		}
+		switch {
+		case start > pos:
+			report(finding(ErrSpaceLost, format.TreeFree, format.BlockNr(pos), "blocks %d..%d are neither free nor allocated", pos, start-1))
+		case start < pos && isFree:
+			report(finding(ErrFreeOverlap, format.TreeFree, format.BlockNr(start), "free extent %d+%d overlaps allocated or free blocks below %d", start, n, pos))
+		case start < pos:
+			report(finding(ErrFreeOverlap, format.TreeAlloc, format.BlockNr(start), "allocated extent %d+%d overlaps free or allocated blocks below %d", start, n, pos))
+		}
+		pos = max(pos, start+n)
+	}
+	if pos < total {
+		report(finding(ErrSpaceLost, format.TreeFree, format.BlockNr(pos), "blocks %d..%d are neither free nor allocated", pos, total-1))
+	}
+}
+
+func cmpBlock(a, b format.BlockNr) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

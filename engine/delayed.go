@@ -1,0 +1,304 @@
+package engine
+
+import (
+	"fmt"
+	"slices"
+	"sync/atomic"
+
+	"github.com/tidwall/btree"
+
+	eb "github.com/scrubd/scrubd/engine/btree"
+	"github.com/scrubd/scrubd/engine/format"
+)
+
+// Delayed references (the btrfs design).
+//
+// Every allocation, free, and reference increment or decrement of an extent
+// becomes an entry in an ordered queue keyed by the rmap key of the change —
+// (start block, owner) — instead of an immediate update of the alloc, rmap
+// and free-space trees. Two updates of the same key add up; an increment and
+// a decrement cancel and leave nothing (a block copied on write and freed
+// again in the same transaction, the common case for hot tree nodes, costs
+// no tree update at all). At commit, and whenever the queue grows past its
+// limit, the queue is applied in disk-address order, so the three trees are
+// modified in one sweep that touches each of their leaves once.
+//
+// Applying entries modifies the alloc, rmap and free trees, which copies
+// their blocks and so queues more entries; the run repeats until the queue is
+// empty. It converges because a block already copied in this transaction is
+// modified in place: only node splits allocate, and they become rarer with
+// each pass.
+//
+// Within one start block, decrements apply before increments, so a block
+// freed and reused by another owner in the same transaction never has two
+// alloc records, and the free-space tree never has to hold it twice.
+
+type refEntry struct {
+	key   format.Key // format.RmapKey(start, owner)
+	start format.BlockNr
+	n     uint64
+	owner format.Owner
+	flags uint64
+	delta int64
+}
+
+// RefStats counts delayed-ref activity.
+type RefStats struct {
+	Queued   uint64 // updates queued
+	Merged   uint64 // updates that cancelled out and were never applied
+	Applied  uint64 // entries applied to the trees
+	Runs     uint64 // queue runs
+	Throttle uint64 // runs forced by the queue limit
+	TreeMods uint64 // modifications of the alloc, rmap and free trees
+}
+
+type delayedRefs struct {
+	q     *btree.BTreeG[refEntry]
+	stats struct {
+		queued, merged, applied, runs, throttle, treeMods atomic.Uint64
+	}
+}
+
+func newDelayedRefs() *delayedRefs {
+	return &delayedRefs{q: btree.NewBTreeG(func(a, b refEntry) bool { return a.key.Less(b.key) })}
+}
+
+func (d *delayedRefs) len() int { return d.q.Len() }
+
+func (d *delayedRefs) snapshot() RefStats {
+	return RefStats{
+		Queued: d.stats.queued.Load(), Merged: d.stats.merged.Load(), Applied: d.stats.applied.Load(),
+		Runs: d.stats.runs.Load(), Throttle: d.stats.throttle.Load(), TreeMods: d.stats.treeMods.Load(),
+	}
+}
+
+// add queues delta references to extent [start, start+n) by owner.
+func (d *delayedRefs) add(start format.BlockNr, n uint64, owner format.Owner, flags uint64, delta int64) {
+	d.stats.queued.Add(1)
+	key := format.RmapKey(start, owner)
+	if old, ok := d.q.Get(refEntry{key: key}); ok {
+		old.delta += delta
+		if old.delta == 0 {
+			d.q.Delete(old)
+			d.stats.merged.Add(2)
+			return
+		}
+		d.q.Set(old)
+		return
+	}
+	d.q.Set(refEntry{key: key, start: start, n: n, owner: owner, flags: flags, delta: delta})
+}
+
+// run applies the whole queue to the trees of the running transaction.
+func (e *Engine) runDelayedRefs() error {
+	d := e.refs
+	if d.len() == 0 {
+		return nil
+	}
+	d.stats.runs.Add(1)
+	var batch []refEntry
+	for d.len() > 0 {
+		first, _ := d.q.Min()
+		batch = batch[:0]
+		d.q.Ascend(first, func(r refEntry) bool {
+			if r.start != first.start {
+				return false
+			}
+			batch = append(batch, r)
+			return true
+		})
+		for _, r := range batch {
+			d.q.Delete(r)
+		}
+		slices.SortStableFunc(batch, func(a, b refEntry) int {
+			return cmpSign(a.delta) - cmpSign(b.delta)
+		})
+		for _, r := range batch {
+			if err := e.applyRef(r); err != nil {
+				return fmt.Errorf("apply delayed ref for %s at block %d: %w", r.owner, r.start, err)
+			}
+			d.stats.applied.Add(1)
+		}
+	}
+	return nil
+}
+
+func cmpSign(v int64) int {
+	if v < 0 {
+		return -1
+	}
+	return 1
+}
+
+// applyRef updates the alloc, rmap and free-space trees for one entry.
+func (e *Engine) applyRef(r refEntry) error {
+	t := e.txn
+	alloc, rmap := e.trees[format.TreeAlloc], e.trees[format.TreeRmap]
+	ek, ev, found, err := alloc.First(format.Key{Obj: uint64(r.start), Type: format.TypeExtentItem})
+	if err != nil {
+		return err
+	}
+	found = found && ek.Obj == uint64(r.start) && ek.Type == format.TypeExtentItem
+	var item format.ExtentItem
+	if found {
+		if item, err = format.DecodeExtentItem(ev); err != nil {
+			return err
+		}
+		if ek.Off != r.n {
+			return corruptf(format.TreeAlloc, r.start, "extent of %d blocks recorded, reference is for %d", ek.Off, r.n)
+		}
+	}
+	mods := &e.refs.stats.treeMods
+	if r.delta > 0 {
+		if !found {
+			item = format.ExtentItem{Refs: 0, Flags: r.flags}
+			if err := e.freeTreeRemove(r.start, r.n); err != nil {
+				return err
+			}
+			e.freeCount -= r.n
+		}
+		item.Refs += uint64(r.delta)
+		if err := alloc.Put(format.ExtentKey(r.start, r.n), item.Encode()); err != nil {
+			return err
+		}
+		mods.Add(1)
+		e.hooks.Alloc.Call(AllocEvent{Gen: t.gen, Op: opFor(found, false), Start: r.start, Len: r.n, Refs: item.Refs, Flags: item.Flags})
+		if !e.rmapSick.Load() {
+			if err := rmap.Insert(r.key, format.RmapItem{Len: r.n}.Encode()); err != nil {
+				return fmt.Errorf("rmap insert %s: %w", r.key, err)
+			}
+			mods.Add(1)
+		}
+		e.hooks.Rmap.Call(RmapEvent{Gen: t.gen, Op: OpInsert, Start: r.start, Len: r.n, Owner: r.owner})
+		return nil
+	}
+	if !found {
+		return corruptf(format.TreeAlloc, r.start, "dropping a reference of %s to an extent that is not allocated", r.owner)
+	}
+	if uint64(-r.delta) > item.Refs {
+		return corruptf(format.TreeAlloc, r.start, "dropping %d references of %d", -r.delta, item.Refs)
+	}
+	if !e.rmapSick.Load() {
+		ok, err := rmap.Delete(r.key)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return corruptf(format.TreeRmap, r.start, "no reverse mapping for %s", r.owner)
+		}
+		mods.Add(1)
+	}
+	e.hooks.Rmap.Call(RmapEvent{Gen: t.gen, Op: OpDelete, Start: r.start, Len: r.n, Owner: r.owner})
+	item.Refs -= uint64(-r.delta)
+	if item.Refs > 0 {
+		mods.Add(1)
+		e.hooks.Alloc.Call(AllocEvent{Gen: t.gen, Op: OpUpdate, Start: r.start, Len: r.n, Refs: item.Refs, Flags: item.Flags})
+		return alloc.Put(format.ExtentKey(r.start, r.n), item.Encode())
+	}
+	if _, err := alloc.Delete(format.ExtentKey(r.start, r.n)); err != nil {
+		return err
+	}
+	mods.Add(1)
+	e.hooks.Alloc.Call(AllocEvent{Gen: t.gen, Op: OpDelete, Start: r.start, Len: r.n, Flags: item.Flags})
+	if err := e.freeTreeAdd(r.start, r.n); err != nil {
+		return err
+	}
+	e.freeCount += r.n
+	if _, isNew := t.newExtents[r.start]; !isNew {
+		t.pendingFree = append(t.pendingFree, extent{r.start, r.n})
+	}
+	return nil
+}
+
+func opFor(existed, deleted bool) Op {
+	switch {
+	case deleted:
+		return OpDelete
+	case existed:
+		return OpUpdate
+	}
+	return OpInsert
+}
+
+// freeTreeRemove takes [start, start+n) out of the free-space tree; it must
+// lie within one free extent.
+func (e *Engine) freeTreeRemove(start format.BlockNr, n uint64) error {
+	ft := e.trees[format.TreeFree]
+	k, _, ok, err := ft.Last(format.FreeKey(start, ^uint64(0)))
+	if err != nil {
+		return err
+	}
+	if !ok || k.Type != format.TypeFreeExtent || k.Obj > uint64(start) || k.Obj+k.Off < uint64(start)+n {
+		return corruptf(format.TreeFree, start, "allocating %d blocks at %d that the free-space tree does not hold free", n, start)
+	}
+	s, l := format.BlockNr(k.Obj), k.Off
+	if _, err := ft.Delete(k); err != nil {
+		return err
+	}
+	e.refs.stats.treeMods.Add(1)
+	e.hooks.Free.Call(FreeEvent{Gen: e.txn.gen, Op: OpDelete, Start: s, Len: l})
+	if start > s {
+		if err := e.freeInsert(ft, s, uint64(start-s)); err != nil {
+			return err
+		}
+	}
+	if end := uint64(start) + n; end < uint64(s)+l {
+		if err := e.freeInsert(ft, format.BlockNr(end), uint64(s)+l-end); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *Engine) freeInsert(ft *eb.Tree, s format.BlockNr, l uint64) error {
+	if err := ft.Insert(format.FreeKey(s, l), nil); err != nil {
+		return err
+	}
+	e.refs.stats.treeMods.Add(1)
+	e.hooks.Free.Call(FreeEvent{Gen: e.txn.gen, Op: OpInsert, Start: s, Len: l})
+	return nil
+}
+
+// freeTreeAdd records [start, start+n) as free, merging with free neighbours.
+func (e *Engine) freeTreeAdd(start format.BlockNr, n uint64) error {
+	ft := e.trees[format.TreeFree]
+	end := uint64(start) + n
+	// The next free extent at or after start must begin at or after end.
+	nk, _, ok, err := ft.First(format.FreeKey(start, 0))
+	if err != nil {
+		return err
+	}
+	if ok && nk.Type == format.TypeFreeExtent && nk.Obj < end {
+		return corruptf(format.TreeFree, start, "freeing %d blocks at %d overlaps free extent %d+%d", n, start, nk.Obj, nk.Off)
+	}
+	if ok && nk.Type == format.TypeFreeExtent && nk.Obj == end {
+		if _, err := ft.Delete(nk); err != nil {
+			return err
+		}
+		e.refs.stats.treeMods.Add(1)
+		e.hooks.Free.Call(FreeEvent{Gen: e.txn.gen, Op: OpDelete, Start: format.BlockNr(nk.Obj), Len: nk.Off})
+		n += nk.Off
+	}
+	pk, _, ok, err := ft.Last(format.FreeKey(start, 0))
+	if err != nil {
+		return err
+	}
+	if ok && pk.Type == format.TypeFreeExtent {
+		if pk.Obj+pk.Off > uint64(start) {
+			return corruptf(format.TreeFree, start, "freeing %d blocks at %d overlaps free extent %d+%d", n, start, pk.Obj, pk.Off)
+		}
+		if pk.Obj+pk.Off == uint64(start) {
+			if _, err := ft.Delete(pk); err != nil {
+				return err
+			}
+			e.refs.stats.treeMods.Add(1)
+			e.hooks.Free.Call(FreeEvent{Gen: e.txn.gen, Op: OpDelete, Start: format.BlockNr(pk.Obj), Len: pk.Off})
+			start, n = format.BlockNr(pk.Obj), n+pk.Off
+		}
+	}
+	return e.freeInsert(ft, start, n)
+}
+
+func corruptf(tree format.TreeID, b format.BlockNr, f string, args ...any) error {
+	return &format.CorruptError{Kind: format.KindBadItem, Tree: tree, Block: b, Detail: fmt.Sprintf(f, args...)}
+}

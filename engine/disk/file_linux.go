@@ -1,0 +1,51 @@
+package disk
+
+import (
+	"os"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// fdatasync flushes file data and the metadata needed to read it back,
+// retrying if a signal interrupts it.
+func fdatasync(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		for {
+			serr = unix.Fdatasync(int(fd))
+			if serr != unix.EINTR {
+				return
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil {
+		return &os.SyscallError{Syscall: "fdatasync", Err: serr}
+	}
+	return nil
+}
+
+// blockDeviceSize asks the kernel for the size of a block device
+// (BLKGETSIZE64), falling back to seeking to the end.
+func blockDeviceSize(f *os.File) (int64, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var size uint64
+	var errno unix.Errno
+	err = rc.Control(func(fd uintptr) {
+		_, _, errno = unix.Syscall(unix.SYS_IOCTL, fd, unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size)))
+	})
+	if err == nil && errno == 0 && size <= 1<<63-1 {
+		return int64(size), nil
+	}
+	return seekEndSize(f)
+}

@@ -1,0 +1,62 @@
+package disk
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"syscall"
+	"testing"
+)
+
+// allocated returns the bytes the file system allocated for a file.
+func allocated(fi fs.FileInfo) (int64, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, false
+	}
+	return st.Blocks * 512, true
+}
+
+// TestBlockDevice runs against a real block device named by the
+// SCRUBD_TEST_BLOCKDEV environment variable, for example a loop device.
+// It writes nothing: it only opens the device and checks what Create
+// refuses.
+func TestBlockDevice(t *testing.T) {
+	path := os.Getenv("SCRUBD_TEST_BLOCKDEV")
+	if path == "" {
+		t.Skip("SCRUBD_TEST_BLOCKDEV not set")
+	}
+	f, err := Open(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	size := f.Size()
+	end, err := seekEndSize(f.f)
+	if err != nil || size <= 0 || size != end {
+		t.Fatalf("block device size %d, seek-end size %d, %v", size, end, err)
+	}
+
+	if _, err := Create(path, 4096, false); !errors.Is(err, ErrExists) {
+		t.Errorf("Create(block device, no force) = %v, want ErrExists", err)
+	}
+	if _, err := Create(path, size+4096, true); !errors.Is(err, ErrOutOfRange) {
+		t.Errorf("Create(block device, too large) = %v, want ErrOutOfRange", err)
+	}
+	for _, want := range []int64{0, 4096} {
+		c, err := Create(path, want, true)
+		if err != nil {
+			t.Fatalf("Create(block device, %d, force): %v", want, err)
+		}
+		if want == 0 {
+			want = size
+		}
+		if c.Size() != want {
+			t.Errorf("Create(block device, force).Size() = %d, want %d", c.Size(), want)
+		}
+		if _, err := c.ReadAt(make([]byte, 1), want); !errors.Is(err, ErrOutOfRange) {
+			t.Errorf("read past the Create size = %v, want ErrOutOfRange", err)
+		}
+		c.Close()
+	}
+}

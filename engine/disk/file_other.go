@@ -1,0 +1,15 @@
+//go:build !linux
+
+package disk
+
+import "os"
+
+// fdatasync falls back to fsync where fdatasync is not available.
+func fdatasync(f *os.File) error {
+	return f.Sync()
+}
+
+// blockDeviceSize sizes a block device by seeking to its end.
+func blockDeviceSize(f *os.File) (int64, error) {
+	return seekEndSize(f)
+}

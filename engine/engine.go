@@ -1,0 +1,751 @@
+package engine
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tidwall/btree"
+
+	eb "github.com/scrubd/scrubd/engine/btree"
+	"github.com/scrubd/scrubd/engine/disk"
+	"github.com/scrubd/scrubd/engine/format"
+)
+
+var (
+	// ErrReadOnly is returned for writes to an engine mounted read-only or
+	// one whose transaction was aborted after an error.
+	ErrReadOnly = errors.New("engine is read-only")
+	// ErrClosed is returned after Close.
+	ErrClosed = errors.New("engine is closed")
+	// errInternal marks a broken internal assertion surfaced as an error.
+	errInternal = errors.New("internal error")
+)
+
+// Options configure an engine. The zero value is usable.
+type Options struct {
+	// ReadOnly opens without a writer: no transaction, no commit.
+	ReadOnly bool
+	// CommitInterval commits the running transaction periodically; 0 means
+	// DefaultCommitInterval, negative disables periodic commits.
+	CommitInterval time.Duration
+	// MaxDelayedRefs throttles the delayed-ref queue: past this many entries
+	// a writer applies the queue before going on. 0 means the default.
+	MaxDelayedRefs int
+	// MaxDirtyBlocks throttles the running transaction: past this many dirty
+	// blocks a writer commits. 0 means the default.
+	MaxDirtyBlocks int
+	// NoDelayedRefs applies the queued allocation updates at the end of each
+	// Update instead of at commit, so nothing merges across operations. It
+	// exists to measure what the queue saves.
+	NoDelayedRefs bool
+	// CacheBlocks bounds the clean-block cache; 0 means the default.
+	CacheBlocks int
+	// Logger receives the engine's log; nil discards.
+	Logger *slog.Logger
+}
+
+const (
+	DefaultCommitInterval = 5 * time.Second
+	defaultMaxDelayedRefs = 64 << 10
+	defaultMaxDirtyBlocks = 64 << 10 // 256 MiB
+	defaultCacheBlocks    = 32 << 10 // 128 MiB
+)
+
+// MountInfo says how the image was opened.
+type MountInfo struct {
+	// SuperBlock is the block of the superblock copy in use.
+	SuperBlock format.BlockNr
+	// FellBack is set when the primary superblock was unusable or older
+	// than a backup; Notes say why.
+	FellBack bool
+	Notes    []string
+	// PassesRun lists the recovery passes mount ran.
+	PassesRun []string
+
+	uniform bool // every copy valid and at the same generation
+}
+
+// Engine is one open image. Update and Sync are serialized (one writer);
+// Pin gives readers a consistent committed generation concurrently with the
+// writer.
+type Engine struct {
+	dev         disk.Device
+	opts        Options
+	log         *slog.Logger
+	fsid        format.FSID
+	totalBlocks uint64
+	cache       *blockCache
+	alloc       *allocator
+	refs        *delayedRefs
+	hooks       Hooks
+	mount       MountInfo
+	rmapSick    atomic.Bool
+	tolerant    bool // offline check: load what is readable, report the rest
+
+	// Writer state, guarded by wmu.
+	wmu       sync.Mutex
+	txn       *txn
+	trees     map[format.TreeID]*eb.Tree
+	recorded  map[format.TreeID]format.RootItem
+	super     format.Super // fields carried from commit to commit
+	freeCount uint64       // free blocks according to the free-space tree
+	aborted   error
+	commits   atomic.Uint64
+
+	// Committed state, guarded by mu.
+	mu        sync.Mutex
+	committed *view
+	pins      map[format.Gen]int
+	closed    bool
+
+	ioErrs [3]atomic.Uint64 // read, write, checksum
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// txn is the running transaction.
+type txn struct {
+	gen         format.Gen
+	dirty       *btree.Map[format.BlockNr, dirtyBlock]
+	newExtents  map[format.BlockNr]*newExtent
+	pendingFree []extent
+	metaHint    format.BlockNr
+	superDirty  bool
+}
+
+// newExtent is an extent allocated in the running transaction; refs counts
+// its references queued so far. At zero it returns to the allocator at once.
+type newExtent struct {
+	n    uint64
+	refs int64
+}
+
+func newTxn(gen format.Gen) *txn {
+	return &txn{gen: gen, dirty: newDirtyIndex(), newExtents: map[format.BlockNr]*newExtent{}}
+}
+
+// view is a committed generation: its superblock and tree roots.
+type view struct {
+	super format.Super
+	roots map[format.TreeID]format.RootItem
+}
+
+type ioKind int
+
+const (
+	ioRead ioKind = iota
+	ioWrite
+	ioCsum
+)
+
+func (e *Engine) countIOError(k ioKind) { e.ioErrs[k].Add(1) }
+
+func (o *Options) fill() {
+	if o.CommitInterval == 0 {
+		o.CommitInterval = DefaultCommitInterval
+	}
+	if o.MaxDelayedRefs <= 0 {
+		o.MaxDelayedRefs = defaultMaxDelayedRefs
+	}
+	if o.MaxDirtyBlocks <= 0 {
+		o.MaxDirtyBlocks = defaultMaxDirtyBlocks
+	}
+	if o.CacheBlocks <= 0 {
+		o.CacheBlocks = defaultCacheBlocks
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+func newEngine(dev disk.Device, opts Options) *Engine {
+	opts.fill()
+	return &Engine{
+		dev:      dev,
+		opts:     opts,
+		log:      opts.Logger,
+		cache:    newBlockCache(opts.CacheBlocks),
+		refs:     newDelayedRefs(),
+		alloc:    newAllocator(0),
+		trees:    map[format.TreeID]*eb.Tree{},
+		recorded: map[format.TreeID]format.RootItem{},
+		pins:     map[format.Gen]int{},
+		stop:     make(chan struct{}),
+	}
+}
+
+// MkfsOptions configure a new filesystem.
+type MkfsOptions struct {
+	Label string
+	FSID  format.FSID // zero: random
+}
+
+// Mkfs writes a new, empty filesystem onto dev, using all of it.
+func Mkfs(dev disk.Device, mo MkfsOptions) error {
+	total := uint64(dev.Size()) / format.BlockSize
+	if total < format.MinBlocks {
+		return fmt.Errorf("mkfs: device of %d bytes is below the minimum of %d", dev.Size(), format.MinBlocks*format.BlockSize)
+	}
+	if total > 1<<48 {
+		return fmt.Errorf("mkfs: device of %d blocks is too large", total)
+	}
+	e := newEngine(dev, Options{CommitInterval: -1})
+	e.fsid = mo.FSID
+	if e.fsid == (format.FSID{}) {
+		if _, err := rand.Read(e.fsid[:]); err != nil {
+			return err
+		}
+	}
+	e.totalBlocks = total
+	e.super = format.Super{
+		Major: format.VersionMajor, Minor: format.VersionMinor, FSID: e.fsid,
+		BlockSize: format.BlockSize, TotalBlocks: total, Label: mo.Label,
+		NextObjectID: 256, Devices: []format.DeviceStats{{ID: 1}},
+	}
+	// The allocator starts with every block but the superblocks free; the
+	// free-space tree starts with every block free, and the references the
+	// superblocks and the first tree nodes take come off it at commit like
+	// any others.
+	supers := format.SuperBlocks(total)
+	e.alloc = newAllocator(total)
+	prev := uint64(0)
+	for _, sb := range append(supers, format.BlockNr(total)) {
+		if uint64(sb) > prev {
+			e.alloc.release(format.BlockNr(prev), uint64(sb)-prev)
+		}
+		prev = uint64(sb) + 1
+	}
+	e.txn = newTxn(1)
+	st := txnStore{e}
+	for _, id := range format.KnownTrees {
+		tr, err := eb.Create(st, id)
+		if err != nil {
+			return fmt.Errorf("mkfs: %w", err)
+		}
+		e.trees[id] = tr
+	}
+	e.freeCount = total
+	if err := e.freeInsert(e.trees[format.TreeFree], 0, total); err != nil {
+		return fmt.Errorf("mkfs: %w", err)
+	}
+	for _, sb := range supers {
+		e.ref(sb, 1, format.Owner{Tree: format.OwnerSuper}, format.ExtentMeta, +1)
+	}
+	if err := e.commitLocked(); err != nil {
+		return fmt.Errorf("mkfs: %w", err)
+	}
+	return nil
+}
+
+// Open mounts the filesystem on dev. The engine owns dev from then on and
+// closes it in Close.
+func Open(dev disk.Device, opts Options) (*Engine, error) {
+	e := newEngine(dev, opts)
+	if err := e.load(); err != nil {
+		return nil, err
+	}
+	if !e.opts.ReadOnly && e.opts.CommitInterval > 0 {
+		e.wg.Add(1)
+		go e.periodicCommit()
+	}
+	return e, nil
+}
+
+// load reads the newest valid superblock, the root tree and the free space.
+func (e *Engine) load() error {
+	sb, info, err := readSuper(e.dev)
+	if err != nil {
+		return err
+	}
+	if err := sb.CheckFeatures(e.opts.ReadOnly); err != nil {
+		return err
+	}
+	e.mount = info
+	e.fsid = sb.FSID
+	e.totalBlocks = sb.TotalBlocks
+	if !info.uniform && !e.opts.ReadOnly {
+		// A crash between superblock writes, or a damaged copy: bring every
+		// copy to the generation in use before anything else is written.
+		if err := e.writeSupers(sb); err != nil {
+			return fmt.Errorf("rewrite superblock copies: %w", err)
+		}
+		e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("rewrote all superblock copies at generation %d", sb.Gen))
+	}
+	for _, n := range e.mount.Notes {
+		e.log.Warn("superblock", "note", n)
+	}
+	e.super = *sb
+	if len(e.super.Devices) == 0 {
+		e.super.Devices = []format.DeviceStats{{ID: 1}}
+	}
+	e.freeCount = sb.FreeBlocks
+	roots, err := e.loadRoots(sb)
+	if err != nil && !e.tolerant {
+		return err
+	}
+	e.committed = &view{super: *sb, roots: roots}
+	for id, ri := range roots {
+		e.trees[id] = eb.Open(txnStore{e}, id, eb.Ptr{Block: ri.Root.Block, Gen: ri.Root.Gen}, int(ri.Root.Level), ri.Items)
+		if id != format.TreeRoot {
+			e.recorded[id] = ri
+		}
+	}
+	if e.opts.ReadOnly {
+		return nil
+	}
+	// The allocator's index is the free-space tree.
+	e.alloc = newAllocator(e.totalBlocks)
+	fr := roots[format.TreeFree]
+	ft := eb.Open(viewStore{e}, format.TreeFree, eb.Ptr{Block: fr.Root.Block, Gen: fr.Root.Gen}, int(fr.Root.Level), 0)
+	var free uint64
+	err = ft.Ascend(format.Key{}, func(k format.Key, _ []byte) bool {
+		if k.Type != format.TypeFreeExtent || k.Off == 0 || k.Obj+k.Off > e.totalBlocks || k.Obj+k.Off < k.Obj {
+			err = corruptf(format.TreeFree, format.BlockNr(k.Obj), "free extent %s out of range", k)
+			return false
+		}
+		e.alloc.release(format.BlockNr(k.Obj), k.Off)
+		free += k.Off
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("load free space: %w", err)
+	}
+	if free != sb.FreeBlocks {
+		e.log.Warn("free-space tree and superblock disagree", "tree", free, "super", sb.FreeBlocks)
+		e.freeCount = free
+	}
+	e.txn = newTxn(sb.Gen + 1)
+	if err := e.runRecovery(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// loadRoots reads the root items of every tree from the root tree. With
+// the engine tolerant it returns what it could read along with the error.
+func (e *Engine) loadRoots(sb *format.Super) (map[format.TreeID]format.RootItem, error) {
+	root := eb.Open(viewStore{e}, format.TreeRoot, eb.Ptr{Block: sb.Root.Block, Gen: sb.Root.Gen}, int(sb.Root.Level), 0)
+	roots := map[format.TreeID]format.RootItem{}
+	var items uint64
+	var bad error
+	err := root.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+		items++
+		if k.Type != format.TypeRootItem {
+			return true
+		}
+		ri, derr := format.DecodeRootItem(v)
+		if derr == nil && (uint64(ri.Root.Block) >= e.totalBlocks || ri.Root.Block == 0 || ri.Root.Gen > sb.Gen || format.TreeID(k.Obj) == format.TreeRoot) {
+			derr = corruptf(format.TreeRoot, sb.Root.Block, "root item for tree %s points to block %d gen %d", format.TreeID(k.Obj), ri.Root.Block, ri.Root.Gen)
+		}
+		if derr != nil {
+			if bad == nil {
+				bad = derr
+			}
+			return true
+		}
+		roots[format.TreeID(k.Obj)] = ri
+		return true
+	})
+	roots[format.TreeRoot] = format.RootItem{Root: sb.Root, Items: items}
+	if err == nil {
+		err = bad
+	}
+	if err == nil {
+		for _, id := range []format.TreeID{format.TreeAlloc, format.TreeRmap, format.TreeFree} {
+			if _, ok := roots[id]; !ok {
+				err = fmt.Errorf("root tree has no %s tree: %w", id, format.ErrCorrupt)
+				break
+			}
+		}
+	}
+	if err != nil {
+		return roots, fmt.Errorf("read root tree: %w", err)
+	}
+	return roots, nil
+}
+
+// readSuper reads every superblock copy and returns the newest valid one.
+func readSuper(dev disk.Device) (*format.Super, MountInfo, error) {
+	total := uint64(dev.Size()) / format.BlockSize
+	if total < format.MinBlocks {
+		return nil, MountInfo{}, fmt.Errorf("device of %d bytes is too small to hold a filesystem: %w", dev.Size(), format.ErrCorrupt)
+	}
+	var best *format.Super
+	var info MountInfo
+	var firstErr error
+	var gens []format.Gen
+	buf := make([]byte, format.BlockSize)
+	for _, at := range format.SuperBlocks(total) {
+		if _, err := dev.ReadAt(buf, int64(at)*format.BlockSize); err != nil {
+			info.Notes = append(info.Notes, fmt.Sprintf("superblock at block %d unreadable: %v", at, err))
+			continue
+		}
+		s, err := format.DecodeSuper(buf, at)
+		if err == nil && s.TotalBlocks > total {
+			err = &format.CorruptError{Kind: format.KindBadSuper, Tree: format.OwnerSuper, Block: at,
+				Detail: fmt.Sprintf("filesystem of %d blocks on a device of %d", s.TotalBlocks, total)}
+		}
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			info.Notes = append(info.Notes, fmt.Sprintf("superblock at block %d: %v", at, err))
+			continue
+		}
+		if best != nil && s.FSID != best.FSID {
+			info.Notes = append(info.Notes, fmt.Sprintf("superblock at block %d belongs to filesystem %s, ignored", at, s.FSID))
+			continue
+		}
+		gens = append(gens, s.Gen)
+		if best == nil || s.Gen > best.Gen {
+			best = s
+		}
+	}
+	info.uniform = len(gens) == len(format.SuperBlocks(total))
+	for _, g := range gens {
+		info.uniform = info.uniform && best != nil && g == best.Gen
+	}
+	if best == nil {
+		if firstErr == nil {
+			firstErr = format.ErrCorrupt
+		}
+		return nil, info, fmt.Errorf("no valid superblock: %w", firstErr)
+	}
+	info.SuperBlock = best.Block
+	if best.Block != 0 {
+		info.FellBack = true
+		info.Notes = append(info.Notes, fmt.Sprintf("using backup superblock at block %d (generation %d)", best.Block, best.Gen))
+	}
+	return best, info, nil
+}
+
+// MountInfo returns how the image was opened.
+func (e *Engine) MountInfo() MountInfo { return e.mount }
+
+// FSID returns the filesystem UUID.
+func (e *Engine) FSID() format.FSID { return e.fsid }
+
+// TotalBlocks returns the image size in blocks.
+func (e *Engine) TotalBlocks() uint64 { return e.totalBlocks }
+
+// Hooks returns the engine's hook chains for subscribers.
+func (e *Engine) Hooks() *Hooks { return &e.hooks }
+
+// Device returns the device the engine runs on.
+func (e *Engine) Device() disk.Device { return e.dev }
+
+// ReadOnly reports whether writes are refused, and why.
+func (e *Engine) ReadOnly() (bool, error) {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	if e.opts.ReadOnly {
+		return true, nil
+	}
+	return e.aborted != nil, e.aborted
+}
+
+// Tx is the running transaction as seen by one Update.
+type Tx struct {
+	e       *Engine
+	touched bool
+}
+
+// Gen returns the running transaction's generation.
+func (tx *Tx) Gen() format.Gen { return tx.e.txn.gen }
+
+// Tree returns the writable tree id of the running transaction.
+func (tx *Tx) Tree(id format.TreeID) (*eb.Tree, error) {
+	t, ok := tx.e.trees[id]
+	if !ok {
+		return nil, fmt.Errorf("no tree %s", id)
+	}
+	switch id {
+	case format.TreeRoot, format.TreeAlloc, format.TreeRmap, format.TreeFree:
+		return nil, fmt.Errorf("tree %s is maintained by the engine", id)
+	}
+	tx.touched = true
+	return t, nil
+}
+
+// ReadTree returns tree id of the running transaction for reading only.
+func (tx *Tx) ReadTree(id format.TreeID) (*eb.Tree, bool) {
+	t, ok := tx.e.trees[id]
+	return t, ok
+}
+
+// AllocExtent allocates n contiguous blocks for owner (data) and queues
+// their allocation.
+func (tx *Tx) AllocExtent(n uint64, owner format.Owner) (format.BlockNr, error) {
+	e := tx.e
+	start, err := e.alloc.allocate(n, 0)
+	if err != nil {
+		return 0, err
+	}
+	tx.touched = true
+	e.txn.newExtents[start] = &newExtent{n: n}
+	e.ref(start, n, owner, format.ExtentData, +1)
+	return start, nil
+}
+
+// AddRef adds a reference by owner to an allocated data extent.
+func (tx *Tx) AddRef(start format.BlockNr, n uint64, owner format.Owner) {
+	tx.touched = true
+	tx.e.ref(start, n, owner, format.ExtentData, +1)
+}
+
+// DropRef drops owner's reference to a data extent; the extent is freed
+// when its last reference goes.
+func (tx *Tx) DropRef(start format.BlockNr, n uint64, owner format.Owner) {
+	tx.touched = true
+	tx.e.ref(start, n, owner, format.ExtentData, -1)
+}
+
+// NextObjectID hands out a new, never reused object id (inode numbers).
+func (tx *Tx) NextObjectID() uint64 {
+	tx.touched = true
+	tx.e.txn.superDirty = true
+	id := tx.e.super.NextObjectID
+	tx.e.super.NextObjectID++
+	return id
+}
+
+// ref queues a reference change, releasing at once an extent allocated in
+// this transaction whose references all went away.
+func (e *Engine) ref(start format.BlockNr, n uint64, owner format.Owner, flags uint64, delta int64) {
+	if ne, ok := e.txn.newExtents[start]; ok {
+		ne.refs += delta
+		if ne.refs == 0 {
+			e.alloc.release(start, ne.n)
+		}
+	}
+	e.refs.add(start, n, owner, flags, delta)
+}
+
+// Update runs fn in the running transaction, serialized with other writers.
+// Changes become durable at the next commit (Sync, the periodic commit, or
+// throttling). If fn fails after it changed anything, the transaction is
+// aborted: the engine turns read-only and the last commit stays on disk.
+func (e *Engine) Update(fn func(tx *Tx) error) error {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	if err := e.writable(); err != nil {
+		return err
+	}
+	tx := &Tx{e: e}
+	if err := fn(tx); err != nil {
+		if tx.touched {
+			e.abort(err)
+		}
+		return err
+	}
+	if e.opts.NoDelayedRefs || e.refs.len() > e.opts.MaxDelayedRefs {
+		if !e.opts.NoDelayedRefs {
+			e.refs.stats.throttle.Add(1)
+		}
+		if err := e.runDelayedRefs(); err != nil {
+			e.abort(err)
+			return err
+		}
+	}
+	if e.txn.dirty.Len() > e.opts.MaxDirtyBlocks {
+		return e.commitLocked()
+	}
+	return nil
+}
+
+func (e *Engine) writable() error {
+	switch {
+	case e.opts.ReadOnly:
+		return ErrReadOnly
+	case e.aborted != nil:
+		return fmt.Errorf("%w: transaction aborted: %v", ErrReadOnly, e.aborted)
+	case e.txn == nil:
+		return ErrClosed
+	}
+	return nil
+}
+
+func (e *Engine) abort(err error) {
+	if e.aborted == nil {
+		e.aborted = err
+		e.log.Error("transaction aborted, engine is read-only", "gen", e.txn.gen, "err", err)
+	}
+}
+
+// Sync commits the running transaction and returns when it is durable.
+func (e *Engine) Sync() error {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	if err := e.writable(); err != nil {
+		if e.opts.ReadOnly {
+			return nil
+		}
+		return err
+	}
+	return e.commitLocked()
+}
+
+func (e *Engine) periodicCommit() {
+	defer e.wg.Done()
+	tk := time.NewTicker(e.opts.CommitInterval)
+	defer tk.Stop()
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-tk.C:
+			if err := e.Sync(); err != nil && !errors.Is(err, ErrReadOnly) {
+				e.log.Error("periodic commit", "err", err)
+			}
+		}
+	}
+}
+
+// Close commits (unless read-only or aborted) and closes the device.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return ErrClosed
+	}
+	e.closed = true
+	e.mu.Unlock()
+	close(e.stop)
+	e.wg.Wait()
+	var err error
+	e.wmu.Lock()
+	if !e.opts.ReadOnly && e.aborted == nil {
+		err = e.commitLocked()
+	}
+	e.txn = nil
+	e.wmu.Unlock()
+	if cerr := e.dev.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Snapshot is a pinned committed generation: a consistent read-only view
+// that stays valid, whatever the writer does, until Release.
+type Snapshot struct {
+	e        *Engine
+	v        *view
+	released atomic.Bool
+}
+
+// Pin pins the last committed generation.
+func (e *Engine) Pin() *Snapshot {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	v := e.committed
+	e.pins[v.super.Gen]++
+	return &Snapshot{e: e, v: v}
+}
+
+// Gen returns the snapshot's generation.
+func (s *Snapshot) Gen() format.Gen { return s.v.super.Gen }
+
+// Super returns the snapshot's superblock.
+func (s *Snapshot) Super() format.Super { return s.v.super }
+
+// Trees returns the ids of the snapshot's trees in order.
+func (s *Snapshot) Trees() []format.TreeID {
+	ids := make([]format.TreeID, 0, len(s.v.roots))
+	for id := range s.v.roots {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// Root returns the root item of tree id.
+func (s *Snapshot) Root(id format.TreeID) (format.RootItem, bool) {
+	ri, ok := s.v.roots[id]
+	return ri, ok
+}
+
+// Tree returns tree id of the snapshot, read-only.
+func (s *Snapshot) Tree(id format.TreeID) (*eb.Tree, bool) {
+	ri, ok := s.v.roots[id]
+	if !ok {
+		return nil, false
+	}
+	return eb.Open(viewStore{s.e}, id, eb.Ptr{Block: ri.Root.Block, Gen: ri.Root.Gen}, int(ri.Root.Level), ri.Items), true
+}
+
+// Release unpins the snapshot; blocks only it kept alive become reusable.
+func (s *Snapshot) Release() {
+	if s.released.Swap(true) {
+		return
+	}
+	e := s.e
+	e.mu.Lock()
+	g := s.v.super.Gen
+	if e.pins[g]--; e.pins[g] <= 0 {
+		delete(e.pins, g)
+	}
+	e.mu.Unlock()
+	e.releaseFreed()
+}
+
+// releaseFreed hands back to the allocator the blocks freed by generations
+// that no pinned reader can see any more.
+func (e *Engine) releaseFreed() {
+	e.mu.Lock()
+	if e.committed == nil {
+		e.mu.Unlock()
+		return
+	}
+	limit := e.committed.super.Gen
+	for g := range e.pins {
+		limit = min(limit, g)
+	}
+	e.mu.Unlock()
+	for _, x := range e.alloc.releaseUpTo(limit) {
+		for b := x.start; b < x.start+format.BlockNr(x.n); b++ {
+			e.cache.drop(b)
+		}
+	}
+}
+
+// Stats are engine counters.
+type Stats struct {
+	Gen           format.Gen
+	Commits       uint64
+	Refs          RefStats
+	QueuedRefs    int
+	DirtyBlocks   int
+	FreeBlocks    uint64 // free according to the free-space tree (last commit)
+	Allocatable   uint64 // free now in the allocator's index
+	PendingBlocks uint64 // freed, waiting for readers or durability
+	ReadErrors    uint64
+	WriteErrors   uint64
+	CsumErrors    uint64
+}
+
+// Stats returns a snapshot of the engine's counters.
+func (e *Engine) Stats() Stats {
+	e.wmu.Lock()
+	s := Stats{Commits: e.commits.Load(), Refs: e.refs.snapshot(), QueuedRefs: e.refs.len()}
+	if e.txn != nil {
+		s.Gen = e.txn.gen
+		s.DirtyBlocks = e.txn.dirty.Len()
+	}
+	e.wmu.Unlock()
+	e.mu.Lock()
+	if e.committed != nil {
+		s.FreeBlocks = e.committed.super.FreeBlocks
+	}
+	e.mu.Unlock()
+	s.Allocatable = e.alloc.freeBlocks()
+	s.PendingBlocks = e.alloc.pendingBlocks()
+	s.ReadErrors, s.WriteErrors, s.CsumErrors = e.ioErrs[0].Load(), e.ioErrs[1].Load(), e.ioErrs[2].Load()
+	return s
+}

@@ -1,0 +1,79 @@
+package format
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestSuperRoundTripAndFeatures(t *testing.T) {
+	s := &Super{Major: VersionMajor, Minor: 3, FSID: FSID{9}, Block: 16, Gen: 7, BlockSize: BlockSize,
+		TotalBlocks: 5000, FreeBlocks: 100, Root: RootPtr{Block: 40, Gen: 7, Level: 1},
+		RecoveryPasses: 5, Label: "data", NextObjectID: 300,
+		Devices: []DeviceStats{{ID: 1, ReadErrors: 2}}, Errors: []ErrorEntry{{ID: 11, Count: 3, Last: 99}}}
+	s.ErrorsSilent[0] = 1 << 11
+	b := make([]byte, BlockSize)
+	s.Encode(b)
+	got, err := DecodeSuper(b, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Gen != 7 || got.Label != "data" || got.Errors[0] != s.Errors[0] || got.Devices[0] != s.Devices[0] || !got.Silent(11) || got.Silent(12) {
+		t.Fatalf("round trip: %+v", got)
+	}
+	if _, err := DecodeSuper(b, 0); err == nil {
+		t.Fatal("copy read from the wrong block accepted")
+	}
+	b[100] ^= 1
+	if _, err := DecodeSuper(b, 16); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("flipped byte: %v", err)
+	}
+	s.Incompat = 1 << 40
+	if err := s.CheckFeatures(true); err == nil {
+		t.Fatal("unknown incompat feature accepted")
+	}
+	s.Incompat, s.RoCompat = 0, 1<<3
+	if err := s.CheckFeatures(false); err == nil {
+		t.Fatal("unknown ro-compat feature accepted for writing")
+	}
+	if err := s.CheckFeatures(true); err != nil {
+		t.Fatalf("unknown ro-compat feature refused read-only: %v", err)
+	}
+}
+
+func TestVerifyClassifies(t *testing.T) {
+	x := Expect{FSID: FSID{1}, Block: 7, Tree: TreeInode, Gen: 3, Level: 0}
+	cases := []struct {
+		name string
+		mut  func(n Node)
+		x    func(x *Expect)
+		kind Kind
+	}{
+		{"checksum", func(n Node) { n[200] ^= 1 }, nil, KindBadChecksum},
+		{"magic", func(n Node) { n[0] = 'X'; n.Seal() }, nil, KindBadMagic},
+		{"misdirected", nil, func(x *Expect) { x.Block = 8 }, KindMisdirected},
+		{"owner", nil, func(x *Expect) { x.Tree = TreeRmap }, KindWrongOwner},
+		{"stale", nil, func(x *Expect) { x.Gen = 4 }, KindStale},
+		{"level", nil, func(x *Expect) { x.Level = 1 }, KindBadLevel},
+		{"fs", nil, func(x *Expect) { x.FSID = FSID{2} }, KindWrongFS},
+		{"layout", func(n Node) { le.PutUint16(n[HeaderSize+KeySize:], 10); n.Seal() }, nil, KindBadLayout},
+		{"order", func(n Node) { Key{Obj: 99}.Put(n.RawKey(0)); n.Seal() }, nil, KindKeyOrder},
+	}
+	for _, c := range cases {
+		b := validLeaf()
+		xx := x
+		if c.mut != nil {
+			c.mut(Node(b))
+		}
+		if c.x != nil {
+			c.x(&xx)
+		}
+		err := VerifyNode(b, xx)
+		ce, ok := AsCorrupt(err)
+		if !ok || ce.Kind != c.kind || !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: got %v, want kind %s", c.name, err, c.kind)
+		}
+	}
+	if err := VerifyNode(validLeaf(), x); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,105 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/scrubd/scrubd/engine/format"
+)
+
+// Recovery passes (the bcachefs design): mount runs an enumerated list of
+// passes. A pass runs when it is always-on or when its bit is set in the
+// superblock's recovery_passes_required; the bit is cleared, in the next
+// commit, only after the pass succeeded. Pass ids are stable on disk: a pass
+// keeps its id forever, new passes take new ids.
+
+// RecoveryPass is one step mount can run.
+type RecoveryPass struct {
+	ID     uint
+	Name   string
+	Always bool // runs at every read-write mount
+	run    func(ctx context.Context, e *Engine) error
+}
+
+// PassCheckAllocations re-verifies that the free-space, alloc and rmap
+// trees agree before the allocator trusts them.
+const PassCheckAllocations uint = 0
+
+var recoveryPasses = []RecoveryPass{
+	{ID: PassCheckAllocations, Name: "check_allocations", run: passCheckAllocations},
+}
+
+// RecoveryPasses lists the passes this build knows, in run order.
+func RecoveryPasses() []RecoveryPass { return recoveryPasses }
+
+func (e *Engine) runRecovery() error {
+	required := e.super.RecoveryPasses
+	known := uint64(0)
+	for _, p := range recoveryPasses {
+		known |= 1 << p.ID
+		if !p.Always && required&(1<<p.ID) == 0 {
+			continue
+		}
+		start := time.Now()
+		if err := p.run(context.Background(), e); err != nil {
+			return fmt.Errorf("recovery pass %s: %w", p.Name, err)
+		}
+		e.mount.PassesRun = append(e.mount.PassesRun, p.Name)
+		e.log.Info("recovery pass done", "pass", p.Name, "took", time.Since(start))
+		if required&(1<<p.ID) != 0 {
+			e.super.RecoveryPasses &^= 1 << p.ID
+			e.txn.superDirty = true
+		}
+	}
+	if unknown := required &^ known; unknown != 0 {
+		return fmt.Errorf("superblock requires recovery passes %#x unknown to this build: %w", unknown, format.ErrCorrupt)
+	}
+	return nil
+}
+
+// RequirePasses sets passes to run at the next mount; it is persisted by the
+// next commit.
+func (e *Engine) RequirePasses(ids ...uint) {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	for _, id := range ids {
+		e.super.RecoveryPasses |= 1 << id
+	}
+	if e.txn != nil {
+		e.txn.superDirty = true
+	}
+}
+
+func passCheckAllocations(ctx context.Context, e *Engine) error {
+	snap := &Snapshot{e: e, v: e.committed}
+	var first *Finding
+	n := 0
+	_, err := snap.check(ctx, func(f Finding) {
+		if f.ID >= ErrAllocMissing && first == nil {
+			ff := f
+			first = &ff
+		}
+		if f.ID >= ErrAllocMissing {
+			n++
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if first != nil {
+		return fmt.Errorf("%d allocation inconsistencies, first: %s: %w", n, first, format.ErrCorrupt)
+	}
+	return nil
+}
+
+// CountError records n occurrences of error id in the superblock's error
+// section (persisted by the next commit).
+func (e *Engine) CountError(id ErrorID, n uint64) {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	e.super.CountError(uint32(id), n, time.Now())
+	if e.txn != nil {
+		e.txn.superDirty = true
+	}
+}

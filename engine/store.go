@@ -1,0 +1,184 @@
+package engine
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/tidwall/btree"
+
+	eb "github.com/scrubd/scrubd/engine/btree"
+	"github.com/scrubd/scrubd/engine/format"
+)
+
+// The image store hosts B-tree nodes on the device, copy-on-write.
+//
+// Committed blocks never change: a writer that modifies one gets a copy in a
+// newly allocated block (Writable), and the old block is released through the
+// delayed-ref queue, to be reused only once the generation that stopped
+// referencing it is durable and no reader pins an older one. So a reader of a
+// pinned generation can read committed blocks without locks, and a cache keyed
+// by block number is safe: a number is only reused after every reader that
+// could follow a pointer to its old content is gone.
+//
+// Blocks allocated in the running transaction live in the dirty index
+// (tidwall/btree, ordered by block number so commit writes them in disk
+// order); the writer modifies them in place until commit seals and writes
+// them.
+
+// blockCache holds verified clean blocks by number.
+type blockCache struct {
+	mu    sync.RWMutex
+	m     map[format.BlockNr]format.Node
+	limit int
+}
+
+func newBlockCache(limit int) *blockCache {
+	return &blockCache{m: make(map[format.BlockNr]format.Node), limit: limit}
+}
+
+func (c *blockCache) get(b format.BlockNr) (format.Node, bool) {
+	c.mu.RLock()
+	n, ok := c.m[b]
+	c.mu.RUnlock()
+	return n, ok
+}
+
+func (c *blockCache) put(b format.BlockNr, n format.Node) {
+	c.mu.Lock()
+	if len(c.m) >= c.limit {
+		// Random eviction (map order) of an eighth: cheap and good enough
+		// for a cache whose hot set is the upper tree levels.
+		drop := c.limit / 8
+		for k := range c.m {
+			delete(c.m, k)
+			if drop--; drop <= 0 {
+				break
+			}
+		}
+	}
+	c.m[b] = n
+	c.mu.Unlock()
+}
+
+func (c *blockCache) drop(b format.BlockNr) {
+	c.mu.Lock()
+	delete(c.m, b)
+	c.mu.Unlock()
+}
+
+// readBlock returns the verified committed node at p, from the cache or the
+// device. It is safe for concurrent use.
+func (e *Engine) readBlock(tree format.TreeID, p eb.Ptr, level int) (format.Node, error) {
+	x := format.Expect{FSID: e.fsid, Block: p.Block, Tree: tree, Gen: p.Gen, Level: level}
+	if n, ok := e.cache.get(p.Block); ok {
+		// The cached copy was fully verified when it was read or written;
+		// the header check catches a pointer that disagrees with it.
+		if err := format.VerifyHeader(n, x); err != nil {
+			return nil, err
+		}
+		return n, nil
+	}
+	if uint64(p.Block) >= e.totalBlocks || p.Block == 0 {
+		return nil, &format.CorruptError{Kind: format.KindShortRead, Tree: tree, Block: p.Block,
+			Detail: fmt.Sprintf("pointer beyond the %d-block device", e.totalBlocks)}
+	}
+	buf := make([]byte, format.BlockSize)
+	if _, err := e.dev.ReadAt(buf, int64(p.Block)*format.BlockSize); err != nil {
+		e.countIOError(ioRead)
+		return nil, fmt.Errorf("read tree %s block %d: %w", tree, p.Block, err)
+	}
+	if err := format.VerifyNode(buf, x); err != nil {
+		if ce, ok := format.AsCorrupt(err); ok && ce.Kind == format.KindBadChecksum {
+			e.countIOError(ioCsum)
+		}
+		return nil, err
+	}
+	e.cache.put(p.Block, buf)
+	return buf, nil
+}
+
+// viewStore is the read-only store of a pinned generation.
+type viewStore struct{ e *Engine }
+
+func (s viewStore) Read(tree format.TreeID, p eb.Ptr, level int) (format.Node, error) {
+	return s.e.readBlock(tree, p, level)
+}
+
+func (s viewStore) Writable(format.TreeID, eb.Ptr, int) (format.Node, eb.Ptr, error) {
+	return nil, eb.Ptr{}, ErrReadOnly
+}
+
+func (s viewStore) Alloc(format.TreeID, int) (format.Node, eb.Ptr, error) {
+	return nil, eb.Ptr{}, ErrReadOnly
+}
+
+func (s viewStore) Free(format.TreeID, eb.Ptr, int) error { return ErrReadOnly }
+
+// txnStore is the store of the running transaction. Only the writer (holding
+// e.wmu) uses it.
+type txnStore struct{ e *Engine }
+
+type dirtyBlock struct {
+	node  format.Node
+	owner format.TreeID
+}
+
+func (s txnStore) Read(tree format.TreeID, p eb.Ptr, level int) (format.Node, error) {
+	t := s.e.txn
+	if d, ok := t.dirty.Get(p.Block); ok {
+		n := d.node
+		if d.owner != tree || n.Gen() != p.Gen || n.Level() != level {
+			return nil, fmt.Errorf("engine: dirty block %d is %s/gen %d/level %d, pointer expects %s/gen %d/level %d: %w",
+				p.Block, d.owner, n.Gen(), n.Level(), tree, p.Gen, level, errInternal)
+		}
+		return n, nil
+	}
+	return s.e.readBlock(tree, p, level)
+}
+
+func (s txnStore) Writable(tree format.TreeID, p eb.Ptr, level int) (format.Node, eb.Ptr, error) {
+	t := s.e.txn
+	n, err := s.Read(tree, p, level)
+	if err != nil {
+		return nil, eb.Ptr{}, err
+	}
+	if _, ok := t.dirty.Get(p.Block); ok {
+		return n, p, nil
+	}
+	c, cp, err := s.Alloc(tree, level)
+	if err != nil {
+		return nil, eb.Ptr{}, err
+	}
+	copy(c, n)
+	c.SetBlock(cp.Block)
+	c.SetGen(cp.Gen)
+	if err := s.Free(tree, p, level); err != nil {
+		return nil, eb.Ptr{}, err
+	}
+	return c, cp, nil
+}
+
+func (s txnStore) Alloc(tree format.TreeID, level int) (format.Node, eb.Ptr, error) {
+	e, t := s.e, s.e.txn
+	b, err := e.alloc.allocate(1, t.metaHint)
+	if err != nil {
+		return nil, eb.Ptr{}, fmt.Errorf("allocate block for tree %s: %w", tree, err)
+	}
+	t.metaHint = b + 1
+	t.newExtents[b] = &newExtent{n: 1}
+	n := format.InitNode(make([]byte, format.BlockSize), e.fsid, b, t.gen, tree, level)
+	t.dirty.Set(b, dirtyBlock{node: n, owner: tree})
+	e.ref(b, 1, format.Owner{Tree: tree}, format.ExtentMeta, +1)
+	return n, eb.Ptr{Block: b, Gen: t.gen}, nil
+}
+
+func (s txnStore) Free(tree format.TreeID, p eb.Ptr, level int) error {
+	e, t := s.e, s.e.txn
+	t.dirty.Delete(p.Block)
+	e.ref(p.Block, 1, format.Owner{Tree: tree}, format.ExtentMeta, -1)
+	return nil
+}
+
+func newDirtyIndex() *btree.Map[format.BlockNr, dirtyBlock] {
+	return btree.NewMap[format.BlockNr, dirtyBlock](32)
+}
