@@ -132,6 +132,8 @@ type CheckResult struct {
 	// Complete is false when damage hid part of a tree, so cross-reference
 	// checks that need every block (leaks) were skipped.
 	Complete bool
+	// SuperCopies is the number of superblock copies checked.
+	SuperCopies int
 }
 
 // Check runs the full self-check on the snapshot's generation and streams
@@ -160,8 +162,9 @@ type metaRef struct {
 
 func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, error) {
 	e := s.e
-	res := &CheckResult{Gen: s.Gen(), Complete: true}
+	res := &CheckResult{Gen: s.Gen(), Complete: true, SuperCopies: len(format.SuperBlocks(e.totalBlocks))}
 	perTree := map[format.TreeID]*TreeCheck{}
+	broken := map[format.TreeID]bool{} // trees whose walk hit damage
 	report := func(f Finding) {
 		res.Findings++
 		if tc := perTree[f.Tree]; tc != nil {
@@ -192,6 +195,7 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 			Problem: func(p eb.Problem) {
 				if p.Kind != format.KindItemCount {
 					res.Complete = false
+					broken[id] = true
 				}
 				idv, ok := kindIDs[p.Kind]
 				if !ok {
@@ -245,7 +249,7 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 		}
 	}
 	if !missing {
-		s.crossCheck(res, refs, allocs, rmaps, frees, report)
+		s.crossCheck(res, broken, refs, allocs, rmaps, frees, report)
 	}
 	// Per-tree finding counts include cross-reference findings.
 	for i := range res.Trees {
@@ -279,8 +283,12 @@ func (s *Snapshot) checkSupers(report func(Finding)) {
 	}
 }
 
-func (s *Snapshot) crossCheck(res *CheckResult, refs []metaRef, allocs []allocRec, rmaps []rmapRec, frees []extent, report func(Finding)) {
+// crossCheck compares the trees with each other. A comparison runs only when
+// every tree it reads was walked without damage: a finding about a damaged
+// tree is reported once, by the walk, not again as a thousand mismatches.
+func (s *Snapshot) crossCheck(res *CheckResult, broken map[format.TreeID]bool, refs []metaRef, allocs []allocRec, rmaps []rmapRec, frees []extent, report func(Finding)) {
 	total := s.e.totalBlocks
+	allocOK, rmapOK, freeOK := !broken[format.TreeAlloc], !broken[format.TreeRmap], !broken[format.TreeFree]
 	slices.SortFunc(refs, func(a, b metaRef) int { return cmpBlock(a.block, b.block) })
 	// Tree blocks referenced twice.
 	for i := 1; i < len(refs); i++ {
@@ -301,6 +309,9 @@ func (s *Snapshot) crossCheck(res *CheckResult, refs []metaRef, allocs []allocRe
 	owners := make(map[format.BlockNr][]rmapRec, len(rmaps))
 	for _, r := range rmaps {
 		owners[r.start] = append(owners[r.start], r)
+		if !allocOK || !rmapOK {
+			continue
+		}
 		a := allocAt[r.start]
 		switch {
 		case a == nil:
@@ -312,6 +323,9 @@ func (s *Snapshot) crossCheck(res *CheckResult, refs []metaRef, allocs []allocRe
 		}
 	}
 	for _, a := range allocs {
+		if !allocOK || !rmapOK {
+			break
+		}
 		if got := uint64(len(owners[a.start])); got != a.item.Refs {
 			report(finding(ErrAllocRefcount, format.TreeAlloc, a.start, "extent %d+%d has %d references recorded, %d reverse mappings", a.start, a.n, a.item.Refs, got))
 		}
@@ -325,6 +339,7 @@ func (s *Snapshot) crossCheck(res *CheckResult, refs []metaRef, allocs []allocRe
 		}
 		a := allocAt[r.block]
 		switch {
+		case !allocOK:
 		case a == nil:
 			report(finding(ErrAllocMissing, r.tree, r.block, "block of tree %s has no alloc record", r.tree))
 		case a.n != 1 || a.item.Flags != format.ExtentMeta:
@@ -336,7 +351,7 @@ func (s *Snapshot) crossCheck(res *CheckResult, refs []metaRef, allocs []allocRe
 				found = true
 			}
 		}
-		if !found {
+		if !found && rmapOK {
 			report(finding(ErrRmapMissing, r.tree, r.block, "block of tree %s has no reverse mapping to it", r.tree))
 		}
 	}
@@ -345,12 +360,12 @@ func (s *Snapshot) crossCheck(res *CheckResult, refs []metaRef, allocs []allocRe
 		if r.owner.IsData() {
 			continue
 		}
-		if t, ok := used[r.start]; (!ok || t != r.owner.Tree) && res.Complete {
+		if t, ok := used[r.start]; (!ok || t != r.owner.Tree) && res.Complete && rmapOK {
 			report(finding(ErrRmapOrphan, format.TreeRmap, r.start, "reverse mapping says tree %s owns block %d, but it does not use it", r.owner.Tree, r.start))
 		}
 	}
 	// Metadata extents nothing uses.
-	if res.Complete {
+	if res.Complete && allocOK {
 		for _, a := range allocs {
 			if a.item.Flags != format.ExtentMeta {
 				continue
@@ -367,6 +382,9 @@ func (s *Snapshot) crossCheck(res *CheckResult, refs []metaRef, allocs []allocRe
 		if i > 0 && uint64(frees[i-1].start)+frees[i-1].n == uint64(f.start) {
 			report(finding(ErrFreeNotMerged, format.TreeFree, f.start, "free extent %d+%d adjoins the previous one", f.start, f.n))
 		}
+	}
+	if !freeOK || !allocOK {
+		return
 	}
 	if freeSum != s.v.super.FreeBlocks {
 		report(finding(ErrSuperFreeCount, format.OwnerSuper, 0, "superblock counts %d free blocks, free-space tree holds %d", s.v.super.FreeBlocks, freeSum))

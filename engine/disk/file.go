@@ -94,12 +94,12 @@ func checkCreate(fi fs.FileInfo, force bool) error {
 	switch {
 	case fi.Mode().IsRegular():
 		if fi.Size() > 0 && !force {
-			return fmt.Errorf("regular file of %d bytes (use force to overwrite): %w", fi.Size(), ErrExists)
+			return fmt.Errorf("regular file of %d bytes, refusing to overwrite it: %w", fi.Size(), ErrExists)
 		}
 		return nil
 	case isBlockDevice(fi):
 		if !force {
-			return fmt.Errorf("block device (use force to overwrite): %w", ErrExists)
+			return fmt.Errorf("block device, refusing to overwrite it: %w", ErrExists)
 		}
 		return nil
 	default:
