@@ -99,6 +99,9 @@ func (e *Engine) commitLocked() error {
 	e.txn = next
 	e.commits.Add(1)
 	e.releaseFreed()
+	if invariants {
+		e.checkAllocator()
+	}
 	e.log.Debug("committed", "gen", t.gen, "free", sb.FreeBlocks)
 	return nil
 }

@@ -17,3 +17,7 @@ func (e *Engine) createTreeForTest(id format.TreeID) error {
 		return tr.Insert(format.Key{Obj: 1}, []byte("from the future"))
 	})
 }
+
+func btreeVisitor(fn func(format.BlockNr)) eb.CheckVisitor {
+	return eb.CheckVisitor{Block: func(p eb.Ptr, _ int) { fn(p.Block) }}
+}

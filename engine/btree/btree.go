@@ -321,6 +321,13 @@ func (t *Tree) splitLeafInsert(d int, k format.Key, v []byte) error {
 			m, best = j, worst
 		}
 	}
+	if pos == c && total-size(c) <= format.Capacity {
+		// Appending past the last item (sequential inserts): keep this
+		// leaf full and start the next one, as btrfs does, instead of
+		// leaving a trail of half-empty leaves.
+		m = c
+		best = total - size(c)
+	}
 	if best > format.Capacity {
 		return fmt.Errorf("btree %s: cannot split leaf %d for a %d-byte value", t.ID, t.path[d].p.Block, len(v))
 	}

@@ -1,0 +1,5 @@
+//go:build race
+
+package xfile
+
+const raceEnabled = true
