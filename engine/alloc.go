@@ -177,3 +177,28 @@ func (a *allocator) pendingBlocks() uint64 {
 	}
 	return c
 }
+
+// claim takes exactly [start, start+n) out of the index; it must be free.
+func (a *allocator) claim(start format.BlockNr, n uint64) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var s format.BlockNr
+	var l uint64
+	found := false
+	a.free.Descend(start, func(fs format.BlockNr, fl uint64) bool {
+		s, l, found = fs, fl, true
+		return false
+	})
+	if !found || uint64(s)+l < uint64(start)+n {
+		return fmt.Errorf("claim of blocks %d+%d that are not free: %w", start, n, format.ErrCorrupt)
+	}
+	a.free.Delete(s)
+	if start > s {
+		a.free.Set(s, uint64(start-s))
+	}
+	if end := uint64(start) + n; end < uint64(s)+l {
+		a.free.Set(format.BlockNr(end), uint64(s)+l-end)
+	}
+	a.nfree -= n
+	return nil
+}

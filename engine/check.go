@@ -177,6 +177,9 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 	for _, b := range format.SuperBlocks(total) {
 		refs = append(refs, metaRef{b, format.OwnerSuper})
 	}
+	if lb := s.v.super.Log.Block; lb != 0 && uint64(lb) < total {
+		refs = append(refs, metaRef{lb, format.TreeLog})
+	}
 	s.checkSupers(report)
 
 	var allocs []allocRec

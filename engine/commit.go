@@ -98,6 +98,7 @@ func (e *Engine) commitLocked() error {
 	next.metaHint = t.metaHint
 	e.txn = next
 	e.commits.Add(1)
+	e.resetLog()
 	e.releaseFreed()
 	if invariants {
 		e.checkAllocator()

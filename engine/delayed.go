@@ -204,6 +204,12 @@ func (e *Engine) applyRef(r refEntry) error {
 		return err
 	}
 	e.freeCount += r.n
+	if item.Flags == format.ExtentData {
+		// The extent's data checksums go with it.
+		if _, err := e.trees[format.TreeCsum].Delete(format.CsumKey(r.start)); err != nil {
+			return err
+		}
+	}
 	if _, isNew := t.newExtents[r.start]; !isNew {
 		t.pendingFree = append(t.pendingFree, extent{r.start, r.n})
 	}

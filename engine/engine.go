@@ -44,6 +44,15 @@ type Options struct {
 	// Update instead of at commit, so nothing merges across operations. It
 	// exists to measure what the queue saves.
 	NoDelayedRefs bool
+	// NoLog disables the fsync log (--notreelog): AppendLog returns
+	// ErrNoLog and callers commit instead.
+	NoLog bool
+	// ReplayLog applies fsync log records at mount; without it a log with
+	// records is left unapplied (and a note says so).
+	ReplayLog ReplayFunc
+	// DeletedInodes runs at every read-write mount to free inodes that were
+	// unlinked while open (recovery pass deleted_inodes).
+	DeletedInodes func(tx *Tx) error
 	// CacheBlocks bounds the clean-block cache; 0 means the default.
 	CacheBlocks int
 	// Logger receives the engine's log; nil discards.
@@ -97,6 +106,7 @@ type Engine struct {
 	freeCount uint64       // free blocks according to the free-space tree
 	aborted   error
 	commits   atomic.Uint64
+	flog      logState
 
 	// Committed state, guarded by mu.
 	mu        sync.Mutex
@@ -123,8 +133,9 @@ type txn struct {
 // newExtent is an extent allocated in the running transaction; refs counts
 // its references queued so far. At zero it returns to the allocator at once.
 type newExtent struct {
-	n    uint64
-	refs int64
+	n       uint64
+	refs    int64
+	claimed bool // claimed by log replay: the allocator is reloaded after
 }
 
 func newTxn(gen format.Gen) *txn {
@@ -250,6 +261,12 @@ func Open(dev disk.Device, opts Options) (*Engine, error) {
 	e := newEngine(dev, opts)
 	if err := e.load(); err != nil {
 		return nil, err
+	}
+	if !e.opts.ReadOnly {
+		if err := e.ensureLogHead(); err != nil {
+			return nil, fmt.Errorf("set up the fsync log: %w", err)
+		}
+		e.resetLog()
 	}
 	if !e.opts.ReadOnly && e.opts.CommitInterval > 0 {
 		e.wg.Add(1)
@@ -455,6 +472,7 @@ func (e *Engine) ReadOnly() (bool, error) {
 type Tx struct {
 	e       *Engine
 	touched bool
+	view    bool
 }
 
 // Gen returns the running transaction's generation.
@@ -465,6 +483,9 @@ func (tx *Tx) Tree(id format.TreeID) (*eb.Tree, error) {
 	t, ok := tx.e.trees[id]
 	if !ok {
 		return nil, fmt.Errorf("no tree %s", id)
+	}
+	if tx.view {
+		return nil, ErrReadOnly
 	}
 	switch id {
 	case format.TreeRoot, format.TreeAlloc, format.TreeRmap, format.TreeFree:
@@ -494,6 +515,36 @@ func (tx *Tx) AllocExtent(n uint64, owner format.Owner) (format.BlockNr, error) 
 	return start, nil
 }
 
+// ClaimExtent takes the specific free extent [start, start+n) out of the
+// allocator for this transaction (log replay: the fsync'd data is already
+// there). References are then added with AddRef.
+//
+// Claims may overlap other claims' extents only through ClaimRange; each
+// extent a log record references is then registered with MarkClaimed.
+func (tx *Tx) ClaimRange(start format.BlockNr, n uint64) error {
+	if err := tx.e.alloc.claim(start, n); err != nil {
+		return err
+	}
+	tx.touched = true
+	return nil
+}
+
+// MarkClaimed registers a data extent inside a claimed range as new in this
+// transaction, so dropping its last reference also drops its checksums.
+func (tx *Tx) MarkClaimed(start format.BlockNr, n uint64) {
+	tx.e.txn.newExtents[start] = &newExtent{n: n, claimed: true}
+}
+
+// Device returns the device, for data block I/O.
+func (tx *Tx) Device() disk.Device { return tx.e.dev }
+
+// IsNewExtent reports whether the extent at start was allocated in the
+// running transaction.
+func (tx *Tx) IsNewExtent(start format.BlockNr) bool {
+	_, ok := tx.e.txn.newExtents[start]
+	return ok
+}
+
 // AddRef adds a reference by owner to an allocated data extent.
 func (tx *Tx) AddRef(start format.BlockNr, n uint64, owner format.Owner) {
 	tx.touched = true
@@ -502,9 +553,15 @@ func (tx *Tx) AddRef(start format.BlockNr, n uint64, owner format.Owner) {
 
 // DropRef drops owner's reference to a data extent; the extent is freed
 // when its last reference goes.
-func (tx *Tx) DropRef(start format.BlockNr, n uint64, owner format.Owner) {
+func (tx *Tx) DropRef(start format.BlockNr, n uint64, owner format.Owner) error {
 	tx.touched = true
-	tx.e.ref(start, n, owner, format.ExtentData, -1)
+	if tx.e.ref(start, n, owner, format.ExtentData, -1) {
+		// Allocated and dropped in this transaction: its checksums go too.
+		if _, err := tx.e.trees[format.TreeCsum].Delete(format.CsumKey(start)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // NextObjectID hands out a new, never reused object id (inode numbers).
@@ -518,14 +575,20 @@ func (tx *Tx) NextObjectID() uint64 {
 
 // ref queues a reference change, releasing at once an extent allocated in
 // this transaction whose references all went away.
-func (e *Engine) ref(start format.BlockNr, n uint64, owner format.Owner, flags uint64, delta int64) {
+// It reports whether the extent was released.
+func (e *Engine) ref(start format.BlockNr, n uint64, owner format.Owner, flags uint64, delta int64) bool {
+	released := false
 	if ne, ok := e.txn.newExtents[start]; ok {
 		ne.refs += delta
 		if ne.refs == 0 {
-			e.alloc.release(start, ne.n)
+			if !ne.claimed {
+				e.alloc.release(start, ne.n)
+			}
+			released = true
 		}
 	}
 	e.refs.add(start, n, owner, flags, delta)
+	return released
 }
 
 // Update runs fn in the running transaction, serialized with other writers.
@@ -577,6 +640,18 @@ func (e *Engine) abort(err error) {
 		e.aborted = err
 		e.log.Error("transaction aborted, engine is read-only", "gen", e.txn.gen, "err", err)
 	}
+}
+
+// View runs fn against the running transaction (read-your-writes) without
+// allowing changes: Tx.Tree fails, ReadTree works. It is serialized with
+// writers.
+func (e *Engine) View(fn func(tx *Tx) error) error {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	if e.txn == nil {
+		return ErrClosed
+	}
+	return fn(&Tx{e: e, view: true})
 }
 
 // Sync commits the running transaction and returns when it is durable.

@@ -22,12 +22,35 @@ type RecoveryPass struct {
 	run    func(ctx context.Context, e *Engine) error
 }
 
-// PassCheckAllocations re-verifies that the free-space, alloc and rmap
-// trees agree before the allocator trusts them.
-const PassCheckAllocations uint = 0
+// Recovery pass ids (stable on disk).
+const (
+	// PassCheckAllocations re-verifies that the free-space, alloc and rmap
+	// trees agree before the allocator trusts them.
+	PassCheckAllocations uint = 0
+	// PassReplayLog applies the fsync log to the committed generation.
+	PassReplayLog uint = 1
+	// PassDeletedInodes frees inodes unlinked while open (registered by the
+	// filesystem layer through Options.DeletedInodes).
+	PassDeletedInodes uint = 2
+)
 
 var recoveryPasses = []RecoveryPass{
 	{ID: PassCheckAllocations, Name: "check_allocations", run: passCheckAllocations},
+	{ID: PassReplayLog, Name: "replay_log", Always: true, run: func(_ context.Context, e *Engine) error { return passReplayLog(e) }},
+	{ID: PassDeletedInodes, Name: "deleted_inodes", Always: true, run: passDeletedInodes},
+}
+
+func passDeletedInodes(_ context.Context, e *Engine) error {
+	if e.opts.DeletedInodes == nil {
+		return nil
+	}
+	if err := e.Update(func(tx *Tx) error {
+		tx.touched = true
+		return e.opts.DeletedInodes(tx)
+	}); err != nil {
+		return err
+	}
+	return e.Sync()
 }
 
 // RecoveryPasses lists the passes this build knows, in run order.

@@ -44,6 +44,7 @@ const (
 	TreeUUID      TreeID = 11 // subvolume UUID → subvolume id
 	TreeDeleted   TreeID = 12 // inodes unlinked but still open
 	TreeLoggedOps TreeID = 13 // multi-transaction operations to resume
+	TreeLog       TreeID = 14 // owner of the fsync log blocks (not in the root tree)
 
 	// OwnerSuper owns the superblock copies in the allocation and rmap trees.
 	OwnerSuper TreeID = 0xFFFF_FFFF_FFFF_FF00
@@ -59,7 +60,7 @@ var treeNames = map[TreeID]string{
 	TreeRoot: "root", TreeAlloc: "alloc", TreeRmap: "rmap", TreeFree: "free",
 	TreeInode: "inode", TreeDir: "dir", TreeExtent: "extent", TreeCsum: "csum",
 	TreeSubvol: "subvol", TreeSnapshot: "snapshot", TreeUUID: "uuid",
-	TreeDeleted: "deleted", TreeLoggedOps: "logged_ops", OwnerSuper: "super",
+	TreeDeleted: "deleted", TreeLoggedOps: "logged_ops", TreeLog: "log", OwnerSuper: "super",
 }
 
 // String returns the tree's name, or "tree-N" for an unknown id.

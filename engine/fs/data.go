@@ -1,0 +1,519 @@
+package fs
+
+import (
+	"fmt"
+	"syscall"
+	"time"
+
+	"github.com/scrubd/scrubd/engine"
+	"github.com/scrubd/scrubd/engine/format"
+)
+
+// File data.
+//
+// Every write is copy-on-write: the written block range gets a new extent
+// (at most format.MaxExtentBlocks blocks), its data goes straight to the
+// device (the blocks are unreferenced by any committed generation, so this
+// is safe at any time), a crc32c per block goes to the csum tree under the
+// extent's start, and the file extent tree maps the range to it. Extents the
+// write covers lose their reference for the covered part: an extent wholly
+// covered loses its item; one partly covered keeps its item for what is left
+// (a bookend, as in btrfs) and gains a second item if the write splits it in
+// the middle. A disk extent is freed (with its checksums) when its last
+// item goes.
+//
+// Partial blocks are read, merged and rewritten. Reads verify every block
+// against its checksum and return EIO, never wrong bytes.
+
+const bs = format.BlockSize
+
+// Open records an open handle on ino (unlinked inodes live until the last
+// Release).
+func (f *FS) Open(ino uint64) error {
+	_, err := f.GetAttr(ino)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.opens[ino]++
+	f.mu.Unlock()
+	return nil
+}
+
+// Release drops an open handle; the last one of an unlinked inode frees it.
+func (f *FS) Release(ino uint64) error {
+	f.mu.Lock()
+	f.opens[ino]--
+	last := f.opens[ino] <= 0
+	if last {
+		delete(f.opens, ino)
+	}
+	f.mu.Unlock()
+	if !last {
+		return nil
+	}
+	err := f.e.Update(func(tx *engine.Tx) error {
+		in, ok, err := getInode(tx, ino)
+		if err != nil || !ok || in.Nlink > 0 {
+			return err
+		}
+		if err := unmarkDeleted(tx, ino); err != nil {
+			return err
+		}
+		return freeInode(tx, ino, in)
+	})
+	return errno(err)
+}
+
+// purgeDeleted is the deleted_inodes recovery pass: nothing is open after a
+// mount, so every inode in the deleted tree goes.
+func (f *FS) purgeDeleted(tx *engine.Tx) error {
+	tr, _ := tx.ReadTree(format.TreeDeleted)
+	var inos []uint64
+	if err := tr.Ascend(format.Key{}, func(k format.Key, _ []byte) bool {
+		inos = append(inos, k.Obj)
+		return true
+	}); err != nil {
+		return err
+	}
+	for _, ino := range inos {
+		if err := unmarkDeleted(tx, ino); err != nil {
+			return err
+		}
+		in, ok, err := getInode(tx, ino)
+		if err != nil {
+			return err
+		}
+		if ok && in.Nlink == 0 {
+			if err := freeInode(tx, ino, in); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// extentAt returns the file extent item covering file block fb, if any.
+func extentAt(tx *engine.Tx, ino, fb uint64) (uint64, format.FileExtent, bool, error) {
+	tr, _ := tx.ReadTree(format.TreeExtent)
+	k, v, ok, err := tr.Last(format.FileExtentKey(ino, fb))
+	if err != nil || !ok || k.Obj != ino || k.Type != format.TypeFileExtent {
+		return 0, format.FileExtent{}, false, err
+	}
+	fe, err := format.DecodeFileExtent(v)
+	if err != nil {
+		return 0, format.FileExtent{}, false, err
+	}
+	if k.Off+fe.Count <= fb {
+		return 0, format.FileExtent{}, false, nil
+	}
+	return k.Off, fe, true, nil
+}
+
+// readBlocks reads file blocks [fb, fb+n) into p (n*bs bytes), zeros for
+// holes, verifying checksums.
+func (f *FS) readBlocks(tx *engine.Tx, ino, fb, n uint64, p []byte) error {
+	for done := uint64(0); done < n; {
+		at, fe, ok, err := extentAt(tx, ino, fb+done)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			// A hole up to the next extent.
+			next := fb + n
+			tr, _ := tx.ReadTree(format.TreeExtent)
+			k, _, found, err := tr.First(format.FileExtentKey(ino, fb+done))
+			if err != nil {
+				return err
+			}
+			if found && k.Obj == ino && k.Type == format.TypeFileExtent && k.Off < next {
+				next = k.Off
+			}
+			clear(p[done*bs : (next-fb)*bs])
+			done = next - fb
+			continue
+		}
+		cnt := min(at+fe.Count-(fb+done), n-done)
+		disk := fe.Disk(at, fb+done)
+		buf := p[done*bs : (done+cnt)*bs]
+		if _, err := tx.Device().ReadAt(buf, int64(disk)*bs); err != nil {
+			return fmt.Errorf("read data blocks %d+%d of inode %d: %w", disk, cnt, ino, err)
+		}
+		if err := f.verify(tx, ino, fb+done, fe, disk, buf); err != nil {
+			return err
+		}
+		done += cnt
+	}
+	return nil
+}
+
+// verify checks data blocks read from disk against the csum tree.
+func (f *FS) verify(tx *engine.Tx, ino, fb uint64, fe format.FileExtent, disk format.BlockNr, buf []byte) error {
+	tr, _ := tx.ReadTree(format.TreeCsum)
+	cs, ok, err := tr.Get(format.CsumKey(fe.Start), nil)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		f.countCsumError(1)
+		return fmt.Errorf("inode %d block %d: extent %d has no checksums: %w", ino, fb, fe.Start, syscall.EIO)
+	}
+	if _, err := format.DecodeCsums(cs); err != nil || uint64(len(cs)/4) != fe.Len {
+		f.countCsumError(1)
+		return fmt.Errorf("inode %d block %d: checksum item of extent %d is damaged: %w", ino, fb, fe.Start, syscall.EIO)
+	}
+	for i := uint64(0); i < uint64(len(buf))/bs; i++ {
+		idx := uint64(disk-fe.Start) + i
+		if format.Checksum(buf[i*bs:(i+1)*bs]) != format.CsumAt(cs, idx) {
+			f.countCsumError(1)
+			return fmt.Errorf("inode %d offset %d (disk block %d): data checksum mismatch: %w", ino, (fb+i)*bs, uint64(disk)+i, syscall.EIO)
+		}
+	}
+	return nil
+}
+
+// ErrDataChecksum is the error id counted for data checksum failures.
+const ErrDataChecksum engine.ErrorID = 60
+
+func (f *FS) countCsumError(n uint64) {
+	f.mu.Lock()
+	f.stats.CsumErrors += n
+	f.mu.Unlock()
+	f.e.CountError(ErrDataChecksum, n)
+}
+
+// Read reads up to len(p) bytes at off; it returns fewer at end of file.
+func (f *FS) Read(ino uint64, p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, syscall.EINVAL
+	}
+	var n int
+	err := f.e.View(func(tx *engine.Tx) error {
+		in, err := mustInode(tx, ino)
+		if err != nil {
+			return err
+		}
+		if isDir(in) {
+			return syscall.EISDIR
+		}
+		if uint64(off) >= in.Size || len(p) == 0 {
+			return nil
+		}
+		end := min(uint64(off)+uint64(len(p)), in.Size)
+		fb, lb := uint64(off)/bs, (end+bs-1)/bs
+		buf := make([]byte, (lb-fb)*bs)
+		if err := f.readBlocks(tx, ino, fb, lb-fb, buf); err != nil {
+			return err
+		}
+		n = copy(p, buf[uint64(off)-fb*bs:end-fb*bs])
+		return nil
+	})
+	return n, errno(err)
+}
+
+// Write writes p at off (pwrite semantics), extending the file as needed.
+func (f *FS) Write(ino uint64, p []byte, off int64) (int, error) {
+	if off < 0 || uint64(off)+uint64(len(p)) > 1<<50 {
+		return 0, syscall.EFBIG
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	var gen format.Gen
+	fb := uint64(off) / bs
+	lb := (uint64(off) + uint64(len(p)) + bs - 1) / bs
+	err := f.e.Update(func(tx *engine.Tx) error {
+		in, err := mustInode(tx, ino)
+		if err != nil {
+			return err
+		}
+		if !isReg(in) {
+			return syscall.EINVAL
+		}
+		gen = tx.Gen()
+		for a := fb; a < lb; a += format.MaxExtentBlocks {
+			b := min(lb, a+format.MaxExtentBlocks)
+			if err := f.writeChunk(tx, ino, in, a, b, p, uint64(off)); err != nil {
+				return err
+			}
+		}
+		if end := uint64(off) + uint64(len(p)); end > in.Size {
+			in.Size = end
+		}
+		now := ts(time.Now())
+		in.Mtime, in.Ctime = now, now
+		return putInode(tx, ino, in)
+	})
+	if err != nil {
+		return 0, errno(err)
+	}
+	f.markModified(ino, gen, fb, lb)
+	return len(p), nil
+}
+
+// writeChunk writes file blocks [a, b) of a write of p at off.
+func (f *FS) writeChunk(tx *engine.Tx, ino uint64, in *format.InodeItem, a, b uint64, p []byte, off uint64) error {
+	n := b - a
+	buf := make([]byte, n*bs)
+	// Partial first and last blocks keep their old bytes.
+	firstPartial := off > a*bs
+	if firstPartial {
+		if err := f.readBlocks(tx, ino, a, 1, buf[:bs]); err != nil {
+			return err
+		}
+	}
+	if end := off + uint64(len(p)); end < b*bs && !(b-1 == a && firstPartial) {
+		if err := f.readBlocks(tx, ino, b-1, 1, buf[(n-1)*bs:]); err != nil {
+			return err
+		}
+	}
+	// Bytes of p that land in [a*bs, b*bs).
+	lo, hi := max(off, a*bs), min(off+uint64(len(p)), b*bs)
+	copy(buf[lo-a*bs:hi-a*bs], p[lo-off:hi-off])
+	return f.putData(tx, ino, in, a, buf)
+}
+
+// putData maps file blocks [a, a+len(buf)/bs) to a new extent holding buf.
+func (f *FS) putData(tx *engine.Tx, ino uint64, in *format.InodeItem, a uint64, buf []byte) error {
+	n := uint64(len(buf)) / bs
+	unmapped, err := punch(tx, ino, a, a+n)
+	if err != nil {
+		return err
+	}
+	in.Blocks -= min(in.Blocks, unmapped)
+	start, err := tx.AllocExtent(n, format.Owner{Inode: ino, Offset: a})
+	if err != nil {
+		return err
+	}
+	if _, err := tx.Device().WriteAt(buf, int64(start)*bs); err != nil {
+		return fmt.Errorf("write data blocks %d+%d: %w", start, n, err)
+	}
+	cs := make([]byte, 4*n)
+	for i := uint64(0); i < n; i++ {
+		format.PutCsum(cs, i, format.Checksum(buf[i*bs:(i+1)*bs]))
+	}
+	ctr, err := tx.Tree(format.TreeCsum)
+	if err != nil {
+		return err
+	}
+	if err := ctr.Put(format.CsumKey(start), cs); err != nil {
+		return err
+	}
+	etr, err := tx.Tree(format.TreeExtent)
+	if err != nil {
+		return err
+	}
+	fe := format.FileExtent{Start: start, Len: n, Count: n}
+	if err := etr.Insert(format.FileExtentKey(ino, a), fe.Encode()); err != nil {
+		return err
+	}
+	in.Blocks += n
+	return nil
+}
+
+// punch removes the mapping of file blocks [a, b), dropping references of
+// the extents it covered and splitting those it covered in part. It returns
+// how many mapped blocks it removed.
+func punch(tx *engine.Tx, ino, a, b uint64) (uint64, error) {
+	etr, err := tx.Tree(format.TreeExtent)
+	if err != nil {
+		return 0, err
+	}
+	type item struct {
+		at uint64
+		fe format.FileExtent
+	}
+	var hit []item
+	// The item covering a (if it starts before a) and all starting in [a, b).
+	if at, fe, ok, err := extentAt(tx, ino, a); err != nil {
+		return 0, err
+	} else if ok && at < a {
+		hit = append(hit, item{at, fe})
+	}
+	var derr error
+	err = etr.Ascend(format.FileExtentKey(ino, a), func(k format.Key, v []byte) bool {
+		if k.Obj != ino || k.Type != format.TypeFileExtent || k.Off >= b {
+			return false
+		}
+		fe, err := format.DecodeFileExtent(v)
+		if err != nil {
+			derr = err
+			return false
+		}
+		hit = append(hit, item{k.Off, fe})
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
+	if err != nil {
+		return 0, err
+	}
+	var unmapped uint64
+	for _, it := range hit {
+		end := it.at + it.fe.Count
+		unmapped += min(end, b) - max(it.at, a)
+		owner := format.Owner{Inode: ino, Offset: it.at}
+		switch {
+		case it.at >= a && end <= b: // wholly covered
+			if _, err := etr.Delete(format.FileExtentKey(ino, it.at)); err != nil {
+				return 0, err
+			}
+			if err := tx.DropRef(it.fe.Start, it.fe.Len, owner); err != nil {
+				return 0, err
+			}
+		case it.at < a && end > b: // split in the middle: left keeps, right is new
+			left := it.fe
+			left.Count = a - it.at
+			if err := etr.Put(format.FileExtentKey(ino, it.at), left.Encode()); err != nil {
+				return 0, err
+			}
+			right := it.fe
+			right.Offset += b - it.at
+			right.Count = end - b
+			if err := etr.Insert(format.FileExtentKey(ino, b), right.Encode()); err != nil {
+				return 0, err
+			}
+			tx.AddRef(it.fe.Start, it.fe.Len, format.Owner{Inode: ino, Offset: b})
+		case it.at < a: // tail covered
+			left := it.fe
+			left.Count = a - it.at
+			if err := etr.Put(format.FileExtentKey(ino, it.at), left.Encode()); err != nil {
+				return 0, err
+			}
+		default: // head covered: the rest moves to b
+			if _, err := etr.Delete(format.FileExtentKey(ino, it.at)); err != nil {
+				return 0, err
+			}
+			right := it.fe
+			right.Offset += b - it.at
+			right.Count = end - b
+			if err := etr.Insert(format.FileExtentKey(ino, b), right.Encode()); err != nil {
+				return 0, err
+			}
+			// Add the new reference before dropping the old one, so an
+			// extent of this transaction never looks unreferenced.
+			tx.AddRef(it.fe.Start, it.fe.Len, format.Owner{Inode: ino, Offset: b})
+			if err := tx.DropRef(it.fe.Start, it.fe.Len, owner); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return unmapped, nil
+}
+
+// Truncate sets the file's size. Growing leaves a hole; shrinking drops the
+// blocks past the end and zeroes the tail of the last partial block.
+func (f *FS) Truncate(ino uint64, size uint64) error {
+	if size > 1<<50 {
+		return syscall.EFBIG
+	}
+	var gen format.Gen
+	err := f.e.Update(func(tx *engine.Tx) error {
+		in, err := mustInode(tx, ino)
+		if err != nil {
+			return err
+		}
+		if isDir(in) {
+			return syscall.EISDIR
+		}
+		if !isReg(in) {
+			return syscall.EINVAL
+		}
+		gen = tx.Gen()
+		if err := f.truncate(tx, ino, in, size); err != nil {
+			return err
+		}
+		return putInode(tx, ino, in)
+	})
+	if err == nil {
+		f.markFull(ino, gen)
+	}
+	return errno(err)
+}
+
+func (f *FS) truncate(tx *engine.Tx, ino uint64, in *format.InodeItem, size uint64) error {
+	if size < in.Size {
+		keep := (size + bs - 1) / bs
+		unmapped, err := punch(tx, ino, keep, ^uint64(0)>>12)
+		if err != nil {
+			return err
+		}
+		in.Blocks -= min(in.Blocks, unmapped)
+		if size%bs != 0 {
+			// Zero the tail of the last block, so a later extension
+			// reads zeros there.
+			lb := size / bs
+			if _, _, ok, err := extentAt(tx, ino, lb); err != nil {
+				return err
+			} else if ok {
+				buf := make([]byte, bs)
+				if err := f.readBlocks(tx, ino, lb, 1, buf); err != nil {
+					return err
+				}
+				clear(buf[size%bs:])
+				if err := f.putData(tx, ino, in, lb, buf); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	in.Size = size
+	now := ts(time.Now())
+	in.Mtime, in.Ctime = now, now
+	return nil
+}
+
+// SetAttrIn says which attributes to change.
+type SetAttrIn struct {
+	Mode         *uint32 // permission bits only
+	UID, GID     *uint32
+	Size         *uint64
+	Atime, Mtime *time.Time
+}
+
+// SetAttr changes attributes and returns the new ones.
+func (f *FS) SetAttr(ino uint64, s SetAttrIn) (Attr, error) {
+	var a Attr
+	var gen format.Gen
+	err := f.e.Update(func(tx *engine.Tx) error {
+		in, err := mustInode(tx, ino)
+		if err != nil {
+			return err
+		}
+		gen = tx.Gen()
+		if s.Size != nil && *s.Size != in.Size {
+			if isDir(in) {
+				return syscall.EISDIR
+			}
+			if !isReg(in) {
+				return syscall.EINVAL
+			}
+			if err := f.truncate(tx, ino, in, *s.Size); err != nil {
+				return err
+			}
+		}
+		if s.Mode != nil {
+			in.Mode = in.Mode&syscall.S_IFMT | *s.Mode&^syscall.S_IFMT
+		}
+		if s.UID != nil {
+			in.UID = *s.UID
+		}
+		if s.GID != nil {
+			in.GID = *s.GID
+		}
+		if s.Atime != nil {
+			in.Atime = ts(*s.Atime)
+		}
+		if s.Mtime != nil {
+			in.Mtime = ts(*s.Mtime)
+		}
+		in.Ctime = ts(time.Now())
+		a = attrOf(ino, in)
+		return putInode(tx, ino, in)
+	})
+	if err == nil {
+		f.markFull(ino, gen)
+	}
+	return a, errno(err)
+}

@@ -1,0 +1,702 @@
+package fs
+
+import (
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/scrubd/scrubd/engine"
+	"github.com/scrubd/scrubd/engine/format"
+)
+
+// Attr is what getattr returns.
+type Attr struct {
+	Ino        uint64
+	Mode       uint32
+	Nlink      uint32
+	UID, GID   uint32
+	Size       uint64
+	Blocks     uint64 // 4 KiB blocks of data
+	Rdev       uint64
+	Generation uint64
+	Atime      time.Time
+	Mtime      time.Time
+	Ctime      time.Time
+}
+
+func attrOf(ino uint64, in *format.InodeItem) Attr {
+	t := func(x format.Timespec) time.Time { return time.Unix(x.Sec, int64(x.Nsec)) }
+	return Attr{Ino: ino, Mode: in.Mode, Nlink: in.Nlink, UID: in.UID, GID: in.GID, Size: in.Size,
+		Blocks: in.Blocks, Rdev: in.Rdev, Generation: in.Generation,
+		Atime: t(in.Atime), Mtime: t(in.Mtime), Ctime: t(in.Ctime)}
+}
+
+// DirEntry is one readdir result.
+type DirEntry struct {
+	Name string
+	Ino  uint64
+	Mode uint32 // file type bits only
+	// Next is the offset to resume after this entry.
+	Next uint64
+}
+
+func checkName(name string) error {
+	switch {
+	case name == "" || name == "." || name == "..":
+		return syscall.EINVAL
+	case len(name) > format.MaxNameLen:
+		return syscall.ENAMETOOLONG
+	case strings.ContainsAny(name, "/\x00"):
+		return syscall.EINVAL
+	}
+	return nil
+}
+
+// lookupEntry finds name in dir: the entry and its key.
+func lookupEntry(tx *engine.Tx, dir uint64, name string) (format.DirEntry, format.Key, bool, error) {
+	tr, _ := tx.ReadTree(format.TreeDir)
+	h := nameHash(name)
+	var de format.DirEntry
+	var key format.Key
+	found := false
+	var derr error
+	err := tr.Ascend(format.DirEntryKey(dir, h, 0), func(k format.Key, v []byte) bool {
+		if k.Obj != dir || k.Type != format.TypeDirEntry || k.Off != h {
+			return false
+		}
+		d, err := format.DecodeDirEntry(v)
+		if err != nil {
+			derr = err
+			return false
+		}
+		if d.Name == name {
+			de, key, found = d, k, true
+			return false
+		}
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
+	return de, key, found, err
+}
+
+func fileType(mode uint32) uint8 { return uint8((mode & syscall.S_IFMT) >> 12) }
+
+// addEntry links name in dir to ino.
+func addEntry(tx *engine.Tx, dir uint64, din *format.InodeItem, name string, ino uint64, mode uint32) error {
+	tr, err := tx.Tree(format.TreeDir)
+	if err != nil {
+		return err
+	}
+	h := nameHash(name)
+	seq := uint64(0)
+	err = tr.Ascend(format.DirEntryKey(dir, h, 0), func(k format.Key, v []byte) bool {
+		if k.Obj != dir || k.Type != format.TypeDirEntry || k.Off != h {
+			return false
+		}
+		seq = k.Aux + 1
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	de := format.DirEntry{Ino: ino, Type: fileType(mode), Index: din.NextIndex, Name: name}
+	din.NextIndex++
+	if err := tr.Insert(format.DirEntryKey(dir, h, seq), de.Encode()); err != nil {
+		return err
+	}
+	return tr.Insert(format.DirIndexKey(dir, de.Index), de.Encode())
+}
+
+// removeEntry unlinks the entry found at key.
+func removeEntry(tx *engine.Tx, dir uint64, key format.Key, de format.DirEntry) error {
+	tr, err := tx.Tree(format.TreeDir)
+	if err != nil {
+		return err
+	}
+	if _, err := tr.Delete(key); err != nil {
+		return err
+	}
+	_, err = tr.Delete(format.DirIndexKey(dir, de.Index))
+	return err
+}
+
+// Lookup finds name in directory dir.
+func (f *FS) Lookup(dir uint64, name string) (Attr, error) {
+	var a Attr
+	err := f.e.View(func(tx *engine.Tx) error {
+		din, err := mustInode(tx, dir)
+		if err != nil {
+			return err
+		}
+		if !isDir(din) {
+			return syscall.ENOTDIR
+		}
+		switch name {
+		case ".":
+			a = attrOf(dir, din)
+			return nil
+		case "..":
+			pin, err := mustInode(tx, din.Parent)
+			if err != nil {
+				return err
+			}
+			a = attrOf(din.Parent, pin)
+			return nil
+		}
+		if len(name) > format.MaxNameLen {
+			return syscall.ENAMETOOLONG
+		}
+		de, _, ok, err := lookupEntry(tx, dir, name)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return syscall.ENOENT
+		}
+		in, err := mustInode(tx, de.Ino)
+		if err != nil {
+			return err
+		}
+		a = attrOf(de.Ino, in)
+		return nil
+	})
+	return a, errno(err)
+}
+
+// GetAttr returns the attributes of ino.
+func (f *FS) GetAttr(ino uint64) (Attr, error) {
+	var a Attr
+	err := f.e.View(func(tx *engine.Tx) error {
+		in, err := mustInode(tx, ino)
+		if err != nil {
+			return err
+		}
+		a = attrOf(ino, in)
+		return nil
+	})
+	return a, errno(err)
+}
+
+// NewInode describes an inode to create.
+type NewInode struct {
+	Mode     uint32 // type and permission bits
+	UID, GID uint32
+	Rdev     uint64
+	Target   string // symlinks
+}
+
+// Create makes a regular file (Mode's type bits may be 0) in dir.
+func (f *FS) Create(dir uint64, name string, ni NewInode) (Attr, error) {
+	if ni.Mode&syscall.S_IFMT == 0 {
+		ni.Mode |= syscall.S_IFREG
+	}
+	return f.mknod(dir, name, ni)
+}
+
+// Mkdir makes a directory in dir.
+func (f *FS) Mkdir(dir uint64, name string, ni NewInode) (Attr, error) {
+	ni.Mode = ni.Mode&^syscall.S_IFMT | syscall.S_IFDIR
+	return f.mknod(dir, name, ni)
+}
+
+// Symlink makes a symbolic link to target in dir.
+func (f *FS) Symlink(dir uint64, name, target string, ni NewInode) (Attr, error) {
+	if len(target) == 0 {
+		return Attr{}, syscall.ENOENT
+	}
+	if len(target) > format.MaxSymlinkLen {
+		return Attr{}, syscall.ENAMETOOLONG
+	}
+	ni.Mode = syscall.S_IFLNK | 0o777
+	ni.Target = target
+	return f.mknod(dir, name, ni)
+}
+
+// Mknod makes a file of any type Mode says (regular, fifo, socket, device).
+func (f *FS) Mknod(dir uint64, name string, ni NewInode) (Attr, error) {
+	return f.mknod(dir, name, ni)
+}
+
+func (f *FS) mknod(dir uint64, name string, ni NewInode) (Attr, error) {
+	if err := checkName(name); err != nil {
+		return Attr{}, err
+	}
+	var a Attr
+	var newIno uint64
+	var gen format.Gen
+	err := f.e.Update(func(tx *engine.Tx) error {
+		din, err := mustInode(tx, dir)
+		if err != nil {
+			return err
+		}
+		if !isDir(din) {
+			return syscall.ENOTDIR
+		}
+		if din.Nlink == 0 {
+			return syscall.ENOENT
+		}
+		if _, _, ok, err := lookupEntry(tx, dir, name); err != nil {
+			return err
+		} else if ok {
+			return syscall.EEXIST
+		}
+		now := ts(time.Now())
+		ino := tx.NextObjectID()
+		in := &format.InodeItem{Mode: ni.Mode, UID: ni.UID, GID: ni.GID, Nlink: 1, Rdev: ni.Rdev,
+			Generation: uint64(tx.Gen()), Atime: now, Mtime: now, Ctime: now, Btime: now}
+		if isDir(in) {
+			in.Nlink, in.Parent, in.NextIndex = 2, dir, 2
+			din.Nlink++
+		}
+		if ni.Target != "" {
+			in.Size = uint64(len(ni.Target))
+			tr, err := tx.Tree(format.TreeInode)
+			if err != nil {
+				return err
+			}
+			if err := tr.Put(format.SymlinkKey(ino), []byte(ni.Target)); err != nil {
+				return err
+			}
+		}
+		if err := putInode(tx, ino, in); err != nil {
+			return err
+		}
+		if err := addEntry(tx, dir, din, name, ino, in.Mode); err != nil {
+			return err
+		}
+		din.Mtime, din.Ctime = now, now
+		if err := putInode(tx, dir, din); err != nil {
+			return err
+		}
+		a, newIno, gen = attrOf(ino, in), ino, tx.Gen()
+		return nil
+	})
+	if err == nil {
+		f.markFull(newIno, gen)
+		f.markFull(dir, gen)
+	}
+	return a, errno(err)
+}
+
+// Readlink returns a symlink's target.
+func (f *FS) Readlink(ino uint64) (string, error) {
+	var target string
+	err := f.e.View(func(tx *engine.Tx) error {
+		in, err := mustInode(tx, ino)
+		if err != nil {
+			return err
+		}
+		if in.Mode&syscall.S_IFMT != syscall.S_IFLNK {
+			return syscall.EINVAL
+		}
+		tr, _ := tx.ReadTree(format.TreeInode)
+		v, ok, err := tr.Get(format.SymlinkKey(ino), nil)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return format.ErrCorrupt
+		}
+		target = string(v)
+		return nil
+	})
+	return target, errno(err)
+}
+
+// Link makes newname in newdir another name of ino.
+func (f *FS) Link(ino, newdir uint64, newname string) (Attr, error) {
+	if err := checkName(newname); err != nil {
+		return Attr{}, err
+	}
+	var a Attr
+	var gen format.Gen
+	err := f.e.Update(func(tx *engine.Tx) error {
+		in, err := mustInode(tx, ino)
+		if err != nil {
+			return err
+		}
+		if isDir(in) {
+			return syscall.EPERM
+		}
+		if in.Nlink >= 65000 {
+			return syscall.EMLINK
+		}
+		din, err := mustInode(tx, newdir)
+		if err != nil {
+			return err
+		}
+		if !isDir(din) {
+			return syscall.ENOTDIR
+		}
+		if _, _, ok, err := lookupEntry(tx, newdir, newname); err != nil {
+			return err
+		} else if ok {
+			return syscall.EEXIST
+		}
+		now := ts(time.Now())
+		if err := addEntry(tx, newdir, din, newname, ino, in.Mode); err != nil {
+			return err
+		}
+		if in.Nlink == 0 {
+			// Linking an open, unlinked file back in (linkat of O_TMPFILE).
+			if err := unmarkDeleted(tx, ino); err != nil {
+				return err
+			}
+		}
+		in.Nlink++
+		in.Ctime = now
+		din.Mtime, din.Ctime = now, now
+		if err := putInode(tx, ino, in); err != nil {
+			return err
+		}
+		if err := putInode(tx, newdir, din); err != nil {
+			return err
+		}
+		a, gen = attrOf(ino, in), tx.Gen()
+		return nil
+	})
+	if err == nil {
+		f.markFull(ino, gen)
+	}
+	return a, errno(err)
+}
+
+// Unlink removes name (not a directory) from dir.
+func (f *FS) Unlink(dir uint64, name string) error {
+	return f.remove(dir, name, false)
+}
+
+// Rmdir removes the empty directory name from dir.
+func (f *FS) Rmdir(dir uint64, name string) error {
+	return f.remove(dir, name, true)
+}
+
+func (f *FS) remove(dir uint64, name string, wantDir bool) error {
+	if name == "." {
+		return syscall.EINVAL
+	}
+	if name == ".." {
+		return syscall.ENOTEMPTY
+	}
+	var victim uint64
+	var gen format.Gen
+	err := f.e.Update(func(tx *engine.Tx) error {
+		din, err := mustInode(tx, dir)
+		if err != nil {
+			return err
+		}
+		if !isDir(din) {
+			return syscall.ENOTDIR
+		}
+		de, key, ok, err := lookupEntry(tx, dir, name)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return syscall.ENOENT
+		}
+		in, err := mustInode(tx, de.Ino)
+		if err != nil {
+			return err
+		}
+		if isDir(in) != wantDir {
+			if wantDir {
+				return syscall.ENOTDIR
+			}
+			return syscall.EISDIR
+		}
+		if wantDir {
+			empty, err := dirEmpty(tx, de.Ino)
+			if err != nil {
+				return err
+			}
+			if !empty {
+				return syscall.ENOTEMPTY
+			}
+		}
+		victim, gen = de.Ino, tx.Gen()
+		return f.dropName(tx, dir, din, key, de, in)
+	})
+	if err == nil {
+		f.markFull(dir, gen)
+		f.markFull(victim, gen)
+	}
+	return errno(err)
+}
+
+// dropName removes one name of inode de.Ino (whose item is in) from dir and
+// deals with the inode if that was its last name.
+func (f *FS) dropName(tx *engine.Tx, dir uint64, din *format.InodeItem, key format.Key, de format.DirEntry, in *format.InodeItem) error {
+	if err := removeEntry(tx, dir, key, de); err != nil {
+		return err
+	}
+	now := ts(time.Now())
+	din.Mtime, din.Ctime = now, now
+	if isDir(in) {
+		din.Nlink--
+		in.Nlink = 0
+	} else {
+		in.Nlink--
+	}
+	in.Ctime = now
+	if err := putInode(tx, dir, din); err != nil {
+		return err
+	}
+	if in.Nlink > 0 {
+		return putInode(tx, de.Ino, in)
+	}
+	f.mu.Lock()
+	open := f.opens[de.Ino] > 0
+	f.mu.Unlock()
+	if open {
+		// Keep it until the last close; a mount after a crash frees it.
+		if err := putInode(tx, de.Ino, in); err != nil {
+			return err
+		}
+		tr, err := tx.Tree(format.TreeDeleted)
+		if err != nil {
+			return err
+		}
+		return tr.Put(format.DeletedKey(de.Ino), nil)
+	}
+	return freeInode(tx, de.Ino, in)
+}
+
+func unmarkDeleted(tx *engine.Tx, ino uint64) error {
+	tr, err := tx.Tree(format.TreeDeleted)
+	if err != nil {
+		return err
+	}
+	_, err = tr.Delete(format.DeletedKey(ino))
+	return err
+}
+
+// freeInode drops an inode's data, symlink target and item.
+func freeInode(tx *engine.Tx, ino uint64, in *format.InodeItem) error {
+	if isReg(in) {
+		if _, err := punch(tx, ino, 0, ^uint64(0)>>12); err != nil {
+			return err
+		}
+	}
+	tr, err := tx.Tree(format.TreeInode)
+	if err != nil {
+		return err
+	}
+	if _, err := tr.Delete(format.SymlinkKey(ino)); err != nil {
+		return err
+	}
+	_, err = tr.Delete(format.InodeKey(ino))
+	return err
+}
+
+func dirEmpty(tx *engine.Tx, dir uint64) (bool, error) {
+	tr, _ := tx.ReadTree(format.TreeDir)
+	empty := true
+	err := tr.Ascend(format.Key{Obj: dir, Type: format.TypeDirEntry}, func(k format.Key, _ []byte) bool {
+		empty = k.Obj != dir
+		return false
+	})
+	return empty, err
+}
+
+// isAncestor reports whether a is dir or one of its ancestors.
+func isAncestor(tx *engine.Tx, a, dir uint64) (bool, error) {
+	for i := 0; i < 4096; i++ {
+		if dir == a {
+			return true, nil
+		}
+		if dir == RootIno {
+			return false, nil
+		}
+		in, err := mustInode(tx, dir)
+		if err != nil {
+			return false, err
+		}
+		dir = in.Parent
+	}
+	return false, format.ErrCorrupt
+}
+
+// Rename flags (renameat2).
+const (
+	RenameNoReplace = 1
+	RenameExchange  = 2
+)
+
+// Rename moves oldname in olddir to newname in newdir, replacing what is
+// there (unless RenameNoReplace): a file by a file, an empty directory by a
+// directory.
+func (f *FS) Rename(olddir uint64, oldname string, newdir uint64, newname string, flags uint32) error {
+	if err := checkName(oldname); err != nil {
+		return err
+	}
+	if err := checkName(newname); err != nil {
+		return err
+	}
+	if flags&RenameExchange != 0 {
+		return syscall.EINVAL
+	}
+	var touched []uint64
+	var gen format.Gen
+	err := f.e.Update(func(tx *engine.Tx) error {
+		odin, err := mustInode(tx, olddir)
+		if err != nil {
+			return err
+		}
+		ndin := odin
+		if newdir != olddir {
+			if ndin, err = mustInode(tx, newdir); err != nil {
+				return err
+			}
+		}
+		if !isDir(odin) || !isDir(ndin) {
+			return syscall.ENOTDIR
+		}
+		de, okey, ok, err := lookupEntry(tx, olddir, oldname)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return syscall.ENOENT
+		}
+		in, err := mustInode(tx, de.Ino)
+		if err != nil {
+			return err
+		}
+		if isDir(in) && newdir != olddir {
+			// Moving a directory into its own subtree would detach it.
+			if anc, err := isAncestor(tx, de.Ino, newdir); err != nil {
+				return err
+			} else if anc {
+				return syscall.EINVAL
+			}
+		}
+		tde, tkey, exists, err := lookupEntry(tx, newdir, newname)
+		if err != nil {
+			return err
+		}
+		if exists && tde.Ino == de.Ino {
+			return nil // same file: nothing to do
+		}
+		if exists && flags&RenameNoReplace != 0 {
+			return syscall.EEXIST
+		}
+		gen = tx.Gen()
+		touched = append(touched, olddir, newdir, de.Ino)
+		if exists {
+			tin, err := mustInode(tx, tde.Ino)
+			if err != nil {
+				return err
+			}
+			switch {
+			case isDir(in) && !isDir(tin):
+				return syscall.ENOTDIR
+			case !isDir(in) && isDir(tin):
+				return syscall.EISDIR
+			case isDir(tin):
+				empty, err := dirEmpty(tx, tde.Ino)
+				if err != nil {
+					return err
+				}
+				if !empty {
+					return syscall.ENOTEMPTY
+				}
+			}
+			touched = append(touched, tde.Ino)
+			if err := f.dropName(tx, newdir, ndin, tkey, tde, tin); err != nil {
+				return err
+			}
+		}
+		now := ts(time.Now())
+		if err := removeEntry(tx, olddir, okey, de); err != nil {
+			return err
+		}
+		if err := addEntry(tx, newdir, ndin, newname, de.Ino, in.Mode); err != nil {
+			return err
+		}
+		if isDir(in) && newdir != olddir {
+			odin.Nlink--
+			ndin.Nlink++
+			in.Parent = newdir
+		}
+		in.Ctime = now
+		odin.Mtime, odin.Ctime, ndin.Mtime, ndin.Ctime = now, now, now, now
+		if err := putInode(tx, de.Ino, in); err != nil {
+			return err
+		}
+		if err := putInode(tx, olddir, odin); err != nil {
+			return err
+		}
+		if newdir != olddir {
+			return putInode(tx, newdir, ndin)
+		}
+		return nil
+	})
+	if err == nil {
+		for _, ino := range touched {
+			f.markFull(ino, gen)
+		}
+	}
+	return errno(err)
+}
+
+// ReadDir lists dir from offset (0 = start; "." and ".." come first, then
+// entries in creation order) and calls fn until it returns false.
+func (f *FS) ReadDir(dir uint64, offset uint64, fn func(DirEntry) bool) error {
+	err := f.e.View(func(tx *engine.Tx) error {
+		din, err := mustInode(tx, dir)
+		if err != nil {
+			return err
+		}
+		if !isDir(din) {
+			return syscall.ENOTDIR
+		}
+		if offset == 0 && !fn(DirEntry{Name: ".", Ino: dir, Mode: syscall.S_IFDIR, Next: 1}) {
+			return nil
+		}
+		if offset <= 1 && !fn(DirEntry{Name: "..", Ino: din.Parent, Mode: syscall.S_IFDIR, Next: 2}) {
+			return nil
+		}
+		tr, _ := tx.ReadTree(format.TreeDir)
+		var derr error
+		err = tr.Ascend(format.DirIndexKey(dir, max(offset, 2)), func(k format.Key, v []byte) bool {
+			if k.Obj != dir || k.Type != format.TypeDirIndex {
+				return false
+			}
+			de, err := format.DecodeDirEntry(v)
+			if err != nil {
+				derr = err
+				return false
+			}
+			return fn(DirEntry{Name: de.Name, Ino: de.Ino, Mode: uint32(de.Type) << 12, Next: k.Off + 1})
+		})
+		if err == nil {
+			err = derr
+		}
+		return err
+	})
+	return errno(err)
+}
+
+// StatFS describes the filesystem's space.
+type StatFS struct {
+	BlockSize   uint32
+	Blocks      uint64
+	BlocksFree  uint64
+	Files       uint64
+	FilesFree   uint64
+	NameMax     uint32
+	FSID        format.FSID
+	Generation  format.Gen
+	BlocksAvail uint64
+}
+
+// StatFS reports space and inode counts.
+func (f *FS) StatFS() StatFS {
+	st := f.e.Stats()
+	free := st.Allocatable
+	return StatFS{BlockSize: format.BlockSize, Blocks: f.e.TotalBlocks(), BlocksFree: free, BlocksAvail: free,
+		Files: 1 << 32, FilesFree: 1<<32 - 1, NameMax: format.MaxNameLen, FSID: f.e.FSID(), Generation: st.Gen}
+}

@@ -1,0 +1,281 @@
+package fs
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/tidwall/btree"
+
+	"github.com/scrubd/scrubd/engine"
+	"github.com/scrubd/scrubd/engine/disk"
+	"github.com/scrubd/scrubd/engine/format"
+)
+
+// RootIno is the inode number of the root directory.
+const RootIno = 256
+
+// Options configure a filesystem.
+type Options struct {
+	// NoTreeLog makes every fsync a full commit (as btrfs's notreelog).
+	NoTreeLog bool
+	// ReadOnly mounts without writing.
+	ReadOnly bool
+	// CommitInterval is the periodic commit interval (0: engine default,
+	// negative: none).
+	CommitInterval time.Duration
+	Logger         *slog.Logger
+	// Engine passes further engine options (delayed refs, cache, …); the
+	// fields above override its ReplayLog, DeletedInodes, NoLog, ReadOnly,
+	// CommitInterval and Logger.
+	Engine engine.Options
+}
+
+// FS is a mounted filesystem. All methods are safe for concurrent use.
+type FS struct {
+	e    *engine.Engine
+	opts Options
+
+	mu     sync.Mutex
+	opens  map[uint64]int         // open handles per inode
+	caches map[uint64]*inodeCache // extent-map caches of inodes written
+	stats  Stats
+}
+
+// Stats counts filesystem activity.
+type Stats struct {
+	FsyncLogged uint64 // fsyncs served by the log
+	FsyncFull   uint64 // fsyncs that committed
+	CsumErrors  uint64 // data blocks that failed their checksum
+}
+
+// Open mounts the filesystem on dev (which the FS then owns), creating the
+// root directory on first mount.
+func Open(dev disk.Device, opts Options) (*FS, error) {
+	f := &FS{opts: opts, opens: map[uint64]int{}, caches: map[uint64]*inodeCache{}}
+	eo := opts.Engine
+	eo.ReadOnly = opts.ReadOnly
+	eo.NoLog = opts.NoTreeLog
+	eo.ReplayLog = f.replay
+	eo.DeletedInodes = f.purgeDeleted
+	if opts.CommitInterval != 0 {
+		eo.CommitInterval = opts.CommitInterval
+	}
+	if opts.Logger != nil {
+		eo.Logger = opts.Logger
+	}
+	e, err := engine.Open(dev, eo)
+	if err != nil {
+		return nil, err
+	}
+	f.e = e
+	if !opts.ReadOnly {
+		if err := f.ensureRoot(); err != nil {
+			e.Close()
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
+// OpenPath mounts the image at path.
+func OpenPath(path string, opts Options) (*FS, error) {
+	dev, err := disk.Open(path, opts.ReadOnly)
+	if err != nil {
+		return nil, err
+	}
+	f, err := Open(dev, opts)
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("mount %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// Engine returns the engine underneath.
+func (f *FS) Engine() *engine.Engine { return f.e }
+
+// Stats returns the filesystem's counters.
+func (f *FS) Stats() Stats {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.stats
+}
+
+// Sync commits everything.
+func (f *FS) Sync() error { return errno(f.e.Sync()) }
+
+// Close commits and unmounts.
+func (f *FS) Close() error { return f.e.Close() }
+
+func (f *FS) ensureRoot() error {
+	exists := false
+	if err := f.e.View(func(tx *engine.Tx) error {
+		_, ok, err := getInode(tx, RootIno)
+		exists = ok
+		return err
+	}); err != nil {
+		return err
+	}
+	if exists {
+		return nil
+	}
+	err := f.e.Update(func(tx *engine.Tx) error {
+		ino := tx.NextObjectID()
+		if ino != RootIno {
+			return fmt.Errorf("root directory would get inode %d, not %d: %w", ino, RootIno, format.ErrCorrupt)
+		}
+		now := ts(time.Now())
+		in := &format.InodeItem{Mode: syscall.S_IFDIR | 0o755, Nlink: 2, Generation: uint64(tx.Gen()), Parent: RootIno,
+			NextIndex: 2, Atime: now, Mtime: now, Ctime: now, Btime: now}
+		return putInode(tx, ino, in)
+	})
+	if err != nil {
+		return err
+	}
+	return f.e.Sync()
+}
+
+// --- errors ---
+
+// errno maps engine errors to errno values: the one place that decides.
+func errno(err error) error {
+	if err == nil {
+		return nil
+	}
+	var en syscall.Errno
+	switch {
+	case errors.As(err, &en):
+		return en
+	case errors.Is(err, engine.ErrNoSpace):
+		return syscall.ENOSPC
+	case errors.Is(err, engine.ErrReadOnly):
+		return syscall.EROFS
+	case errors.Is(err, format.ErrCorrupt):
+		return syscall.EIO
+	case errors.Is(err, engine.ErrClosed):
+		return syscall.EIO
+	}
+	return &ioError{err}
+}
+
+// ioError is an operational failure, reported as EIO with its cause kept.
+type ioError struct{ err error }
+
+func (e *ioError) Error() string   { return "I/O error: " + e.err.Error() }
+func (e *ioError) Unwrap() error   { return e.err }
+func (e *ioError) Is(t error) bool { return t == syscall.EIO }
+
+// Errno returns the errno value for an error returned by this package.
+func Errno(err error) syscall.Errno {
+	var en syscall.Errno
+	if errors.As(err, &en) {
+		return en
+	}
+	if err == nil {
+		return 0
+	}
+	return syscall.EIO
+}
+
+// --- inode items ---
+
+func ts(t time.Time) format.Timespec {
+	return format.Timespec{Sec: t.Unix(), Nsec: uint32(t.Nanosecond())}
+}
+
+func getInode(tx *engine.Tx, ino uint64) (*format.InodeItem, bool, error) {
+	tr, _ := tx.ReadTree(format.TreeInode)
+	v, ok, err := tr.Get(format.InodeKey(ino), nil)
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	in, err := format.DecodeInodeItem(v)
+	if err != nil {
+		return nil, false, err
+	}
+	return &in, true, nil
+}
+
+// mustInode returns the inode or ENOENT.
+func mustInode(tx *engine.Tx, ino uint64) (*format.InodeItem, error) {
+	in, ok, err := getInode(tx, ino)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	return in, nil
+}
+
+func putInode(tx *engine.Tx, ino uint64, in *format.InodeItem) error {
+	tr, err := tx.Tree(format.TreeInode)
+	if err != nil {
+		return err
+	}
+	return tr.Put(format.InodeKey(ino), in.Encode())
+}
+
+func nameHash(name string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	return h.Sum64()
+}
+
+func isDir(in *format.InodeItem) bool { return in.Mode&syscall.S_IFMT == syscall.S_IFDIR }
+func isReg(in *format.InodeItem) bool { return in.Mode&syscall.S_IFMT == syscall.S_IFREG }
+
+// --- extent-map cache ---
+
+// inodeCache is the extent-map cache of an inode written since the last
+// commit (the btrfs design): which file block ranges changed in which
+// transaction, and whether anything changed that the log cannot carry.
+type inodeCache struct {
+	gen      format.Gen                 // transaction the entries below belong to
+	modified *btree.Map[uint64, uint64] // changed ranges: start block → end block
+	full     bool                       // truncate, link, rename, new inode: fsync commits
+}
+
+// cache returns the inode's cache for transaction gen, resetting it if it
+// belongs to an older (committed) transaction. f.mu must be held.
+func (f *FS) cache(ino uint64, gen format.Gen) *inodeCache {
+	c := f.caches[ino]
+	if c == nil || c.gen != gen {
+		c = &inodeCache{gen: gen, modified: btree.NewMap[uint64, uint64](16)}
+		f.caches[ino] = c
+	}
+	return c
+}
+
+// markModified records that file blocks [a, b) changed in transaction gen.
+func (f *FS) markModified(ino uint64, gen format.Gen, a, b uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.cache(ino, gen)
+	// Merge with overlapping or adjacent ranges.
+	var drop []uint64
+	c.modified.Descend(b, func(s, e uint64) bool {
+		if e < a {
+			return false
+		}
+		drop = append(drop, s)
+		a, b = min(a, s), max(b, e)
+		return true
+	})
+	for _, s := range drop {
+		c.modified.Delete(s)
+	}
+	c.modified.Set(a, b)
+}
+
+// markFull records that inode ino changed in a way only a commit carries.
+func (f *FS) markFull(ino uint64, gen format.Gen) {
+	f.mu.Lock()
+	f.cache(ino, gen).full = true
+	f.mu.Unlock()
+}
