@@ -33,6 +33,9 @@ const maxWriteRun = 256
 
 func (e *Engine) commitLocked() error {
 	t := e.txn
+	if e.takeErrorCounts() {
+		t.superDirty = true
+	}
 	if t.dirty.Len() == 0 && e.refs.len() == 0 && !t.superDirty {
 		return nil
 	}
@@ -100,7 +103,7 @@ func (e *Engine) commitLocked() error {
 	e.commits.Add(1)
 	e.resetLog()
 	e.releaseFreed()
-	if invariants {
+	if invariants && !e.replaying {
 		e.checkAllocator()
 	}
 	e.log.Debug("committed", "gen", t.gen, "free", sb.FreeBlocks)

@@ -29,9 +29,12 @@ import (
 // modified in place: only node splits allocate, and they become rarer with
 // each pass.
 //
-// Within one start block, decrements apply before increments, so a block
-// freed and reused by another owner in the same transaction never has two
-// alloc records, and the free-space tree never has to hold it twice.
+// Within one start block, an extent that only changes owners applies its
+// increments first, so its count never passes through zero; when a
+// different extent takes over the start block in the same transaction
+// (the old one freed, a new one allocated), decrements apply first, so the
+// block never has two alloc records and the free-space tree never has to
+// hold it twice.
 
 type refEntry struct {
 	key   format.Key // format.RmapKey(start, owner)
@@ -110,11 +113,25 @@ func (e *Engine) runDelayedRefs() error {
 		for _, r := range batch {
 			d.q.Delete(r)
 		}
+		// One extent gaining and losing owners: increments first, so its
+		// count never touches zero on the way. A different extent taking
+		// over the start block (the old one freed, a new one allocated in
+		// the same transaction): decrements first, and the new one's
+		// checksums (already stored under the same start) stay.
+		reuse, dataInc := false, false
+		for _, r := range batch {
+			reuse = reuse || r.n != batch[0].n || r.flags != batch[0].flags
+			dataInc = dataInc || (r.delta > 0 && r.flags == format.ExtentData)
+		}
+		sign := 1
+		if reuse {
+			sign = -1
+		}
 		slices.SortStableFunc(batch, func(a, b refEntry) int {
-			return cmpSign(a.delta) - cmpSign(b.delta)
+			return sign * (cmpSign(b.delta) - cmpSign(a.delta))
 		})
 		for _, r := range batch {
-			if err := e.applyRef(r); err != nil {
+			if err := e.applyRef(r, dataInc); err != nil {
 				return fmt.Errorf("apply delayed ref for %s at block %d: %w", r.owner, r.start, err)
 			}
 			d.stats.applied.Add(1)
@@ -131,7 +148,7 @@ func cmpSign(v int64) int {
 }
 
 // applyRef updates the alloc, rmap and free-space trees for one entry.
-func (e *Engine) applyRef(r refEntry) error {
+func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 	t := e.txn
 	alloc, rmap := e.trees[format.TreeAlloc], e.trees[format.TreeRmap]
 	ek, ev, found, err := alloc.First(format.Key{Obj: uint64(r.start), Type: format.TypeExtentItem})
@@ -204,7 +221,7 @@ func (e *Engine) applyRef(r refEntry) error {
 		return err
 	}
 	e.freeCount += r.n
-	if item.Flags == format.ExtentData {
+	if item.Flags == format.ExtentData && !keepCsum {
 		// The extent's data checksums go with it.
 		if _, err := e.trees[format.TreeCsum].Delete(format.CsumKey(r.start)); err != nil {
 			return err

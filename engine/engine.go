@@ -96,6 +96,7 @@ type Engine struct {
 	mount       MountInfo
 	rmapSick    atomic.Bool
 	tolerant    bool // offline check: load what is readable, report the rest
+	replaying   bool // log replay in progress (mount only)
 
 	// Writer state, guarded by wmu.
 	wmu       sync.Mutex
@@ -115,6 +116,9 @@ type Engine struct {
 	closed    bool
 
 	ioErrs [3]atomic.Uint64 // read, write, checksum
+
+	errMu     sync.Mutex
+	errCounts []countedError // counted since the last commit
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -136,6 +140,7 @@ type newExtent struct {
 	n       uint64
 	refs    int64
 	claimed bool // claimed by log replay: the allocator is reloaded after
+	logged  bool // named by an fsync log record: not reused before commit
 }
 
 func newTxn(gen format.Gen) *txn {
@@ -535,6 +540,22 @@ func (tx *Tx) MarkClaimed(start format.BlockNr, n uint64) {
 	tx.e.txn.newExtents[start] = &newExtent{n: n, claimed: true}
 }
 
+// PinForLog keeps a data extent of this transaction from being reused
+// before the next commit, even if its last reference goes: an fsync log
+// record names it.
+func (tx *Tx) PinForLog(start format.BlockNr) {
+	if ne, ok := tx.e.txn.newExtents[start]; ok {
+		ne.logged = true
+	}
+}
+
+// AppendLog writes one fsync group to the log and flushes (see
+// Engine.AppendLog); usable inside View and Update.
+func (tx *Tx) AppendLog(items []LogItem) error { return tx.e.appendLogLocked(items) }
+
+// Note adds a line to the mount notes (recovery passes use it).
+func (tx *Tx) Note(s string) { tx.e.mount.Notes = append(tx.e.mount.Notes, s) }
+
 // Device returns the device, for data block I/O.
 func (tx *Tx) Device() disk.Device { return tx.e.dev }
 
@@ -581,7 +602,12 @@ func (e *Engine) ref(start format.BlockNr, n uint64, owner format.Owner, flags u
 	if ne, ok := e.txn.newExtents[start]; ok {
 		ne.refs += delta
 		if ne.refs == 0 {
-			if !ne.claimed {
+			switch {
+			case ne.logged:
+				// A replay of the log would read these blocks: keep them
+				// until the commit that makes the log obsolete.
+				e.flog.deferred = append(e.flog.deferred, extent{start, ne.n})
+			case !ne.claimed:
 				e.alloc.release(start, ne.n)
 			}
 			released = true

@@ -43,6 +43,7 @@ type logState struct {
 	cur       format.BlockNr   // where the next log block goes
 	seq       uint32           // its sequence number
 	transient []format.BlockNr // chain blocks other than the head
+	deferred  []extent         // logged data extents freed since the log began
 	appends   uint64
 	blocks    uint64
 }
@@ -57,6 +58,10 @@ type ReplayFunc func(tx *Tx, groups [][]LogItem) error
 func (e *Engine) AppendLog(items []LogItem) error {
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
+	return e.appendLogLocked(items)
+}
+
+func (e *Engine) appendLogLocked(items []LogItem) error {
 	if err := e.writable(); err != nil {
 		return err
 	}
@@ -204,6 +209,10 @@ func passReplayLog(e *Engine) error {
 			return fmt.Errorf("log block %d: %w", b, err)
 		}
 	}
+	// Until the allocator is reloaded below it holds back claimed ranges
+	// that the trees may call free: skip the allocator invariant.
+	e.replaying = true
+	defer func() { e.replaying = false }()
 	err = e.Update(func(tx *Tx) error {
 		tx.touched = true
 		return e.opts.ReplayLog(tx, groups)
@@ -251,6 +260,10 @@ func (e *Engine) resetLog() {
 		e.alloc.release(b, 1)
 	}
 	e.flog.transient = e.flog.transient[:0]
+	for _, x := range e.flog.deferred {
+		e.alloc.release(x.start, x.n)
+	}
+	e.flog.deferred = e.flog.deferred[:0]
 	e.flog.cur, e.flog.seq = e.super.Log.Block, 1
 }
 

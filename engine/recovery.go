@@ -117,12 +117,28 @@ func passCheckAllocations(ctx context.Context, e *Engine) error {
 }
 
 // CountError records n occurrences of error id in the superblock's error
-// section (persisted by the next commit).
+// section (persisted by the next commit). It is safe to call from inside
+// Update and View.
 func (e *Engine) CountError(id ErrorID, n uint64) {
-	e.wmu.Lock()
-	defer e.wmu.Unlock()
-	e.super.CountError(uint32(id), n, time.Now())
-	if e.txn != nil {
-		e.txn.superDirty = true
+	e.errMu.Lock()
+	e.errCounts = append(e.errCounts, countedError{id: uint32(id), n: n, at: time.Now()})
+	e.errMu.Unlock()
+}
+
+type countedError struct {
+	id uint32
+	n  uint64
+	at time.Time
+}
+
+// takeErrorCounts moves counted errors into the superblock; wmu held.
+func (e *Engine) takeErrorCounts() bool {
+	e.errMu.Lock()
+	defer e.errMu.Unlock()
+	for _, c := range e.errCounts {
+		e.super.CountError(c.id, c.n, c.at)
 	}
+	had := len(e.errCounts) > 0
+	e.errCounts = e.errCounts[:0]
+	return had
 }

@@ -220,7 +220,7 @@ func TestArrayTruncateReturnsMemory(t *testing.T) {
 }
 
 // TestArrayHuge appends 100M 32-byte records (a 3.2 GB mapping) and sorts
-// them. It takes about a minute, so it runs only when
+// them. It takes a few minutes, so it runs only when
 // SCRUBD_XFILE_HUGE is set.
 func TestArrayHuge(t *testing.T) {
 	if os.Getenv("SCRUBD_XFILE_HUGE") == "" {

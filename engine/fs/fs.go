@@ -150,7 +150,7 @@ func errno(err error) error {
 	var en syscall.Errno
 	switch {
 	case errors.As(err, &en):
-		return en
+		return err // keeps the detail; Errno and errors.Is still see en
 	case errors.Is(err, engine.ErrNoSpace):
 		return syscall.ENOSPC
 	case errors.Is(err, engine.ErrReadOnly):

@@ -36,8 +36,7 @@ const typeLogDropRange uint8 = 61 // (ino, 61, start block, end block)
 
 // Fsync makes ino's data and attributes durable.
 func (f *FS) Fsync(ino uint64) error {
-	var items []engine.LogItem
-	full := false
+	full, logged := false, false
 	err := f.e.View(func(tx *engine.Tx) error {
 		gen := tx.Gen()
 		f.mu.Lock()
@@ -57,77 +56,161 @@ func (f *FS) Fsync(ino uint64) error {
 			return true
 		})
 		f.mu.Unlock()
-		in, err := mustInode(tx, ino)
+		if len(ranges) == 0 {
+			return nil
+		}
+		items, pins, err := logItems(tx, ino, ranges)
 		if err != nil {
 			return err
 		}
-		etr, _ := tx.ReadTree(format.TreeExtent)
-		ctr, _ := tx.ReadTree(format.TreeCsum)
-		for _, r := range ranges {
-			items = append(items, engine.LogItem{Tree: format.TreeExtent, Key: format.Key{Obj: ino, Type: typeLogDropRange, Off: r[0], Aux: r[1]}})
-			var derr error
-			err := etr.Ascend(format.FileExtentKey(ino, r[0]), func(k format.Key, v []byte) bool {
-				if k.Obj != ino || k.Type != format.TypeFileExtent || k.Off >= r[1] {
-					return false
-				}
-				fe, err := format.DecodeFileExtent(v)
-				if err != nil {
-					derr = err
-					return false
-				}
-				items = append(items, engine.LogItem{Tree: format.TreeExtent, Key: k, Value: slices.Clone(v)})
-				if tx.IsNewExtent(fe.Start) {
-					cs, ok, err := ctr.Get(format.CsumKey(fe.Start), nil)
-					if err != nil || !ok {
-						derr = fmt.Errorf("extent %d has no checksums: %w", fe.Start, format.ErrCorrupt)
-						return false
-					}
-					items = append(items, engine.LogItem{Tree: format.TreeCsum, Key: format.CsumKey(fe.Start), Value: cs})
-				}
-				return true
-			})
-			if err == nil {
-				err = derr
-			}
-			if err != nil {
-				return err
-			}
+		// The extents the records name must survive until the log is
+		// obsolete, even if overwritten before the next commit.
+		for _, p := range pins {
+			tx.PinForLog(p)
 		}
-		items = append(items, engine.LogItem{Tree: format.TreeInode, Key: format.InodeKey(ino), Value: in.Encode()})
+		if err := tx.AppendLog(items); err != nil {
+			if err == engine.ErrNoLog {
+				full = true
+				return nil
+			}
+			return err
+		}
+		logged = true
+		f.mu.Lock()
+		c.modified.Clear()
+		f.mu.Unlock()
 		return nil
 	})
 	if err != nil {
 		return errno(err)
 	}
-	if !full && items == nil {
-		return nil
-	}
-	if !full {
-		err = f.e.AppendLog(items)
-		if err == nil {
-			f.mu.Lock()
-			f.stats.FsyncLogged++
-			if c := f.caches[ino]; c != nil {
-				c.modified.Clear()
-			}
-			f.mu.Unlock()
-			return nil
-		}
-		if err != engine.ErrNoLog {
-			return errno(err)
-		}
-	}
 	f.mu.Lock()
-	f.stats.FsyncFull++
+	if logged {
+		f.stats.FsyncLogged++
+	} else if full {
+		f.stats.FsyncFull++
+	}
 	f.mu.Unlock()
-	return errno(f.e.Sync())
+	if full {
+		return errno(f.e.Sync())
+	}
+	return nil
+}
+
+// logItems builds the log group for ino's modified ranges: per range a drop
+// record and the extent items in it, the checksums of extents new in this
+// transaction (which it also returns, to pin), and the inode item.
+func logItems(tx *engine.Tx, ino uint64, ranges [][2]uint64) ([]engine.LogItem, []format.BlockNr, error) {
+	in, err := mustInode(tx, ino)
+	if err != nil {
+		return nil, nil, err
+	}
+	var items []engine.LogItem
+	var pins []format.BlockNr
+	etr, _ := tx.ReadTree(format.TreeExtent)
+	ctr, _ := tx.ReadTree(format.TreeCsum)
+	for _, r := range ranges {
+		items = append(items, engine.LogItem{Tree: format.TreeExtent, Key: format.Key{Obj: ino, Type: typeLogDropRange, Off: r[0], Aux: r[1]}})
+		var derr error
+		err := etr.Ascend(format.FileExtentKey(ino, r[0]), func(k format.Key, v []byte) bool {
+			if k.Obj != ino || k.Type != format.TypeFileExtent || k.Off >= r[1] {
+				return false
+			}
+			fe, err := format.DecodeFileExtent(v)
+			if err != nil {
+				derr = err
+				return false
+			}
+			items = append(items, engine.LogItem{Tree: format.TreeExtent, Key: k, Value: slices.Clone(v)})
+			if tx.IsNewExtent(fe.Start) {
+				cs, ok, err := ctr.Get(format.CsumKey(fe.Start), nil)
+				if err != nil || !ok {
+					derr = fmt.Errorf("extent %d has no checksums: %w", fe.Start, format.ErrCorrupt)
+					return false
+				}
+				items = append(items, engine.LogItem{Tree: format.TreeCsum, Key: format.CsumKey(fe.Start), Value: cs})
+				pins = append(pins, fe.Start)
+			}
+			return true
+		})
+		if err == nil {
+			err = derr
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	items = append(items, engine.LogItem{Tree: format.TreeInode, Key: format.InodeKey(ino), Value: in.Encode()})
+	return items, pins, nil
+}
+
+// durableGroups returns how many leading groups have all the data they
+// name on disk: each group carries the checksums of the new extents it
+// references, and a group whose data blocks do not match was written
+// without its data reaching the disk (its flush never completed, so neither
+// did any later group's).
+func durableGroups(tx *engine.Tx, groups [][]engine.LogItem, allocated func(format.BlockNr) bool) (int, error) {
+	buf := make([]byte, format.BlockSize)
+	for g, group := range groups {
+		sums := map[format.BlockNr][]byte{}
+		for _, it := range group {
+			if it.Tree == format.TreeCsum && it.Key.Type == format.TypeCsum {
+				sums[format.BlockNr(it.Key.Obj)] = it.Value
+			}
+		}
+		for _, it := range group {
+			if it.Tree != format.TreeExtent || it.Key.Type != format.TypeFileExtent {
+				continue
+			}
+			fe, err := format.DecodeFileExtent(it.Value)
+			if err != nil {
+				return 0, err
+			}
+			if allocated(fe.Start) {
+				continue // committed data
+			}
+			cs, ok := sums[fe.Start]
+			if !ok || uint64(len(cs)) != 4*fe.Len {
+				return g, nil
+			}
+			for i := fe.Offset; i < fe.Offset+fe.Count; i++ {
+				if _, err := tx.Device().ReadAt(buf, int64(fe.Start+format.BlockNr(i))*format.BlockSize); err != nil {
+					return 0, err
+				}
+				if format.Checksum(buf) != format.CsumAt(cs, i) {
+					return g, nil
+				}
+			}
+		}
+	}
+	return len(groups), nil
 }
 
 // replay applies complete log groups at mount (engine.ReplayFunc).
 func (f *FS) replay(tx *engine.Tx, groups [][]engine.LogItem) error {
+	atr, _ := tx.ReadTree(format.TreeAlloc)
+	allocatedErr := error(nil)
+	allocated := func(b format.BlockNr) bool {
+		k, _, ok, err := atr.First(format.Key{Obj: uint64(b), Type: format.TypeExtentItem})
+		if err != nil && allocatedErr == nil {
+			allocatedErr = err
+		}
+		return ok && k.Obj == uint64(b) && k.Type == format.TypeExtentItem
+	}
+	// 0. Keep only the groups whose data reached the disk.
+	n, err := durableGroups(tx, groups, allocated)
+	if err == nil {
+		err = allocatedErr
+	}
+	if err != nil {
+		return err
+	}
+	if n < len(groups) {
+		tx.Note(fmt.Sprintf("log group %d of %d names data that never reached the disk (an fsync cut off before its flush): it and later groups skipped", n+1, len(groups)))
+		groups = groups[:n]
+	}
 	// 1. Claim the disk extents the records need that are not allocated in
 	// the committed generation, before anything allocates.
-	atr, _ := tx.ReadTree(format.TreeAlloc)
 	type ext struct {
 		start format.BlockNr
 		n     uint64
