@@ -149,7 +149,7 @@ func (e *Engine) writeDirty() error {
 		runLen = 0
 		return err
 	}
-	run = make([]byte, maxWriteRun*format.BlockSize)
+	run = make([]byte, min(maxWriteRun, e.txn.dirty.Len())*format.BlockSize)
 	var err error
 	e.txn.dirty.Scan(func(b format.BlockNr, d dirtyBlock) bool {
 		d.node.Seal()

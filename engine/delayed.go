@@ -17,11 +17,15 @@ import (
 // becomes an entry in an ordered queue keyed by the rmap key of the change —
 // (start block, owner) — instead of an immediate update of the alloc, rmap
 // and free-space trees. Two updates of the same key add up; an increment and
-// a decrement cancel and leave nothing (a block copied on write and freed
-// again in the same transaction, the common case for hot tree nodes, costs
-// no tree update at all). At commit, and whenever the queue grows past its
-// limit, the queue is applied in disk-address order, so the three trees are
-// modified in one sweep that touches each of their leaves once.
+// a decrement cancel and leave nothing: an extent allocated and freed again
+// in the same transaction costs no tree update at all. That is the common
+// case for data overwritten before the next commit (every copy-on-write
+// overwrite allocates a new extent and frees the previous one) and for tree
+// nodes born in a split and merged away again. A committed tree node copied
+// on write is not such a case: it is copied once per transaction, and its
+// free and its copy's allocation are different blocks. At commit, and
+// whenever the queue grows past its limit, the queue is applied in
+// disk-address order, so the three trees are modified in one sweep.
 //
 // Applying entries modifies the alloc, rmap and free trees, which copies
 // their blocks and so queues more entries; the run repeats until the queue is

@@ -95,10 +95,11 @@ func Checksum(p []byte) uint32 { return crc32.Checksum(p, crcTable) }
 
 // blockChecksum is the crc32c of a block with its 4-byte checksum field at
 // csumOff treated as zero.
+var zero4 [4]byte
+
 func blockChecksum(b []byte, csumOff int) uint32 {
-	var zero [4]byte
 	c := crc32.Update(0, crcTable, b[:csumOff])
-	c = crc32.Update(c, crcTable, zero[:])
+	c = crc32.Update(c, crcTable, zero4[:])
 	return crc32.Update(c, crcTable, b[csumOff+4:])
 }
 

@@ -300,6 +300,23 @@ func VerifyHeader(b []byte, x Expect) error {
 	return nil
 }
 
+// MatchHeader checks that a node already verified once (a cached copy)
+// is the one a pointer expects: block number, owner, generation and level.
+// It skips the checksum, which VerifyHeader computed when the node was read.
+func MatchHeader(n Node, x Expect) error {
+	switch {
+	case n.Block() != x.Block:
+		return corrupt(KindMisdirected, x.Tree, x.Block, "header says block %d", n.Block())
+	case n.Owner() != x.Tree:
+		return corrupt(KindWrongOwner, x.Tree, x.Block, "header says owner %s", n.Owner())
+	case x.Gen != 0 && n.Gen() != x.Gen:
+		return corrupt(KindStale, x.Tree, x.Block, "generation %d, parent expects %d", n.Gen(), x.Gen)
+	case x.Level >= 0 && n.Level() != x.Level:
+		return corrupt(KindBadLevel, x.Tree, x.Block, "level %d, expected %d", n.Level(), x.Level)
+	}
+	return nil
+}
+
 // VerifyNode checks the header (see VerifyHeader) and the layout: the item
 // count, every value offset and length, and strict key order. After it
 // passes, every Node accessor stays within the block.
