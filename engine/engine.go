@@ -850,3 +850,7 @@ func (e *Engine) Stats() Stats {
 	s.ReadErrors, s.WriteErrors, s.CsumErrors = e.ioErrs[0].Load(), e.ioErrs[1].Load(), e.ioErrs[2].Load()
 	return s
 }
+
+// Hooks returns the engine's hook chains (for publishers in the running
+// transaction).
+func (tx *Tx) Hooks() *Hooks { return &tx.e.hooks }

@@ -56,12 +56,45 @@ type FreeEvent struct {
 	Len   uint64
 }
 
+// InodeEvent is a change to an inode item (insert, update, delete).
+type InodeEvent struct {
+	Gen   format.Gen
+	Op    Op
+	Ino   uint64
+	Inode format.InodeItem // the new item (zero on delete)
+}
+
+// DirentEvent is a directory entry added (insert) or removed (delete).
+type DirentEvent struct {
+	Gen   format.Gen
+	Op    Op
+	Dir   uint64
+	Entry format.DirEntry
+}
+
+// ExtentEvent is a change to a file extent item: the mapping of file
+// blocks [FileBlock, FileBlock+Extent.Count) of Ino.
+type ExtentEvent struct {
+	Gen       format.Gen
+	Op        Op
+	Ino       uint64
+	FileBlock uint64
+	Extent    format.FileExtent
+}
+
 // Hooks are the engine's live-update hook chains. The engine calls each at
 // the moment a change joins the running transaction, with that transaction's
 // generation, from the writer's goroutine; a subscriber must not block and
 // must not call back into the engine's writer.
+//
+// Alloc, Rmap and Free are called by the engine as delayed refs are
+// applied; Inode, Dirent and Extent by the filesystem layer as it changes
+// those items.
 type Hooks struct {
-	Alloc hooks.Chain[AllocEvent]
-	Rmap  hooks.Chain[RmapEvent]
-	Free  hooks.Chain[FreeEvent]
+	Alloc  hooks.Chain[AllocEvent]
+	Rmap   hooks.Chain[RmapEvent]
+	Free   hooks.Chain[FreeEvent]
+	Inode  hooks.Chain[InodeEvent]
+	Dirent hooks.Chain[DirentEvent]
+	Extent hooks.Chain[ExtentEvent]
 }

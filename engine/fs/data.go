@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/scrubd/scrubd/engine"
+	eb "github.com/scrubd/scrubd/engine/btree"
 	"github.com/scrubd/scrubd/engine/format"
 )
 
@@ -304,7 +305,7 @@ func (f *FS) putData(tx *engine.Tx, ino uint64, in *format.InodeItem, a uint64, 
 		return err
 	}
 	fe := format.FileExtent{Start: start, Len: n, Count: n}
-	if err := etr.Insert(format.FileExtentKey(ino, a), fe.Encode()); err != nil {
+	if err := putExtent(tx, etr, ino, a, fe, engine.OpInsert); err != nil {
 		return err
 	}
 	in.Blocks += n
@@ -356,7 +357,7 @@ func punch(tx *engine.Tx, ino, a, b uint64) (uint64, error) {
 		owner := format.Owner{Inode: ino, Offset: it.at}
 		switch {
 		case it.at >= a && end <= b: // wholly covered
-			if _, err := etr.Delete(format.FileExtentKey(ino, it.at)); err != nil {
+			if err := delExtent(tx, etr, ino, it.at); err != nil {
 				return 0, err
 			}
 			if err := tx.DropRef(it.fe.Start, it.fe.Len, owner); err != nil {
@@ -365,30 +366,30 @@ func punch(tx *engine.Tx, ino, a, b uint64) (uint64, error) {
 		case it.at < a && end > b: // split in the middle: left keeps, right is new
 			left := it.fe
 			left.Count = a - it.at
-			if err := etr.Put(format.FileExtentKey(ino, it.at), left.Encode()); err != nil {
+			if err := putExtent(tx, etr, ino, it.at, left, engine.OpUpdate); err != nil {
 				return 0, err
 			}
 			right := it.fe
 			right.Offset += b - it.at
 			right.Count = end - b
-			if err := etr.Insert(format.FileExtentKey(ino, b), right.Encode()); err != nil {
+			if err := putExtent(tx, etr, ino, b, right, engine.OpInsert); err != nil {
 				return 0, err
 			}
 			tx.AddRef(it.fe.Start, it.fe.Len, format.Owner{Inode: ino, Offset: b})
 		case it.at < a: // tail covered
 			left := it.fe
 			left.Count = a - it.at
-			if err := etr.Put(format.FileExtentKey(ino, it.at), left.Encode()); err != nil {
+			if err := putExtent(tx, etr, ino, it.at, left, engine.OpUpdate); err != nil {
 				return 0, err
 			}
 		default: // head covered: the rest moves to b
-			if _, err := etr.Delete(format.FileExtentKey(ino, it.at)); err != nil {
+			if err := delExtent(tx, etr, ino, it.at); err != nil {
 				return 0, err
 			}
 			right := it.fe
 			right.Offset += b - it.at
 			right.Count = end - b
-			if err := etr.Insert(format.FileExtentKey(ino, b), right.Encode()); err != nil {
+			if err := putExtent(tx, etr, ino, b, right, engine.OpInsert); err != nil {
 				return 0, err
 			}
 			// Add the new reference before dropping the old one, so an
@@ -516,4 +517,22 @@ func (f *FS) SetAttr(ino uint64, s SetAttrIn) (Attr, error) {
 		f.markFull(ino, gen)
 	}
 	return a, errno(err)
+}
+
+// putExtent stores a file extent item and publishes the change.
+func putExtent(tx *engine.Tx, etr *eb.Tree, ino, fb uint64, fe format.FileExtent, op engine.Op) error {
+	if err := etr.Put(format.FileExtentKey(ino, fb), fe.Encode()); err != nil {
+		return err
+	}
+	tx.Hooks().Extent.Call(engine.ExtentEvent{Gen: tx.Gen(), Op: op, Ino: ino, FileBlock: fb, Extent: fe})
+	return nil
+}
+
+// delExtent deletes a file extent item and publishes the change.
+func delExtent(tx *engine.Tx, etr *eb.Tree, ino, fb uint64) error {
+	if _, err := etr.Delete(format.FileExtentKey(ino, fb)); err != nil {
+		return err
+	}
+	tx.Hooks().Extent.Call(engine.ExtentEvent{Gen: tx.Gen(), Op: engine.OpDelete, Ino: ino, FileBlock: fb})
+	return nil
 }

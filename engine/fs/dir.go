@@ -106,7 +106,11 @@ func addEntry(tx *engine.Tx, dir uint64, din *format.InodeItem, name string, ino
 	if err := tr.Insert(format.DirEntryKey(dir, h, seq), de.Encode()); err != nil {
 		return err
 	}
-	return tr.Insert(format.DirIndexKey(dir, de.Index), de.Encode())
+	if err := tr.Insert(format.DirIndexKey(dir, de.Index), de.Encode()); err != nil {
+		return err
+	}
+	tx.Hooks().Dirent.Call(engine.DirentEvent{Gen: tx.Gen(), Op: engine.OpInsert, Dir: dir, Entry: de})
+	return nil
 }
 
 // removeEntry unlinks the entry found at key.
@@ -118,8 +122,11 @@ func removeEntry(tx *engine.Tx, dir uint64, key format.Key, de format.DirEntry) 
 	if _, err := tr.Delete(key); err != nil {
 		return err
 	}
-	_, err = tr.Delete(format.DirIndexKey(dir, de.Index))
-	return err
+	if _, err = tr.Delete(format.DirIndexKey(dir, de.Index)); err != nil {
+		return err
+	}
+	tx.Hooks().Dirent.Call(engine.DirentEvent{Gen: tx.Gen(), Op: engine.OpDelete, Dir: dir, Entry: de})
+	return nil
 }
 
 // Lookup finds name in directory dir.
@@ -487,8 +494,11 @@ func freeInode(tx *engine.Tx, ino uint64, in *format.InodeItem) error {
 	if _, err := tr.Delete(format.SymlinkKey(ino)); err != nil {
 		return err
 	}
-	_, err = tr.Delete(format.InodeKey(ino))
-	return err
+	if _, err = tr.Delete(format.InodeKey(ino)); err != nil {
+		return err
+	}
+	tx.Hooks().Inode.Call(engine.InodeEvent{Gen: tx.Gen(), Op: engine.OpDelete, Ino: ino})
+	return nil
 }
 
 func dirEmpty(tx *engine.Tx, dir uint64) (bool, error) {

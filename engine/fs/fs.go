@@ -218,7 +218,11 @@ func putInode(tx *engine.Tx, ino uint64, in *format.InodeItem) error {
 	if err != nil {
 		return err
 	}
-	return tr.Put(format.InodeKey(ino), in.Encode())
+	if err := tr.Put(format.InodeKey(ino), in.Encode()); err != nil {
+		return err
+	}
+	tx.Hooks().Inode.Call(engine.InodeEvent{Gen: tx.Gen(), Op: engine.OpUpdate, Ino: ino, Inode: *in})
+	return nil
 }
 
 func nameHash(name string) uint64 {

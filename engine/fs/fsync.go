@@ -290,7 +290,7 @@ func (f *FS) replayItem(tx *engine.Tx, it engine.LogItem) error {
 		if err != nil {
 			return err
 		}
-		if err := etr.Put(it.Key, it.Value); err != nil {
+		if err := putExtent(tx, etr, it.Key.Obj, it.Key.Off, fe, engine.OpInsert); err != nil {
 			return err
 		}
 		tx.AddRef(fe.Start, fe.Len, format.Owner{Inode: it.Key.Obj, Offset: it.Key.Off})
