@@ -1,0 +1,83 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/scrubd/scrubd/engine/fs"
+	"github.com/scrubd/scrubd/engine/fuse"
+)
+
+type mountOptions struct {
+	noTreeLog      bool
+	commitInterval time.Duration
+	allowOther     bool
+	debug          bool
+}
+
+func newMountCmd() *cobra.Command {
+	var o mountOptions
+	c := &cobra.Command{
+		Use:   "mount IMAGE MOUNTPOINT [--notreelog]",
+		Short: "Serve an image through FUSE until it is unmounted",
+		Long: `Mount IMAGE on MOUNTPOINT through FUSE and serve it in the foreground, so
+any program can use it. "mounted IMAGE on MOUNTPOINT" is printed once the
+mount is ready.
+
+It runs until SIGINT or SIGTERM, or until the mount is unmounted from
+outside (umount MOUNTPOINT, fusermount3 -u MOUNTPOINT); then it unmounts,
+commits everything, and exits. If files are still open at a signal, the
+mount is detached lazily (as umount -l) and those files are served until
+they are closed. fsync(2) on the mount is durable: a crash, even kill -9,
+loses nothing that was fsync'd; the next mount replays the log.
+
+EXIT STATUS
+  0 unmounted and committed; 1 the image could not be mounted, served or
+  committed (the reason is printed); 2 usage error.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := cobra.ExactArgs(2)(cmd, args); err != nil {
+				return withCode(2, err)
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			img, mountpoint := args[0], args[1]
+			if o.debug && !cmd.Flag("log-level").Changed {
+				global.logLevel = "debug"
+			}
+			log, err := logger()
+			if err != nil {
+				return err
+			}
+			fsys, err := fs.OpenPath(img, fs.Options{NoTreeLog: o.noTreeLog, CommitInterval: o.commitInterval, Logger: log})
+			if err != nil {
+				return err
+			}
+			source := img
+			if abs, err := filepath.Abs(img); err == nil {
+				source = abs
+			}
+			srv, err := fuse.Mount(fsys, mountpoint, fuse.Options{AllowOther: o.allowOther, FsName: source, Debug: o.debug, Logger: log})
+			if err != nil {
+				return errors.Join(err, fsys.Close())
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "mounted %s on %s\n", img, mountpoint)
+			runErr := srv.Run(cmd.Context())
+			if err := errors.Join(runErr, fsys.Close()); err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "unmounted %s; committed %s\n", mountpoint, img)
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&o.noTreeLog, "notreelog", false, "make every fsync a full commit instead of a log write")
+	c.Flags().DurationVar(&o.commitInterval, "commit-interval", 0, "commit this often (0: the engine's default, negative: only on fsync, sync and unmount)")
+	c.Flags().BoolVar(&o.allowOther, "allow-other", false, "let other users use the mount (non-root needs user_allow_other in /etc/fuse.conf)")
+	c.Flags().BoolVar(&o.debug, "debug", false, "log every FUSE request (implies --log-level debug)")
+	return c
+}

@@ -1,0 +1,224 @@
+package fuse
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	gofuse "github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/scrubd/scrubd/engine/fs"
+)
+
+// Options configure a mount.
+type Options struct {
+	// EntryTimeout and AttrTimeout are how long the kernel may cache a
+	// name and an inode's attributes (0: one second, negative: not at all).
+	EntryTimeout time.Duration
+	AttrTimeout  time.Duration
+	// NegativeTimeout is how long the kernel may cache that a name does
+	// not exist (0 or negative: not at all).
+	NegativeTimeout time.Duration
+	// AllowOther lets users other than the one mounting use the mount
+	// (for a non-root user it needs user_allow_other in /etc/fuse.conf).
+	AllowOther bool
+	// FsName is the source the mount table shows (default "scrubd").
+	FsName string
+	// Debug logs every FUSE request and reply at debug level.
+	Debug bool
+	// Logger receives operational errors (default: discard).
+	Logger *slog.Logger
+}
+
+// Server is a mounted filesystem being served.
+type Server struct {
+	b          *bridge
+	srv        *gofuse.Server
+	mountpoint string
+	log        *slog.Logger
+	done       chan struct{} // closed when the serve loop has ended
+}
+
+const defaultTimeout = time.Second
+
+func timeout(d time.Duration) *time.Duration {
+	switch {
+	case d == 0:
+		d = defaultTimeout
+	case d < 0:
+		d = 0
+	}
+	return &d
+}
+
+// Mount mounts fsys on mountpoint and serves it until it is unmounted. The
+// caller keeps ownership of fsys: close it after Wait or Run returns.
+func Mount(fsys *fs.FS, mountpoint string, opts Options) (*Server, error) {
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	root, err := fsys.GetAttr(fs.RootIno)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: root directory: %w", mountpoint, err)
+	}
+	b := &bridge{fsys: fsys, log: logger, attrTimeout: *timeout(opts.AttrTimeout)}
+	fsName := opts.FsName
+	if fsName == "" {
+		fsName = "scrubd"
+	}
+	// The mount option string is comma-separated.
+	fsName = strings.ReplaceAll(fsName, ",", "_")
+	// go-fuse prints request traces (Debug) and the rare diagnostic it
+	// cannot return as an error (a recovered panic) through a log.Logger.
+	lvl := slog.LevelError
+	if opts.Debug {
+		lvl = slog.LevelDebug
+	}
+	stdlog := slog.NewLogLogger(logger.Handler(), lvl)
+	neg := max(opts.NegativeTimeout, 0)
+	gopts := &gofs.Options{
+		MountOptions: gofuse.MountOptions{
+			AllowOther: opts.AllowOther,
+			// The kernel checks permissions against the attributes.
+			Options:       []string{"default_permissions"},
+			MaxBackground: 12,
+			MaxWrite:      1 << 20,
+			FsName:        fsName,
+			Name:          "scrubd",
+			// mount(2) when root; fusermount3 otherwise.
+			DirectMount:   true,
+			DisableXAttrs: true,
+			Debug:         opts.Debug,
+			Logger:        stdlog,
+		},
+		EntryTimeout:    timeout(opts.EntryTimeout),
+		AttrTimeout:     timeout(opts.AttrTimeout),
+		NegativeTimeout: &neg,
+		NullPermissions: true, // mode 000 is mode 000
+		RootStableAttr:  &gofs.StableAttr{Ino: fs.RootIno, Gen: root.Generation},
+		Logger:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	if neg == 0 {
+		gopts.NegativeTimeout = nil
+	}
+	raw := gofs.NewNodeFS(&node{b: b}, gopts)
+	srv, err := gofuse.NewServer(raw, mountpoint, &gopts.MountOptions)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	s := &Server{b: b, srv: srv, mountpoint: mountpoint, log: logger, done: make(chan struct{})}
+	go func() {
+		srv.Serve()
+		close(s.done)
+	}()
+	if err := srv.WaitMount(); err != nil {
+		if uerr := s.Unmount(); uerr != nil {
+			s.detach()
+		}
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	return s, nil
+}
+
+// Mountpoint returns where the filesystem is mounted.
+func (s *Server) Mountpoint() string { return s.mountpoint }
+
+// Wait blocks until the filesystem is unmounted (by Unmount or from
+// outside, by umount(8) or fusermount3 -u) and every request is answered.
+func (s *Server) Wait() { <-s.done }
+
+// Done is closed when the filesystem has been unmounted and every request
+// answered.
+func (s *Server) Done() <-chan struct{} { return s.done }
+
+func (s *Server) unmounted() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Unmount unmounts the filesystem and waits until every request is
+// answered. It fails (EBUSY) while files are open on the mount, and
+// succeeds at once if the filesystem was already unmounted.
+func (s *Server) Unmount() error {
+	if s.unmounted() {
+		return nil
+	}
+	if err := s.srv.Unmount(); err != nil {
+		if s.unmounted() {
+			return nil // unmounted from outside meanwhile
+		}
+		return fmt.Errorf("unmount %s: %w", s.mountpoint, err)
+	}
+	<-s.done
+	return nil
+}
+
+// Run serves until the filesystem is unmounted from outside, or ctx ends;
+// then it unmounts, and if the mount is busy detaches it lazily (as umount
+// -l) and keeps serving the files still open until the last one closes.
+// It returns when nothing is served any more, so the caller can close the
+// filesystem; an error if it could not unmount, or if the engine aborted
+// its running transaction while serving (then changes since the last
+// commit are lost, and fs.Close does not say so).
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.run(ctx); err != nil {
+		return err
+	}
+	if _, err := s.b.fsys.Engine().ReadOnly(); err != nil {
+		return fmt.Errorf("served %s, but the engine aborted a transaction (changes since the last commit are lost): %w", s.mountpoint, err)
+	}
+	return nil
+}
+
+func (s *Server) run(ctx context.Context) error {
+	select {
+	case <-s.done:
+		return nil
+	case <-ctx.Done():
+	}
+	err := s.Unmount()
+	if err == nil {
+		return nil
+	}
+	s.log.Warn("mount busy: detaching it lazily, serving open files until they close",
+		"mountpoint", s.mountpoint, "err", err)
+	if derr := s.detach(); derr != nil {
+		if s.unmounted() {
+			return nil
+		}
+		return errors.Join(err, derr)
+	}
+	<-s.done
+	return nil
+}
+
+// detach unmounts lazily: mount(2) as root, else fusermount3 -uz.
+func (s *Server) detach() error {
+	err := syscall.Unmount(s.mountpoint, syscall.MNT_DETACH)
+	if err == nil {
+		return nil
+	}
+	for _, bin := range []string{"fusermount3", "fusermount"} {
+		path, lerr := exec.LookPath(bin)
+		if lerr != nil {
+			continue
+		}
+		out, ferr := exec.Command(path, "-u", "-z", s.mountpoint).CombinedOutput()
+		if ferr == nil {
+			return nil
+		}
+		return fmt.Errorf("detach %s: %s: %w", s.mountpoint, strings.TrimSpace(string(out)), ferr)
+	}
+	return fmt.Errorf("detach %s: %w", s.mountpoint, err)
+}
