@@ -320,6 +320,8 @@ func (e *Engine) load() error {
 		}
 	}
 	if e.opts.ReadOnly {
+		// A transaction that never commits, so View works.
+		e.txn = newTxn(sb.Gen + 1)
 		return nil
 	}
 	// The allocator's index is the free-space tree.
@@ -478,6 +480,32 @@ type Tx struct {
 	e       *Engine
 	touched bool
 	view    bool
+	budget  uint64 // data blocks reserved by ReserveData
+}
+
+// metaReserve is the number of free blocks data allocations leave for
+// metadata (copy-on-write of tree nodes, the delayed-ref run at commit):
+// 1% of the image, at least 256 blocks.
+func (e *Engine) metaReserve() uint64 { return max(256, e.totalBlocks/100) }
+
+// DataFree returns how many blocks data may still take now.
+func (tx *Tx) DataFree() uint64 {
+	free, res := tx.e.alloc.freeBlocks(), tx.e.metaReserve()
+	if free <= res {
+		return 0
+	}
+	return free - res
+}
+
+// ReserveData checks, before an operation changes anything, that n data
+// blocks can be allocated, and lets the operation's AllocExtent calls take
+// them without re-checking. It fails with ErrNoSpace.
+func (tx *Tx) ReserveData(n uint64) error {
+	if free := tx.DataFree(); free < n {
+		return fmt.Errorf("%d data blocks needed, %d free outside the metadata reserve: %w", n, free, ErrNoSpace)
+	}
+	tx.budget += n
+	return nil
 }
 
 // Gen returns the running transaction's generation.
@@ -510,10 +538,16 @@ func (tx *Tx) ReadTree(id format.TreeID) (*eb.Tree, bool) {
 // their allocation.
 func (tx *Tx) AllocExtent(n uint64, owner format.Owner) (format.BlockNr, error) {
 	e := tx.e
+	if n > tx.budget {
+		if err := tx.ReserveData(n - tx.budget); err != nil {
+			return 0, err
+		}
+	}
 	start, err := e.alloc.allocate(n, 0)
 	if err != nil {
 		return 0, err
 	}
+	tx.budget -= n
 	tx.touched = true
 	e.txn.newExtents[start] = &newExtent{n: n}
 	e.ref(start, n, owner, format.ExtentData, +1)
@@ -724,6 +758,9 @@ func (e *Engine) Close() error {
 	e.wmu.Lock()
 	if !e.opts.ReadOnly && e.aborted == nil {
 		err = e.commitLocked()
+	}
+	if e.aborted != nil {
+		err = fmt.Errorf("%w: changes since the last commit were dropped: %v", ErrReadOnly, e.aborted)
 	}
 	e.txn = nil
 	e.wmu.Unlock()

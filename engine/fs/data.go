@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"errors"
 	"fmt"
 	"syscall"
 	"time"
@@ -213,6 +214,10 @@ func (f *FS) Read(ino uint64, p []byte, off int64) (int, error) {
 }
 
 // Write writes p at off (pwrite semantics), extending the file as needed.
+//
+// Everything that can fail for ordinary reasons (no space, an unreadable
+// partial block) is checked before the first change, so a failed write
+// changes nothing; an error after a change would abort the transaction.
 func (f *FS) Write(ino uint64, p []byte, off int64) (int, error) {
 	if off < 0 || uint64(off)+uint64(len(p)) > 1<<50 {
 		return 0, syscall.EFBIG
@@ -223,6 +228,7 @@ func (f *FS) Write(ino uint64, p []byte, off int64) (int, error) {
 	var gen format.Gen
 	fb := uint64(off) / bs
 	lb := (uint64(off) + uint64(len(p)) + bs - 1) / bs
+	f.makeRoom(lb - fb)
 	err := f.e.Update(func(tx *engine.Tx) error {
 		in, err := mustInode(tx, ino)
 		if err != nil {
@@ -231,14 +237,45 @@ func (f *FS) Write(ino uint64, p []byte, off int64) (int, error) {
 		if !isReg(in) {
 			return syscall.EINVAL
 		}
-		gen = tx.Gen()
-		for a := fb; a < lb; a += format.MaxExtentBlocks {
-			b := min(lb, a+format.MaxExtentBlocks)
-			if err := f.writeChunk(tx, ino, in, a, b, p, uint64(off)); err != nil {
+		if err := tx.ReserveData(lb - fb); err != nil {
+			return err
+		}
+		// The partial first and last blocks keep their old bytes.
+		end := uint64(off) + uint64(len(p))
+		var head, tail []byte
+		if uint64(off) > fb*bs {
+			head = make([]byte, bs)
+			if err := f.readBlocks(tx, ino, fb, 1, head); err != nil {
 				return err
 			}
 		}
-		if end := uint64(off) + uint64(len(p)); end > in.Size {
+		if end < lb*bs {
+			if lb-1 == fb && head != nil {
+				tail = head
+			} else {
+				tail = make([]byte, bs)
+				if err := f.readBlocks(tx, ino, lb-1, 1, tail); err != nil {
+					return err
+				}
+			}
+		}
+		gen = tx.Gen()
+		for a := fb; a < lb; a += format.MaxExtentBlocks {
+			b := min(lb, a+format.MaxExtentBlocks)
+			buf := make([]byte, (b-a)*bs)
+			if a == fb && head != nil {
+				copy(buf, head)
+			}
+			if b == lb && tail != nil {
+				copy(buf[(b-a-1)*bs:], tail)
+			}
+			lo, hi := max(uint64(off), a*bs), min(end, b*bs)
+			copy(buf[lo-a*bs:hi-a*bs], p[lo-uint64(off):hi-uint64(off)])
+			if err := f.putData(tx, ino, in, a, buf); err != nil {
+				return err
+			}
+		}
+		if end > in.Size {
 			in.Size = end
 		}
 		now := ts(time.Now())
@@ -252,29 +289,17 @@ func (f *FS) Write(ino uint64, p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// writeChunk writes file blocks [a, b) of a write of p at off.
-func (f *FS) writeChunk(tx *engine.Tx, ino uint64, in *format.InodeItem, a, b uint64, p []byte, off uint64) error {
-	n := b - a
-	buf := make([]byte, n*bs)
-	// Partial first and last blocks keep their old bytes.
-	firstPartial := off > a*bs
-	if firstPartial {
-		if err := f.readBlocks(tx, ino, a, 1, buf[:bs]); err != nil {
-			return err
-		}
+// makeRoom commits first when a write of n blocks would not fit but blocks
+// freed since the last commit would make room once they are released.
+func (f *FS) makeRoom(n uint64) {
+	st := f.e.Stats()
+	if st.PendingBlocks > 0 && st.Allocatable < n+f.e.TotalBlocks()/50+256 {
+		f.e.Sync()
 	}
-	if end := off + uint64(len(p)); end < b*bs && !(b-1 == a && firstPartial) {
-		if err := f.readBlocks(tx, ino, b-1, 1, buf[(n-1)*bs:]); err != nil {
-			return err
-		}
-	}
-	// Bytes of p that land in [a*bs, b*bs).
-	lo, hi := max(off, a*bs), min(off+uint64(len(p)), b*bs)
-	copy(buf[lo-a*bs:hi-a*bs], p[lo-off:hi-off])
-	return f.putData(tx, ino, in, a, buf)
 }
 
-// putData maps file blocks [a, a+len(buf)/bs) to a new extent holding buf.
+// putData maps file blocks [a, a+len(buf)/bs) to new extents holding buf:
+// one extent if the free space allows, smaller ones if it is fragmented.
 func (f *FS) putData(tx *engine.Tx, ino uint64, in *format.InodeItem, a uint64, buf []byte) error {
 	n := uint64(len(buf)) / bs
 	unmapped, err := punch(tx, ino, a, a+n)
@@ -282,16 +307,38 @@ func (f *FS) putData(tx *engine.Tx, ino uint64, in *format.InodeItem, a uint64, 
 		return err
 	}
 	in.Blocks -= min(in.Blocks, unmapped)
-	start, err := tx.AllocExtent(n, format.Owner{Inode: ino, Offset: a})
-	if err != nil {
-		return err
+	for done := uint64(0); done < n; {
+		try := n - done
+		var start format.BlockNr
+		for {
+			start, err = tx.AllocExtent(try, format.Owner{Inode: ino, Offset: a + done})
+			if err == nil || !errors.Is(err, engine.ErrNoSpace) || try == 1 {
+				break
+			}
+			try /= 2
+		}
+		if err != nil {
+			return err
+		}
+		if err := f.writeExtent(tx, ino, a+done, start, buf[done*bs:(done+try)*bs]); err != nil {
+			return err
+		}
+		in.Blocks += try
+		done += try
 	}
-	if _, err := tx.Device().WriteAt(buf, int64(start)*bs); err != nil {
+	return nil
+}
+
+// writeExtent writes data to a newly allocated extent at start and maps
+// file block fb to it, with its checksums.
+func (f *FS) writeExtent(tx *engine.Tx, ino, fb uint64, start format.BlockNr, data []byte) error {
+	n := uint64(len(data)) / bs
+	if _, err := tx.Device().WriteAt(data, int64(start)*bs); err != nil {
 		return fmt.Errorf("write data blocks %d+%d: %w", start, n, err)
 	}
 	cs := make([]byte, 4*n)
 	for i := uint64(0); i < n; i++ {
-		format.PutCsum(cs, i, format.Checksum(buf[i*bs:(i+1)*bs]))
+		format.PutCsum(cs, i, format.Checksum(data[i*bs:(i+1)*bs]))
 	}
 	ctr, err := tx.Tree(format.TreeCsum)
 	if err != nil {
@@ -304,12 +351,7 @@ func (f *FS) putData(tx *engine.Tx, ino uint64, in *format.InodeItem, a uint64, 
 	if err != nil {
 		return err
 	}
-	fe := format.FileExtent{Start: start, Len: n, Count: n}
-	if err := putExtent(tx, etr, ino, a, fe, engine.OpInsert); err != nil {
-		return err
-	}
-	in.Blocks += n
-	return nil
+	return putExtent(tx, etr, ino, fb, format.FileExtent{Start: start, Len: n, Count: n}, engine.OpInsert)
 }
 
 // punch removes the mapping of file blocks [a, b), dropping references of
@@ -435,27 +477,33 @@ func (f *FS) Truncate(ino uint64, size uint64) error {
 
 func (f *FS) truncate(tx *engine.Tx, ino uint64, in *format.InodeItem, size uint64) error {
 	if size < in.Size {
+		// Read the new last block before changing anything: its tail
+		// past the new size is zeroed, so a later extension reads zeros.
+		var last []byte
+		lb := size / bs
+		if size%bs != 0 {
+			if _, _, ok, err := extentAt(tx, ino, lb); err != nil {
+				return err
+			} else if ok {
+				if err := tx.ReserveData(1); err != nil {
+					return err
+				}
+				last = make([]byte, bs)
+				if err := f.readBlocks(tx, ino, lb, 1, last); err != nil {
+					return err
+				}
+				clear(last[size%bs:])
+			}
+		}
 		keep := (size + bs - 1) / bs
 		unmapped, err := punch(tx, ino, keep, ^uint64(0)>>12)
 		if err != nil {
 			return err
 		}
 		in.Blocks -= min(in.Blocks, unmapped)
-		if size%bs != 0 {
-			// Zero the tail of the last block, so a later extension
-			// reads zeros there.
-			lb := size / bs
-			if _, _, ok, err := extentAt(tx, ino, lb); err != nil {
+		if last != nil {
+			if err := f.putData(tx, ino, in, lb, last); err != nil {
 				return err
-			} else if ok {
-				buf := make([]byte, bs)
-				if err := f.readBlocks(tx, ino, lb, 1, buf); err != nil {
-					return err
-				}
-				clear(buf[size%bs:])
-				if err := f.putData(tx, ino, in, lb, buf); err != nil {
-					return err
-				}
 			}
 		}
 	}
