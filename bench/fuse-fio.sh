@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# FUSE-level benchmarks with fio (Debian package fio): random 4 KiB writes
+# with fsync after each on a 50 MB file, through `scrubd mount` with the
+# fsync log, with --notreelog, and on a host directory; then sequential
+# 1 GiB write and read through the mount and on the host.
+#
+#   bash bench/fuse-fio.sh [WORKDIR]     (run as root; needs fio and fuse3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${1:-$(mktemp -d)}
+mkdir -p "$work"
+command -v fio >/dev/null || { echo "fio is not installed (apt-get install -y fio)"; exit 1; }
+go build -o "$work/scrubd" ./cmd/scrubd
+runtime=${RUNTIME:-20}
+
+fsync_job() { # DIR
+	fio --name=fsync --directory="$1" --filename=fio.dat --size=50m --bs=4k \
+		--rw=randwrite --fsync=1 --ioengine=psync --runtime="$runtime" --time_based \
+		--output-format=json | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["write"]; print("%.0f" % j["iops"])'
+}
+
+seq_job() { # DIR RW
+	fio --name=seq --directory="$1" --filename=seq.dat --size=1g --bs=1m --rw="$2" \
+		--ioengine=psync --end_fsync=1 --output-format=json |
+		python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; k="write" if "'"$2"'"=="write" else "read"; print("%.0f" % (j[k]["bw"]/1024))'
+}
+
+pid=
+mount_image() { # IMAGE MNT FLAGS...: starts `scrubd mount`, sets pid
+	local img=$1 mnt=$2; shift 2
+	mkdir -p "$mnt"
+	: >"$work/mount.log"
+	"$work/scrubd" mount "$img" "$mnt" "$@" >"$work/mount.log" 2>&1 &
+	pid=$!
+	for _ in $(seq 100); do grep -q mounted "$work/mount.log" && return; sleep 0.1; done
+	echo "mount did not come up:"; cat "$work/mount.log"; exit 1
+}
+
+unmount_image() { # stops the mount started last and waits for it to exit
+	kill -TERM "$pid"
+	wait "$pid"
+}
+
+report() { printf '%-34s %s\n' "$1" "$2"; }
+
+for mode in log notreelog; do
+	img="$work/$mode.img"
+	rm -f "$img"
+	"$work/scrubd" mkfs "$img" --size 4G >/dev/null
+	flags=()
+	[ "$mode" = notreelog ] && flags=(--notreelog)
+	mount_image "$img" "$work/mnt" "${flags[@]}"
+	report "fsync randwrite 4k, $mode (iops)" "$(fsync_job "$work/mnt")"
+	if [ "$mode" = log ]; then
+		report "seq write 1 GiB, mount (MiB/s)" "$(seq_job "$work/mnt" write)"
+		echo 3 >/proc/sys/vm/drop_caches || true
+		report "seq read 1 GiB, mount (MiB/s)" "$(seq_job "$work/mnt" read)"
+	fi
+	unmount_image
+	"$work/scrubd" fsck "$img" >/dev/null && report "fsck after $mode run" clean
+done
+mkdir -p "$work/host"
+report "fsync randwrite 4k, host dir (iops)" "$(fsync_job "$work/host")"
+report "seq write 1 GiB, host (MiB/s)" "$(seq_job "$work/host" write)"
+echo 3 >/proc/sys/vm/drop_caches || true
+report "seq read 1 GiB, host (MiB/s)" "$(seq_job "$work/host" read)"
+rm -rf "$work/host" "$work"/*.img
