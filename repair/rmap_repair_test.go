@@ -1,0 +1,222 @@
+package repair
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/scrubd/scrubd/engine"
+	"github.com/scrubd/scrubd/engine/format"
+	"github.com/scrubd/scrubd/engine/fs"
+)
+
+func checkFindings(t *testing.T, e *engine.Engine) []engine.Finding {
+	t.Helper()
+	s := e.Pin()
+	defer s.Release()
+	var out []engine.Finding
+	if _, err := s.Check(context.Background(), func(f engine.Finding) { out = append(out, f) }); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func mustClean(t *testing.T, e *engine.Engine) {
+	t.Helper()
+	if fs := checkFindings(t, e); len(fs) > 0 {
+		var b strings.Builder
+		for _, f := range fs {
+			fmt.Fprintln(&b, f)
+		}
+		t.Fatalf("%d findings:\n%s", len(fs), b.String())
+	}
+}
+
+// writer writes files and fsyncs them until stop, remembering what each
+// holds after every fsync.
+type writer struct {
+	f      *fs.FS
+	mu     sync.Mutex
+	files  map[uint64][]byte
+	writes int
+	err    error
+}
+
+func (w *writer) run(seed uint64, stop <-chan struct{}, done *sync.WaitGroup) {
+	defer done.Done()
+	r := rand.New(rand.NewPCG(seed, seed))
+	var inos []uint64
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		if len(inos) < 20 || r.IntN(10) == 0 {
+			a, err := w.f.Create(fs.RootIno, fmt.Sprintf("w%d-%d", seed, i), fs.NewInode{Mode: 0o644})
+			if err != nil {
+				w.err = err
+				return
+			}
+			inos = append(inos, a.Ino)
+		}
+		ino := inos[r.IntN(len(inos))]
+		w.mu.Lock()
+		cur := bytes.Clone(w.files[ino])
+		w.mu.Unlock()
+		off := r.IntN(64 << 10)
+		data := make([]byte, 1+r.IntN(16<<10))
+		for j := range data {
+			data[j] = byte(r.Uint32())
+		}
+		if _, err := w.f.Write(ino, data, int64(off)); err != nil {
+			w.err = err
+			return
+		}
+		if end := off + len(data); end > len(cur) {
+			cur = append(cur, make([]byte, end-len(cur))...)
+		}
+		copy(cur[off:], data)
+		if err := w.f.Fsync(ino); err != nil {
+			w.err = err
+			return
+		}
+		w.mu.Lock()
+		w.files[ino] = cur
+		w.writes++
+		w.mu.Unlock()
+	}
+}
+
+func (w *writer) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.writes
+}
+
+func (w *writer) verify(t *testing.T, f *fs.FS) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for ino, want := range w.files {
+		got := make([]byte, len(want))
+		n, err := f.Read(ino, got, 0)
+		if err != nil || !bytes.Equal(got[:n], want) {
+			t.Fatalf("inode %d: %d bytes read (%v), want %d", ino, n, err, len(want))
+		}
+	}
+}
+
+func newImage(t *testing.T) string {
+	img := filepath.Join(t.TempDir(), "fs.img")
+	if err := engine.MkfsPath(img, 256<<20, false, engine.MkfsOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// TestRebuildRmapOnlineUnderLoad rebuilds a healthy rmap tree while a
+// writer keeps writing and fsyncing.
+func TestRebuildRmapOnlineUnderLoad(t *testing.T) {
+	img := newImage(t)
+	f, err := fs.OpenPath(img, fs.Options{CommitInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &writer{f: f, files: map[uint64][]byte{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go w.run(1, stop, &wg)
+	for w.count() < 50 {
+		time.Sleep(time.Millisecond)
+	}
+	for i := 0; i < 3; i++ {
+		res, err := RebuildRmap(context.Background(), f.Engine(), RmapRebuildOptions{TempDir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("rebuild %d: %+v", i, *res)
+	}
+	close(stop)
+	wg.Wait()
+	if w.err != nil {
+		t.Fatal(w.err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	mustClean(t, f.Engine())
+	w.verify(t, f)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRebuildDamagedRmap damages the rmap tree's root on disk, mounts with
+// the rmap marked sick, rebuilds it online under a writer, and checks.
+func TestRebuildDamagedRmap(t *testing.T) {
+	img := newImage(t)
+	f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &writer{f: f, files: map[uint64][]byte{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go w.run(2, stop, &wg)
+	for w.count() < 100 {
+		time.Sleep(time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := flipRootByte(img, format.TreeRmap); err != nil {
+		t.Fatal(err)
+	}
+	f, err = fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := f.Engine()
+	found := checkFindings(t, e)
+	if len(found) == 0 || found[0].Tree != format.TreeRmap {
+		t.Fatalf("damage not found: %v", found)
+	}
+	e.SetRmapSick(true)
+	stop = make(chan struct{})
+	wg.Add(1)
+	w2 := &writer{f: f, files: map[uint64][]byte{}}
+	go w2.run(3, stop, &wg)
+	for w2.count() < 20 {
+		time.Sleep(time.Millisecond)
+	}
+	res, err := RebuildRmap(context.Background(), e, RmapRebuildOptions{TempDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("rebuild: %+v", *res)
+	close(stop)
+	wg.Wait()
+	if w2.err != nil {
+		t.Fatal(w2.err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	mustClean(t, e)
+	w.verify(t, f)
+	w2.verify(t, f)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
