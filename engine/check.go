@@ -53,6 +53,8 @@ const (
 	ErrSpaceLost       ErrorID = 51
 	ErrFreeNotMerged   ErrorID = 52
 	ErrBlockCrossLink  ErrorID = 53
+	ErrRmapSick        ErrorID = 54 // the engine found the rmap damaged in use
+	ErrDataChecksum    ErrorID = 60 // a data block failed its checksum
 )
 
 var errorNames = map[ErrorID]string{
@@ -65,7 +67,7 @@ var errorNames = map[ErrorID]string{
 	ErrAllocRefcount: "alloc_refcount", ErrAllocOverlap: "alloc_overlap", ErrAllocKind: "alloc_kind",
 	ErrRmapMissing: "rmap_missing", ErrRmapOrphan: "rmap_orphan", ErrRmapLength: "rmap_length",
 	ErrFreeOverlap: "free_overlap", ErrSpaceLost: "space_lost", ErrFreeNotMerged: "free_not_merged",
-	ErrBlockCrossLink: "block_cross_linked",
+	ErrBlockCrossLink: "block_cross_linked", ErrRmapSick: "rmap_sick", ErrDataChecksum: "data_checksum",
 }
 
 // Name returns the stable name of the id.

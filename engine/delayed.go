@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sync/atomic"
@@ -186,9 +187,12 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 		e.hooks.Alloc.Call(AllocEvent{Gen: t.gen, Op: opFor(found, false), Start: r.start, Len: r.n, Refs: item.Refs, Flags: item.Flags})
 		if !e.rmapSick.Load() {
 			if err := rmap.Insert(r.key, format.RmapItem{Len: r.n}.Encode()); err != nil {
-				return fmt.Errorf("rmap insert %s: %w", r.key, err)
+				if !e.rmapDamaged(err) {
+					return fmt.Errorf("rmap insert %s: %w", r.key, err)
+				}
+			} else {
+				mods.Add(1)
 			}
-			mods.Add(1)
 		}
 		e.hooks.Rmap.Call(RmapEvent{Gen: t.gen, Op: OpInsert, Start: r.start, Len: r.n, Owner: r.owner})
 		return nil
@@ -201,13 +205,16 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 	}
 	if !e.rmapSick.Load() {
 		ok, err := rmap.Delete(r.key)
+		if err == nil && !ok {
+			err = corruptf(format.TreeRmap, r.start, "no reverse mapping for %s", r.owner)
+		}
 		if err != nil {
-			return err
+			if !e.rmapDamaged(err) {
+				return err
+			}
+		} else {
+			mods.Add(1)
 		}
-		if !ok {
-			return corruptf(format.TreeRmap, r.start, "no reverse mapping for %s", r.owner)
-		}
-		mods.Add(1)
 	}
 	e.hooks.Rmap.Call(RmapEvent{Gen: t.gen, Op: OpDelete, Start: r.start, Len: r.n, Owner: r.owner})
 	item.Refs -= uint64(-r.delta)
@@ -328,4 +335,21 @@ func (e *Engine) freeTreeAdd(start format.BlockNr, n uint64) error {
 
 func corruptf(tree format.TreeID, b format.BlockNr, f string, args ...any) error {
 	return &format.CorruptError{Kind: format.KindBadItem, Tree: tree, Block: b, Detail: fmt.Sprintf(f, args...)}
+}
+
+// rmapDamaged handles an error from the rmap tree while applying refs. The
+// rmap tree is secondary metadata, rebuilt from the others: if it is
+// corrupt, the engine marks it sick and goes on without it (a degraded
+// mount) instead of aborting the transaction, and keeps publishing rmap
+// events so an online rebuild can follow. It reports whether err was such
+// damage.
+func (e *Engine) rmapDamaged(err error) bool {
+	if !errors.Is(err, format.ErrCorrupt) {
+		return false
+	}
+	if !e.rmapSick.Swap(true) {
+		e.log.Error("rmap tree is damaged: marked sick, running without it until it is rebuilt", "err", err)
+		e.CountError(ErrRmapSick, 1)
+	}
+	return true
 }

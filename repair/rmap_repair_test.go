@@ -220,3 +220,48 @@ func TestRebuildDamagedRmap(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDegradedMountKeepsWriting damages the rmap tree and mounts without
+// telling the engine: the first commit that touches it marks it sick
+// instead of failing, writes go on, and a rebuild makes the image clean.
+func TestDegradedMountKeepsWriting(t *testing.T) {
+	img := newImage(t)
+	f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := f.Create(fs.RootIno, "before", fs.NewInode{Mode: 0o644})
+	f.Write(a.Ino, bytes.Repeat([]byte("x"), 100000), 0)
+	f.Close()
+	if _, err := flipRootByte(img, format.TreeRmap); err != nil {
+		t.Fatal(err)
+	}
+	f, err = fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := f.Create(fs.RootIno, "after", fs.NewInode{Mode: 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(b.Ino, []byte("still writing"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatalf("commit on a damaged rmap: %v", err)
+	}
+	if !f.Engine().RmapSick() {
+		t.Fatal("damaged rmap not marked sick")
+	}
+	if _, err := RebuildRmap(context.Background(), f.Engine(), RmapRebuildOptions{TempDir: t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
+	mustClean(t, f.Engine())
+	buf := make([]byte, 13)
+	if n, err := f.Read(b.Ino, buf, 0); err != nil || string(buf[:n]) != "still writing" {
+		t.Fatalf("read: %q %v", buf[:n], err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

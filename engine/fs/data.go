@@ -175,7 +175,7 @@ func (f *FS) verify(tx *engine.Tx, ino, fb uint64, fe format.FileExtent, disk fo
 }
 
 // ErrDataChecksum is the error id counted for data checksum failures.
-const ErrDataChecksum engine.ErrorID = 60
+const ErrDataChecksum = engine.ErrDataChecksum
 
 func (f *FS) countCsumError(n uint64) {
 	f.mu.Lock()
