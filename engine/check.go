@@ -49,6 +49,11 @@ const (
 	ErrRmapMissing     ErrorID = 40
 	ErrRmapOrphan      ErrorID = 41
 	ErrRmapLength      ErrorID = 42
+	ErrRmapDataOwner   ErrorID = 43 // data rmap record without the file extent item it names
+	ErrExtentNoRmap    ErrorID = 44 // file extent item without its rmap record
+	ErrExtentNoAlloc   ErrorID = 45 // file extent item pointing at an unallocated extent
+	ErrCsumMissing     ErrorID = 46 // data extent without its checksum item
+	ErrCsumOrphan      ErrorID = 47 // checksum item for no data extent
 	ErrFreeOverlap     ErrorID = 50
 	ErrSpaceLost       ErrorID = 51
 	ErrFreeNotMerged   ErrorID = 52
@@ -66,6 +71,8 @@ var errorNames = map[ErrorID]string{
 	ErrTreeMissing: "tree_missing", ErrAllocMissing: "alloc_missing", ErrAllocLeaked: "alloc_leaked",
 	ErrAllocRefcount: "alloc_refcount", ErrAllocOverlap: "alloc_overlap", ErrAllocKind: "alloc_kind",
 	ErrRmapMissing: "rmap_missing", ErrRmapOrphan: "rmap_orphan", ErrRmapLength: "rmap_length",
+	ErrRmapDataOwner: "rmap_data_owner", ErrExtentNoRmap: "extent_no_rmap", ErrExtentNoAlloc: "extent_no_alloc",
+	ErrCsumMissing: "csum_missing", ErrCsumOrphan: "csum_orphan",
 	ErrFreeOverlap: "free_overlap", ErrSpaceLost: "space_lost", ErrFreeNotMerged: "free_not_merged",
 	ErrBlockCrossLink: "block_cross_linked", ErrRmapSick: "rmap_sick", ErrDataChecksum: "data_checksum",
 }
@@ -157,6 +164,11 @@ type rmapRec struct {
 	owner format.Owner
 }
 
+type fileExt struct {
+	ino, fb uint64
+	fe      format.FileExtent
+}
+
 type metaRef struct {
 	block format.BlockNr
 	tree  format.TreeID
@@ -187,6 +199,8 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 	var allocs []allocRec
 	var rmaps []rmapRec
 	var frees []extent
+	var fexts []fileExt
+	csums := map[format.BlockNr]uint64{}
 	for _, id := range s.Trees() {
 		if err := ctx.Err(); err != nil {
 			return res, err
@@ -232,6 +246,25 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 						return
 					}
 					rmaps = append(rmaps, rmapRec{format.BlockNr(k.Obj), ri.Len, o})
+				case format.TreeExtent:
+					if k.Type != format.TypeFileExtent {
+						return
+					}
+					fe, err := format.DecodeFileExtent(val)
+					if err != nil || uint64(fe.Start)+fe.Len > total {
+						report(finding(ErrItemBad, id, format.BlockNr(k.Obj), "file extent %s: %v", k, err))
+						return
+					}
+					fexts = append(fexts, fileExt{ino: k.Obj, fb: k.Off, fe: fe})
+				case format.TreeCsum:
+					if k.Type != format.TypeCsum {
+						return
+					}
+					if _, err := format.DecodeCsums(val); err != nil {
+						report(finding(ErrItemBad, id, format.BlockNr(k.Obj), "checksum item %s: %v", k, err))
+						return
+					}
+					csums[format.BlockNr(k.Obj)] = uint64(len(val) / 4)
 				case format.TreeFree:
 					if k.Type != format.TypeFreeExtent || k.Off == 0 || k.Obj+k.Off > total || k.Obj+k.Off < k.Obj || len(val) != 0 {
 						report(finding(ErrItemBad, id, format.BlockNr(k.Obj), "free item %s out of range", k))
@@ -255,6 +288,7 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 	}
 	if !missing {
 		s.crossCheck(res, broken, refs, allocs, rmaps, frees, report)
+		s.crossCheckData(broken, allocs, rmaps, fexts, csums, report)
 	}
 	// Per-tree finding counts include cross-reference findings.
 	for i := range res.Trees {
@@ -429,4 +463,64 @@ func cmpBlock(a, b format.BlockNr) int {
 		return 1
 	}
 	return 0
+}
+
+// crossCheckData compares file extent items with the rmap records of data
+// extents, the alloc tree, and the checksum items.
+func (s *Snapshot) crossCheckData(broken map[format.TreeID]bool, allocs []allocRec, rmaps []rmapRec, fexts []fileExt, csums map[format.BlockNr]uint64, report func(Finding)) {
+	if broken[format.TreeExtent] {
+		return
+	}
+	type ownerKey struct {
+		start   format.BlockNr
+		ino, fb uint64
+	}
+	items := make(map[ownerKey]format.FileExtent, len(fexts))
+	for _, x := range fexts {
+		items[ownerKey{x.fe.Start, x.ino, x.fb}] = x.fe
+	}
+	allocAt := make(map[format.BlockNr]allocRec, len(allocs))
+	for _, a := range allocs {
+		allocAt[a.start] = a
+	}
+	if !broken[format.TreeRmap] {
+		have := make(map[ownerKey]bool, len(rmaps))
+		for _, r := range rmaps {
+			if !r.owner.IsData() {
+				continue
+			}
+			k := ownerKey{r.start, r.owner.Inode, r.owner.Offset}
+			have[k] = true
+			if _, ok := items[k]; !ok {
+				report(finding(ErrRmapDataOwner, format.TreeRmap, r.start, "reverse mapping says inode %d block %d maps extent %d+%d, but no such file extent item exists", r.owner.Inode, r.owner.Offset, r.start, r.n))
+			}
+		}
+		for _, x := range fexts {
+			if !have[ownerKey{x.fe.Start, x.ino, x.fb}] {
+				report(finding(ErrExtentNoRmap, format.TreeExtent, x.fe.Start, "inode %d block %d maps extent %d+%d, which has no reverse mapping to it", x.ino, x.fb, x.fe.Start, x.fe.Len))
+			}
+		}
+	}
+	if !broken[format.TreeAlloc] {
+		for _, x := range fexts {
+			if a, ok := allocAt[x.fe.Start]; !ok || a.n != x.fe.Len || a.item.Flags != format.ExtentData {
+				report(finding(ErrExtentNoAlloc, format.TreeExtent, x.fe.Start, "inode %d block %d maps extent %d+%d, which is not allocated as data", x.ino, x.fb, x.fe.Start, x.fe.Len))
+			}
+		}
+	}
+	if !broken[format.TreeCsum] && !broken[format.TreeAlloc] {
+		for _, a := range allocs {
+			if a.item.Flags != format.ExtentData {
+				continue
+			}
+			if n, ok := csums[a.start]; !ok || n != a.n {
+				report(finding(ErrCsumMissing, format.TreeCsum, a.start, "data extent %d+%d has no checksum item of %d entries", a.start, a.n, a.n))
+			}
+		}
+		for b := range csums {
+			if a, ok := allocAt[b]; !ok || a.item.Flags != format.ExtentData {
+				report(finding(ErrCsumOrphan, format.TreeCsum, b, "checksum item for block %d, which starts no data extent", b))
+			}
+		}
+	}
 }

@@ -891,3 +891,7 @@ func (e *Engine) Stats() Stats {
 // Hooks returns the engine's hook chains (for publishers in the running
 // transaction).
 func (tx *Tx) Hooks() *Hooks { return &tx.e.hooks }
+
+// DropCached forgets the cached copy of block b, so the next read comes from
+// the device (tests and fault injection that write the device directly).
+func (e *Engine) DropCached(b format.BlockNr) { e.cache.drop(b) }

@@ -151,16 +151,34 @@ func (w *workload) step(tx *Tx) error {
 		}
 		delete(w.items, key(i))
 	case op < 9:
+		// A data extent as the filesystem makes one: allocated, mapped by
+		// a file extent item, with its checksums.
 		n := 1 + w.r.Uint64N(8)
+		if _, ok, _ := tx.e.trees[format.TreeExtent].Get(format.FileExtentKey(1000, i), nil); ok {
+			return nil
+		}
 		start, err := tx.AllocExtent(n, format.Owner{Inode: 1000, Offset: i})
 		if err != nil {
 			return err
 		}
-		// Record the owner offset so the free names the same owner.
+		et, _ := tx.Tree(format.TreeExtent)
+		if err := et.Insert(format.FileExtentKey(1000, i), format.FileExtent{Start: start, Len: n, Count: n}.Encode()); err != nil {
+			return err
+		}
+		ct, _ := tx.Tree(format.TreeCsum)
+		if err := ct.Put(format.CsumKey(start), make([]byte, 4*n)); err != nil {
+			return err
+		}
 		w.extents[start] = n<<32 | i
 	default:
 		for s, x := range w.extents {
-			tx.DropRef(s, x>>32, format.Owner{Inode: 1000, Offset: x & 0xffffffff})
+			et, _ := tx.Tree(format.TreeExtent)
+			if _, err := et.Delete(format.FileExtentKey(1000, x&0xffffffff)); err != nil {
+				return err
+			}
+			if err := tx.DropRef(s, x>>32, format.Owner{Inode: 1000, Offset: x & 0xffffffff}); err != nil {
+				return err
+			}
 			delete(w.extents, s)
 			break
 		}

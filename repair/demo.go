@@ -10,6 +10,7 @@ import (
 
 	"github.com/scrubd/scrubd/engine"
 	"github.com/scrubd/scrubd/engine/format"
+	"github.com/scrubd/scrubd/engine/fs"
 )
 
 // DemoOptions configure Demo.
@@ -65,43 +66,31 @@ func Demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)
 	}); err != nil {
 		return res, nil
 	}
-	const items = 20000
 	if err := do("write", func() (string, error) {
-		e, err := engine.OpenPath(res.Image, engine.Options{Logger: opts.Logger, CommitInterval: -1})
+		f, err := fs.OpenPath(res.Image, fs.Options{Logger: opts.Logger, CommitInterval: -1})
 		if err != nil {
 			return "", err
 		}
-		for i := uint64(0); i < items; i += 100 {
-			err := e.Update(func(tx *engine.Tx) error {
-				tr, err := tx.Tree(format.TreeInode)
-				if err != nil {
-					return err
-				}
-				for j := i; j < i+100; j++ {
-					v := make([]byte, 32)
-					binary.LittleEndian.PutUint64(v, j*2654435761)
-					if err := tr.Put(format.Key{Obj: j, Type: 1}, v); err != nil {
-						return err
-					}
-				}
-				_, err = tx.AllocExtent(4, format.Owner{Inode: 256 + i, Offset: 0})
-				return err
-			})
+		const files = 200
+		buf := make([]byte, 16<<10)
+		for i := 0; i < files; i++ {
+			a, err := f.Create(fs.RootIno, fmt.Sprintf("file-%03d", i), fs.NewInode{Mode: 0o644})
 			if err != nil {
-				e.Close()
+				f.Close()
+				return "", err
+			}
+			binary.LittleEndian.PutUint64(buf, uint64(i)*2654435761)
+			if _, err := f.Write(a.Ino, buf, 0); err != nil {
+				f.Close()
 				return "", err
 			}
 		}
-		if err := e.Sync(); err != nil {
-			e.Close()
+		st := f.Engine().Stats()
+		if err := f.Close(); err != nil {
 			return "", err
 		}
-		st := e.Stats()
-		if err := e.Close(); err != nil {
-			return "", err
-		}
-		return fmt.Sprintf("%d items and %d data extents in %d commits; delayed refs: %d queued, %d merged away, %d applied",
-			items, items/100, st.Commits, st.Refs.Queued, st.Refs.Merged, st.Refs.Applied), nil
+		return fmt.Sprintf("%d files of %d KiB; delayed refs: %d queued, %d merged away, %d applied",
+			files, len(buf)>>10, st.Refs.Queued, st.Refs.Merged, st.Refs.Applied), nil
 	}); err != nil {
 		return res, nil
 	}

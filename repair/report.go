@@ -30,10 +30,24 @@ const (
 
 // FindingReport is one finding in a report.
 type FindingReport struct {
-	ID     uint32 `json:"id"`
-	Name   string `json:"name"`
-	Block  uint64 `json:"block"`
-	Detail string `json:"detail"`
+	ID       uint32 `json:"id"`
+	Name     string `json:"name"`
+	Block    uint64 `json:"block"`
+	Detail   string `json:"detail"`
+	Repaired bool   `json:"repaired"`
+}
+
+// RebuildReport describes one online rebuild.
+type RebuildReport struct {
+	Structure  string  `json:"structure"`
+	Gen        uint64  `json:"generation"`
+	Records    uint64  `json:"records"`
+	Events     uint64  `json:"live_updates"`
+	NewBlocks  uint64  `json:"new_blocks"`
+	OldBlocks  uint64  `json:"old_blocks"`
+	DurationS  float64 `json:"duration_s"`
+	PauseMs    float64 `json:"writer_pause_ms"`
+	XfileBytes int64   `json:"xfile_bytes"`
 }
 
 // StructureReport is what one structure's check found.
@@ -61,6 +75,43 @@ type Report struct {
 	Complete   bool              `json:"complete"`
 	Started    time.Time         `json:"started"`
 	Structures []StructureReport `json:"structures"`
+	Rebuilds   []RebuildReport   `json:"rebuilds,omitempty"`
+	Notes      []string          `json:"notes,omitempty"`
+}
+
+// markRepaired compares the findings before repair with those the second
+// check still sees: per structure, what is no longer found was repaired.
+func (r *Report) markRepaired(before, left []engine.Finding) {
+	leftBy := map[string][]engine.Finding{}
+	for _, f := range left {
+		leftBy[structureName(f.Tree)] = append(leftBy[structureName(f.Tree)], f)
+	}
+	r.Repaired = 0
+	for i := range r.Structures {
+		s := &r.Structures[i]
+		still := len(leftBy[s.Name])
+		s.Repaired = max(0, s.Found-still)
+		if still == 0 {
+			for j := range s.Findings {
+				s.Findings[j].Repaired = true
+			}
+		}
+		r.Repaired += s.Repaired
+		for _, f := range leftBy[s.Name] {
+			if still > s.Found {
+				// A new finding the first check did not have.
+				s.Findings = append(s.Findings, FindingReport{ID: uint32(f.ID), Name: f.Name, Block: uint64(f.Block), Detail: "after repair: " + f.Detail})
+			}
+		}
+	}
+	switch {
+	case len(left) > 0:
+		r.Status = StatusUncorrected
+	case r.Found > 0:
+		r.Status = StatusCorrected
+	default:
+		r.Status = StatusClean
+	}
 }
 
 // ExitCode maps the report to an fsck(8) exit code.
@@ -154,6 +205,9 @@ func (r *Report) WriteSummary(w io.Writer) {
 	}
 	if shown > maxShown {
 		fmt.Fprintf(w, "  ... %d more findings (--json lists all)\n", shown-maxShown)
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "  note: %s\n", n)
 	}
 	if !r.Complete && r.Found > 0 {
 		fmt.Fprintln(w, "  damage hid part of the metadata: cross-reference checks that need all of it were skipped")
