@@ -1,16 +1,21 @@
 package repair
 
 import (
+	"bytes"
 	"context"
-	"encoding/binary"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/scrubd/scrubd/engine"
 	"github.com/scrubd/scrubd/engine/format"
 	"github.com/scrubd/scrubd/engine/fs"
+	"github.com/scrubd/scrubd/engine/fuse"
 )
 
 // DemoOptions configure Demo.
@@ -28,15 +33,21 @@ type DemoStep struct {
 type DemoResult struct {
 	Image  string     `json:"image"`
 	OK     bool       `json:"ok"`
+	FUSE   bool       `json:"fuse"` // the writer went through a real FUSE mount
 	Steps  []DemoStep `json:"steps"`
-	Before *Report    `json:"report_before_damage"`
-	After  *Report    `json:"report_after_damage"`
+	Found  *Report    `json:"report_damage_found"`
+	Report *Report    `json:"report"` // the scrub with online repair
+	Final  *Report    `json:"report_offline_after"`
 }
 
 // Demo runs the product end to end on a default image in dir (a new
-// temporary directory if empty): make an image, write to it, check it is
-// clean, damage the reverse-mapping tree, and check that the damage is found
-// and named. Progress is reported through step, which may be nil.
+// temporary directory if empty): make an image, mount it (FUSE where the
+// machine allows, else the Go API), run a writer that writes and fsyncs
+// files through the mount, damage the rmap tree of the live filesystem,
+// scrub and find it, repair it online while the writer keeps writing,
+// verify every byte the writer fsync'd, unmount and check offline. step, if
+// set, gets each step as it finishes. The result's OK says whether every
+// step held.
 func Demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)) (*DemoResult, error) {
 	if dir == "" {
 		d, err := os.MkdirTemp("", "scrubd-demo-")
@@ -46,7 +57,7 @@ func Demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)
 		dir = d
 	}
 	res := &DemoResult{Image: filepath.Join(dir, "demo.img"), OK: true}
-	do := func(name string, fn func() (string, error)) error {
+	do := func(name string, fn func() (string, error)) bool {
 		start := time.Now()
 		detail, err := fn()
 		s := DemoStep{Name: name, OK: err == nil, Detail: detail, TookS: time.Since(start).Seconds()}
@@ -58,83 +69,299 @@ func Demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)
 		if step != nil {
 			step(s)
 		}
+		return err == nil
+	}
+	const size = 256 << 20
+	if !do("mkfs", func() (string, error) {
+		return fmt.Sprintf("%d MiB image", size>>20), engine.MkfsPath(res.Image, size, true, engine.MkfsOptions{Label: "demo"})
+	}) {
+		return res, nil
+	}
+	var fsys *fs.FS
+	var srv *fuse.Server
+	mnt := filepath.Join(dir, "mnt")
+	if !do("mount", func() (string, error) {
+		var err error
+		fsys, err = fs.OpenPath(res.Image, fs.Options{Logger: opts.Logger, CommitInterval: 100 * time.Millisecond})
+		if err != nil {
+			return "", err
+		}
+		if err := os.MkdirAll(mnt, 0o755); err != nil {
+			return "", err
+		}
+		srv, err = fuse.Mount(fsys, mnt, fuse.Options{Logger: opts.Logger})
+		if err != nil {
+			srv = nil
+			return fmt.Sprintf("FUSE unavailable here (%v): the writer uses the Go API instead", err), nil
+		}
+		res.FUSE = true
+		return "mounted on " + mnt + " with FUSE", nil
+	}) {
+		return res, nil
+	}
+	closeAll := func() error {
+		var err error
+		if srv != nil {
+			err = srv.Unmount()
+			srv = nil
+		}
+		if fsys != nil {
+			if cerr := fsys.Close(); err == nil {
+				err = cerr
+			}
+			fsys = nil
+		}
 		return err
 	}
-	const size = 64 << 20
-	if err := do("mkfs", func() (string, error) {
-		return fmt.Sprintf("%d MiB image", size>>20), engine.MkfsPath(res.Image, size, true, engine.MkfsOptions{Label: "demo"})
-	}); err != nil {
-		return res, nil
+	defer closeAll()
+
+	// The writer: files written and fsync'd through the mount (or the API),
+	// every fsync'd state remembered for the final verification.
+	w := newDemoWriter(fsys, srv != nil, mnt)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go w.run(stop, &wg)
+	stopWriter := func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		wg.Wait()
 	}
-	if err := do("write", func() (string, error) {
-		f, err := fs.OpenPath(res.Image, fs.Options{Logger: opts.Logger, CommitInterval: -1})
+	defer stopWriter()
+	do("writer running", func() (string, error) {
+		deadline := time.Now().Add(10 * time.Second)
+		for w.fsyncs() < 100 && time.Now().Before(deadline) && w.error() == nil {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err := w.error(); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%d fsyncs so far", w.fsyncs()), nil
+	})
+	var inj *InjectResult
+	if !do("damage rmap", func() (string, error) {
+		if err := fsys.Sync(); err != nil {
+			return "", err
+		}
+		var err error
+		inj, err = InjectOnline(fsys.Engine(), InjectOptions{Tree: format.TreeRmap, Kind: KindBitflip, Seed: uint64(time.Now().UnixNano())})
 		if err != nil {
 			return "", err
 		}
-		const files = 200
-		buf := make([]byte, 16<<10)
-		for i := 0; i < files; i++ {
-			a, err := f.Create(fs.RootIno, fmt.Sprintf("file-%03d", i), fs.NewInode{Mode: 0o644})
-			if err != nil {
-				f.Close()
-				return "", err
-			}
-			binary.LittleEndian.PutUint64(buf, uint64(i)*2654435761)
-			if _, err := f.Write(a.Ino, buf, 0); err != nil {
-				f.Close()
-				return "", err
-			}
-		}
-		st := f.Engine().Stats()
-		if err := f.Close(); err != nil {
-			return "", err
-		}
-		return fmt.Sprintf("%d files of %d KiB; delayed refs: %d queued, %d merged away, %d applied",
-			files, len(buf)>>10, st.Refs.Queued, st.Refs.Merged, st.Refs.Applied), nil
-	}); err != nil {
+		return fmt.Sprintf("%s in rmap block %d (level %d) of the live filesystem: %s", inj.Kind, inj.Block, inj.Level, inj.Detail), nil
+	}) {
 		return res, nil
 	}
-	if err := do("check clean", func() (string, error) {
-		r, err := CheckOffline(ctx, res.Image, Options(opts))
+	do("scrub finds it", func() (string, error) {
+		r, err := Scrub(ctx, fsys, mnt, ScrubOptions{Logger: opts.Logger})
 		if err != nil {
 			return "", err
 		}
-		res.Before = r
-		if r.Status != StatusClean {
-			return "", fmt.Errorf("fresh image is not clean: %d findings", r.Found)
-		}
-		return fmt.Sprintf("generation %d clean in %.2fs", r.Generation, r.DurationS), nil
-	}); err != nil {
-		return res, nil
-	}
-	var damaged uint64
-	if err := do("damage rmap", func() (string, error) {
-		b, err := flipRootByte(res.Image, format.TreeRmap)
-		damaged = uint64(b)
-		return fmt.Sprintf("flipped one bit in block %d, the rmap tree's root", b), err
-	}); err != nil {
-		return res, nil
-	}
-	do("check finds damage", func() (string, error) {
-		r, err := CheckOffline(ctx, res.Image, Options(opts))
-		if err != nil {
-			return "", err
-		}
-		res.After = r
+		res.Found = r
 		for _, s := range r.Structures {
 			for _, f := range s.Findings {
-				if s.Name == "rmap" && f.Block == damaged {
-					return fmt.Sprintf("%s block %d: %s", s.Name, f.Block, f.Name), nil
+				if s.Name == "rmap" {
+					return fmt.Sprintf("%d found; rmap block %d: %s", r.Found, f.Block, f.Name), nil
 				}
 			}
 		}
-		return "", fmt.Errorf("the damage to rmap block %d was not reported (%d findings)", damaged, r.Found)
+		return "", fmt.Errorf("the rmap damage was not reported (%d findings)", r.Found)
+	})
+	before := w.fsyncs()
+	do("repair online", func() (string, error) {
+		r, err := Scrub(ctx, fsys, mnt, ScrubOptions{Repair: true, Logger: opts.Logger, TempDir: dir})
+		if err != nil {
+			return "", err
+		}
+		res.Report = r
+		if r.Status != StatusCorrected {
+			return "", fmt.Errorf("status %s after repair: %d found, %d repaired", r.Status, r.Found, r.Repaired)
+		}
+		detail := fmt.Sprintf("%d found, %d repaired", r.Found, r.Repaired)
+		for _, rb := range r.Rebuilds {
+			detail += fmt.Sprintf("; rebuilt %s from %d records with %d live updates in %.0f ms, writers paused %.1f ms",
+				rb.Structure, rb.Records, rb.Events, rb.DurationS*1000, rb.PauseMs)
+		}
+		return detail, nil
+	})
+	do("writer kept writing", func() (string, error) {
+		deadline := time.Now().Add(5 * time.Second)
+		for w.fsyncs() < before+50 && time.Now().Before(deadline) && w.error() == nil {
+			time.Sleep(10 * time.Millisecond)
+		}
+		stopWriter()
+		if err := w.error(); err != nil {
+			return "", err
+		}
+		if w.fsyncs() <= before {
+			return "", errors.New("the writer made no progress during and after the repair")
+		}
+		return fmt.Sprintf("%d fsyncs in all, %d since the repair began", w.fsyncs(), w.fsyncs()-before), nil
+	})
+	do("verify every byte", func() (string, error) {
+		n, err := w.verify()
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%d files, %d bytes as last fsync'd", n, w.bytes()), nil
+	})
+	do("unmount", func() (string, error) { return "committed and unmounted", closeAll() })
+	do("offline fsck", func() (string, error) {
+		r, err := CheckOffline(ctx, res.Image, Options(opts))
+		if err != nil {
+			return "", err
+		}
+		res.Final = r
+		if r.Status != StatusClean {
+			return "", fmt.Errorf("%d findings after the repair", r.Found)
+		}
+		return fmt.Sprintf("generation %d clean", r.Generation), nil
 	})
 	return res, nil
 }
 
+// demoWriter writes random data to a few files and fsyncs, remembering the
+// content of each file as of its last fsync.
+type demoWriter struct {
+	fsys    *fs.FS
+	useFUSE bool
+	mnt     string
+
+	mu     sync.Mutex
+	synced map[string][]byte
+	nsync  int
+	err    error
+}
+
+func newDemoWriter(fsys *fs.FS, useFUSE bool, mnt string) *demoWriter {
+	return &demoWriter{fsys: fsys, useFUSE: useFUSE, mnt: mnt, synced: map[string][]byte{}}
+}
+
+func (w *demoWriter) fsyncs() int    { w.mu.Lock(); defer w.mu.Unlock(); return w.nsync }
+func (w *demoWriter) error() error   { w.mu.Lock(); defer w.mu.Unlock(); return w.err }
+func (w *demoWriter) fail(err error) { w.mu.Lock(); w.err = err; w.mu.Unlock() }
+
+func (w *demoWriter) bytes() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, b := range w.synced {
+		n += len(b)
+	}
+	return n
+}
+
+// file is what the writer needs of an open file.
+type demoFile interface {
+	WriteAt(p []byte, off int64) (int, error)
+	Sync() error
+	Close() error
+}
+
+type apiFile struct {
+	fsys *fs.FS
+	ino  uint64
+}
+
+func (a apiFile) WriteAt(p []byte, off int64) (int, error) { return a.fsys.Write(a.ino, p, off) }
+func (a apiFile) Sync() error                              { return a.fsys.Fsync(a.ino) }
+func (a apiFile) Close() error                             { return a.fsys.Release(a.ino) }
+
+func (w *demoWriter) open(name string) (demoFile, error) {
+	if w.useFUSE {
+		return os.OpenFile(filepath.Join(w.mnt, name), os.O_RDWR|os.O_CREATE, 0o644)
+	}
+	a, err := w.fsys.Lookup(fs.RootIno, name)
+	if fs.Errno(err) == syscall.ENOENT {
+		a, err = w.fsys.Create(fs.RootIno, name, fs.NewInode{Mode: 0o644})
+	}
+	if err != nil {
+		return nil, err
+	}
+	return apiFile{w.fsys, a.Ino}, w.fsys.Open(a.Ino)
+}
+
+func (w *demoWriter) run(stop <-chan struct{}, wg *sync.WaitGroup) {
+	defer wg.Done()
+	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	contents := map[string][]byte{}
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		name := fmt.Sprintf("data-%02d", r.IntN(16))
+		f, err := w.open(name)
+		if err != nil {
+			w.fail(fmt.Errorf("open %s: %w", name, err))
+			return
+		}
+		cur := contents[name]
+		off := r.IntN(256 << 10)
+		data := make([]byte, 1+r.IntN(32<<10))
+		for j := range data {
+			data[j] = byte(r.Uint32())
+		}
+		if _, err := f.WriteAt(data, int64(off)); err != nil {
+			f.Close()
+			w.fail(fmt.Errorf("write %s: %w", name, err))
+			return
+		}
+		if end := off + len(data); end > len(cur) {
+			cur = append(cur, make([]byte, end-len(cur))...)
+		}
+		copy(cur[off:], data)
+		contents[name] = cur
+		if err := f.Sync(); err != nil {
+			f.Close()
+			w.fail(fmt.Errorf("fsync %s: %w", name, err))
+			return
+		}
+		if err := f.Close(); err != nil {
+			w.fail(fmt.Errorf("close %s: %w", name, err))
+			return
+		}
+		w.mu.Lock()
+		w.synced[name] = bytes.Clone(cur)
+		w.nsync++
+		w.mu.Unlock()
+	}
+}
+
+// verify reads every file back and compares it with its last fsync'd state.
+func (w *demoWriter) verify() (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for name, want := range w.synced {
+		var got []byte
+		var err error
+		if w.useFUSE {
+			got, err = os.ReadFile(filepath.Join(w.mnt, name))
+		} else {
+			var a fs.Attr
+			if a, err = w.fsys.Lookup(fs.RootIno, name); err == nil {
+				got = make([]byte, a.Size)
+				var n int
+				n, err = w.fsys.Read(a.Ino, got, 0)
+				got = got[:n]
+			}
+		}
+		if err != nil {
+			return 0, fmt.Errorf("read back %s: %w", name, err)
+		}
+		if !bytes.Equal(got, want) {
+			return 0, fmt.Errorf("%s differs from what was fsync'd (%d bytes read, %d expected)", name, len(got), len(want))
+		}
+	}
+	return len(w.synced), nil
+}
+
 // flipRootByte flips one bit in the root block of tree id of an unmounted
-// image and returns the block.
+// image and returns the block (tests).
 func flipRootByte(path string, id format.TreeID) (format.BlockNr, error) {
 	e, err := engine.OpenPath(path, engine.Options{ReadOnly: true})
 	if err != nil {

@@ -209,7 +209,7 @@ func (r *Report) WriteSummary(w io.Writer) {
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "  note: %s\n", n)
 	}
-	if !r.Complete && r.Found > 0 {
+	if !r.Complete && r.Status == StatusUncorrected {
 		fmt.Fprintln(w, "  damage hid part of the metadata: cross-reference checks that need all of it were skipped")
 	}
 	fmt.Fprintf(w, "%d found, %d repaired in %.2fs\n", r.Found, r.Repaired, r.DurationS)

@@ -14,9 +14,13 @@ func newDemoCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "demo [--dir DIR] [--json]",
 		Short: "Run the product end to end on a default image",
-		Long: `Run scrubd end to end on an embedded default: make an image, write to it,
-check it, damage its reverse-mapping tree, and show that the damage is found
-and named. The image is left in DIR (a new temporary directory by default).
+		Long: `Run scrubd end to end on an embedded default: make an image, mount it
+(FUSE where the machine allows, else the Go API), run a writer that writes and
+fsyncs files through the mount, damage the reverse-mapping tree of the live
+filesystem, scrub and find it, repair it online while the writer keeps
+writing, verify every byte the writer fsync'd, unmount, check offline, and
+print the repair's report. The image is left in DIR (a new temporary
+directory by default).
 
 EXIT STATUS
   0 every step held; 1 a step failed (it is named).`,
@@ -46,9 +50,9 @@ EXIT STATUS
 					return err
 				}
 			} else {
-				if res.After != nil {
+				if res.Report != nil {
 					fmt.Fprintln(out)
-					res.After.WriteSummary(out)
+					res.Report.WriteSummary(out)
 				}
 				fmt.Fprintf(out, "\nimage: %s\n", res.Image)
 			}
