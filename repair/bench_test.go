@@ -1,0 +1,175 @@
+package repair
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/scrubd/scrubd/engine"
+	"github.com/scrubd/scrubd/engine/format"
+	"github.com/scrubd/scrubd/engine/fs"
+)
+
+// BenchmarkRmapRebuild: online rmap rebuild of an image holding N data
+// extents (SCRUBD_BENCH_EXTENTS, default 1M), with a writer running, against
+// the same writer idle. Reports wall time, peak Go heap growth, xfile size,
+// writer throughput during the rebuild as a share of idle, and the longest
+// writer operation (pause). Use -benchtime=1x; see docs/benchmarks.md.
+func BenchmarkRmapRebuild(b *testing.B) {
+	n := 1_000_000
+	if s := os.Getenv("SCRUBD_BENCH_EXTENTS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	b.Run(fmt.Sprintf("extents=%d", n), func(b *testing.B) {
+		img := filepath.Join(b.TempDir(), "rebuild.img")
+		size := int64(n)*2*format.BlockSize + 1<<30
+		if err := engine.MkfsPath(img, size, false, engine.MkfsOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		e := f.Engine()
+		// N one-block data extents mapped by a file extent item each, the
+		// way the filesystem maps them (data blocks are not written).
+		t0 := time.Now()
+		const batch = 5000
+		for i := 0; i < n; i += batch {
+			err := e.Update(func(tx *engine.Tx) error {
+				et, err := tx.Tree(format.TreeExtent)
+				if err != nil {
+					return err
+				}
+				ct, err := tx.Tree(format.TreeCsum)
+				if err != nil {
+					return err
+				}
+				for j := i; j < min(n, i+batch); j++ {
+					ino, fb := uint64(1_000_000+j/1000), uint64(j%1000)
+					start, err := tx.AllocExtent(1, format.Owner{Inode: ino, Offset: fb})
+					if err != nil {
+						return err
+					}
+					if err := et.Insert(format.FileExtentKey(ino, fb), format.FileExtent{Start: start, Len: 1, Count: 1}.Encode()); err != nil {
+						return err
+					}
+					if err := ct.Put(format.CsumKey(start), make([]byte, 4)); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if i%(20*batch) == 0 {
+				if err := e.Sync(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		if err := e.Sync(); err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("built %d extents in %v", n, time.Since(t0))
+		// The writer: 4 KiB writes with an fsync every 16, timed one by one.
+		a, _ := f.Create(fs.RootIno, "writer", fs.NewInode{Mode: 0o644})
+		writer := func(stop <-chan struct{}, ops *atomic.Int64, lat *[]time.Duration, wg *sync.WaitGroup) {
+			defer wg.Done()
+			block := make([]byte, 4096)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				t := time.Now()
+				f.Write(a.Ino, block, int64(i%4096)*4096)
+				if i%16 == 15 {
+					f.Fsync(a.Ino)
+				}
+				*lat = append(*lat, time.Since(t))
+				ops.Add(1)
+			}
+		}
+		measure := func(d time.Duration, during func()) (float64, time.Duration) {
+			var ops atomic.Int64
+			var lat []time.Duration
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			wg.Add(1)
+			start := time.Now()
+			go writer(stop, &ops, &lat, &wg)
+			if during != nil {
+				during()
+			} else {
+				time.Sleep(d)
+			}
+			close(stop)
+			wg.Wait()
+			el := time.Since(start)
+			sort.Slice(lat, func(i, j int) bool { return lat[i] > lat[j] })
+			var worst time.Duration
+			if len(lat) > 0 {
+				worst = lat[0]
+			}
+			return float64(ops.Load()) / el.Seconds(), worst
+		}
+		idleRate, idleWorst := measure(2*time.Second, nil)
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		base := ms.HeapInuse
+		var peak atomic.Uint64
+		sampleStop := make(chan struct{})
+		var swg sync.WaitGroup
+		swg.Add(1)
+		go func() {
+			defer swg.Done()
+			for {
+				select {
+				case <-sampleStop:
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+				var m runtime.MemStats
+				runtime.ReadMemStats(&m)
+				if m.HeapInuse > peak.Load() {
+					peak.Store(m.HeapInuse)
+				}
+			}
+		}()
+		var res *RmapRebuildResult
+		b.ResetTimer()
+		rate, worst := measure(0, func() {
+			var err error
+			res, err = RebuildRmap(context.Background(), e, RmapRebuildOptions{TempDir: b.TempDir()})
+			if err != nil {
+				b.Fatal(err)
+			}
+		})
+		b.StopTimer()
+		close(sampleStop)
+		swg.Wait()
+		growth := int64(peak.Load()) - int64(base)
+		b.ReportMetric(res.Duration.Seconds(), "rebuild-s")
+		b.ReportMetric(float64(res.Records), "records")
+		b.ReportMetric(float64(max(growth, 0))/(1<<20), "heap-growth-MiB")
+		b.ReportMetric(float64(res.XfileBytes)/(1<<20), "xfile-MiB")
+		b.ReportMetric(float64(res.ExclusivePause.Microseconds())/1000, "exclusive-ms")
+		b.ReportMetric(float64(worst.Microseconds())/1000, "longest-writer-op-ms")
+		b.ReportMetric(float64(idleWorst.Microseconds())/1000, "idle-longest-op-ms")
+		b.ReportMetric(100*rate/idleRate, "writer-%-of-idle")
+		b.Logf("rebuild %+v; writer %.0f ops/s during vs %.0f idle", *res, rate, idleRate)
+	})
+}
