@@ -205,7 +205,7 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 		if err := ctx.Err(); err != nil {
 			return res, err
 		}
-		tr, _ := s.Tree(id)
+		tr, _ := s.ScanTree(id)
 		tc := &TreeCheck{Tree: id, Root: tr.Root.Block, Level: tr.Level, Gen: tr.Root.Gen}
 		perTree[id] = tc
 		v := eb.CheckVisitor{

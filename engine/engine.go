@@ -327,7 +327,7 @@ func (e *Engine) load() error {
 	// The allocator's index is the free-space tree.
 	e.alloc = newAllocator(e.totalBlocks)
 	fr := roots[format.TreeFree]
-	ft := eb.Open(viewStore{e}, format.TreeFree, eb.Ptr{Block: fr.Root.Block, Gen: fr.Root.Gen}, int(fr.Root.Level), 0)
+	ft := eb.Open(viewStore{e: e}, format.TreeFree, eb.Ptr{Block: fr.Root.Block, Gen: fr.Root.Gen}, int(fr.Root.Level), 0)
 	var free uint64
 	err = ft.Ascend(format.Key{}, func(k format.Key, _ []byte) bool {
 		if k.Type != format.TypeFreeExtent || k.Off == 0 || k.Obj+k.Off > e.totalBlocks || k.Obj+k.Off < k.Obj {
@@ -355,7 +355,7 @@ func (e *Engine) load() error {
 // loadRoots reads the root items of every tree from the root tree. With
 // the engine tolerant it returns what it could read along with the error.
 func (e *Engine) loadRoots(sb *format.Super) (map[format.TreeID]format.RootItem, error) {
-	root := eb.Open(viewStore{e}, format.TreeRoot, eb.Ptr{Block: sb.Root.Block, Gen: sb.Root.Gen}, int(sb.Root.Level), 0)
+	root := eb.Open(viewStore{e: e}, format.TreeRoot, eb.Ptr{Block: sb.Root.Block, Gen: sb.Root.Gen}, int(sb.Root.Level), 0)
 	roots := map[format.TreeID]format.RootItem{}
 	var items uint64
 	var bad error
@@ -815,7 +815,17 @@ func (s *Snapshot) Tree(id format.TreeID) (*eb.Tree, bool) {
 	if !ok {
 		return nil, false
 	}
-	return eb.Open(viewStore{s.e}, id, eb.Ptr{Block: ri.Root.Block, Gen: ri.Root.Gen}, int(ri.Root.Level), ri.Items), true
+	return eb.Open(viewStore{e: s.e}, id, eb.Ptr{Block: ri.Root.Block, Gen: ri.Root.Gen}, int(ri.Root.Level), ri.Items), true
+}
+
+// ScanTree returns tree id of the snapshot for a one-pass scan: blocks it
+// reads that are not cached are not added to the cache.
+func (s *Snapshot) ScanTree(id format.TreeID) (*eb.Tree, bool) {
+	ri, ok := s.v.roots[id]
+	if !ok {
+		return nil, false
+	}
+	return eb.Open(viewStore{e: s.e, noCache: true}, id, eb.Ptr{Block: ri.Root.Block, Gen: ri.Root.Gen}, int(ri.Root.Level), ri.Items), true
 }
 
 // Release unpins the snapshot; blocks only it kept alive become reusable.

@@ -74,6 +74,13 @@ func (c *blockCache) drop(b format.BlockNr) {
 // readBlock returns the verified committed node at p, from the cache or the
 // device. It is safe for concurrent use.
 func (e *Engine) readBlock(tree format.TreeID, p eb.Ptr, level int) (format.Node, error) {
+	return e.readBlockCached(tree, p, level, true)
+}
+
+// readBlockCached reads a block; with fill false a miss is not added to the
+// cache (whole-tree scans would otherwise push out the hot set and grow the
+// heap by the cache's size).
+func (e *Engine) readBlockCached(tree format.TreeID, p eb.Ptr, level int, fill bool) (format.Node, error) {
 	x := format.Expect{FSID: e.fsid, Block: p.Block, Tree: tree, Gen: p.Gen, Level: level}
 	if n, ok := e.cache.get(p.Block); ok {
 		// The cached copy was fully verified when it was read or written;
@@ -98,15 +105,20 @@ func (e *Engine) readBlock(tree format.TreeID, p eb.Ptr, level int) (format.Node
 		}
 		return nil, err
 	}
-	e.cache.put(p.Block, buf)
+	if fill {
+		e.cache.put(p.Block, buf)
+	}
 	return buf, nil
 }
 
 // viewStore is the read-only store of a pinned generation.
-type viewStore struct{ e *Engine }
+type viewStore struct {
+	e       *Engine
+	noCache bool // scans: read through the cache without filling it
+}
 
 func (s viewStore) Read(tree format.TreeID, p eb.Ptr, level int) (format.Node, error) {
-	return s.e.readBlock(tree, p, level)
+	return s.e.readBlockCached(tree, p, level, !s.noCache)
 }
 
 func (s viewStore) Writable(format.TreeID, eb.Ptr, int) (format.Node, eb.Ptr, error) {

@@ -70,6 +70,9 @@ type rmapShadow struct {
 	after     format.Gen
 	events    uint64
 	err       error
+	// oldBlocks are the live rmap tree's own blocks (records owned by the
+	// rmap tree), kept current from the events: the blocks to reap.
+	oldBlocks map[format.BlockNr]bool
 }
 
 func (s *rmapShadow) apply(ev engine.RmapEvent) {
@@ -78,11 +81,18 @@ func (s *rmapShadow) apply(ev engine.RmapEvent) {
 	}
 	s.events++
 	k := format.RmapKey(ev.Start, ev.Owner)
+	own := !ev.Owner.IsData() && ev.Owner.Tree == format.TreeRmap
 	switch ev.Op {
 	case engine.OpInsert:
 		s.err = s.tree.Put(k, format.RmapItem{Len: ev.Len}.Encode())
+		if own {
+			s.oldBlocks[ev.Start] = true
+		}
 	case engine.OpDelete:
 		_, s.err = s.tree.Delete(k)
+		if own {
+			delete(s.oldBlocks, ev.Start)
+		}
 	}
 }
 
@@ -130,11 +140,17 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	sh.mu.Lock()
 	sh.after = snap.Gen()
 	sh.mu.Unlock()
-	err = scanRmap(ctx, snap, tr)
+	old, err := scanRmap(ctx, snap, tr)
 	snap.Release()
 	if err != nil {
 		return nil, err
 	}
+	sh.mu.Lock()
+	sh.oldBlocks = make(map[format.BlockNr]bool, len(old))
+	for _, b := range old {
+		sh.oldBlocks[b] = true
+	}
+	sh.mu.Unlock()
 	// Catch up with what happened during the scan, then follow live.
 	sh.mu.Lock()
 	for _, ev := range sh.buf {
@@ -157,15 +173,11 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 			return fmt.Errorf("apply live updates to the shadow: %w", sh.err)
 		}
 		res.Events = sh.events
-		var old []format.BlockNr
-		if err := tr.Ascend(format.Key{}, func(k format.Key, _ []byte) bool {
-			if o, ok := format.RmapOwner(k); ok && !o.IsData() && o.Tree == format.TreeRmap {
-				old = append(old, format.BlockNr(k.Obj))
-			}
-			return true
-		}); err != nil {
-			return err
+		old := make([]format.BlockNr, 0, len(sh.oldBlocks))
+		for b := range sh.oldBlocks {
+			old = append(old, b)
 		}
+		slices.Sort(old)
 		plan, err := eb.PlanBulkFixed(tr.Items, format.RmapItemSize, opts.Fill)
 		if err != nil {
 			return err
@@ -175,9 +187,13 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 			return err
 		}
 		bs := x.BuildStore(format.TreeRmap, blocks)
-		nt, err := plan.Build(bs, format.TreeRmap, treeRecords(tr), func(level int) (format.Node, eb.Ptr, error) {
+		var scanErr error
+		nt, err := plan.Build(bs, format.TreeRmap, treeRecords(tr, &scanErr), func(level int) (format.Node, eb.Ptr, error) {
 			return bs.Alloc(format.TreeRmap, level)
 		})
+		if err == nil {
+			err = scanErr
+		}
 		if err != nil {
 			return fmt.Errorf("bulk load: %w", err)
 		}
@@ -201,52 +217,68 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	return res, nil
 }
 
-// treeRecords yields a tree's items in order (values copied).
-func treeRecords(t *eb.Tree) iter.Seq2[format.Key, []byte] {
+// treeRecords yields a tree's items in order; a read error lands in *err.
+// The values are only valid during the yield (Build copies them).
+func treeRecords(t *eb.Tree, err *error) iter.Seq2[format.Key, []byte] {
 	return func(yield func(format.Key, []byte) bool) {
-		t.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
-			return yield(k, slices.Clone(v))
-		})
+		*err = t.Ascend(format.Key{}, yield)
 	}
 }
 
-// scanRmap puts into shadow every rmap record generation s implies.
-func scanRmap(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree) error {
+// scanRmap puts into shadow every rmap record generation s implies and
+// returns the blocks of the old rmap tree (which are among them).
+func scanRmap(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree) ([]format.BlockNr, error) {
 	put := func(start format.BlockNr, o format.Owner, n uint64) error {
 		return shadow.Put(format.RmapKey(start, o), format.RmapItem{Len: n}.Encode())
 	}
 	sb := s.Super()
 	for _, b := range format.SuperBlocks(sb.TotalBlocks) {
 		if err := put(b, format.Owner{Tree: format.OwnerSuper}, 1); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if sb.Log.Block != 0 {
 		if err := put(sb.Log.Block, format.Owner{Tree: format.TreeLog}, 1); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	claimed := map[format.BlockNr]bool{}
-	for _, b := range format.SuperBlocks(sb.TotalBlocks) {
-		claimed[b] = true
-	}
-	claimed[sb.Log.Block] = true
+	// The old rmap tree first: if it cannot be walked, its blocks must be
+	// derived, which needs every other owner's blocks (claimed).
 	var rmapBlocks []format.BlockNr
+	rt, _ := s.ScanTree(format.TreeRmap)
 	rmapBroken := false
-	for _, id := range s.Trees() {
-		if err := ctx.Err(); err != nil {
-			return err
+	if err := rt.Check(eb.CheckVisitor{
+		Block: func(p eb.Ptr, _ int) { rmapBlocks = append(rmapBlocks, p.Block) },
+		Problem: func(p eb.Problem) {
+			if p.Kind != format.KindItemCount {
+				rmapBroken = true
+			}
+		},
+	}); err != nil {
+		return nil, err
+	}
+	var claimed map[format.BlockNr]bool
+	if rmapBroken {
+		claimed = map[format.BlockNr]bool{sb.Log.Block: true}
+		for _, b := range format.SuperBlocks(sb.TotalBlocks) {
+			claimed[b] = true
 		}
-		t, _ := s.Tree(id)
+	}
+	for _, id := range s.Trees() {
+		if id == format.TreeRmap {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		t, _ := s.ScanTree(id)
 		var bad *eb.Problem
 		var perr error
 		v := eb.CheckVisitor{
 			Block: func(p eb.Ptr, _ int) {
-				if id == format.TreeRmap {
-					rmapBlocks = append(rmapBlocks, p.Block)
-					return
+				if claimed != nil {
+					claimed[p.Block] = true
 				}
-				claimed[p.Block] = true
 				if perr == nil {
 					perr = put(p.Block, format.Owner{Tree: id}, 1)
 				}
@@ -272,24 +304,20 @@ func scanRmap(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree) error {
 			}
 		}
 		if err := t.Check(v); err != nil {
-			return err
+			return nil, err
 		}
 		if perr != nil {
-			return perr
+			return nil, perr
 		}
 		if bad != nil {
-			if id == format.TreeRmap {
-				rmapBroken = true
-				continue
-			}
-			return fmt.Errorf("cannot rebuild the rmap tree while tree %s is damaged (%s): %w", id, bad, format.ErrCorrupt)
+			return nil, fmt.Errorf("cannot rebuild the rmap tree while tree %s is damaged (%s): %w", id, bad, format.ErrCorrupt)
 		}
 	}
 	if rmapBroken {
-		// The old tree's blocks cannot all be found by walking it: they
-		// are the metadata extents no other owner claims.
+		// The old tree's blocks are the metadata extents no other owner
+		// claims.
 		rmapBlocks = rmapBlocks[:0]
-		at, _ := s.Tree(format.TreeAlloc)
+		at, _ := s.ScanTree(format.TreeAlloc)
 		var derr error
 		err := at.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
 			it, err := format.DecodeExtentItem(v)
@@ -306,13 +334,13 @@ func scanRmap(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree) error {
 			err = derr
 		}
 		if err != nil {
-			return fmt.Errorf("derive the old rmap tree's blocks from the alloc tree: %w", err)
+			return nil, fmt.Errorf("derive the old rmap tree's blocks from the alloc tree: %w", err)
 		}
 	}
 	for _, b := range rmapBlocks {
 		if err := put(b, format.Owner{Tree: format.TreeRmap}, 1); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return rmapBlocks, nil
 }

@@ -61,7 +61,11 @@ func (s *MemStore) Writable(tree format.TreeID, p Ptr, level int) (format.Node, 
 	if err != nil {
 		return nil, Ptr{}, err
 	}
-	if !s.CoW || s.dirty[p.Block] {
+	if !s.CoW {
+		s.dirty[p.Block] = true // modified in place: re-seal before the next verify
+		return n, p, nil
+	}
+	if s.dirty[p.Block] {
 		return n, p, nil
 	}
 	c, cp, err := s.Alloc(tree, level)
