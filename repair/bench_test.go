@@ -173,3 +173,76 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		b.Logf("rebuild %+v; writer %.0f ops/s during vs %.0f idle", *res, rate, idleRate)
 	})
 }
+
+// BenchmarkScrub: a scrub of the metadata only, and with --data, of an
+// image holding 512 MiB of file data, against reading the image file
+// sequentially (the raw limit), in the same run. Use -benchtime=1x.
+func BenchmarkScrub(b *testing.B) {
+	img := filepath.Join(b.TempDir(), "scrub.img")
+	if err := engine.MkfsPath(img, 1<<30, false, engine.MkfsOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i * 13)
+	}
+	const files, perFile = 64, 8 << 20
+	for i := 0; i < files; i++ {
+		a, err := f.Create(fs.RootIno, fmt.Sprintf("f%02d", i), fs.NewInode{Mode: 0o644})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for off := 0; off < perFile; off += len(buf) {
+			if _, err := f.Write(a.Ino, buf, int64(off)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	if err := f.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	st, _ := os.Stat(img)
+	b.Run("raw-read", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			fh, _ := os.Open(img)
+			t := time.Now()
+			n := int64(0)
+			for {
+				k, err := fh.Read(buf)
+				n += int64(k)
+				if err != nil {
+					break
+				}
+			}
+			fh.Close()
+			b.ReportMetric(float64(n)/time.Since(t).Seconds()/(1<<20), "MiB/s")
+		}
+		_ = st
+	})
+	for _, data := range []bool{false, true} {
+		b.Run(fmt.Sprintf("data=%v", data), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				t := time.Now()
+				rep, err := Scrub(context.Background(), f, "bench", ScrubOptions{Data: data})
+				if err != nil || rep.Found != 0 {
+					b.Fatalf("scrub: %v %+v", err, rep)
+				}
+				el := time.Since(t).Seconds()
+				var blocks uint64
+				for _, s := range rep.Structures {
+					blocks += s.Blocks
+				}
+				b.ReportMetric(float64(blocks)*format.BlockSize/el/(1<<20), "metadata-MiB/s")
+				if data {
+					b.ReportMetric(float64(files*perFile)/el/(1<<20), "data-MiB/s")
+				}
+				b.ReportMetric(el, "s")
+			}
+		})
+	}
+}
