@@ -819,13 +819,15 @@ func (s *Snapshot) Tree(id format.TreeID) (*eb.Tree, bool) {
 }
 
 // ScanTree returns tree id of the snapshot for a one-pass scan: blocks it
-// reads that are not cached are not added to the cache.
+// reads that are not cached are not added to the cache, and their buffers
+// are recycled. Use it for walks (Check, Ascend) that do not keep nodes or
+// value slices past the callback, and only from one goroutine.
 func (s *Snapshot) ScanTree(id format.TreeID) (*eb.Tree, bool) {
 	ri, ok := s.v.roots[id]
 	if !ok {
 		return nil, false
 	}
-	return eb.Open(viewStore{e: s.e, noCache: true}, id, eb.Ptr{Block: ri.Root.Block, Gen: ri.Root.Gen}, int(ri.Root.Level), ri.Items), true
+	return eb.Open(viewStore{e: s.e, ring: &scanRing{}}, id, eb.Ptr{Block: ri.Root.Block, Gen: ri.Root.Gen}, int(ri.Root.Level), ri.Items), true
 }
 
 // Release unpins the snapshot; blocks only it kept alive become reusable.

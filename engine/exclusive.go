@@ -1,35 +1,42 @@
 package engine
 
 import (
+	"context"
+	"encoding/binary"
 	"fmt"
 
 	eb "github.com/scrubd/scrubd/engine/btree"
 	"github.com/scrubd/scrubd/engine/format"
 )
 
-// The exclusive section of an online tree rebuild (the XFS design).
+// Tools for online tree rebuilds (the XFS design), and logged operations
+// (the bcachefs design) that make their multi-transaction steps safe.
 //
-// A rebuild builds the replacement tree in memory from a pinned generation
-// and keeps it current from the hooks; then, in one short section with the
-// writer excluded, it commits what is queued (so every change up to now is
-// in its shadow), reserves blocks for the new tree, bulk-loads the shadow
-// into them, swaps the root, queues the old tree's blocks to be freed, and
-// commits. The reserved blocks' own allocation and rmap records, and the
-// removal of the old blocks' records, go through the delayed-ref queue of
-// that same commit, applied to the new tree. Either commit is atomic: a
-// crash leaves the old tree or the new one.
+// A rebuild reserves blocks for the new tree in one ordinary transaction,
+// writes the new tree into them outside any transaction (they are allocated
+// and referenced by nothing, so no reader can see them), swaps the root in a
+// short exclusive section, and frees the old tree's blocks afterwards in
+// ordinary transactions. A crash between those steps would leave blocks
+// allocated that nothing uses; so each step that leaves such blocks behind
+// records a logged operation — "free these blocks of this owner" — in the
+// logged_ops tree in the same transaction, and the step that makes them used
+// (the swap) or frees them (the reap) removes or shrinks it. Mount runs the
+// logged_ops recovery pass, which completes whatever operation is left. Each
+// commit is atomic, so after a crash the image holds the old tree or the new
+// one, and never leaks or double-frees a block.
 
-// Exclusive is the writer's view during an exclusive section.
+// Exclusive is the writer's view during an exclusive section: a Tx with
+// every other writer excluded, plus the engine-internal operations a swap
+// needs.
 type Exclusive struct {
-	e        *Engine
-	reserved map[format.BlockNr]bool
+	*Tx
 }
 
 // RunExclusive commits the running transaction, then runs fn with every
 // other writer excluded, then commits what fn did. When fn starts, every
 // change up to the first commit has been published to the hooks. If fn
-// fails, its transaction is aborted (the engine turns read-only; the first
-// commit stays).
+// fails after changing anything, its transaction is aborted (the engine
+// turns read-only; the first commit stays).
 func (e *Engine) RunExclusive(fn func(x *Exclusive) error) error {
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
@@ -39,28 +46,26 @@ func (e *Engine) RunExclusive(fn func(x *Exclusive) error) error {
 	if err := e.commitLocked(); err != nil {
 		return err
 	}
-	x := &Exclusive{e: e, reserved: map[format.BlockNr]bool{}}
+	x := &Exclusive{Tx: &Tx{e: e}}
 	if err := fn(x); err != nil {
-		e.abort(err)
+		if x.touched {
+			e.abort(err)
+		}
 		return err
 	}
 	return e.commitLocked()
 }
 
-// Gen returns the generation of the section's transaction.
-func (x *Exclusive) Gen() format.Gen { return x.e.txn.gen }
-
-// Tree returns the current tree id (read-only use).
-func (x *Exclusive) Tree(id format.TreeID) (*eb.Tree, bool) {
-	t, ok := x.e.trees[id]
-	return t, ok
-}
-
-// ReserveBlocks allocates n metadata blocks for tree id and queues their
-// allocation (owner id). They become the new tree's blocks through
-// BuildStore.
-func (x *Exclusive) ReserveBlocks(id format.TreeID, n int) ([]format.BlockNr, error) {
-	e := x.e
+// ReserveMeta allocates n metadata blocks owned by tree id and queues their
+// allocation; they are meant to be written outside the transaction system
+// (a bulk-loaded tree) and linked in later. Record a logged operation that
+// frees them in the same transaction.
+func (tx *Tx) ReserveMeta(id format.TreeID, n int) ([]format.BlockNr, error) {
+	e := tx.e
+	if free := e.alloc.freeBlocks(); uint64(n) > free {
+		return nil, fmt.Errorf("reserve %d blocks for tree %s, %d free: %w", n, id, free, ErrNoSpace)
+	}
+	tx.touched = true
 	out := make([]format.BlockNr, 0, n)
 	for i := 0; i < n; i++ {
 		b, err := e.alloc.allocate(1, e.txn.metaHint)
@@ -70,65 +75,44 @@ func (x *Exclusive) ReserveBlocks(id format.TreeID, n int) ([]format.BlockNr, er
 		e.txn.metaHint = b + 1
 		e.txn.newExtents[b] = &newExtent{n: 1}
 		e.ref(b, 1, format.Owner{Tree: id}, format.ExtentMeta, +1)
-		x.reserved[b] = true
+		e.cache.drop(b)
 		out = append(out, b)
 	}
 	return out, nil
 }
 
-// BuildStore returns a store whose Alloc hands out the given reserved
-// blocks, in order, as nodes of tree id in this transaction, and that
-// fails once they are used up. After the build the tree lives in the
-// transaction like any other (use ReplaceTree).
-func (x *Exclusive) BuildStore(id format.TreeID, blocks []format.BlockNr) eb.Store {
-	return &reservedStore{x: x, id: id, blocks: blocks}
-}
-
-type reservedStore struct {
-	x      *Exclusive
-	id     format.TreeID
-	blocks []format.BlockNr
-}
-
-func (s *reservedStore) Read(tree format.TreeID, p eb.Ptr, level int) (format.Node, error) {
-	return txnStore{s.x.e}.Read(tree, p, level)
-}
-
-func (s *reservedStore) Writable(tree format.TreeID, p eb.Ptr, level int) (format.Node, eb.Ptr, error) {
-	n, err := s.Read(tree, p, level)
-	return n, p, err
-}
-
-func (s *reservedStore) Alloc(tree format.TreeID, level int) (format.Node, eb.Ptr, error) {
-	if tree != s.id || len(s.blocks) == 0 {
-		return nil, eb.Ptr{}, fmt.Errorf("bulk load of tree %s used more blocks than reserved: %w", tree, errInternal)
-	}
-	b := s.blocks[0]
-	s.blocks = s.blocks[1:]
-	e := s.x.e
-	n := format.InitNode(make([]byte, format.BlockSize), e.fsid, b, e.txn.gen, tree, level)
-	e.txn.dirty.Set(b, dirtyBlock{node: n, owner: tree})
-	e.cache.drop(b)
-	return n, eb.Ptr{Block: b, Gen: e.txn.gen}, nil
-}
-
-func (s *reservedStore) Free(format.TreeID, eb.Ptr, int) error {
-	return fmt.Errorf("bulk load frees nothing: %w", errInternal)
-}
-
-// ReplaceTree makes t (built in this transaction) tree id, to be recorded
-// in the root tree at commit.
-func (x *Exclusive) ReplaceTree(id format.TreeID, t *eb.Tree) {
-	x.e.trees[id] = eb.Open(txnStore{x.e}, id, t.Root, t.Level, t.Items)
-}
-
-// FreeBlocks queues the release of old metadata blocks of tree id (the
-// reaping of a replaced tree).
-func (x *Exclusive) FreeBlocks(id format.TreeID, blocks []format.BlockNr) {
+// FreeMeta queues the release of metadata blocks of tree id that no tree
+// references any more (the reaping of a replaced tree, a logged operation).
+func (tx *Tx) FreeMeta(id format.TreeID, blocks []format.BlockNr) {
+	tx.touched = true
 	for _, b := range blocks {
-		x.e.txn.dirty.Delete(b)
-		x.e.ref(b, 1, format.Owner{Tree: id}, format.ExtentMeta, -1)
+		tx.e.txn.dirty.Delete(b)
+		tx.e.ref(b, 1, format.Owner{Tree: id}, format.ExtentMeta, -1)
 	}
+}
+
+// ReplaceTree makes the tree rooted at root (level, items) tree id from
+// this transaction on; it is recorded in the root tree at commit. The
+// caller has made sure the tree's blocks are written and flushed or dirty in
+// this transaction, and owned by id.
+func (tx *Tx) ReplaceTree(id format.TreeID, root eb.Ptr, level int, items uint64) {
+	tx.touched = true
+	tx.e.trees[id] = eb.Open(txnStore{tx.e}, id, root, level, items)
+}
+
+// WriteMeta seals nodes built outside the transaction system in blocks
+// reserved by ReserveMeta and writes them to the device. It does not flush:
+// the commit that first points at them flushes them before its superblock.
+func (e *Engine) WriteMeta(nodes []format.Node) error {
+	for _, n := range nodes {
+		n.Seal()
+		if _, err := e.dev.WriteAt(n, int64(n.Block())*format.BlockSize); err != nil {
+			e.countIOError(ioWrite)
+			return fmt.Errorf("write block %d: %w", n.Block(), err)
+		}
+		e.cache.drop(n.Block())
+	}
+	return nil
 }
 
 // SetRmapSick marks the rmap tree as damaged (true: the engine stops
@@ -137,3 +121,119 @@ func (e *Engine) SetRmapSick(sick bool) { e.rmapSick.Store(sick) }
 
 // RmapSick reports whether the rmap tree is marked damaged.
 func (e *Engine) RmapSick() bool { return e.rmapSick.Load() }
+
+// --- logged operations ---
+
+// TypeLoggedOp keys a logged operation: (op id, 90, part, 0) → payload.
+const TypeLoggedOp uint8 = 90
+
+// Logged operation kinds.
+const opFreeBlocks = 1
+
+// maxOpBlocks is how many block numbers one logged-op item holds.
+const maxOpBlocks = (format.MaxValueSize - 16) / 8
+
+// LogFreeBlocks records, in this transaction, the intent to free blocks of
+// tree owner; it returns the operation's id for DropLoggedOp. If the
+// operation is still recorded at mount, the logged_ops pass frees them.
+func (tx *Tx) LogFreeBlocks(owner format.TreeID, blocks []format.BlockNr) (uint64, error) {
+	tr, err := tx.Tree(format.TreeLoggedOps)
+	if err != nil {
+		return 0, err
+	}
+	id := tx.NextObjectID()
+	for part := 0; part*maxOpBlocks < len(blocks) || part == 0; part++ {
+		chunk := blocks[part*maxOpBlocks : min(len(blocks), (part+1)*maxOpBlocks)]
+		v := make([]byte, 16+8*len(chunk))
+		binary.LittleEndian.PutUint64(v, opFreeBlocks)
+		binary.LittleEndian.PutUint64(v[8:], uint64(owner))
+		for i, b := range chunk {
+			binary.LittleEndian.PutUint64(v[16+8*i:], uint64(b))
+		}
+		if err := tr.Put(format.Key{Obj: id, Type: TypeLoggedOp, Off: uint64(part)}, v); err != nil {
+			return 0, err
+		}
+	}
+	return id, nil
+}
+
+// DropLoggedOp removes a logged operation (it was completed or made moot).
+func (tx *Tx) DropLoggedOp(id uint64) error {
+	tr, err := tx.Tree(format.TreeLoggedOps)
+	if err != nil {
+		return err
+	}
+	var keys []format.Key
+	if err := tr.Ascend(format.Key{Obj: id, Type: TypeLoggedOp}, func(k format.Key, _ []byte) bool {
+		if k.Obj != id || k.Type != TypeLoggedOp {
+			return false
+		}
+		keys = append(keys, k)
+		return true
+	}); err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if _, err := tr.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// passLoggedOps completes the logged operations a crash interrupted.
+func passLoggedOps(_ context.Context, e *Engine) error {
+	type op struct {
+		owner  format.TreeID
+		blocks []format.BlockNr
+	}
+	ops := map[uint64]*op{}
+	var order []uint64
+	tr := e.trees[format.TreeLoggedOps]
+	var derr error
+	if err := tr.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+		if k.Type != TypeLoggedOp {
+			return true
+		}
+		if len(v) < 16 || (len(v)-16)%8 != 0 || binary.LittleEndian.Uint64(v) != opFreeBlocks {
+			derr = fmt.Errorf("logged operation %d: unknown or malformed (%d bytes): %w", k.Obj, len(v), format.ErrCorrupt)
+			return false
+		}
+		o := ops[k.Obj]
+		if o == nil {
+			o = &op{owner: format.TreeID(binary.LittleEndian.Uint64(v[8:]))}
+			ops[k.Obj] = o
+			order = append(order, k.Obj)
+		}
+		for i := 16; i < len(v); i += 8 {
+			b := format.BlockNr(binary.LittleEndian.Uint64(v[i:]))
+			if uint64(b) >= e.totalBlocks || b == 0 {
+				derr = fmt.Errorf("logged operation %d names block %d: %w", k.Obj, b, format.ErrCorrupt)
+				return false
+			}
+			o.blocks = append(o.blocks, b)
+		}
+		return true
+	}); err != nil {
+		return err
+	}
+	if derr != nil {
+		return derr
+	}
+	if len(order) == 0 {
+		return nil
+	}
+	if err := e.Update(func(tx *Tx) error {
+		for _, id := range order {
+			tx.FreeMeta(ops[id].owner, ops[id].blocks)
+			if err := tx.DropLoggedOp(id); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("completed %d interrupted logged operations", len(order)))
+	return e.Sync()
+}

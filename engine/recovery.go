@@ -32,11 +32,15 @@ const (
 	// PassDeletedInodes frees inodes unlinked while open (registered by the
 	// filesystem layer through Options.DeletedInodes).
 	PassDeletedInodes uint = 2
+	// PassLoggedOps completes logged operations a crash interrupted (the
+	// block reservations and reaping of online rebuilds).
+	PassLoggedOps uint = 3
 )
 
 var recoveryPasses = []RecoveryPass{
 	{ID: PassCheckAllocations, Name: "check_allocations", run: passCheckAllocations},
 	{ID: PassReplayLog, Name: "replay_log", Always: true, run: func(_ context.Context, e *Engine) error { return passReplayLog(e) }},
+	{ID: PassLoggedOps, Name: "logged_ops", Always: true, run: passLoggedOps},
 	{ID: PassDeletedInodes, Name: "deleted_inodes", Always: true, run: passDeletedInodes},
 }
 

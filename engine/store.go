@@ -74,13 +74,13 @@ func (c *blockCache) drop(b format.BlockNr) {
 // readBlock returns the verified committed node at p, from the cache or the
 // device. It is safe for concurrent use.
 func (e *Engine) readBlock(tree format.TreeID, p eb.Ptr, level int) (format.Node, error) {
-	return e.readBlockCached(tree, p, level, true)
+	return e.readBlockCached(tree, p, level, true, nil)
 }
 
 // readBlockCached reads a block; with fill false a miss is not added to the
 // cache (whole-tree scans would otherwise push out the hot set and grow the
 // heap by the cache's size).
-func (e *Engine) readBlockCached(tree format.TreeID, p eb.Ptr, level int, fill bool) (format.Node, error) {
+func (e *Engine) readBlockCached(tree format.TreeID, p eb.Ptr, level int, fill bool, ring *scanRing) (format.Node, error) {
 	x := format.Expect{FSID: e.fsid, Block: p.Block, Tree: tree, Gen: p.Gen, Level: level}
 	if n, ok := e.cache.get(p.Block); ok {
 		// The cached copy was fully verified when it was read or written;
@@ -94,7 +94,12 @@ func (e *Engine) readBlockCached(tree format.TreeID, p eb.Ptr, level int, fill b
 		return nil, &format.CorruptError{Kind: format.KindShortRead, Tree: tree, Block: p.Block,
 			Detail: fmt.Sprintf("pointer beyond the %d-block device", e.totalBlocks)}
 	}
-	buf := make([]byte, format.BlockSize)
+	var buf []byte
+	if ring != nil {
+		buf = ring.next()
+	} else {
+		buf = make([]byte, format.BlockSize)
+	}
 	if _, err := e.dev.ReadAt(buf, int64(p.Block)*format.BlockSize); err != nil {
 		e.countIOError(ioRead)
 		return nil, fmt.Errorf("read tree %s block %d: %w", tree, p.Block, err)
@@ -113,12 +118,30 @@ func (e *Engine) readBlockCached(tree format.TreeID, p eb.Ptr, level int, fill b
 
 // viewStore is the read-only store of a pinned generation.
 type viewStore struct {
-	e       *Engine
-	noCache bool // scans: read through the cache without filling it
+	e    *Engine
+	ring *scanRing // scans: read through the cache without filling it
 }
 
 func (s viewStore) Read(tree format.TreeID, p eb.Ptr, level int) (format.Node, error) {
-	return s.e.readBlockCached(tree, p, level, !s.noCache)
+	return s.e.readBlockCached(tree, p, level, s.ring == nil, s.ring)
+}
+
+// scanRing recycles the buffers of a one-pass scan: a tree walk holds at
+// most one node per level (plus the one being read), far fewer than the
+// ring's size, so a buffer is reused only after its node was let go.
+type scanRing struct {
+	bufs [2 * (format.MaxLevel + 2)][]byte
+	i    int
+}
+
+func (r *scanRing) next() []byte {
+	b := r.bufs[r.i]
+	if b == nil {
+		b = make([]byte, format.BlockSize)
+		r.bufs[r.i] = b
+	}
+	r.i = (r.i + 1) % len(r.bufs)
+	return b
 }
 
 func (s viewStore) Writable(format.TreeID, eb.Ptr, int) (format.Node, eb.Ptr, error) {

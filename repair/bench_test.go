@@ -170,6 +170,35 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		b.ReportMetric(float64(worst.Microseconds())/1000, "longest-writer-op-ms")
 		b.ReportMetric(float64(idleWorst.Microseconds())/1000, "idle-longest-op-ms")
 		b.ReportMetric(100*rate/idleRate, "writer-%-of-idle")
+		// The rebuild's own heap: a second rebuild with no writer running
+		// (the writer's garbage would otherwise count).
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		base = ms.HeapInuse
+		peak.Store(base)
+		sampleStop = make(chan struct{})
+		swg.Add(1)
+		go func() {
+			defer swg.Done()
+			for {
+				select {
+				case <-sampleStop:
+					return
+				case <-time.After(2 * time.Millisecond):
+				}
+				var m runtime.MemStats
+				runtime.ReadMemStats(&m)
+				if m.HeapInuse > peak.Load() {
+					peak.Store(m.HeapInuse)
+				}
+			}
+		}()
+		if _, err := RebuildRmap(context.Background(), e, RmapRebuildOptions{TempDir: b.TempDir()}); err != nil {
+			b.Fatal(err)
+		}
+		close(sampleStop)
+		swg.Wait()
+		b.ReportMetric(float64(int64(peak.Load())-int64(base))/(1<<20), "alone-heap-growth-MiB")
 		b.Logf("rebuild %+v; writer %.0f ops/s during vs %.0f idle", *res, rate, idleRate)
 	})
 }

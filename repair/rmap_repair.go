@@ -27,19 +27,30 @@ import (
 //     in-memory B-tree on an xfile (the engine's own B-tree code, pages the
 //     kernel can reclaim, no Go heap per record). The old rmap tree's own
 //     blocks are records too: found by walking it, or, if it is too damaged
-//     to walk, as the metadata extents no other owner claims;
+//     to walk, as the metadata extents no other owner claims; they are also
+//     kept in a set, the blocks to reap;
 //  3. the buffered events after G are applied, and from then on each event
 //     is applied as it is published: the shadow follows every change;
-//  4. in one exclusive section: a commit (its events land in the shadow),
-//     then reserve the blocks the bulk-load plan needs, load the shadow into
-//     them, swap the root, queue the old tree's blocks for freeing, commit.
-//     The reserved blocks' records and the old blocks' removal are applied
-//     to the new tree by that commit's delayed refs.
+//  4. an ordinary transaction reserves the blocks the bulk-load plan needs
+//     (owned by the rmap tree, so their records reach the shadow through the
+//     hook) and logs an operation that frees them should a crash come before
+//     the swap;
+//  5. from then on events go to a delta list instead, and the shadow, now
+//     still, is bulk-loaded into the reserved blocks: node images staged in
+//     a second xfile, written to the device outside any transaction (the
+//     blocks are allocated and nothing points at them);
+//  6. a short exclusive section commits what is queued (its events join the
+//     delta), applies the delta to the new tree with ordinary B-tree
+//     operations, swaps the root, replaces the reservation's logged
+//     operation by one that frees the old tree's blocks, and commits;
+//  7. ordinary transactions free the old blocks in batches, shrinking the
+//     logged operation, writers running in between.
 //
 // The inputs are verified: the scan refuses to proceed if any tree it reads
-// is damaged, and a crash at any point leaves the old tree or the new one
-// (each commit is atomic). The caller re-checks afterwards; that second
-// check is what it reports.
+// is damaged. Every commit is atomic and every multi-commit step is a logged
+// operation the mount completes, so a crash at any point leaves the old tree
+// or the new one and leaks nothing. The caller re-checks afterwards; that
+// second check is what it reports.
 
 // RmapRebuildOptions configure RebuildRmap.
 type RmapRebuildOptions struct {
@@ -60,6 +71,13 @@ type RmapRebuildResult struct {
 	ExclusivePause time.Duration // writers excluded
 }
 
+// Batch sizes of the reservation and the reaping: each batch is one
+// commit, short enough not to stall writers noticeably.
+const (
+	reserveBatch = 1024
+	reapBatch    = 512
+)
+
 // rmapShadow is the shadow tree and the hook subscription feeding it.
 type rmapShadow struct {
 	mu        sync.Mutex
@@ -67,6 +85,8 @@ type rmapShadow struct {
 	store     *xfile.BTreeStore
 	buffering bool
 	buf       []engine.RmapEvent
+	deltaMode bool // after the bulk load's snapshot: events go to delta
+	delta     []engine.RmapEvent
 	after     format.Gen
 	events    uint64
 	err       error
@@ -99,11 +119,16 @@ func (s *rmapShadow) apply(ev engine.RmapEvent) {
 func (s *rmapShadow) hook(ev engine.RmapEvent) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.buffering {
+	switch {
+	case s.buffering:
 		s.buf = append(s.buf, ev)
-		return
+	case s.deltaMode:
+		if ev.Gen > s.after {
+			s.delta = append(s.delta, ev)
+		}
+	default:
+		s.apply(ev)
 	}
-	s.apply(ev)
 }
 
 // RebuildRmap rebuilds the rmap tree of e online. Writers keep running
@@ -140,14 +165,14 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	sh.mu.Lock()
 	sh.after = snap.Gen()
 	sh.mu.Unlock()
-	old, err := scanRmap(ctx, snap, tr)
+	scanned, err := scanRmap(ctx, snap, tr)
 	snap.Release()
 	if err != nil {
 		return nil, err
 	}
 	sh.mu.Lock()
-	sh.oldBlocks = make(map[format.BlockNr]bool, len(old))
-	for _, b := range old {
+	sh.oldBlocks = make(map[format.BlockNr]bool, len(scanned))
+	for _, b := range scanned {
 		sh.oldBlocks[b] = true
 	}
 	sh.mu.Unlock()
@@ -162,45 +187,143 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	if err != nil {
 		return nil, fmt.Errorf("apply live updates to the shadow: %w", err)
 	}
+	// 4. Reserve the new tree's blocks, with logged operations that free
+	// them if the swap never happens: in batches, one commit each, so no
+	// single commit holds the writers back for long.
+	var reserved []format.BlockNr
+	var reserveOps []uint64
+	sh.mu.Lock()
+	n := tr.Items
+	sh.mu.Unlock()
+	// The reserved blocks' own records join the tree: plan for them.
+	plan, err := eb.PlanBulkFixed(n, format.RmapItemSize, opts.Fill)
+	for i := 0; err == nil && i < 4; i++ {
+		plan, err = eb.PlanBulkFixed(n+plan.Blocks, format.RmapItemSize, opts.Fill)
+	}
+	if err != nil {
+		return nil, err
+	}
+	// Slack for records the writers add before the load starts; what is
+	// left over is freed at the swap.
+	want := int(plan.Blocks + max(16, plan.Blocks/32))
+	for len(reserved) < want {
+		k := min(reserveBatch, want-len(reserved))
+		err := e.Update(func(tx *engine.Tx) error {
+			got, err := tx.ReserveMeta(format.TreeRmap, k)
+			if err != nil {
+				return err
+			}
+			op, err := tx.LogFreeBlocks(format.TreeRmap, got)
+			if err != nil {
+				return err
+			}
+			reserved = append(reserved, got...)
+			reserveOps = append(reserveOps, op)
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("reserve blocks for the new rmap tree: %w", err)
+		}
+		if err := e.Sync(); err != nil {
+			return nil, err
+		}
+	}
+	// 5. Freeze the shadow (events now go to the delta) and bulk-load it.
+	sh.mu.Lock()
+	if sh.err != nil {
+		sh.mu.Unlock()
+		return nil, fmt.Errorf("apply live updates to the shadow: %w", sh.err)
+	}
+	sh.deltaMode = true
+	records := tr.Items
+	loadGen := e.Pin()
+	gen := loadGen.Gen() // the reservation is committed in gen or earlier
+	loadGen.Release()
+	sh.mu.Unlock()
+	// The tree now also holds the reserved blocks' records; plan for what
+	// it holds, within the reservation (blocks left over are freed at the
+	// swap).
+	plan, err = eb.PlanBulkFixed(records, format.RmapItemSize, opts.Fill)
+	if err != nil {
+		return nil, err
+	}
+	if plan.Blocks > uint64(len(reserved)) {
+		return nil, fmt.Errorf("the rmap tree outgrew its reservation (%d records need %d blocks, %d reserved); run the repair again", records, plan.Blocks, len(reserved))
+	}
+	stage, err := newStageStore(opts.TempDir, e.FSID(), gen, reserved)
+	if err != nil {
+		return nil, err
+	}
+	defer stage.close()
+	var scanErr error
+	nt, err := plan.Build(stage, format.TreeRmap, treeRecords(tr, &scanErr), func(level int) (format.Node, eb.Ptr, error) {
+		return stage.Alloc(format.TreeRmap, level)
+	})
+	if err == nil {
+		err = scanErr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bulk load: %w", err)
+	}
+	if err := e.WriteMeta(stage.nodes()); err != nil {
+		return nil, err
+	}
+	unused := stage.unused()
+	// 6. The exclusive section: catch up, swap, log the reaping.
 	var pause time.Time
+	var reapOp uint64
+	var old []format.BlockNr
 	err = e.RunExclusive(func(x *engine.Exclusive) error {
 		pause = time.Now()
-		// The section's first commit is in the shadow; nothing else can
-		// change now.
 		e.Hooks().Rmap.Unregister(h)
 		unregistered = true
-		if sh.err != nil {
-			return fmt.Errorf("apply live updates to the shadow: %w", sh.err)
+		res.Events = sh.events + uint64(len(sh.delta))
+		x.ReplaceTree(format.TreeRmap, nt.Root, nt.Level, nt.Items)
+		rt, _ := x.ReadTree(format.TreeRmap)
+		for _, ev := range sh.delta {
+			k := format.RmapKey(ev.Start, ev.Owner)
+			var err error
+			switch ev.Op {
+			case engine.OpInsert:
+				err = rt.Put(k, format.RmapItem{Len: ev.Len}.Encode())
+			case engine.OpDelete:
+				_, err = rt.Delete(k)
+			}
+			if err != nil {
+				return fmt.Errorf("apply %s of %s to the new tree: %w", ev.Op, k, err)
+			}
+			own := !ev.Owner.IsData() && ev.Owner.Tree == format.TreeRmap
+			if own && ev.Op == engine.OpInsert {
+				sh.oldBlocks[ev.Start] = true
+			} else if own {
+				delete(sh.oldBlocks, ev.Start)
+			}
 		}
-		res.Events = sh.events
-		old := make([]format.BlockNr, 0, len(sh.oldBlocks))
+		// Reserved blocks the load did not use are free again, and so are
+		// the old tree's blocks, the latter over several transactions.
+		// The reservation's blocks reached oldBlocks through the hook as
+		// rmap-owned blocks; they are the new tree's, not the old one's.
+		isReserved := make(map[format.BlockNr]bool, len(reserved))
+		for _, b := range reserved {
+			isReserved[b] = true
+		}
 		for b := range sh.oldBlocks {
-			old = append(old, b)
+			if !isReserved[b] {
+				old = append(old, b)
+			}
 		}
 		slices.Sort(old)
-		plan, err := eb.PlanBulkFixed(tr.Items, format.RmapItemSize, opts.Fill)
-		if err != nil {
+		x.FreeMeta(format.TreeRmap, unused)
+		for _, op := range reserveOps {
+			if err := x.DropLoggedOp(op); err != nil {
+				return err
+			}
+		}
+		var err error
+		if reapOp, err = x.LogFreeBlocks(format.TreeRmap, old); err != nil {
 			return err
 		}
-		blocks, err := x.ReserveBlocks(format.TreeRmap, int(plan.Blocks))
-		if err != nil {
-			return err
-		}
-		bs := x.BuildStore(format.TreeRmap, blocks)
-		var scanErr error
-		nt, err := plan.Build(bs, format.TreeRmap, treeRecords(tr, &scanErr), func(level int) (format.Node, eb.Ptr, error) {
-			return bs.Alloc(format.TreeRmap, level)
-		})
-		if err == nil {
-			err = scanErr
-		}
-		if err != nil {
-			return fmt.Errorf("bulk load: %w", err)
-		}
-		x.ReplaceTree(format.TreeRmap, nt)
-		x.FreeBlocks(format.TreeRmap, old)
 		e.SetRmapSick(false)
-		res.Records, res.NewBlocks, res.OldBlocks = nt.Items, plan.Blocks, uint64(len(old))
 		res.Gen = x.Gen()
 		return nil
 	})
@@ -210,6 +333,30 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	if err != nil {
 		return nil, fmt.Errorf("rmap rebuild: %w", err)
 	}
+	// 7. Reap the old tree, a batch per transaction.
+	const batch = reapBatch
+	for i := 0; i < len(old); i += batch {
+		rest := old[min(len(old), i+batch):]
+		err := e.Update(func(tx *engine.Tx) error {
+			tx.FreeMeta(format.TreeRmap, old[i:min(len(old), i+batch)])
+			if err := tx.DropLoggedOp(reapOp); err != nil {
+				return err
+			}
+			if len(rest) > 0 {
+				var err error
+				reapOp, err = tx.LogFreeBlocks(format.TreeRmap, rest)
+				return err
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("reap the old rmap tree: %w", err)
+		}
+		if err := e.Sync(); err != nil {
+			return nil, err
+		}
+	}
+	res.Records, res.NewBlocks, res.OldBlocks = nt.Items, plan.Blocks, uint64(len(old))
 	if st, err := store.Stats(); err == nil {
 		res.XfileBytes = st.File.Allocated
 	}
@@ -344,3 +491,79 @@ func scanRmap(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree) ([]forma
 	}
 	return rmapBlocks, nil
 }
+
+// stageStore hands out the reserved blocks to the bulk loader, keeping the
+// node images in an xfile (not the Go heap) until they are written.
+type stageStore struct {
+	f        *xfile.File
+	fsid     format.FSID
+	gen      format.Gen
+	reserved []format.BlockNr
+	used     int
+	index    map[format.BlockNr]int
+}
+
+func newStageStore(dir string, fsid format.FSID, gen format.Gen, reserved []format.BlockNr) (*stageStore, error) {
+	f, err := xfile.New(xfile.Options{Dir: dir, Name: "rmap bulk load", InitialSize: int64(len(reserved)) * format.BlockSize})
+	if err != nil {
+		return nil, err
+	}
+	return &stageStore{f: f, fsid: fsid, gen: gen, reserved: reserved, index: map[format.BlockNr]int{}}, nil
+}
+
+func (s *stageStore) close() { s.f.Close() }
+
+func (s *stageStore) node(i int) (format.Node, error) {
+	b, err := s.f.Bytes(int64(i)*format.BlockSize, format.BlockSize)
+	return format.Node(b), err
+}
+
+func (s *stageStore) Read(tree format.TreeID, p eb.Ptr, level int) (format.Node, error) {
+	i, ok := s.index[p.Block]
+	if !ok {
+		return nil, fmt.Errorf("bulk load read of block %d it did not write", p.Block)
+	}
+	return s.node(i)
+}
+
+func (s *stageStore) Writable(tree format.TreeID, p eb.Ptr, level int) (format.Node, eb.Ptr, error) {
+	n, err := s.Read(tree, p, level)
+	return n, p, err
+}
+
+func (s *stageStore) Alloc(tree format.TreeID, level int) (format.Node, eb.Ptr, error) {
+	if s.used >= len(s.reserved) {
+		return nil, eb.Ptr{}, fmt.Errorf("bulk load needs more than the %d reserved blocks", len(s.reserved))
+	}
+	if err := s.f.Grow(int64(s.used+1) * format.BlockSize); err != nil {
+		return nil, eb.Ptr{}, err
+	}
+	b := s.reserved[s.used]
+	n, err := s.node(s.used)
+	if err != nil {
+		return nil, eb.Ptr{}, err
+	}
+	format.InitNode(n, s.fsid, b, s.gen, tree, level)
+	s.index[b] = s.used
+	s.used++
+	return n, eb.Ptr{Block: b, Gen: s.gen}, nil
+}
+
+func (s *stageStore) Free(format.TreeID, eb.Ptr, int) error {
+	return fmt.Errorf("bulk load frees nothing")
+}
+
+// nodes returns the staged nodes, in block order of use.
+func (s *stageStore) nodes() []format.Node {
+	out := make([]format.Node, 0, s.used)
+	for i := 0; i < s.used; i++ {
+		n, err := s.node(i)
+		if err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// unused returns the reserved blocks the load did not need.
+func (s *stageStore) unused() []format.BlockNr { return s.reserved[s.used:] }
