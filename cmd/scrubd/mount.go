@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/scrubd/scrubd/daemon"
 	"github.com/scrubd/scrubd/engine/fs"
 	"github.com/scrubd/scrubd/engine/fuse"
 )
@@ -34,6 +35,10 @@ commits everything, and exits. If files are still open at a signal, the
 mount is detached lazily (as umount -l) and those files are served until
 they are closed. fsync(2) on the mount is durable: a crash, even kill -9,
 loses nothing that was fsync'd; the next mount replays the log.
+
+While mounted, the process serves a control socket (owner-only, under
+$XDG_RUNTIME_DIR/scrubd or /run/scrubd) through which "scrubd scrub
+MOUNTPOINT" and "scrubd inject MOUNTPOINT" work on the mounted image.
 
 EXIT STATUS
   0 unmounted and committed; 1 the image could not be mounted, served or
@@ -65,9 +70,24 @@ EXIT STATUS
 			if err != nil {
 				return errors.Join(err, fsys.Close())
 			}
+			// The control socket (scrubd scrub/inject MOUNTPOINT) is up
+			// before "mounted" is printed. It closes, cancelling a running
+			// scrub, as soon as a signal arrives (the context ends) or,
+			// after an umount from outside, when Run returns: always
+			// before the filesystem is closed. Without it the mount still
+			// serves files, so a failure to start it only warns.
+			ctl, cerr := daemon.Serve(cmd.Context(), fsys, mountpoint, daemon.Options{Image: source, Logger: log})
+			if cerr != nil {
+				log.Warn("no control socket: scrub and inject cannot reach this mount", "err", cerr)
+			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "mounted %s on %s\n", img, mountpoint)
 			runErr := srv.Run(cmd.Context())
+			if ctl != nil {
+				if err := ctl.Close(); err != nil {
+					log.Warn("closing the control socket", "err", err)
+				}
+			}
 			if err := errors.Join(runErr, fsys.Close()); err != nil {
 				return err
 			}

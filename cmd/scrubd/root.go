@@ -34,7 +34,7 @@ they are in use, and rebuilds damaged metadata online.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return withCode(2, fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath()))
 	})
-	root.AddCommand(newMkfsCmd(), newInfoCmd(), newFsckCmd(), newDemoCmd(), newMountCmd())
+	root.AddCommand(newMkfsCmd(), newInfoCmd(), newFsckCmd(), newDemoCmd(), newMountCmd(), newScrubCmd(), newInjectCmd())
 	return root
 }
 

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/scrubd/scrubd/daemon"
+	"github.com/scrubd/scrubd/engine/format"
+	"github.com/scrubd/scrubd/repair"
+)
+
+type injectOptions struct {
+	tree   string
+	kind   string
+	seed   uint64
+	asJSON bool
+}
+
+func newInjectCmd() *cobra.Command {
+	var o injectOptions
+	c := &cobra.Command{
+		Use:   "inject TARGET --tree NAME [--kind KIND] [--seed N] [--json]",
+		Short: "Damage one metadata block on purpose, to rehearse scrub and repair",
+		Long: `Damage one block of tree NAME in TARGET's last committed generation, so
+that scrub has something to find and repair something to fix. This destroys
+metadata: use it on test images and rehearsals only.
+
+TARGET is a mountpoint served by "scrubd mount" (the mount process writes
+the damage and drops its cached copy of the block) or an unmounted image.
+An image a "scrubd mount" serves is refused: inject through its mountpoint.
+On a busy mount the next commit may copy-on-write the damaged block away
+(writing the intact copy it already holds in memory), and then there is
+rightly nothing left for scrub to find.
+
+Kinds: ` + strings.Join(repair.InjectKinds, ", ") + `.
+  bitflip      flip a few bits after the header (a checksum mismatch)
+  zero         zero the whole block
+  drop-record  remove one record of a leaf, checksum kept valid
+  wrong-owner  give one rmap record another owner (rmap only)
+  stale-gen    make the block claim an older generation
+The block is chosen by --seed: the same seed on the same image picks the
+same block and the same damage.
+
+EXIT STATUS
+  0 the damage was done (it is described); 1 it could not be (the reason is
+  printed); 2 usage error.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+				return withCode(2, err)
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := logger(); err != nil {
+				return err
+			}
+			if o.tree == "" {
+				return withCode(2, fmt.Errorf("--tree is required (e.g. --tree rmap)"))
+			}
+			tree, ok := format.TreeByName(o.tree)
+			if !ok {
+				return withCode(2, fmt.Errorf("--tree %q: no such tree", o.tree))
+			}
+			if !slices.Contains(repair.InjectKinds, o.kind) {
+				return withCode(2, fmt.Errorf("--kind %q: want one of %s", o.kind, strings.Join(repair.InjectKinds, ", ")))
+			}
+			target := args[0]
+			var res *repair.InjectResult
+			var err error
+			if mnt, served := daemon.Discover(target); served {
+				var cl *daemon.Client
+				if cl, err = daemon.Dial(mnt); err == nil {
+					res, err = cl.Inject(cmd.Context(), o.tree, o.kind, o.seed)
+					cl.Close()
+				}
+			} else if err = checkOffline(target); err == nil {
+				res, err = repair.InjectOffline(target, repair.InjectOptions{Tree: tree, Kind: o.kind, Seed: o.seed})
+			}
+			if err != nil {
+				return withCode(1, err)
+			}
+			out := cmd.OutOrStdout()
+			if o.asJSON {
+				if err := printJSON(out, res); err != nil {
+					return withCode(1, err)
+				}
+				return nil
+			}
+			fmt.Fprintf(out, "injected %s into %s block %d (level %d, generation %d): %s\n",
+				res.Kind, res.Tree, res.Block, res.Level, res.Generation, res.Detail)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&o.tree, "tree", "", "tree to damage: rmap, alloc, inode, … (see scrubd info)")
+	c.Flags().StringVar(&o.kind, "kind", repair.KindBitflip, "kind of damage")
+	c.Flags().Uint64Var(&o.seed, "seed", 1, "seed choosing the block and the damage")
+	c.Flags().BoolVar(&o.asJSON, "json", false, "print what was done as JSON")
+	return c
+}

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/scrubd/scrubd/daemon"
+	"github.com/scrubd/scrubd/engine/format"
+	"github.com/scrubd/scrubd/engine/fs"
+	"github.com/scrubd/scrubd/repair"
+)
+
+type scrubOptions struct {
+	repair bool
+	data   bool
+	asJSON bool
+}
+
+func newScrubCmd() *cobra.Command {
+	var o scrubOptions
+	c := &cobra.Command{
+		Use:   "scrub TARGET [--repair] [--data] [--json]",
+		Short: "Check (and repair) a mounted filesystem or an unmounted image",
+		Long: `Check every structure of TARGET at its last committed generation, and with
+--repair rebuild what is damaged and check again; the second check is what
+the report calls left uncorrected.
+
+TARGET is either a mountpoint served by "scrubd mount" — then the mount
+process does the work online, through its control socket, while the
+filesystem stays in use — or an unmounted image, which is opened (read-only
+unless --repair) and checked offline. An image that a "scrubd mount" serves
+is refused: scrub its mountpoint instead. An image too damaged to be
+opened at all gets the read-only check fsck does, and a note saying so.
+
+Only damage a repairer exists for is repaired (today: the reverse-mapping
+tree, and the cross-references it answers for); the rest is reported.
+
+--data also reads every file and verifies every block's checksum, naming
+the file and offset of each bad one.
+
+EXIT STATUS (as fsck(8))
+  0   no errors
+  1   errors corrected
+  4   errors left uncorrected
+  8   operational error (TARGET could not be opened, reached or read)
+  16  usage error`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+				return withCode(16, err)
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := logger()
+			if err != nil {
+				return withCode(16, err)
+			}
+			target := args[0]
+			var rep *repair.Report
+			if mnt, ok := daemon.Discover(target); ok {
+				rep, err = scrubOnline(cmd.Context(), mnt, o)
+			} else {
+				rep, err = scrubImage(cmd.Context(), target, o.repair, o.data, log)
+			}
+			if err != nil {
+				return withCode(repair.ExitOperational, err)
+			}
+			return printReport(cmd, rep, o.asJSON)
+		},
+	}
+	c.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return withCode(16, fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath()))
+	})
+	c.Flags().BoolVar(&o.repair, "repair", false, "rebuild damaged structures, then check again")
+	c.Flags().BoolVar(&o.data, "data", false, "also read every file and verify data checksums")
+	c.Flags().BoolVar(&o.asJSON, "json", false, "print the versioned JSON report")
+	return c
+}
+
+func scrubOnline(ctx context.Context, mnt string, o scrubOptions) (*repair.Report, error) {
+	cl, err := daemon.Dial(mnt)
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	return cl.Scrub(ctx, o.repair, o.data)
+}
+
+// scrubImage checks an unmounted image through a private mount of it:
+// read-only unless repairIt.
+func scrubImage(ctx context.Context, img string, repairIt, data bool, log *slog.Logger) (*repair.Report, error) {
+	if err := checkOffline(img); err != nil {
+		return nil, err
+	}
+	fsys, err := fs.OpenPath(img, fs.Options{ReadOnly: !repairIt, CommitInterval: -1, Logger: log})
+	if errors.Is(err, format.ErrCorrupt) {
+		// Damage the engine cannot mount past (today: the root or
+		// free-space tree) is still damage to report, as fsck does.
+		rep, cerr := repair.CheckOffline(ctx, img, repair.Options{Logger: log})
+		if cerr != nil || rep.Found == 0 {
+			return nil, err
+		}
+		rep.Notes = append(rep.Notes, fmt.Sprintf("the image could not be opened for scrub or repair (%v): this is the read-only check", err))
+		return rep, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	rep, err := repair.Scrub(ctx, fsys, img, repair.ScrubOptions{Repair: repairIt, Data: data, Logger: log, Mode: "offline"})
+	if cerr := fsys.Close(); cerr != nil {
+		return nil, errors.Join(err, fmt.Errorf("close %s: %w", img, cerr))
+	}
+	return rep, err
+}
+
+// checkOffline refuses targets an offline open must not touch: a
+// directory (a mountpoint nobody serves) and an image a mount serves.
+func checkOffline(target string) error {
+	fi, err := os.Stat(target)
+	if err != nil {
+		return err
+	}
+	if fi.IsDir() {
+		return fmt.Errorf("%s is a directory, not an image, and no scrubd mount serves it (no live control socket at %s)", target, daemon.SocketPath(target))
+	}
+	if mnt, ok := daemon.MountedImage(target); ok {
+		return fmt.Errorf("%s is mounted on %s by scrubd mount: use the mountpoint (a second open would race the mount)", target, mnt)
+	}
+	return nil
+}
+
+// printReport prints rep and returns its fsck(8) exit code as an error.
+func printReport(cmd *cobra.Command, rep *repair.Report, asJSON bool) error {
+	out := cmd.OutOrStdout()
+	if asJSON {
+		if err := printJSON(out, rep); err != nil {
+			return withCode(repair.ExitOperational, err)
+		}
+	} else {
+		rep.WriteSummary(out)
+	}
+	if code := rep.ExitCode(); code != 0 {
+		return withCode(code, nil)
+	}
+	return nil
+}

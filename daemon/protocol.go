@@ -1,0 +1,112 @@
+package daemon
+
+import (
+	"errors"
+	"time"
+
+	"github.com/scrubd/scrubd/repair"
+)
+
+// ProtocolVersion is the version of the control protocol; fields are only
+// ever added within a version.
+const ProtocolVersion = 1
+
+// MaxRequest bounds one request line, newline excluded.
+const MaxRequest = 64 << 10
+
+// maxResponse bounds one response line a client reads (a report lists
+// every finding, so it may be long, but not unboundedly).
+const maxResponse = 64 << 20
+
+// Operations.
+const (
+	OpStatus = "status"
+	OpScrub  = "scrub"
+	OpInject = "inject"
+)
+
+// Request is one line a client sends.
+type Request struct {
+	Op string `json:"op"`
+	// scrub
+	Repair bool `json:"repair,omitempty"`
+	Data   bool `json:"data,omitempty"`
+	// inject
+	Tree string `json:"tree,omitempty"`
+	Kind string `json:"kind,omitempty"`
+	Seed uint64 `json:"seed,omitempty"`
+}
+
+// Response is one line the server answers; exactly one field is set.
+type Response struct {
+	Report *repair.Report       `json:"report,omitempty"`
+	Inject *repair.InjectResult `json:"inject,omitempty"`
+	Status *Status              `json:"status,omitempty"`
+	Error  string               `json:"error,omitempty"`
+	Code   string               `json:"code,omitempty"`
+}
+
+// Error codes of a Response.
+const (
+	CodeBadRequest = "bad_request" // malformed, too long, unknown op or field, bad argument
+	CodeBusy       = "busy"        // another scrub or inject is running
+	CodeFailed     = "failed"      // the operation ran and failed
+	CodeDenied     = "denied"      // the peer is another user
+	CodeClosing    = "closing"     // the server is shutting down
+)
+
+// Status describes the mount a server controls.
+type Status struct {
+	Protocol   int       `json:"protocol"`
+	PID        int       `json:"pid"`
+	Image      string    `json:"image"`
+	Mountpoint string    `json:"mountpoint"`
+	Started    time.Time `json:"started"`
+	// Generation is the last committed generation.
+	Generation  uint64 `json:"generation"`
+	TotalBlocks uint64 `json:"total_blocks"`
+	FreeBlocks  uint64 `json:"free_blocks"`
+	Commits     uint64 `json:"commits"`
+	// RmapSick is set while the reverse-mapping tree is known damaged
+	// (the mount runs degraded until a repair rebuilds it).
+	RmapSick bool `json:"rmap_sick"`
+	ReadOnly bool `json:"read_only"`
+	// Aborted says why the engine refuses writes, if it aborted a
+	// transaction.
+	Aborted      string `json:"aborted,omitempty"`
+	ReadErrors   uint64 `json:"read_errors"`
+	WriteErrors  uint64 `json:"write_errors"`
+	CsumErrors   uint64 `json:"csum_errors"`
+	FsyncLogged  uint64 `json:"fsync_logged"`
+	FsyncFull    uint64 `json:"fsync_full"`
+	Running      string `json:"running,omitempty"` // "scrub" or "inject" while one runs
+	LastScrub    *Last  `json:"last_scrub,omitempty"`
+	ScrubsServed uint64 `json:"scrubs"`
+}
+
+// Last summarizes the last scrub the server ran.
+type Last struct {
+	Finished  time.Time `json:"finished"`
+	Repair    bool      `json:"repair"`
+	Data      bool      `json:"data"`
+	Status    string    `json:"status"` // a report status, or "failed"
+	Found     int       `json:"found"`
+	Repaired  int       `json:"repaired"`
+	DurationS float64   `json:"duration_s"`
+	Error     string    `json:"error,omitempty"`
+}
+
+// ErrBusy is matched (errors.Is) by a RemoteError refused because another
+// scrub or inject is running.
+var ErrBusy = errors.New("scrub already running")
+
+// RemoteError is an error the server answered.
+type RemoteError struct {
+	Msg  string
+	Code string
+}
+
+func (e *RemoteError) Error() string { return e.Msg }
+
+// Is matches ErrBusy for busy refusals.
+func (e *RemoteError) Is(target error) bool { return target == ErrBusy && e.Code == CodeBusy }

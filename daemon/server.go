@@ -1,0 +1,525 @@
+package daemon
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/scrubd/scrubd/engine/format"
+	sfs "github.com/scrubd/scrubd/engine/fs"
+	"github.com/scrubd/scrubd/repair"
+)
+
+// Options configure a control server.
+type Options struct {
+	// Image is the image the mount serves, as status reports it.
+	Image string
+	// TempDir is where repairs put their xfiles ("": the system default).
+	TempDir string
+	// Logger receives one line per request and operational problems
+	// (default: discard).
+	Logger *slog.Logger
+	// MaxConns bounds the connections served at once (0: 16); more are
+	// answered "busy" and closed.
+	MaxConns int
+}
+
+// writeTimeout bounds writing one response: a client that stops reading
+// does not hold a connection slot for ever.
+const writeTimeout = 30 * time.Second
+
+// Server serves the control API of one mount.
+type Server struct {
+	fsys       *sfs.FS
+	mountpoint string // absolute, symlinks resolved
+	path       string // the socket
+	opts       Options
+	log        *slog.Logger
+	ln         *net.UnixListener
+	lnInfo     os.FileInfo // the socket file we made, to remove only that
+	started    time.Time
+
+	ctx    context.Context // cancelled by Close: every request's parent
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the accept loop and the connections
+
+	mu      sync.Mutex
+	closed  bool
+	conns   map[net.Conn]struct{}
+	uid     int    // the uid peers must have
+	running string // "scrub" or "inject" while one runs
+	last    *Last
+	scrubs  uint64
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Serve starts serving the control API of fsys, mounted on mountpoint, on
+// SocketPath(mountpoint) (symlinks in mountpoint resolved). It returns
+// once the socket accepts connections. The server runs until Close, or
+// until ctx is cancelled; either way running requests are cancelled and
+// the socket is removed. The caller keeps fsys, and closes it only after
+// Close returns.
+func Serve(ctx context.Context, fsys *sfs.FS, mountpoint string, opts Options) (*Server, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = 16
+	}
+	mnt, err := resolve(mountpoint)
+	if err != nil {
+		return nil, fmt.Errorf("control socket for %s: %w", mountpoint, err)
+	}
+	path := SocketPath(mnt)
+	if len(path) > maxSocketPath {
+		return nil, fmt.Errorf("control socket %s: path longer than %d bytes (set XDG_RUNTIME_DIR to a shorter directory)", path, maxSocketPath)
+	}
+	if err := ensureSocketDir(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
+	if err := removeStale(path); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false) // Close removes it, and only if it is still ours
+	// The directory is 0700, so nobody else could reach the socket while
+	// it had the umask's permissions.
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	fi, err := os.Lstat(path)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	s := &Server{
+		fsys: fsys, mountpoint: mnt, path: path, opts: opts, log: opts.Logger,
+		ln: ln, lnInfo: fi, started: time.Now(), uid: os.Geteuid(),
+		conns: map[net.Conn]struct{}{},
+	}
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	s.wg.Add(1)
+	go s.acceptLoop()
+	go func() {
+		<-s.ctx.Done()
+		s.shutdown()
+	}()
+	s.log.Info("control socket ready", "socket", path, "mountpoint", mnt)
+	return s, nil
+}
+
+// SocketPath returns the socket the server listens on.
+func (s *Server) SocketPath() string { return s.path }
+
+// Mountpoint returns the mountpoint as the server names it (absolute,
+// symlinks resolved).
+func (s *Server) Mountpoint() string { return s.mountpoint }
+
+// Close stops serving: it stops accepting, cancels running requests,
+// closes every connection, waits for their handlers, and removes the
+// socket. It is safe to call more than once and concurrently.
+func (s *Server) Close() error {
+	s.cancel()
+	s.shutdown()
+	return s.closeErr
+}
+
+func (s *Server) shutdown() {
+	s.closeOnce.Do(func() {
+		s.cancel()
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		lerr := s.ln.Close()
+		// Connections are closed by their handlers, which the cancelled
+		// context wakes; a handler blocked reading is woken by closing.
+		s.mu.Lock()
+		for c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+		s.wg.Wait()
+		var rerr error
+		if fi, err := os.Lstat(s.path); err == nil && os.SameFile(fi, s.lnInfo) {
+			if err := os.Remove(s.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				rerr = err
+			}
+		}
+		if lerr != nil && errors.Is(lerr, net.ErrClosed) {
+			lerr = nil
+		}
+		s.closeErr = errors.Join(lerr, rerr)
+		s.log.Info("control socket closed", "socket", s.path)
+	})
+}
+
+func (s *Server) acceptLoop() {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.Warn("control socket: accept", "err", err)
+			select {
+			case <-time.After(50 * time.Millisecond):
+			case <-s.ctx.Done():
+				return
+			}
+			continue
+		}
+		if err := s.checkPeer(c); err != nil {
+			s.log.Warn("control socket: connection refused", "err", err)
+			s.reply(c, errResponse(CodeDenied, "permission denied"))
+			c.Close()
+			continue
+		}
+		s.mu.Lock()
+		switch {
+		case s.closed:
+			s.mu.Unlock()
+			c.Close()
+			continue
+		case len(s.conns) >= s.opts.MaxConns:
+			s.mu.Unlock()
+			s.reply(c, errResponse(CodeBusy, "too many connections"))
+			c.Close()
+			continue
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.handle(c)
+	}
+}
+
+// checkPeer refuses a peer whose uid is not the server's.
+func (s *Server) checkPeer(c *net.UnixConn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return fmt.Errorf("SO_PEERCRED: %w", cerr)
+	}
+	s.mu.Lock()
+	uid := s.uid
+	s.mu.Unlock()
+	if int(cred.Uid) != uid {
+		return fmt.Errorf("peer pid %d has uid %d, want %d", cred.Pid, cred.Uid, uid)
+	}
+	return nil
+}
+
+// line is one request line read, or why reading stopped.
+type line struct {
+	b   []byte
+	err error
+}
+
+var errTooLong = errors.New("line too long")
+
+// handle serves one connection: requests are answered in order; a
+// reader goroutine watches the connection meanwhile, so a client that
+// goes away cancels the request it left running.
+func (s *Server) handle(c *net.UnixConn) {
+	defer s.wg.Done()
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	lines := make(chan line)
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		br := bufio.NewReaderSize(c, 4096)
+		for {
+			b, err := readLine(br, MaxRequest)
+			if err != nil && !errors.Is(err, errTooLong) {
+				close(lines)
+				if errors.Is(err, io.EOF) {
+					// No more requests. A client that only closed its
+					// writing half still waits for the answers; one
+					// that hung up entirely does not.
+					watchHangup(ctx, c, cancel)
+				} else {
+					cancel()
+				}
+				return
+			}
+			select {
+			case lines <- line{b, err}:
+			case <-ctx.Done():
+				close(lines)
+				return
+			}
+			if err != nil {
+				close(lines)
+				return
+			}
+		}
+	}()
+	defer func() {
+		cancel()
+		c.Close()
+		<-readerDone
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+	}()
+	for {
+		var l line
+		var ok bool
+		select {
+		case l, ok = <-lines:
+		case <-ctx.Done():
+			return
+		}
+		if !ok {
+			return
+		}
+		if l.err != nil {
+			s.reply(c, errResponse(CodeBadRequest, fmt.Sprintf("request longer than %d bytes", MaxRequest)))
+			return
+		}
+		if len(bytes.TrimSpace(l.b)) == 0 {
+			continue
+		}
+		resp := s.do(ctx, l.b)
+		if ctx.Err() != nil && s.ctx.Err() != nil && resp.Error != "" {
+			resp = errResponse(CodeClosing, "server shutting down: "+resp.Error)
+		}
+		if err := s.reply(c, resp); err != nil {
+			return
+		}
+	}
+}
+
+// hangupPoll is how often a connection whose client has stopped sending
+// is checked for a hangup.
+const hangupPoll = 100 * time.Millisecond
+
+// watchHangup calls cancel once the peer of c has closed the connection
+// entirely (POLLHUP: both directions shut), or returns when ctx ends.
+func watchHangup(ctx context.Context, c *net.UnixConn, cancel context.CancelFunc) {
+	t := time.NewTicker(hangupPoll)
+	defer t.Stop()
+	for {
+		if peerGone(c) {
+			cancel()
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// peerGone reports whether the peer of c has hung up (or c is closed).
+func peerGone(c *net.UnixConn) bool {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return true
+	}
+	gone := true
+	if err := raw.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 0)
+		gone = err == nil && n > 0 && fds[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
+	}); err != nil {
+		return true
+	}
+	return gone
+}
+
+// readLine reads one line of at most max bytes (newline excluded).
+func readLine(br *bufio.Reader, max int) ([]byte, error) {
+	var buf []byte
+	for {
+		frag, err := br.ReadSlice('\n')
+		if len(buf)+len(frag) > max+1 {
+			return nil, errTooLong
+		}
+		buf = append(buf, frag...)
+		switch {
+		case err == nil:
+			return buf[:len(buf)-1], nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		default:
+			return nil, err // a partial last line is dropped with the connection
+		}
+	}
+}
+
+func (s *Server) reply(c net.Conn, r Response) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		b, _ = json.Marshal(errResponse(CodeFailed, "encode response: "+err.Error()))
+	}
+	c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_, err = c.Write(append(b, '\n'))
+	return err
+}
+
+func errResponse(code, msg string) Response { return Response{Error: msg, Code: code} }
+
+// do carries out one request.
+func (s *Server) do(ctx context.Context, b []byte) Response {
+	var req Request
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return errResponse(CodeBadRequest, "bad request: "+err.Error())
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errResponse(CodeBadRequest, "bad request: more than one JSON value on the line")
+	}
+	started := time.Now()
+	var resp Response
+	switch req.Op {
+	case OpStatus:
+		st := s.Status()
+		resp.Status = &st
+	case OpScrub:
+		resp = s.scrub(ctx, req)
+	case OpInject:
+		resp = s.inject(req)
+	default:
+		return errResponse(CodeBadRequest, fmt.Sprintf("unknown op %q (ops: %s, %s, %s)", req.Op, OpStatus, OpScrub, OpInject))
+	}
+	lvl := slog.LevelInfo
+	if req.Op == OpStatus {
+		lvl = slog.LevelDebug
+	}
+	s.log.Log(ctx, lvl, "control request", "op", req.Op, "repair", req.Repair, "data", req.Data,
+		"took", time.Since(started), "err", resp.Error)
+	return resp
+}
+
+// begin claims the one maintenance slot for op.
+func (s *Server) begin(op string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.running != "" {
+		return &RemoteError{Msg: s.running + " already running", Code: CodeBusy}
+	}
+	s.running = op
+	return nil
+}
+
+func (s *Server) end() {
+	s.mu.Lock()
+	s.running = ""
+	s.mu.Unlock()
+}
+
+func (s *Server) scrub(ctx context.Context, req Request) Response {
+	if req.Tree != "" || req.Kind != "" || req.Seed != 0 {
+		return errResponse(CodeBadRequest, "scrub takes repair and data only")
+	}
+	if err := s.begin(OpScrub); err != nil {
+		return errResponse(CodeBusy, err.Error())
+	}
+	defer s.end()
+	started := time.Now()
+	rep, err := repair.Scrub(ctx, s.fsys, s.mountpoint, repair.ScrubOptions{
+		Repair: req.Repair, Data: req.Data, TempDir: s.opts.TempDir, Logger: s.log, Mode: "online",
+	})
+	last := &Last{Finished: time.Now(), Repair: req.Repair, Data: req.Data, DurationS: time.Since(started).Seconds()}
+	if err != nil {
+		last.Status, last.Error = "failed", err.Error()
+	} else {
+		last.Status, last.Found, last.Repaired = rep.Status, rep.Found, rep.Repaired
+	}
+	s.mu.Lock()
+	s.last = last
+	s.scrubs++
+	s.mu.Unlock()
+	if err != nil {
+		return errResponse(CodeFailed, "scrub: "+err.Error())
+	}
+	return Response{Report: rep}
+}
+
+func (s *Server) inject(req Request) Response {
+	if req.Repair || req.Data {
+		return errResponse(CodeBadRequest, "inject takes tree, kind and seed only")
+	}
+	tree, ok := format.TreeByName(req.Tree)
+	if !ok {
+		return errResponse(CodeBadRequest, fmt.Sprintf("inject: unknown tree %q", req.Tree))
+	}
+	if !slices.Contains(repair.InjectKinds, req.Kind) {
+		return errResponse(CodeBadRequest, fmt.Sprintf("inject: unknown kind %q (kinds: %v)", req.Kind, repair.InjectKinds))
+	}
+	if err := s.begin(OpInject); err != nil {
+		return errResponse(CodeBusy, err.Error())
+	}
+	defer s.end()
+	res, err := repair.InjectOnline(s.fsys.Engine(), repair.InjectOptions{Tree: tree, Kind: req.Kind, Seed: req.Seed})
+	if err != nil {
+		return errResponse(CodeFailed, "inject: "+err.Error())
+	}
+	s.log.Warn("injected damage on request", "tree", res.Tree, "kind", res.Kind, "block", res.Block, "detail", res.Detail)
+	return Response{Inject: res}
+}
+
+// Status describes the mount now.
+func (s *Server) Status() Status {
+	e := s.fsys.Engine()
+	snap := e.Pin()
+	gen := uint64(snap.Gen())
+	snap.Release()
+	es := e.Stats()
+	fst := s.fsys.Stats()
+	ro, aborted := e.ReadOnly()
+	st := Status{
+		Protocol: ProtocolVersion, PID: os.Getpid(), Image: s.opts.Image, Mountpoint: s.mountpoint,
+		Started: s.started, Generation: gen, TotalBlocks: e.TotalBlocks(), FreeBlocks: es.FreeBlocks,
+		Commits: es.Commits, RmapSick: e.RmapSick(), ReadOnly: ro,
+		ReadErrors: es.ReadErrors, WriteErrors: es.WriteErrors, CsumErrors: es.CsumErrors,
+		FsyncLogged: fst.FsyncLogged, FsyncFull: fst.FsyncFull,
+	}
+	if aborted != nil {
+		st.Aborted = aborted.Error()
+	}
+	s.mu.Lock()
+	st.Running = s.running
+	if s.last != nil {
+		l := *s.last
+		st.LastScrub = &l
+	}
+	st.ScrubsServed = s.scrubs
+	s.mu.Unlock()
+	return st
+}

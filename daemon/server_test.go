@@ -1,0 +1,648 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/scrubd/scrubd/engine"
+	sfs "github.com/scrubd/scrubd/engine/fs"
+	"github.com/scrubd/scrubd/engine/fuse"
+	"github.com/scrubd/scrubd/repair"
+)
+
+// runtimeDir points XDG_RUNTIME_DIR at a fresh directory short enough for
+// socket paths.
+func runtimeDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "sd-rt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Setenv("XDG_RUNTIME_DIR", dir)
+	return dir
+}
+
+// openFS makes an image with a few files and mounts it in-process (no
+// FUSE); cleanup closes it and checks the image offline.
+func openFS(t *testing.T) (*sfs.FS, string) {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), "fs.img")
+	if err := engine.MkfsPath(img, 32<<20, false, engine.MkfsOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	fsys, err := sfs.OpenPath(img, sfs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"a", "b", "c"} {
+		a, err := fsys.Create(sfs.RootIno, name, sfs.NewInode{Mode: 0o644})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fsys.Write(a.Ino, []byte(strings.Repeat(name, 50_000)), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fsys.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			if err := fsys.Close(); err != nil {
+				t.Error(err)
+			}
+		}
+		rep, err := repair.CheckOffline(context.Background(), img, repair.Options{})
+		if err != nil || rep.Status != repair.StatusClean {
+			t.Errorf("offline check at cleanup: %v %+v", err, rep)
+		}
+	})
+	return fsys, img
+}
+
+// serve starts a server for fsys on a fresh directory.
+func serve(t *testing.T, fsys *sfs.FS, img string, opts Options) (*Server, string) {
+	t.Helper()
+	dir := t.TempDir()
+	opts.Image = img
+	s, err := Serve(context.Background(), fsys, dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, dir
+}
+
+func dial(t *testing.T, mnt string) *Client {
+	t.Helper()
+	c, err := Dial(mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestSocketPath(t *testing.T) {
+	rt := runtimeDir(t)
+	sum := sha256.Sum256([]byte("/mnt/data"))
+	want := filepath.Join(rt, "scrubd", hex.EncodeToString(sum[:])[:16]+".sock")
+	for _, p := range []string{"/mnt/data", "/mnt/data/", "/mnt//x/../data", "/mnt/./data"} {
+		if got := SocketPath(p); got != want {
+			t.Errorf("SocketPath(%q) = %s, want %s", p, got, want)
+		}
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if SocketPath("rel") != SocketPath(filepath.Join(wd, "rel")) {
+		t.Error("a relative mountpoint is not made absolute")
+	}
+	if SocketPath("/mnt/a") == SocketPath("/mnt/b") {
+		t.Error("two mountpoints share a socket")
+	}
+	t.Setenv("XDG_RUNTIME_DIR", "")
+	if got := SocketPath("/mnt/data"); !strings.HasPrefix(got, "/run/scrubd/") {
+		t.Errorf("without XDG_RUNTIME_DIR: %s", got)
+	}
+}
+
+func TestServeProtocol(t *testing.T) {
+	runtimeDir(t)
+	fsys, img := openFS(t)
+	s, dir := serve(t, fsys, img, Options{TempDir: t.TempDir()})
+
+	for path, want := range map[string]os.FileMode{s.SocketPath(): 0o600, filepath.Dir(s.SocketPath()): 0o700} {
+		fi, err := os.Lstat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v", path, fi.Mode().Perm(), want)
+		}
+	}
+	if s.SocketPath() != SocketPath(dir) {
+		t.Fatalf("server socket %s, SocketPath %s", s.SocketPath(), SocketPath(dir))
+	}
+
+	ctx := context.Background()
+	c := dial(t, dir)
+	st, err := c.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Image != img || st.Mountpoint != dir || st.Generation < 2 || st.RmapSick || st.PID != os.Getpid() || st.Protocol != ProtocolVersion || st.LastScrub != nil {
+		t.Fatalf("status: %+v", st)
+	}
+
+	rep, err := c.Scrub(ctx, false, true)
+	if err != nil || rep.Status != repair.StatusClean || rep.Mode != "online" || rep.Target != dir {
+		t.Fatalf("scrub of a healthy fs: %v %+v", err, rep)
+	}
+	inj, err := c.Inject(ctx, "rmap", repair.KindZero, 7)
+	if err != nil || inj.Tree != "rmap" || inj.Kind != repair.KindZero {
+		t.Fatalf("inject: %v %+v", err, inj)
+	}
+	rep, err = c.Scrub(ctx, false, false)
+	if err != nil || rep.Status != repair.StatusUncorrected || rep.ExitCode() != repair.ExitUncorrected {
+		t.Fatalf("scrub after damage: %v %+v", err, rep)
+	}
+	rep, err = c.Scrub(ctx, true, false)
+	if err != nil || rep.Status != repair.StatusCorrected || rep.ExitCode() != repair.ExitCorrected || len(rep.Rebuilds) == 0 {
+		t.Fatalf("scrub --repair: %v %+v", err, rep)
+	}
+	rep, err = c.Scrub(ctx, false, true)
+	if err != nil || rep.Status != repair.StatusClean {
+		t.Fatalf("scrub after repair: %v %+v", err, rep)
+	}
+	st, err = c.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.LastScrub == nil || st.LastScrub.Status != repair.StatusClean || !st.LastScrub.Data || st.ScrubsServed != 4 || st.RmapSick || st.Running != "" {
+		t.Fatalf("status after scrubs: %+v %+v", st, st.LastScrub)
+	}
+
+	// Bad inject arguments are refused before anything is touched.
+	for _, args := range [][2]string{{"nope", "bitflip"}, {"rmap", "nope"}, {"", ""}} {
+		_, err := c.Inject(ctx, args[0], args[1], 1)
+		var re *RemoteError
+		if !errors.As(err, &re) || re.Code != CodeBadRequest {
+			t.Errorf("inject %v: %v", args, err)
+		}
+	}
+	_, err = c.Inject(ctx, "inode", repair.KindWrongOwner, 1)
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Code != CodeFailed || !strings.Contains(err.Error(), "rmap tree only") {
+		t.Errorf("inject wrong-owner into inode: %v", err)
+	}
+
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(s.SocketPath()); !os.IsNotExist(err) {
+		t.Fatalf("socket after Close: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := c.Status(ctx); err == nil {
+		t.Fatal("status answered after Close")
+	}
+	if _, err := Dial(dir); !errors.Is(err, ErrNotServed) {
+		t.Fatalf("Dial after Close: %v", err)
+	}
+}
+
+// rawConn is a connection speaking the protocol by hand.
+type rawConn struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func rawDial(t *testing.T, path string) *rawConn {
+	t.Helper()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	return &rawConn{t: t, c: c, br: bufio.NewReader(c)}
+}
+
+func (r *rawConn) send(s string) {
+	r.t.Helper()
+	if _, err := r.c.Write([]byte(s)); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func (r *rawConn) recv() Response {
+	r.t.Helper()
+	line, err := r.br.ReadBytes('\n')
+	if err != nil {
+		r.t.Fatalf("reading a response: %v", err)
+	}
+	var resp Response
+	if err := json.Unmarshal(line, &resp); err != nil {
+		r.t.Fatalf("response %q: %v", line, err)
+	}
+	return resp
+}
+
+func TestServeBadRequests(t *testing.T) {
+	runtimeDir(t)
+	fsys, img := openFS(t)
+	s, _ := serve(t, fsys, img, Options{})
+	r := rawDial(t, s.SocketPath())
+	for _, c := range []struct{ req, want string }{
+		{`{"op":"frobnicate"}`, `unknown op "frobnicate"`},
+		{`{"op":"status"`, "bad request"},
+		{`not json`, "bad request"},
+		{`{"op":"status","verbose":true}`, `unknown field "verbose"`},
+		{`{"op":"status"} {"op":"status"}`, "more than one JSON value"},
+		{`{"op":"scrub","tree":"rmap"}`, "scrub takes repair and data only"},
+		{`{"op":"inject","tree":"rmap","kind":"bitflip","repair":true}`, "inject takes tree, kind and seed only"},
+		{`[]`, "bad request"},
+	} {
+		r.send(c.req + "\n")
+		resp := r.recv()
+		if resp.Code != CodeBadRequest || !strings.Contains(resp.Error, c.want) {
+			t.Errorf("%s: got %+v, want an error containing %q", c.req, resp, c.want)
+		}
+	}
+	// Blank lines are skipped; requests on one connection are answered in
+	// order, pipelined or not.
+	r.send("\n  \n{\"op\":\"status\"}\n{\"op\":\"scrub\"}\n{\"op\":\"status\"}\n")
+	if resp := r.recv(); resp.Status == nil {
+		t.Fatalf("first pipelined answer: %+v", resp)
+	}
+	if resp := r.recv(); resp.Report == nil || resp.Report.Status != repair.StatusClean {
+		t.Fatalf("second pipelined answer: %+v", resp)
+	}
+	if resp := r.recv(); resp.Status == nil || resp.Status.ScrubsServed != 1 {
+		t.Fatalf("third pipelined answer: %+v", resp)
+	}
+
+	// A request over the bound is refused and the connection closed.
+	big := rawDial(t, s.SocketPath())
+	go big.c.Write([]byte(`{"op":"status","tree":"` + strings.Repeat("x", MaxRequest) + "\"}\n"))
+	if resp := big.recv(); resp.Code != CodeBadRequest || !strings.Contains(resp.Error, "longer than") {
+		t.Fatalf("oversized request: %+v", resp)
+	}
+	if _, err := big.br.ReadByte(); err == nil {
+		t.Fatal("connection still open after an oversized request")
+	}
+	// Exactly at the bound is fine.
+	ok := rawDial(t, s.SocketPath())
+	pad := MaxRequest - len(`{"op":"status","tree":""}`)
+	ok.send(`{"op":"status","tree":"` + strings.Repeat("x", pad) + "\"}\n")
+	if resp := ok.recv(); resp.Status == nil {
+		t.Fatalf("request of exactly MaxRequest bytes: %+v", resp)
+	}
+}
+
+func TestServeOneScrubAtATime(t *testing.T) {
+	runtimeDir(t)
+	fsys, img := openFS(t)
+	s, dir := serve(t, fsys, img, Options{})
+	if err := s.begin(OpScrub); err != nil { // a scrub "runs"
+		t.Fatal(err)
+	}
+	c := dial(t, dir)
+	ctx := context.Background()
+	_, err := c.Scrub(ctx, true, false)
+	if !errors.Is(err, ErrBusy) || err.Error() != "scrub already running" {
+		t.Fatalf("second scrub: %v", err)
+	}
+	if _, err := c.Inject(ctx, "rmap", "bitflip", 1); !errors.Is(err, ErrBusy) {
+		t.Fatalf("inject during a scrub: %v", err)
+	}
+	st, err := c.Status(ctx)
+	if err != nil || st.Running != OpScrub {
+		t.Fatalf("status during a scrub: %v %+v", err, st)
+	}
+	s.end()
+	if rep, err := c.Scrub(ctx, false, false); err != nil || rep.Status != repair.StatusClean {
+		t.Fatalf("scrub after the first ended: %v", err)
+	}
+}
+
+func TestServeRejectsOtherUID(t *testing.T) {
+	runtimeDir(t)
+	fsys, img := openFS(t)
+	s, dir := serve(t, fsys, img, Options{})
+	s.mu.Lock()
+	s.uid = os.Geteuid() + 1 // as if the server ran as someone else
+	s.mu.Unlock()
+	r := rawDial(t, s.SocketPath())
+	if resp := r.recv(); resp.Code != CodeDenied {
+		t.Fatalf("peer with another uid: %+v", resp)
+	}
+	if _, err := r.br.ReadByte(); err == nil {
+		t.Fatal("connection of another uid left open")
+	}
+	c := dial(t, dir)
+	if _, err := c.Status(context.Background()); err == nil {
+		t.Fatal("status answered to another uid")
+	}
+	s.mu.Lock()
+	s.uid = os.Geteuid()
+	s.mu.Unlock()
+	if _, err := dial(t, dir).Status(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestServeMaxConns(t *testing.T) {
+	runtimeDir(t)
+	fsys, img := openFS(t)
+	_, dir := serve(t, fsys, img, Options{MaxConns: 1})
+	ctx := context.Background()
+	first := dial(t, dir)
+	if _, err := first.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, err := dial(t, dir).Status(ctx)
+	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "too many connections") {
+		t.Fatalf("connection over the limit: %v", err)
+	}
+	first.Close()
+	// The slot is freed once the server has seen the close.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := dial(t, dir).Status(ctx)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("slot never freed: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestServeLifecycle(t *testing.T) {
+	rt := runtimeDir(t)
+	fsys, img := openFS(t)
+
+	// A loose scrubd directory is tightened to 0700.
+	if err := os.Mkdir(filepath.Join(rt, "scrubd"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := Serve(ctx, fsys, dir, Options{Image: img})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(rt, "scrubd")); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("scrubd directory: %v %v", fi.Mode(), err)
+	}
+	// A second server for the same mountpoint is refused; the first
+	// keeps its socket.
+	if _, err := Serve(context.Background(), fsys, dir, Options{}); err == nil || !strings.Contains(err.Error(), "already serves") {
+		t.Fatalf("second Serve: %v", err)
+	}
+	if _, err := dial(t, dir).Status(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Cancelling the context closes the server and removes the socket.
+	cancel()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(s.SocketPath()); !os.IsNotExist(err) {
+		t.Fatalf("socket after cancel: %v", err)
+	}
+
+	// A stale socket (its server died without removing it) is replaced.
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: SocketPath(dir), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	s, err = Serve(context.Background(), fsys, dir, Options{})
+	if err != nil {
+		t.Fatalf("Serve over a stale socket: %v", err)
+	}
+	if _, err := dial(t, dir).Status(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	// Something else where the socket goes is left alone.
+	if err := os.WriteFile(SocketPath(dir), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Serve(context.Background(), fsys, dir, Options{}); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("Serve over a regular file: %v", err)
+	}
+	os.Remove(SocketPath(dir))
+
+	// A socket path too long for sun_path is a clear error.
+	t.Setenv("XDG_RUNTIME_DIR", "/"+strings.Repeat("x", 120))
+	if _, err := Serve(context.Background(), fsys, dir, Options{}); err == nil || !strings.Contains(err.Error(), "longer than") {
+		t.Fatalf("Serve with a long runtime dir: %v", err)
+	}
+}
+
+// TestServeSymlinkedMountpoint: the server names its socket after the
+// resolved mountpoint; clients find it through either spelling.
+func TestServeSymlinkedMountpoint(t *testing.T) {
+	runtimeDir(t)
+	fsys, img := openFS(t)
+	real := t.TempDir()
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Serve(context.Background(), fsys, link, Options{Image: img})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Mountpoint() != real || s.SocketPath() != SocketPath(real) {
+		t.Fatalf("server on %s: mountpoint %s socket %s", link, s.Mountpoint(), s.SocketPath())
+	}
+	for _, p := range []string{real, link} {
+		st, err := dial(t, p).Status(context.Background())
+		if err != nil || st.Mountpoint != real {
+			t.Fatalf("status through %s: %v %+v", p, err, st)
+		}
+	}
+}
+
+func TestClientCancel(t *testing.T) {
+	runtimeDir(t)
+	fsys, img := openFS(t)
+	_, dir := serve(t, fsys, img, Options{})
+	c := dial(t, dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := c.Scrub(ctx, false, false); !errors.Is(err, context.Canceled) {
+		t.Fatalf("scrub with a cancelled context: %v", err)
+	}
+	// A deadline that passes while waiting makes the client unusable, but
+	// not the server.
+	ctx, cancel = context.WithTimeout(context.Background(), time.Nanosecond)
+	defer cancel()
+	<-ctx.Done()
+	if _, err := c.Status(ctx); err == nil {
+		t.Fatal("status with an expired context")
+	}
+	if _, err := dial(t, dir).Status(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestParseMountinfo(t *testing.T) {
+	line := `36 35 0:33 / /mnt/with\040space rw,nosuid,nodev,relatime shared:1 - fuse.scrubd /images/a\040b.img rw,user_id=0,group_id=0`
+	mnt, typ, src, ok := parseMountinfo(line)
+	if !ok || mnt != "/mnt/with space" || typ != "fuse.scrubd" || src != "/images/a b.img" {
+		t.Fatalf("parseMountinfo: %q %q %q %v", mnt, typ, src, ok)
+	}
+	if _, _, _, ok := parseMountinfo("garbage"); ok {
+		t.Fatal("parsed garbage")
+	}
+	if got := unescapeMountinfo(`a\134b\011c\`); got != "a\\b\tc\\" {
+		t.Fatalf("unescape: %q", got)
+	}
+}
+
+func needFuse(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("FUSE tests need root")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skipf("no /dev/fuse: %v", err)
+	}
+	if _, err := exec.LookPath("fusermount3"); err != nil {
+		t.Skip("no fusermount3")
+	}
+}
+
+// TestDiscoverFUSE: IsServed and MountedImage against a real FUSE mount.
+func TestDiscoverFUSE(t *testing.T) {
+	needFuse(t)
+	runtimeDir(t)
+	fsys, img := openFS(t)
+	dir := t.TempDir()
+	srv, err := fuse.Mount(fsys, dir, fuse.Options{FsName: img})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unmounted := false
+	t.Cleanup(func() {
+		if !unmounted {
+			if err := srv.Unmount(); err != nil {
+				syscall.Unmount(dir, syscall.MNT_DETACH)
+				exec.Command("fusermount3", "-u", "-z", dir).Run()
+			}
+		}
+	})
+	if IsServed(dir) {
+		t.Fatal("IsServed before the control server runs")
+	}
+	if mnt, ok := MountedImage(img); !ok || mnt != dir {
+		t.Fatalf("MountedImage(%s) = %q %v, want %s", img, mnt, ok, dir)
+	}
+	s, err := Serve(context.Background(), fsys, dir, Options{Image: img})
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{dir, dir + "/", link} {
+		if mnt, ok := Discover(p); !ok || mnt != dir {
+			t.Errorf("Discover(%s) = %q %v", p, mnt, ok)
+		}
+	}
+	for _, p := range []string{img, filepath.Dir(dir), filepath.Join(dir, "a"), "/nonexistent"} {
+		if IsServed(p) {
+			t.Errorf("IsServed(%s) = true", p)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "through-fuse"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := dial(t, dir).Scrub(context.Background(), false, true); err != nil || rep.Status != repair.StatusClean {
+		t.Fatalf("scrub of the mount: %v %+v", err, rep)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if IsServed(dir) {
+		t.Fatal("IsServed after Close")
+	}
+	if err := srv.Unmount(); err != nil {
+		t.Fatal(err)
+	}
+	unmounted = true
+	if _, ok := MountedImage(img); ok {
+		t.Fatal("MountedImage after unmount")
+	}
+}
+
+// TestServeHalfClose: a client that shuts its writing half after sending
+// still gets every answer; then the server closes.
+func TestServeHalfClose(t *testing.T) {
+	runtimeDir(t)
+	fsys, img := openFS(t)
+	s, _ := serve(t, fsys, img, Options{})
+	r := rawDial(t, s.SocketPath())
+	r.send("{\"op\":\"status\"}\n{\"op\":\"scrub\",\"data\":true}\n")
+	if err := r.c.(*net.UnixConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if resp := r.recv(); resp.Status == nil {
+		t.Fatalf("first answer: %+v", resp)
+	}
+	if resp := r.recv(); resp.Report == nil || resp.Report.Status != repair.StatusClean {
+		t.Fatalf("second answer: %+v", resp)
+	}
+	if _, err := r.br.ReadByte(); err == nil {
+		t.Fatal("connection still open after the last answer")
+	}
+}
+
+// TestPeerGone: a half-closed peer is still there; a closed one is gone.
+func TestPeerGone(t *testing.T) {
+	path := filepath.Join(runtimeDir(t), "p.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	cl, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	sv, err := l.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sv.Close()
+	if peerGone(sv) {
+		t.Fatal("peer gone while connected")
+	}
+	cl.CloseWrite()
+	if peerGone(sv) {
+		t.Fatal("peer gone after it only shut its writing half")
+	}
+	cl.Close()
+	if !peerGone(sv) {
+		t.Fatal("peer not gone after it closed")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { watchHangup(context.Background(), sv, cancel); close(done) }()
+	select {
+	case <-ctx.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("watchHangup did not see the hangup")
+	}
+	<-done
+}
