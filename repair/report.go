@@ -97,11 +97,13 @@ func (r *Report) markRepaired(before, left []engine.Finding) {
 			}
 		}
 		r.Repaired += s.Repaired
-		for _, f := range leftBy[s.Name] {
-			if still > s.Found {
-				// A new finding the first check did not have.
+		if extra := still - s.Found; extra > 0 {
+			// Findings the first check did not have: count and list them.
+			for _, f := range leftBy[s.Name][len(leftBy[s.Name])-extra:] {
 				s.Findings = append(s.Findings, FindingReport{ID: uint32(f.ID), Name: f.Name, Block: uint64(f.Block), Detail: "after repair: " + f.Detail})
 			}
+			s.Found += extra
+			r.Found += extra
 		}
 	}
 	switch {

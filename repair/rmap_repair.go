@@ -2,6 +2,7 @@ package repair
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"iter"
 	"slices"
@@ -56,6 +57,39 @@ import (
 type RmapRebuildOptions struct {
 	TempDir string  // for the xfile; "" means $TMPDIR
 	Fill    float64 // bulk-load fill factor; 0 means 0.9
+	// Yield is the share of the scan's time spent sleeping, leaving the
+	// CPU to writers: 0 means DefaultYield, negative means none.
+	Yield float64
+}
+
+// DefaultYield lets the scan use about half of one core's time.
+const DefaultYield = 0.5
+
+// throttle sleeps for yield/(1-yield) of the time worked since the last
+// sleep, in slices of at least a millisecond.
+type throttle struct {
+	yield float64
+	since time.Time
+	n     int
+}
+
+func (t *throttle) tick() {
+	if t.yield <= 0 {
+		return
+	}
+	if t.n++; t.n%256 != 0 {
+		return
+	}
+	if t.since.IsZero() {
+		t.since = time.Now()
+		return
+	}
+	worked := time.Since(t.since)
+	if worked < time.Millisecond {
+		return
+	}
+	time.Sleep(time.Duration(float64(worked) * t.yield / (1 - t.yield)))
+	t.since = time.Now()
 }
 
 // RmapRebuildResult describes a rebuild.
@@ -138,6 +172,9 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	if opts.Fill == 0 {
 		opts.Fill = 0.9
 	}
+	if opts.Yield == 0 {
+		opts.Yield = DefaultYield
+	}
 	store, err := xfile.NewBTreeStore(xfile.Options{Dir: opts.TempDir, Name: "rmap shadow"})
 	if err != nil {
 		return nil, err
@@ -165,7 +202,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	sh.mu.Lock()
 	sh.after = snap.Gen()
 	sh.mu.Unlock()
-	scanned, err := scanRmap(ctx, snap, tr)
+	scanned, err := scanRmap(ctx, snap, tr, &throttle{yield: min(opts.Yield, 0.9)})
 	snap.Release()
 	if err != nil {
 		return nil, err
@@ -374,9 +411,12 @@ func treeRecords(t *eb.Tree, err *error) iter.Seq2[format.Key, []byte] {
 
 // scanRmap puts into shadow every rmap record generation s implies and
 // returns the blocks of the old rmap tree (which are among them).
-func scanRmap(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree) ([]format.BlockNr, error) {
+func scanRmap(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree, th *throttle) ([]format.BlockNr, error) {
+	var val [format.RmapItemSize]byte
 	put := func(start format.BlockNr, o format.Owner, n uint64) error {
-		return shadow.Put(format.RmapKey(start, o), format.RmapItem{Len: n}.Encode())
+		th.tick()
+		binary.LittleEndian.PutUint64(val[:], n)
+		return shadow.Put(format.RmapKey(start, o), val[:])
 	}
 	sb := s.Super()
 	for _, b := range format.SuperBlocks(sb.TotalBlocks) {
@@ -431,7 +471,9 @@ func scanRmap(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree) ([]forma
 				}
 			},
 			Problem: func(p eb.Problem) {
-				if bad == nil && p.Kind != format.KindItemCount {
+				// Even a wrong item count disqualifies a source tree: it
+				// means a record went missing.
+				if bad == nil {
 					pp := p
 					bad = &pp
 				}

@@ -93,18 +93,25 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 	return rep, nil
 }
 
-// needsRmapRebuild reports whether findings are ones an rmap rebuild fixes.
+// needsRmapRebuild reports whether the findings are ones an rmap rebuild
+// fixes, and only those: the rebuild derives the rmap from every other
+// tree, so damage anywhere else (a missing file extent item would otherwise
+// take its extent's reverse mapping with it) makes it refuse, and the
+// report says uncorrected.
 func needsRmapRebuild(fs []engine.Finding) bool {
+	rmap := false
 	for _, f := range fs {
 		switch {
 		case f.Tree == format.TreeRmap:
-			return true
+			rmap = true
 		case f.ID == engine.ErrRmapMissing || f.ID == engine.ErrRmapOrphan || f.ID == engine.ErrRmapLength ||
 			f.ID == engine.ErrAllocRefcount || f.ID == engine.ErrRmapDataOwner || f.ID == engine.ErrExtentNoRmap:
-			return true
+			rmap = true
+		default:
+			return false
 		}
 	}
-	return false
+	return rmap
 }
 
 func checkEngine(ctx context.Context, e *engine.Engine) (*engine.CheckResult, []engine.Finding, error) {

@@ -2,6 +2,7 @@ package repair
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -109,5 +110,44 @@ func TestScrubNoFalsePositivesUnderLoad(t *testing.T) {
 	wg.Wait()
 	if w.err != nil {
 		t.Fatal(w.err)
+	}
+}
+
+// TestRepairRefusesDamagedSources: damage to a tree the rmap is derived
+// from (a file extent record dropped) must not be "repaired" by rebuilding
+// the rmap from it, which would lose the extent's last record.
+func TestRepairRefusesDamagedSources(t *testing.T) {
+	img := newImage(t)
+	f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 30; i++ {
+		a, _ := f.Create(fs.RootIno, fmt.Sprintf("f%d", i), fs.NewInode{Mode: 0o644})
+		f.Write(a.Ino, make([]byte, 20000), 0)
+	}
+	f.Close()
+	if _, err := InjectOffline(img, InjectOptions{Tree: format.TreeExtent, Kind: KindDropRecord, Seed: 1}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := CheckOffline(context.Background(), img, Options{})
+	if err != nil || before.Found == 0 {
+		t.Fatalf("damage not found: %v %+v", err, before)
+	}
+	f, err = fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Scrub(context.Background(), f, img, ScrubOptions{Repair: true, Mode: "offline"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if rep.Status != StatusUncorrected || rep.Repaired != 0 || len(rep.Rebuilds) != 0 {
+		t.Fatalf("repair from a damaged extent tree: status %s repaired %d rebuilds %d", rep.Status, rep.Repaired, len(rep.Rebuilds))
+	}
+	after, err := CheckOffline(context.Background(), img, Options{})
+	if err != nil || after.Found != before.Found {
+		t.Fatalf("the image changed: %d findings before, %d after (%v)", before.Found, after.Found, err)
 	}
 }

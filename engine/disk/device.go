@@ -42,6 +42,10 @@ var (
 	// ErrClosed is wrapped by errors from operations on a closed device.
 	// It is fs.ErrClosed, so it matches what *os.File reports.
 	ErrClosed = fs.ErrClosed
+	// ErrBusy is wrapped by errors from Open and Create when another
+	// process has the image open (a mount, a repair): an image is written
+	// by one process at a time.
+	ErrBusy = errors.New("disk: image is in use by another process")
 	// ErrInjected is the error Faulty returns for a fault injected with a
 	// nil error.
 	ErrInjected = errors.New("disk: injected fault")

@@ -32,6 +32,10 @@ func Open(path string, readOnly bool) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("disk: open: %w", err)
 	}
+	if err := lockFile(f, !readOnly); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("disk: open %s: %w", path, err)
+	}
 	size, err := deviceSize(f)
 	if err != nil {
 		f.Close()
@@ -74,8 +78,11 @@ func Create(path string, size int64, force bool) (*File, error) {
 		return nil, fmt.Errorf("disk: create: %w", err)
 	}
 	// Check again on the open descriptor: the path may have changed since
-	// the Stat.
-	fi, err = f.Stat()
+	// the Stat. And never overwrite an image another process has open.
+	err = lockFile(f, true)
+	if err == nil {
+		fi, err = f.Stat()
+	}
 	if err == nil {
 		err = checkCreate(fi, force)
 	}
@@ -116,6 +123,12 @@ func isBlockDevice(fi fs.FileInfo) bool {
 // with another creator an ErrExists rather than an overwrite.
 func createNew(path string, size int64) (*File, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err == nil {
+		if lerr := lockFile(f, true); lerr != nil {
+			f.Close()
+			return nil, fmt.Errorf("disk: create %s: %w", path, lerr)
+		}
+	}
 	if errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("disk: create %s: created concurrently: %w", path, ErrExists)
 	}

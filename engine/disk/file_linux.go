@@ -49,3 +49,35 @@ func blockDeviceSize(f *os.File) (int64, error) {
 	}
 	return seekEndSize(f)
 }
+
+// lockFile takes a non-blocking flock on f: exclusive for read-write use,
+// shared for read-only, so two processes never write one image at once and
+// no one reads an image another process is writing through a mount.
+func lockFile(f *os.File, exclusive bool) error {
+	how := unix.LOCK_SH | unix.LOCK_NB
+	if exclusive {
+		how = unix.LOCK_EX | unix.LOCK_NB
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var lerr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			lerr = unix.Flock(int(fd), how)
+			if lerr != unix.EINTR {
+				return
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	if lerr == unix.EWOULDBLOCK {
+		return ErrBusy
+	}
+	if lerr != nil {
+		return &os.SyscallError{Syscall: "flock", Err: lerr}
+	}
+	return nil
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 )
@@ -59,4 +60,32 @@ func TestBlockDevice(t *testing.T) {
 		}
 		c.Close()
 	}
+}
+
+func TestImageLock(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img")
+	w, err := Create(path, 1<<20, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(path, false); !errors.Is(err, ErrBusy) {
+		t.Fatalf("second read-write open: %v, want ErrBusy", err)
+	}
+	if _, err := Open(path, true); !errors.Is(err, ErrBusy) {
+		t.Fatalf("read-only open of an image open for writing: %v, want ErrBusy", err)
+	}
+	if _, err := Create(path, 1<<20, true); !errors.Is(err, ErrBusy) {
+		t.Fatalf("forced create over an open image: %v, want ErrBusy", err)
+	}
+	w.Close()
+	r1, err := Open(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := Open(path, true)
+	if err != nil {
+		t.Fatalf("two readers: %v", err)
+	}
+	r1.Close()
+	r2.Close()
 }

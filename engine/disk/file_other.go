@@ -13,3 +13,6 @@ func fdatasync(f *os.File) error {
 func blockDeviceSize(f *os.File) (int64, error) {
 	return seekEndSize(f)
 }
+
+// lockFile is a no-op where flock is not used.
+func lockFile(f *os.File, exclusive bool) error { return nil }
