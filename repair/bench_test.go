@@ -126,29 +126,7 @@ func BenchmarkRmapRebuild(b *testing.B) {
 			return float64(ops.Load()) / el.Seconds(), worst
 		}
 		idleRate, idleWorst := measure(2*time.Second, nil)
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		base := ms.HeapInuse
-		var peak atomic.Uint64
-		sampleStop := make(chan struct{})
-		var swg sync.WaitGroup
-		swg.Add(1)
-		go func() {
-			defer swg.Done()
-			for {
-				select {
-				case <-sampleStop:
-					return
-				case <-time.After(5 * time.Millisecond):
-				}
-				var m runtime.MemStats
-				runtime.ReadMemStats(&m)
-				if m.HeapInuse > peak.Load() {
-					peak.Store(m.HeapInuse)
-				}
-			}
-		}()
+		growth := heapGrowth()
 		var res *RmapRebuildResult
 		b.ResetTimer()
 		rate, worst := measure(0, func() {
@@ -159,12 +137,10 @@ func BenchmarkRmapRebuild(b *testing.B) {
 			}
 		})
 		b.StopTimer()
-		close(sampleStop)
-		swg.Wait()
-		growth := int64(peak.Load()) - int64(base)
+		grown := growth()
 		b.ReportMetric(res.Duration.Seconds(), "rebuild-s")
 		b.ReportMetric(float64(res.Records), "records")
-		b.ReportMetric(float64(max(growth, 0))/(1<<20), "heap-growth-MiB")
+		b.ReportMetric(float64(grown)/(1<<20), "heap-growth-MiB")
 		b.ReportMetric(float64(res.XfileBytes)/(1<<20), "xfile-MiB")
 		b.ReportMetric(float64(res.ExclusivePause.Microseconds())/1000, "exclusive-ms")
 		b.ReportMetric(float64(worst.Microseconds())/1000, "longest-writer-op-ms")
@@ -172,33 +148,11 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		b.ReportMetric(100*rate/idleRate, "writer-%-of-idle")
 		// The rebuild's own heap: a second rebuild with no writer running
 		// (the writer's garbage would otherwise count).
-		runtime.GC()
-		runtime.ReadMemStats(&ms)
-		base = ms.HeapInuse
-		peak.Store(base)
-		sampleStop = make(chan struct{})
-		swg.Add(1)
-		go func() {
-			defer swg.Done()
-			for {
-				select {
-				case <-sampleStop:
-					return
-				case <-time.After(2 * time.Millisecond):
-				}
-				var m runtime.MemStats
-				runtime.ReadMemStats(&m)
-				if m.HeapInuse > peak.Load() {
-					peak.Store(m.HeapInuse)
-				}
-			}
-		}()
+		growth = heapGrowth()
 		if _, err := RebuildRmap(context.Background(), e, RmapRebuildOptions{TempDir: b.TempDir()}); err != nil {
 			b.Fatal(err)
 		}
-		close(sampleStop)
-		swg.Wait()
-		b.ReportMetric(float64(int64(peak.Load())-int64(base))/(1<<20), "alone-heap-growth-MiB")
+		b.ReportMetric(float64(growth())/(1<<20), "alone-heap-growth-MiB")
 		b.Logf("rebuild %+v; writer %.0f ops/s during vs %.0f idle", *res, rate, idleRate)
 	})
 }
@@ -273,5 +227,40 @@ func BenchmarkScrub(b *testing.B) {
 				b.ReportMetric(el, "s")
 			}
 		})
+	}
+}
+
+// heapGrowth starts sampling the Go heap (HeapInuse, every 2 ms, from a
+// level taken after a GC) and returns a function that stops and returns the
+// peak growth in bytes.
+func heapGrowth() func() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	base := ms.HeapInuse
+	var peak atomic.Uint64
+	peak.Store(base)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			if m.HeapInuse > peak.Load() {
+				peak.Store(m.HeapInuse)
+			}
+		}
+	}()
+	return func() uint64 {
+		close(stop)
+		wg.Wait()
+		return peak.Load() - base
 	}
 }
