@@ -54,6 +54,11 @@ const (
 	ErrExtentNoAlloc   ErrorID = 45 // file extent item pointing at an unallocated extent
 	ErrCsumMissing     ErrorID = 46 // data extent without its checksum item
 	ErrCsumOrphan      ErrorID = 47 // checksum item for no data extent
+	ErrNlink           ErrorID = 70 // inode link count differs from the entries naming it
+	ErrDirentDangling  ErrorID = 71 // directory entry naming a missing inode
+	ErrDirentType      ErrorID = 72 // directory entry's type differs from the inode's
+	ErrDirentIndex     ErrorID = 73 // name entry without its index twin, or the reverse
+	ErrDirNotDir       ErrorID = 74 // entries under an inode that is not a directory
 	ErrFreeOverlap     ErrorID = 50
 	ErrSpaceLost       ErrorID = 51
 	ErrFreeNotMerged   ErrorID = 52
@@ -73,6 +78,8 @@ var errorNames = map[ErrorID]string{
 	ErrRmapMissing: "rmap_missing", ErrRmapOrphan: "rmap_orphan", ErrRmapLength: "rmap_length",
 	ErrRmapDataOwner: "rmap_data_owner", ErrExtentNoRmap: "extent_no_rmap", ErrExtentNoAlloc: "extent_no_alloc",
 	ErrCsumMissing: "csum_missing", ErrCsumOrphan: "csum_orphan",
+	ErrNlink: "nlink_mismatch", ErrDirentDangling: "dirent_dangling", ErrDirentType: "dirent_type",
+	ErrDirentIndex: "dirent_index", ErrDirNotDir: "dirent_parent_not_dir",
 	ErrFreeOverlap: "free_overlap", ErrSpaceLost: "space_lost", ErrFreeNotMerged: "free_not_merged",
 	ErrBlockCrossLink: "block_cross_linked", ErrRmapSick: "rmap_sick", ErrDataChecksum: "data_checksum",
 }
@@ -201,6 +208,7 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 	var frees []extent
 	var fexts []fileExt
 	csums := map[format.BlockNr]uint64{}
+	ns := &namespace{inodes: map[uint64]nsInode{}, deleted: map[uint64]bool{}}
 	for _, id := range s.Trees() {
 		if err := ctx.Err(); err != nil {
 			return res, err
@@ -246,6 +254,27 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 						return
 					}
 					rmaps = append(rmaps, rmapRec{format.BlockNr(k.Obj), ri.Len, o})
+				case format.TreeInode:
+					if k.Type == format.TypeInodeItem {
+						in, err := format.DecodeInodeItem(val)
+						if err != nil {
+							report(finding(ErrItemBad, id, tr.Root.Block, "inode item %d: %v", k.Obj, err))
+							return
+						}
+						ns.inodes[k.Obj] = nsInode{mode: in.Mode, nlink: in.Nlink}
+					}
+				case format.TreeDeleted:
+					ns.deleted[k.Obj] = true
+				case format.TreeDir:
+					if k.Type != format.TypeDirEntry && k.Type != format.TypeDirIndex {
+						return
+					}
+					de, err := format.DecodeDirEntry(val)
+					if err != nil {
+						report(finding(ErrItemBad, id, tr.Root.Block, "directory entry %s: %v", k, err))
+						return
+					}
+					ns.dirents = append(ns.dirents, nsDirent{dir: k.Obj, index: k.Type == format.TypeDirIndex, de: de})
 				case format.TreeExtent:
 					if k.Type != format.TypeFileExtent {
 						return
@@ -289,6 +318,9 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 	if !missing {
 		s.crossCheck(res, broken, refs, allocs, rmaps, frees, report)
 		s.crossCheckData(broken, allocs, rmaps, fexts, csums, report)
+		if !broken[format.TreeInode] && !broken[format.TreeDir] {
+			ns.check(report)
+		}
 	}
 	// Per-tree finding counts include cross-reference findings.
 	for i := range res.Trees {
@@ -524,3 +556,88 @@ func (s *Snapshot) crossCheckData(broken map[format.TreeID]bool, allocs []allocR
 		}
 	}
 }
+
+// The namespace: inode link counts against the directory entries naming
+// them.
+
+type nsInode struct {
+	mode  uint32
+	nlink uint32
+}
+
+type nsDirent struct {
+	dir   uint64
+	index bool
+	de    format.DirEntry
+}
+
+type namespace struct {
+	inodes  map[uint64]nsInode
+	deleted map[uint64]bool
+	dirents []nsDirent
+}
+
+const (
+	modeType = 0o170000
+	modeDir  = 0o040000
+)
+
+func (ns *namespace) check(report func(Finding)) {
+	if len(ns.inodes) == 0 {
+		return // no filesystem on this image (engine-only use)
+	}
+	links := map[uint64]uint32{}
+	subdirs := map[uint64]uint32{}
+	type twin struct {
+		dir, ino, index uint64
+		name            string
+	}
+	names := map[twin]int{}
+	for _, d := range ns.dirents {
+		t := twin{d.dir, d.de.Ino, d.de.Index, d.de.Name}
+		if d.index {
+			names[t]--
+			continue
+		}
+		names[t]++
+		parent, ok := ns.inodes[d.dir]
+		if ok && parent.mode&modeType != modeDir {
+			report(finding(ErrDirNotDir, format.TreeDir, 0, "entry %q under inode %d, which is not a directory", d.de.Name, d.dir))
+		}
+		in, ok := ns.inodes[d.de.Ino]
+		if !ok {
+			report(finding(ErrDirentDangling, format.TreeDir, 0, "entry %q in directory %d names inode %d, which does not exist", d.de.Name, d.dir, d.de.Ino))
+			continue
+		}
+		if uint32(d.de.Type) != (in.mode&modeType)>>12 {
+			report(finding(ErrDirentType, format.TreeDir, 0, "entry %q in directory %d says type %o, inode %d has mode %o", d.de.Name, d.dir, d.de.Type, d.de.Ino, in.mode))
+		}
+		links[d.de.Ino]++
+		if in.mode&modeType == modeDir {
+			subdirs[d.dir]++
+		}
+	}
+	for t, n := range names {
+		if n != 0 {
+			report(finding(ErrDirentIndex, format.TreeDir, 0, "entry %q (inode %d) in directory %d is not paired with its index entry %d", t.name, t.ino, t.dir, t.index))
+		}
+	}
+	for ino, in := range ns.inodes {
+		want := links[ino]
+		if in.mode&modeType == modeDir {
+			want = 2 + subdirs[ino]
+			if links[ino] == 0 && ino != rootIno {
+				want = 0 // an unlinked directory still open
+			}
+		}
+		if ns.deleted[ino] && links[ino] == 0 {
+			want = 0
+		}
+		if in.nlink != want {
+			report(finding(ErrNlink, format.TreeInode, 0, "inode %d has link count %d, the directory tree implies %d", ino, in.nlink, want))
+		}
+	}
+}
+
+// rootIno is the filesystem's root directory (engine/fs.RootIno).
+const rootIno = 256

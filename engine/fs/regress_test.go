@@ -1,9 +1,13 @@
 package fs
 
 import (
+	"context"
 	"fmt"
 	"syscall"
 	"testing"
+
+	"github.com/scrubd/scrubd/engine"
+	"github.com/scrubd/scrubd/engine/format"
 )
 
 func TestOverwriteCommittedFirstBlock(t *testing.T) {
@@ -92,5 +96,41 @@ func TestReadOnlyMountReads(t *testing.T) {
 	}
 	if _, err := f.Create(RootIno, "w", NewInode{}); Errno(err) != syscall.EROFS {
 		t.Fatalf("create on a read-only mount: %v", err)
+	}
+}
+
+// TestCheckNamespace: the self-check compares link counts with directory
+// entries and finds entries naming missing inodes.
+func TestCheckNamespace(t *testing.T) {
+	f := mount(t, nopClose{newDev(t)}, Options{})
+	defer f.Close()
+	d, _ := f.Mkdir(RootIno, "d", NewInode{Mode: 0o755})
+	a, _ := f.Create(d.Ino, "a", NewInode{Mode: 0o644})
+	f.Link(a.Ino, RootIno, "a2")
+	b, _ := f.Create(RootIno, "b", NewInode{Mode: 0o644})
+	mustClean(t, f)
+	err := f.e.Update(func(tx *engine.Tx) error {
+		in, err := mustInode(tx, a.Ino)
+		if err != nil {
+			return err
+		}
+		in.Nlink = 5
+		if err := putInode(tx, a.Ino, in); err != nil {
+			return err
+		}
+		tr, _ := tx.Tree(format.TreeInode)
+		_, err = tr.Delete(format.InodeKey(b.Ino))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Sync()
+	s := f.e.Pin()
+	defer s.Release()
+	got := map[string]int{}
+	s.Check(context.Background(), func(x engine.Finding) { got[x.Name]++ })
+	if got["nlink_mismatch"] != 1 || got["dirent_dangling"] != 1 {
+		t.Fatalf("findings %v, want one nlink_mismatch and one dirent_dangling", got)
 	}
 }
