@@ -556,3 +556,37 @@ func TestUnknownTreeKept(t *testing.T) {
 	mustCheck(t, e2)
 	_ = bytes.MinRead
 }
+
+// TestCheckColdWideTree checks, with a cold cache, a tree whose interior
+// nodes have many children: the scan's recycled buffers must never be
+// reused while a node that owns one is still being walked.
+func TestCheckColdWideTree(t *testing.T) {
+	e, dev := newTestEngine(t, Options{})
+	for i := uint64(0); i < 40000; i += 1000 {
+		if err := e.Update(func(tx *Tx) error {
+			tr, err := tx.Tree(format.TreeInode)
+			if err != nil {
+				return err
+			}
+			for j := i; j < i+1000; j++ {
+				if err := tr.Put(key(j), val(j, 1)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	cold := reopen(t, dev.Bytes(), Options{ReadOnly: true, CacheBlocks: 1})
+	defer cold.Close()
+	res := mustCheck(t, cold)
+	for _, tc := range res.Trees {
+		if tc.Tree == format.TreeInode && (tc.Level < 1 || tc.Blocks < 100) {
+			t.Fatalf("inode tree too small to test: level %d, %d blocks", tc.Level, tc.Blocks)
+		}
+	}
+}

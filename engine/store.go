@@ -96,7 +96,7 @@ func (e *Engine) readBlockCached(tree format.TreeID, p eb.Ptr, level int, fill b
 	}
 	var buf []byte
 	if ring != nil {
-		buf = ring.next()
+		buf = ring.next(level)
 	} else {
 		buf = make([]byte, format.BlockSize)
 	}
@@ -126,22 +126,24 @@ func (s viewStore) Read(tree format.TreeID, p eb.Ptr, level int) (format.Node, e
 	return s.e.readBlockCached(tree, p, level, s.ring == nil, s.ring)
 }
 
-// scanRing recycles the buffers of a one-pass scan: a tree walk holds at
-// most one node per level (plus the one being read), far fewer than the
-// ring's size, so a buffer is reused only after its node was let go.
+// scanRing recycles the buffers of a one-pass scan: one buffer per tree
+// level. A walk (Check, Ascend, Descend, Lookup) holds at most one node per
+// level and is done with a level's node when it reads the next one at that
+// level, so that node's buffer can take the new one. (Round-robin reuse is
+// wrong: a parent with many children would see its own buffer reused while
+// it is still being walked.)
 type scanRing struct {
-	bufs [2 * (format.MaxLevel + 2)][]byte
-	i    int
+	bufs [format.MaxLevel + 1][]byte
 }
 
-func (r *scanRing) next() []byte {
-	b := r.bufs[r.i]
-	if b == nil {
-		b = make([]byte, format.BlockSize)
-		r.bufs[r.i] = b
+func (r *scanRing) next(level int) []byte {
+	if level < 0 || level >= len(r.bufs) {
+		return make([]byte, format.BlockSize)
 	}
-	r.i = (r.i + 1) % len(r.bufs)
-	return b
+	if r.bufs[level] == nil {
+		r.bufs[level] = make([]byte, format.BlockSize)
+	}
+	return r.bufs[level]
 }
 
 func (s viewStore) Writable(format.TreeID, eb.Ptr, int) (format.Node, eb.Ptr, error) {
