@@ -138,6 +138,13 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		})
 		b.StopTimer()
 		grown := growth()
+		// Untimed: the rebuilt image must check clean.
+		if err := e.Sync(); err != nil {
+			b.Fatal(err)
+		}
+		if _, found, err := checkEngine(context.Background(), e); err != nil || len(found) > 0 {
+			b.Fatalf("after the rebuild: %v, %d findings, first %v", err, len(found), found)
+		}
 		b.ReportMetric(res.Duration.Seconds(), "rebuild-s")
 		b.ReportMetric(float64(res.Records), "records")
 		b.ReportMetric(float64(grown)/(1<<20), "heap-growth-MiB")

@@ -62,8 +62,8 @@ type RmapRebuildOptions struct {
 	Yield float64
 }
 
-// DefaultYield lets the scan use about half of one core's time.
-const DefaultYield = 0.5
+// DefaultYield lets the scan use about 60% of one core's time.
+const DefaultYield = 0.4
 
 // throttle sleeps for yield/(1-yield) of the time worked since the last
 // sleep, in slices of at least a millisecond.
