@@ -382,7 +382,9 @@ func (e *Engine) loadRoots(sb *format.Super) (map[format.TreeID]format.RootItem,
 		err = bad
 	}
 	if err == nil {
-		for _, id := range []format.TreeID{format.TreeAlloc, format.TreeRmap, format.TreeFree} {
+		// Every tree this build creates must be there: the code relies on
+		// them (a newer build's extra trees are kept, not required).
+		for _, id := range format.KnownTrees {
 			if _, ok := roots[id]; !ok {
 				err = fmt.Errorf("root tree has no %s tree: %w", id, format.ErrCorrupt)
 				break

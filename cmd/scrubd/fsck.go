@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+
 	"github.com/spf13/cobra"
 
 	"github.com/scrubd/scrubd/repair"
@@ -72,5 +74,8 @@ EXIT STATUS (as fsck(8))
 	}
 	c.Flags().BoolVar(&o.asJSON, "json", false, "print the versioned JSON report")
 	c.Flags().BoolVar(&o.repair, "repair", false, "open read-write, rebuild damaged structures, then check again")
+	c.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return withCode(16, fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath()))
+	})
 	return c
 }

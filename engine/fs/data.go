@@ -131,6 +131,11 @@ func (f *FS) readBlocks(tx *engine.Tx, ino, fb, n uint64, p []byte) error {
 			if found && k.Obj == ino && k.Type == format.TypeFileExtent && k.Off < next {
 				next = k.Off
 			}
+			if next <= fb+done {
+				// An item the covering lookup did not see (a damaged key):
+				// refuse rather than loop.
+				return fmt.Errorf("inode %d block %d: extent item %s does not map where its key says: %w", ino, fb+done, k, format.ErrCorrupt)
+			}
 			clear(p[done*bs : (next-fb)*bs])
 			done = next - fb
 			continue

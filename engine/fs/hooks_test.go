@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/scrubd/scrubd/engine"
+	eb "github.com/scrubd/scrubd/engine/btree"
 	"github.com/scrubd/scrubd/engine/format"
 )
 
@@ -94,4 +95,8 @@ func TestHooksShadowFS(t *testing.T) {
 	if fmt.Sprint(gotI) != fmt.Sprint(inodes) {
 		t.Fatalf("inode shadow (%d) differs from the tree (%d)", len(inodes), len(gotI))
 	}
+}
+
+func blockVisitor(fn func(format.BlockNr)) eb.CheckVisitor {
+	return eb.CheckVisitor{Block: func(p eb.Ptr, _ int) { fn(p.Block) }}
 }
