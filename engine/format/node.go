@@ -2,6 +2,7 @@ package format
 
 import (
 	"bytes"
+	"encoding/binary"
 )
 
 // Metadata block layout (every tree node, on the image and on an xfile):
@@ -113,10 +114,25 @@ func (n Node) SetKey(i int, k Key) { k.Put(n.RawKey(i)) }
 // Search returns the first index whose key is >= k, and whether it is equal.
 func (n Node) Search(k Key) (int, bool) {
 	kb := k.Encode()
+	// Most comparisons are decided by the first 8 bytes (the object), so
+	// compare them as one big-endian integer before the rest.
+	head := k.Obj
+	rest := kb[8:]
 	lo, hi := 0, n.NrItems()
 	for lo < hi {
 		m := int(uint(lo+hi) >> 1)
-		if bytes.Compare(n.RawKey(m), kb[:]) < 0 {
+		rk := n.RawKey(m)
+		var c int
+		if h := binary.BigEndian.Uint64(rk); h != head {
+			if h < head {
+				c = -1
+			} else {
+				c = 1
+			}
+		} else {
+			c = bytes.Compare(rk[8:], rest)
+		}
+		if c < 0 {
 			lo = m + 1
 		} else {
 			hi = m
