@@ -83,6 +83,19 @@ func lookupEntry(tx *engine.Tx, dir uint64, name string) (format.DirEntry, forma
 
 func fileType(mode uint32) uint8 { return uint8((mode & syscall.S_IFMT) >> 12) }
 
+// mustEntry finds name in dir and the inode it names, or ENOENT.
+func mustEntry(tx *engine.Tx, dir uint64, name string) (format.DirEntry, format.Key, *format.InodeItem, error) {
+	de, key, ok, err := lookupEntry(tx, dir, name)
+	if err != nil {
+		return de, key, nil, err
+	}
+	if !ok {
+		return de, key, nil, syscall.ENOENT
+	}
+	in, err := mustInode(tx, de.Ino)
+	return de, key, in, err
+}
+
 // addEntry links name in dir to ino.
 func addEntry(tx *engine.Tx, dir uint64, din *format.InodeItem, name string, ino uint64, mode uint32) error {
 	tr, err := tx.Tree(format.TreeDir)
@@ -155,14 +168,7 @@ func (f *FS) Lookup(dir uint64, name string) (Attr, error) {
 		if len(name) > format.MaxNameLen {
 			return syscall.ENAMETOOLONG
 		}
-		de, _, ok, err := lookupEntry(tx, dir, name)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return syscall.ENOENT
-		}
-		in, err := mustInode(tx, de.Ino)
+		de, _, in, err := mustEntry(tx, dir, name)
 		if err != nil {
 			return err
 		}
@@ -397,14 +403,7 @@ func (f *FS) remove(dir uint64, name string, wantDir bool) error {
 		if !isDir(din) {
 			return syscall.ENOTDIR
 		}
-		de, key, ok, err := lookupEntry(tx, dir, name)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return syscall.ENOENT
-		}
-		in, err := mustInode(tx, de.Ino)
+		de, key, in, err := mustEntry(tx, dir, name)
 		if err != nil {
 			return err
 		}
@@ -564,14 +563,7 @@ func (f *FS) Rename(olddir uint64, oldname string, newdir uint64, newname string
 		if !isDir(odin) || !isDir(ndin) {
 			return syscall.ENOTDIR
 		}
-		de, okey, ok, err := lookupEntry(tx, olddir, oldname)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return syscall.ENOENT
-		}
-		in, err := mustInode(tx, de.Ino)
+		de, okey, in, err := mustEntry(tx, olddir, oldname)
 		if err != nil {
 			return err
 		}
