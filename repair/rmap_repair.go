@@ -302,6 +302,22 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	if err != nil {
 		return nil, fmt.Errorf("bulk load: %w", err)
 	}
+	// Catch up with the live updates gathered during the load, on the
+	// staged tree, outside any lock, until few are left for the exclusive
+	// section.
+	for round := 0; round < 8; round++ {
+		sh.mu.Lock()
+		batch := sh.delta
+		sh.delta = nil
+		sh.mu.Unlock()
+		if err := applyDelta(nt, batch, sh.oldBlocks); err != nil {
+			return nil, fmt.Errorf("catch up on the staged tree: %w", err)
+		}
+		res.Events += uint64(len(batch))
+		if len(batch) < 1024 {
+			break
+		}
+	}
 	if err := e.WriteMeta(stage.nodes()); err != nil {
 		return nil, err
 	}
@@ -314,27 +330,11 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		pause = time.Now()
 		e.Hooks().Rmap.Unregister(h)
 		unregistered = true
-		res.Events = sh.events + uint64(len(sh.delta))
+		res.Events += sh.events + uint64(len(sh.delta))
 		x.ReplaceTree(format.TreeRmap, nt.Root, nt.Level, nt.Items)
 		rt, _ := x.ReadTree(format.TreeRmap)
-		for _, ev := range sh.delta {
-			k := format.RmapKey(ev.Start, ev.Owner)
-			var err error
-			switch ev.Op {
-			case engine.OpInsert:
-				err = rt.Put(k, format.RmapItem{Len: ev.Len}.Encode())
-			case engine.OpDelete:
-				_, err = rt.Delete(k)
-			}
-			if err != nil {
-				return fmt.Errorf("apply %s of %s to the new tree: %w", ev.Op, k, err)
-			}
-			own := !ev.Owner.IsData() && ev.Owner.Tree == format.TreeRmap
-			if own && ev.Op == engine.OpInsert {
-				sh.oldBlocks[ev.Start] = true
-			} else if own {
-				delete(sh.oldBlocks, ev.Start)
-			}
+		if err := applyDelta(rt, sh.delta, sh.oldBlocks); err != nil {
+			return fmt.Errorf("apply live updates to the new tree: %w", err)
 		}
 		// Reserved blocks the load did not use are free again, and so are
 		// the old tree's blocks, the latter over several transactions.
@@ -399,6 +399,34 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	}
 	res.Duration = time.Since(start)
 	return res, nil
+}
+
+// applyDelta applies rmap events to tree t and keeps the set of the old
+// tree's own blocks current.
+func applyDelta(t *eb.Tree, evs []engine.RmapEvent, oldBlocks map[format.BlockNr]bool) error {
+	var val [format.RmapItemSize]byte
+	for _, ev := range evs {
+		k := format.RmapKey(ev.Start, ev.Owner)
+		own := !ev.Owner.IsData() && ev.Owner.Tree == format.TreeRmap
+		var err error
+		switch ev.Op {
+		case engine.OpInsert:
+			binary.LittleEndian.PutUint64(val[:], ev.Len)
+			err = t.Put(k, val[:])
+			if own {
+				oldBlocks[ev.Start] = true
+			}
+		case engine.OpDelete:
+			_, err = t.Delete(k)
+			if own {
+				delete(oldBlocks, ev.Start)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("%s of %s: %w", ev.Op, k, err)
+		}
+	}
+	return nil
 }
 
 // treeRecords yields a tree's items in order; a read error lands in *err.
@@ -542,7 +570,8 @@ type stageStore struct {
 	gen      format.Gen
 	reserved []format.BlockNr
 	used     int
-	index    map[format.BlockNr]int
+	index    map[format.BlockNr]int // staged block -> slot
+	freed    []int                  // slots given back
 }
 
 func newStageStore(dir string, fsid format.FSID, gen format.Gen, reserved []format.BlockNr) (*stageStore, error) {
@@ -574,6 +603,18 @@ func (s *stageStore) Writable(tree format.TreeID, p eb.Ptr, level int) (format.N
 }
 
 func (s *stageStore) Alloc(tree format.TreeID, level int) (format.Node, eb.Ptr, error) {
+	if n := len(s.freed); n > 0 {
+		i := s.freed[n-1]
+		s.freed = s.freed[:n-1]
+		b := s.reserved[i]
+		nd, err := s.node(i)
+		if err != nil {
+			return nil, eb.Ptr{}, err
+		}
+		format.InitNode(nd, s.fsid, b, s.gen, tree, level)
+		s.index[b] = i
+		return nd, eb.Ptr{Block: b, Gen: s.gen}, nil
+	}
 	if s.used >= len(s.reserved) {
 		return nil, eb.Ptr{}, fmt.Errorf("bulk load needs more than the %d reserved blocks", len(s.reserved))
 	}
@@ -591,21 +632,37 @@ func (s *stageStore) Alloc(tree format.TreeID, level int) (format.Node, eb.Ptr, 
 	return n, eb.Ptr{Block: b, Gen: s.gen}, nil
 }
 
-func (s *stageStore) Free(format.TreeID, eb.Ptr, int) error {
-	return fmt.Errorf("bulk load frees nothing")
+// Free gives a staged block back (catching up may merge nodes): it is
+// used again before the reserve's unused tail.
+func (s *stageStore) Free(_ format.TreeID, p eb.Ptr, _ int) error {
+	i, ok := s.index[p.Block]
+	if !ok {
+		return fmt.Errorf("bulk load free of block %d it did not allocate", p.Block)
+	}
+	delete(s.index, p.Block)
+	s.freed = append(s.freed, i)
+	return nil
 }
 
-// nodes returns the staged nodes, in block order of use.
+// nodes returns the staged nodes in use, in slot order.
 func (s *stageStore) nodes() []format.Node {
-	out := make([]format.Node, 0, s.used)
+	out := make([]format.Node, 0, len(s.index))
 	for i := 0; i < s.used; i++ {
-		n, err := s.node(i)
-		if err == nil {
+		if _, live := s.index[s.reserved[i]]; !live {
+			continue
+		}
+		if n, err := s.node(i); err == nil {
 			out = append(out, n)
 		}
 	}
 	return out
 }
 
-// unused returns the reserved blocks the load did not need.
-func (s *stageStore) unused() []format.BlockNr { return s.reserved[s.used:] }
+// unused returns the reserved blocks the tree does not use.
+func (s *stageStore) unused() []format.BlockNr {
+	out := slices.Clone(s.reserved[s.used:])
+	for _, i := range s.freed {
+		out = append(out, s.reserved[i])
+	}
+	return out
+}
