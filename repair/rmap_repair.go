@@ -306,6 +306,11 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	// staged tree, outside any lock, until few are left for the exclusive
 	// section.
 	for round := 0; round < 8; round++ {
+		// Commit what writers queued meanwhile, so its updates reach the
+		// delta now rather than in the exclusive section's commit.
+		if err := e.Sync(); err != nil {
+			return nil, err
+		}
 		sh.mu.Lock()
 		batch := sh.delta
 		sh.delta = nil
