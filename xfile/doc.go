@@ -44,6 +44,17 @@
 // all equal, organ pipe, few distinct keys, adversarial), O(log n) stack,
 // one record-sized heap buffer. It is not stable.
 //
+// # BTreeStore
+//
+// A BTreeStore is a btree.Store on a File: node i lives at offset i*4096 and
+// is updated in place, so the engine's own B-tree code (engine/btree) runs
+// in memory with no Go heap per record — online repair builds its shadow
+// trees this way. Reads hand out the mapping itself and check the header
+// fields (magic, block, owner, generation, level, item count) but not the
+// checksum: the memory is the process's own, not a disk's. Freed nodes are
+// reused most recent first and hole-punched once many are free. The Go heap
+// holds one bit per node.
+//
 // # Concurrency
 //
 // Neither a File nor an Array is safe for concurrent use: one goroutine at a
