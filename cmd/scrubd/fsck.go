@@ -1,8 +1,6 @@
 package main
 
 import (
-	"fmt"
-
 	"github.com/spf13/cobra"
 
 	"github.com/scrubd/scrubd/repair"
@@ -36,12 +34,6 @@ EXIT STATUS (as fsck(8))
   4   errors left uncorrected
   8   operational error (the image could not be opened or read)
   16  usage error`,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if err := cobra.ExactArgs(1)(cmd, args); err != nil {
-				return withCode(16, err)
-			}
-			return nil
-		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := logger()
 			if err != nil {
@@ -74,8 +66,6 @@ EXIT STATUS (as fsck(8))
 	}
 	c.Flags().BoolVar(&o.asJSON, "json", false, "print the versioned JSON report")
 	c.Flags().BoolVar(&o.repair, "repair", false, "open read-write, rebuild damaged structures, then check again")
-	c.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return withCode(16, fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath()))
-	})
+	fsckUsage(c)
 	return c
 }

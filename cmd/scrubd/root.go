@@ -88,3 +88,17 @@ func parseSize(s string) (int64, error) {
 	}
 	return int64(f * float64(mult)), nil
 }
+
+// fsckUsage makes a command that takes one TARGET report usage errors with
+// fsck(8)'s exit code 16 (bad arguments and bad flags alike).
+func fsckUsage(c *cobra.Command) {
+	c.Args = func(cmd *cobra.Command, args []string) error {
+		if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+			return withCode(16, err)
+		}
+		return nil
+	}
+	c.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return withCode(16, fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath()))
+	})
+}

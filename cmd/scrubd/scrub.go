@@ -49,12 +49,6 @@ EXIT STATUS (as fsck(8))
   4   errors left uncorrected
   8   operational error (TARGET could not be opened, reached or read)
   16  usage error`,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if err := cobra.ExactArgs(1)(cmd, args); err != nil {
-				return withCode(16, err)
-			}
-			return nil
-		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := logger()
 			if err != nil {
@@ -73,9 +67,7 @@ EXIT STATUS (as fsck(8))
 			return printReport(cmd, rep, o.asJSON)
 		},
 	}
-	c.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return withCode(16, fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath()))
-	})
+	fsckUsage(c)
 	c.Flags().BoolVar(&o.repair, "repair", false, "rebuild damaged structures, then check again")
 	c.Flags().BoolVar(&o.data, "data", false, "also read every file and verify data checksums")
 	c.Flags().BoolVar(&o.asJSON, "json", false, "print the versioned JSON report")

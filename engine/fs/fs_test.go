@@ -569,7 +569,6 @@ func fsyncCrash(t *testing.T, seed uint64) {
 	r := rand.New(rand.NewPCG(seed, 4))
 	inos := make([]uint64, nfiles)
 	history := make([][][]byte, nfiles) // every state each file went through
-	acked := make([][]int, nfiles)      // acked[i][k]: history index durable after flush k… as a list of (flush, idx)
 	type ack struct{ flush, idx int }
 	acks := make([][]ack, nfiles)
 	for i := range inos {
@@ -587,7 +586,6 @@ func fsyncCrash(t *testing.T, seed uint64) {
 	for i := range inos {
 		acks[i] = append(acks[i], ack{created, 0})
 	}
-	_ = acked
 	steps := 120
 	if testing.Short() || raceEnabled {
 		steps = 50

@@ -275,12 +275,9 @@ func (f *FS) replayItem(tx *engine.Tx, it engine.LogItem) error {
 		if it.Key.Aux <= it.Key.Off {
 			return syscall.EINVAL
 		}
-		unmapped, err := punch(tx, it.Key.Obj, it.Key.Off, it.Key.Aux)
-		if err != nil {
-			return err
-		}
-		_ = unmapped // the logged inode item carries the block count
-		return nil
+		// The logged inode item that follows carries the block count.
+		_, err := punch(tx, it.Key.Obj, it.Key.Off, it.Key.Aux)
+		return err
 	case it.Tree == format.TreeExtent && it.Key.Type == format.TypeFileExtent:
 		fe, err := format.DecodeFileExtent(it.Value)
 		if err != nil {
