@@ -201,6 +201,12 @@ func newEngine(dev disk.Device, opts Options) *Engine {
 type MkfsOptions struct {
 	Label string
 	FSID  format.FSID // zero: random
+	// Preallocate (MkfsPath, image files) writes the whole file before
+	// making the filesystem, so the host filesystem allocates no blocks
+	// later: see disk.File.Preallocate.
+	Preallocate bool
+	// Progress, if set, is told how much of a preallocation is done.
+	Progress func(done, total int64)
 }
 
 // Mkfs writes a new, empty filesystem onto dev, using all of it.

@@ -72,6 +72,12 @@ func MkfsPath(path string, size int64, force bool, mo MkfsOptions) error {
 	if err != nil {
 		return err
 	}
+	if mo.Preallocate {
+		if err := dev.Preallocate(mo.Progress); err != nil {
+			dev.Close()
+			return err
+		}
+	}
 	if err := Mkfs(dev, mo); err != nil {
 		dev.Close()
 		return err

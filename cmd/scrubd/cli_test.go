@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -156,5 +157,23 @@ func TestFsckOperationalError(t *testing.T) {
 	_, _, code = run(t, "fsck")
 	if code != 16 {
 		t.Fatalf("fsck without an image: exit %d, want 16", code)
+	}
+}
+
+func TestMkfsPreallocate(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "full.img")
+	_, errs, code := run(t, "mkfs", img, "--size", "32M", "--preallocate")
+	if code != 0 || !strings.Contains(errs, "100%") {
+		t.Fatalf("mkfs --preallocate: exit %d %s", code, errs)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(img, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks*512 < 32<<20 {
+		t.Fatalf("preallocated image holds %d bytes of host blocks, want 32 MiB", st.Blocks*512)
+	}
+	if out, _, code := run(t, "fsck", img); code != 0 {
+		t.Fatalf("fsck: exit %d %s", code, out)
 	}
 }

@@ -211,6 +211,41 @@ func seekEndSize(f *os.File) (int64, error) {
 	return f.Seek(0, io.SeekEnd)
 }
 
+// Preallocate writes zeroes over the whole of a regular image file and
+// flushes, so that the host filesystem allocates every block now: on a
+// sparse image the first write to each block makes the host allocate it,
+// and an fdatasync after such a write must commit the host's journal too
+// (about twice the cost of one that only flushes data). A block device is
+// left alone (its blocks exist). Call it on a new image, before mkfs: it
+// erases everything. progress, if not nil, is called with the bytes
+// written so far.
+func (d *File) Preallocate(progress func(done, total int64)) error {
+	if d.readOnly {
+		return fmt.Errorf("disk: %s: preallocate: %w", d.path, ErrReadOnly)
+	}
+	fi, err := d.f.Stat()
+	if err != nil {
+		return fmt.Errorf("disk: %s: preallocate: %w", d.path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil
+	}
+	zero := make([]byte, 4<<20)
+	for off := int64(0); off < d.size; off += int64(len(zero)) {
+		n := min(int64(len(zero)), d.size-off)
+		if _, err := d.WriteAt(zero[:n], off); err != nil {
+			return fmt.Errorf("preallocate: %w", err)
+		}
+		if progress != nil {
+			progress(off+n, d.size)
+		}
+	}
+	if err := d.Flush(); err != nil {
+		return fmt.Errorf("preallocate: %w", err)
+	}
+	return nil
+}
+
 // Path returns the path the File was opened with.
 func (d *File) Path() string { return d.path }
 

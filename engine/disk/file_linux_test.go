@@ -89,3 +89,41 @@ func TestImageLock(t *testing.T) {
 	r1.Close()
 	r2.Close()
 }
+
+func TestPreallocate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img")
+	d, err := Create(path, 8<<20, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := os.Stat(path)
+	if n, ok := allocated(fi); ok && n >= 8<<20 {
+		d.Close()
+		t.Skipf("the host filesystem allocated a new sparse file in full (%d bytes)", n)
+	}
+	var calls int
+	var last int64
+	if err := d.Preallocate(func(done, total int64) { calls++; last = done }); err != nil {
+		t.Fatal(err)
+	}
+	fi, _ = os.Stat(path)
+	if n, ok := allocated(fi); !ok || n < 8<<20 {
+		t.Fatalf("after Preallocate %d bytes allocated, want %d", n, 8<<20)
+	}
+	if calls != 2 || last != 8<<20 {
+		t.Fatalf("progress: %d calls, last %d", calls, last)
+	}
+	buf := make([]byte, 4096)
+	if _, err := d.ReadAt(buf, 4<<20); err != nil || buf[0] != 0 {
+		t.Fatalf("read back: %v", err)
+	}
+	d.Close()
+	ro, err := Open(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if err := ro.Preallocate(nil); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("read-only Preallocate: %v", err)
+	}
+}

@@ -20,22 +20,10 @@ import (
 func benchFS(b *testing.B, size int64, opts Options) (*FS, string) {
 	b.Helper()
 	path := filepath.Join(b.TempDir(), "bench.img")
-	if preallocate {
-		// Write the whole image once, as a block device or a long-used
-		// image would be: the host filesystem then has no block
-		// allocation to journal on our writes.
-		fh, err := os.Create(path)
-		if err != nil {
-			b.Fatal(err)
-		}
-		zero := make([]byte, 4<<20)
-		for off := int64(0); off < size; off += int64(len(zero)) {
-			fh.WriteAt(zero, off)
-		}
-		fh.Sync()
-		fh.Close()
-	}
-	if err := engine.MkfsPath(path, size, preallocate, engine.MkfsOptions{}); err != nil {
+	// Preallocated, as a block device or a long-used image would be: the
+	// host filesystem then has no block allocation to journal on our
+	// writes. (Writing zeroes before mkfs does not do it: mkfs truncates.)
+	if err := engine.MkfsPath(path, size, false, engine.MkfsOptions{Preallocate: preallocate}); err != nil {
 		b.Fatal(err)
 	}
 	if opts.CommitInterval == 0 {
@@ -50,8 +38,8 @@ func benchFS(b *testing.B, size int64, opts Options) (*FS, string) {
 
 const fsyncFileSize = 50 << 20
 
-// preallocate writes image files in full before mkfs (-prealloc=false
-// measures sparse images instead).
+// preallocate makes benchmark images with MkfsOptions.Preallocate
+// (SCRUBD_BENCH_SPARSE=1 measures sparse images instead).
 var preallocate = true
 
 func init() {
