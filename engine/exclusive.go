@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
+	"slices"
 
 	eb "github.com/scrubd/scrubd/engine/btree"
 	"github.com/scrubd/scrubd/engine/format"
@@ -18,12 +20,17 @@ import (
 // short exclusive section, and frees the old tree's blocks afterwards in
 // ordinary transactions. A crash between those steps would leave blocks
 // allocated that nothing uses; so each step that leaves such blocks behind
-// records a logged operation — "free these blocks of this owner" — in the
-// logged_ops tree in the same transaction, and the step that makes them used
-// (the swap) or frees them (the reap) removes or shrinks it. Mount runs the
-// logged_ops recovery pass, which completes whatever operation is left. Each
-// commit is atomic, so after a crash the image holds the old tree or the new
-// one, and never leaks or double-frees a block.
+// records a logged operation in the logged_ops tree in the same transaction.
+// Two kinds: "free these blocks of this owner" (completed unconditionally,
+// so it must be logged and dropped in the very commits that make the
+// blocks unused and used), and "free those of these blocks that no tree
+// reaches" (completed only for blocks still allocated as metadata and
+// reached by no tree root, the superblock or the log head — so it can be
+// logged before the swap, while the listed blocks are still in use, and
+// dropped after the reaping, in ordinary transactions). Mount runs the
+// logged_ops recovery pass, which completes whatever operation is left.
+// Each commit is atomic, so after a crash the image holds the old tree or
+// the new one, and never leaks or double-frees a block.
 
 // Exclusive is the writer's view during an exclusive section: a Tx with
 // every other writer excluded, plus the engine-internal operations a swap
@@ -128,15 +135,39 @@ func (e *Engine) RmapSick() bool { return e.rmapSick.Load() }
 const TypeLoggedOp uint8 = 90
 
 // Logged operation kinds.
-const opFreeBlocks = 1
+const (
+	opFreeBlocks      = 1 // free every listed block
+	opFreeUnreachable = 2 // free the listed blocks no tree reaches
+)
 
 // maxOpBlocks is how many block numbers one logged-op item holds.
 const maxOpBlocks = (format.MaxValueSize - 16) / 8
 
+// LoggedOpPart is how many blocks each part of a logged operation holds:
+// part i of an operation logged with blocks lists
+// blocks[i*LoggedOpPart : (i+1)*LoggedOpPart].
+const LoggedOpPart = maxOpBlocks
+
 // LogFreeBlocks records, in this transaction, the intent to free blocks of
-// tree owner; it returns the operation's id for DropLoggedOp. If the
-// operation is still recorded at mount, the logged_ops pass frees them.
+// tree owner; the logged_ops recovery pass frees them unless the operation
+// is dropped first. It returns the operation's id.
 func (tx *Tx) LogFreeBlocks(owner format.TreeID, blocks []format.BlockNr) (uint64, error) {
+	return tx.logOp(opFreeBlocks, owner, blocks)
+}
+
+// LogFreeUnreachable records, in this transaction, the intent to free
+// those of blocks — metadata blocks of tree owner — that, when the
+// operation is completed, are still allocated as metadata and reached by
+// no tree: blocks set aside for a tree not linked in yet, or a replaced
+// tree's blocks once the swap has committed. Blocks in use are left alone,
+// so unlike LogFreeBlocks the operation can be logged long before the swap
+// and dropped long after the reaping, in ordinary transactions. Completing
+// one walks every tree's interior nodes at mount.
+func (tx *Tx) LogFreeUnreachable(owner format.TreeID, blocks []format.BlockNr) (uint64, error) {
+	return tx.logOp(opFreeUnreachable, owner, blocks)
+}
+
+func (tx *Tx) logOp(kind uint64, owner format.TreeID, blocks []format.BlockNr) (uint64, error) {
 	tr, err := tx.Tree(format.TreeLoggedOps)
 	if err != nil {
 		return 0, err
@@ -145,7 +176,7 @@ func (tx *Tx) LogFreeBlocks(owner format.TreeID, blocks []format.BlockNr) (uint6
 	for part := 0; part*maxOpBlocks < len(blocks) || part == 0; part++ {
 		chunk := blocks[part*maxOpBlocks : min(len(blocks), (part+1)*maxOpBlocks)]
 		v := make([]byte, 16+8*len(chunk))
-		binary.LittleEndian.PutUint64(v, opFreeBlocks)
+		binary.LittleEndian.PutUint64(v, kind)
 		binary.LittleEndian.PutUint64(v[8:], uint64(owner))
 		for i, b := range chunk {
 			binary.LittleEndian.PutUint64(v[16+8*i:], uint64(b))
@@ -184,6 +215,7 @@ func (tx *Tx) DropLoggedOp(id uint64) error {
 // passLoggedOps completes the logged operations a crash interrupted.
 func passLoggedOps(_ context.Context, e *Engine) error {
 	type op struct {
+		kind   uint64
 		owner  format.TreeID
 		blocks []format.BlockNr
 	}
@@ -195,15 +227,24 @@ func passLoggedOps(_ context.Context, e *Engine) error {
 		if k.Type != TypeLoggedOp {
 			return true
 		}
-		if len(v) < 16 || (len(v)-16)%8 != 0 || binary.LittleEndian.Uint64(v) != opFreeBlocks {
-			derr = fmt.Errorf("logged operation %d: unknown or malformed (%d bytes): %w", k.Obj, len(v), format.ErrCorrupt)
+		if len(v) < 16 || (len(v)-16)%8 != 0 {
+			derr = fmt.Errorf("logged operation %d: malformed (%d bytes): %w", k.Obj, len(v), format.ErrCorrupt)
+			return false
+		}
+		kind := binary.LittleEndian.Uint64(v)
+		if kind != opFreeBlocks && kind != opFreeUnreachable {
+			derr = fmt.Errorf("logged operation %d: unknown kind %d: %w", k.Obj, kind, format.ErrCorrupt)
 			return false
 		}
 		o := ops[k.Obj]
 		if o == nil {
-			o = &op{owner: format.TreeID(binary.LittleEndian.Uint64(v[8:]))}
+			o = &op{kind: kind, owner: format.TreeID(binary.LittleEndian.Uint64(v[8:]))}
 			ops[k.Obj] = o
 			order = append(order, k.Obj)
+		}
+		if o.kind != kind {
+			derr = fmt.Errorf("logged operation %d: parts of kinds %d and %d: %w", k.Obj, o.kind, kind, format.ErrCorrupt)
+			return false
 		}
 		for i := 16; i < len(v); i += 8 {
 			b := format.BlockNr(binary.LittleEndian.Uint64(v[i:]))
@@ -223,9 +264,47 @@ func passLoggedOps(_ context.Context, e *Engine) error {
 	if len(order) == 0 {
 		return nil
 	}
+	// Unconditional frees first; then the candidates of the conditional
+	// operations that no tree reaches and that are still allocated as
+	// metadata. Each block is freed once, however many operations name it.
+	freed := map[format.BlockNr]bool{}
+	cands := map[format.BlockNr]format.TreeID{}
+	for _, id := range order {
+		if o := ops[id]; o.kind == opFreeBlocks {
+			for _, b := range o.blocks {
+				freed[b] = true
+			}
+		}
+	}
+	for _, id := range order {
+		if o := ops[id]; o.kind == opFreeUnreachable {
+			for _, b := range o.blocks {
+				if !freed[b] {
+					cands[b] = o.owner
+				}
+			}
+		}
+	}
+	var unreachable map[format.TreeID][]format.BlockNr
+	if len(cands) > 0 {
+		var err error
+		if unreachable, err = e.unreachableMeta(cands); err != nil {
+			return fmt.Errorf("logged operations: %w", err)
+		}
+	}
+	nfree := 0
 	if err := e.Update(func(tx *Tx) error {
 		for _, id := range order {
-			tx.FreeMeta(ops[id].owner, ops[id].blocks)
+			if o := ops[id]; o.kind == opFreeBlocks {
+				tx.FreeMeta(o.owner, o.blocks)
+				nfree += len(o.blocks)
+			}
+		}
+		for owner, bs := range unreachable {
+			tx.FreeMeta(owner, bs)
+			nfree += len(bs)
+		}
+		for _, id := range order {
 			if err := tx.DropLoggedOp(id); err != nil {
 				return err
 			}
@@ -234,6 +313,48 @@ func passLoggedOps(_ context.Context, e *Engine) error {
 	}); err != nil {
 		return err
 	}
-	e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("completed %d interrupted logged operations", len(order)))
+	e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("completed %d interrupted logged operations (%d blocks freed)", len(order), nfree))
 	return e.Sync()
+}
+
+// unreachableMeta returns, by owner, the candidate blocks that no tree of
+// the running transaction reaches, that are not a superblock copy or the
+// log head, and that the alloc tree holds as one-block metadata extents.
+func (e *Engine) unreachableMeta(cands map[format.BlockNr]format.TreeID) (map[format.TreeID][]format.BlockNr, error) {
+	left := maps.Clone(cands)
+	for _, b := range format.SuperBlocks(e.totalBlocks) {
+		delete(left, b)
+	}
+	delete(left, e.super.Log.Block)
+	for id, t := range e.trees {
+		if err := t.Blocks(func(p eb.Ptr, _ int) bool {
+			delete(left, p.Block)
+			return len(left) > 0
+		}); err != nil {
+			return nil, fmt.Errorf("walk tree %s: %w", id, err)
+		}
+		if len(left) == 0 {
+			return nil, nil
+		}
+	}
+	at := e.trees[format.TreeAlloc]
+	out := map[format.TreeID][]format.BlockNr{}
+	for _, b := range slices.Sorted(maps.Keys(left)) {
+		v, ok, err := at.Get(format.ExtentKey(b, 1), nil)
+		if err != nil {
+			return nil, fmt.Errorf("alloc record of block %d: %w", b, err)
+		}
+		if !ok {
+			continue // freed already
+		}
+		it, err := format.DecodeExtentItem(v)
+		if err != nil {
+			return nil, fmt.Errorf("alloc record of block %d: %w", b, err)
+		}
+		if it.Flags != format.ExtentMeta {
+			continue // reused for data
+		}
+		out[left[b]] = append(out[left[b]], b)
+	}
+	return out, nil
 }

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
 	"sort"
 	"strconv"
 	"sync"
@@ -84,9 +86,12 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		b.Logf("built %d extents in %v", n, time.Since(t0))
 		// The writer: 4 KiB writes with an fsync every 16, timed one by one.
 		a, _ := f.Create(fs.RootIno, "writer", fs.NewInode{Mode: 0o644})
+		var worstAt time.Time  // when the longest writer operation started
+		var opEnds []time.Time // when each writer operation ended
 		writer := func(stop <-chan struct{}, ops *atomic.Int64, lat *[]time.Duration, wg *sync.WaitGroup) {
 			defer wg.Done()
 			block := make([]byte, 4096)
+			var worst time.Duration
 			for i := 0; ; i++ {
 				select {
 				case <-stop:
@@ -98,7 +103,12 @@ func BenchmarkRmapRebuild(b *testing.B) {
 				if i%16 == 15 {
 					f.Fsync(a.Ino)
 				}
-				*lat = append(*lat, time.Since(t))
+				d := time.Since(t)
+				if d > worst {
+					worst, worstAt = d, t
+				}
+				*lat = append(*lat, d)
+				opEnds = append(opEnds, time.Now())
 				ops.Add(1)
 			}
 		}
@@ -126,9 +136,11 @@ func BenchmarkRmapRebuild(b *testing.B) {
 			return float64(ops.Load()) / el.Seconds(), worst
 		}
 		idleRate, idleWorst := measure(2*time.Second, nil)
+		opEnds = opEnds[:0]
 		growth := heapGrowth()
 		var res *RmapRebuildResult
 		b.ResetTimer()
+		rebuildStart := time.Now()
 		rate, worst := measure(0, func() {
 			var err error
 			res, err = RebuildRmap(context.Background(), e, RmapRebuildOptions{TempDir: b.TempDir()})
@@ -137,7 +149,13 @@ func BenchmarkRmapRebuild(b *testing.B) {
 			}
 		})
 		b.StopTimer()
-		grown := growth()
+		grown, live := growth()
+		worstPhase := "?"
+		for _, p := range res.Phases {
+			if at := worstAt.Sub(rebuildStart); at >= p.Start {
+				worstPhase = p.Name
+			}
+		}
 		// Untimed: the rebuilt image must check clean.
 		if err := e.Sync(); err != nil {
 			b.Fatal(err)
@@ -148,19 +166,40 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		b.ReportMetric(res.Duration.Seconds(), "rebuild-s")
 		b.ReportMetric(float64(res.Records), "records")
 		b.ReportMetric(float64(grown)/(1<<20), "heap-growth-MiB")
+		b.ReportMetric(float64(live)/(1<<20), "live-heap-growth-MiB")
 		b.ReportMetric(float64(res.XfileBytes)/(1<<20), "xfile-MiB")
 		b.ReportMetric(float64(res.ExclusivePause.Microseconds())/1000, "exclusive-ms")
 		b.ReportMetric(float64(worst.Microseconds())/1000, "longest-writer-op-ms")
 		b.ReportMetric(float64(idleWorst.Microseconds())/1000, "idle-longest-op-ms")
 		b.ReportMetric(100*rate/idleRate, "writer-%-of-idle")
 		// The rebuild's own heap: a second rebuild with no writer running
-		// (the writer's garbage would otherwise count).
+		// (the writer's garbage would otherwise count), with the GC run at
+		// GOGC=10 so that the heap in use stays close to what is live
+		// (at the default the peak is mostly garbage awaiting a collection
+		// that the already-live heap postpones).
+		old := debug.SetGCPercent(10)
 		growth = heapGrowth()
 		if _, err := RebuildRmap(context.Background(), e, RmapRebuildOptions{TempDir: b.TempDir()}); err != nil {
 			b.Fatal(err)
 		}
-		b.ReportMetric(float64(growth())/(1<<20), "alone-heap-growth-MiB")
-		b.Logf("rebuild %+v; writer %.0f ops/s during vs %.0f idle", *res, rate, idleRate)
+		grown, live = growth()
+		debug.SetGCPercent(old)
+		b.ReportMetric(float64(grown)/(1<<20), "alone-heap-growth-gogc10-MiB")
+		b.ReportMetric(float64(live)/(1<<20), "alone-live-heap-growth-MiB")
+		b.Logf("rebuild %+v; writer %.0f ops/s during vs %.0f idle; longest writer op in phase %s", *res, rate, idleRate, worstPhase)
+		// The writer's rate per phase, as a share of idle.
+		for _, p := range res.Phases {
+			from, to := rebuildStart.Add(p.Start), rebuildStart.Add(p.Start+p.Took)
+			n := 0
+			for _, t := range opEnds {
+				if !t.Before(from) && t.Before(to) {
+					n++
+				}
+			}
+			if p.Took > 0 {
+				b.Logf("phase %-8s %8.3f s  writer %3.0f%% of idle", p.Name, p.Took.Seconds(), 100*float64(n)/p.Took.Seconds()/idleRate)
+			}
+		}
 	})
 }
 
@@ -237,16 +276,25 @@ func BenchmarkScrub(b *testing.B) {
 	}
 }
 
-// heapGrowth starts sampling the Go heap (HeapInuse, every 2 ms, from a
-// level taken after a GC) and returns a function that stops and returns the
-// peak growth in bytes.
-func heapGrowth() func() uint64 {
+// heapGrowth starts sampling the Go heap every 2 ms from a level taken after
+// a GC and returns a function that stops and returns the peak growth in
+// bytes of HeapInuse (live objects and garbage not yet collected: bounded by
+// the GC's pacing, so it scales with the heap that was already live) and of
+// the live heap (runtime/metrics /gc/heap/live:bytes, what the last GC
+// marked: the memory the work actually holds).
+func heapGrowth() func() (inuse, live uint64) {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	base := ms.HeapInuse
-	var peak atomic.Uint64
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	liveNow := func() uint64 {
+		metrics.Read(sample)
+		return sample[0].Value.Uint64()
+	}
+	base, liveBase := ms.HeapInuse, liveNow()
+	var peak, livePeak atomic.Uint64
 	peak.Store(base)
+	livePeak.Store(liveBase)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -263,11 +311,14 @@ func heapGrowth() func() uint64 {
 			if m.HeapInuse > peak.Load() {
 				peak.Store(m.HeapInuse)
 			}
+			if l := liveNow(); l > livePeak.Load() {
+				livePeak.Store(l)
+			}
 		}
 	}()
-	return func() uint64 {
+	return func() (uint64, uint64) {
 		close(stop)
 		wg.Wait()
-		return peak.Load() - base
+		return peak.Load() - base, livePeak.Load() - liveBase
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"iter"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -103,6 +104,26 @@ type RmapRebuildResult struct {
 	XfileBytes     int64         // size of the shadow's xfile
 	Duration       time.Duration // whole rebuild
 	ExclusivePause time.Duration // writers excluded
+	Phases         []PhaseTime   // where the time went, in order
+}
+
+// PhaseTime is one phase of a rebuild: its start (from the rebuild's
+// start) and duration.
+type PhaseTime struct {
+	Name  string
+	Start time.Duration
+	Took  time.Duration
+}
+
+// phase closes the phase running since the last call and names the next.
+func (r *RmapRebuildResult) phase(start time.Time, next string) {
+	now := time.Since(start)
+	if n := len(r.Phases); n > 0 {
+		r.Phases[n-1].Took = now - r.Phases[n-1].Start
+	}
+	if next != "" {
+		r.Phases = append(r.Phases, PhaseTime{Name: next, Start: now})
+	}
 }
 
 // Batch sizes of the reservation and the reaping: each batch is one
@@ -199,6 +220,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	}
 	snap := e.Pin()
 	res := &RmapRebuildResult{ScanGen: snap.Gen()}
+	res.phase(start, "scan")
 	sh.mu.Lock()
 	sh.after = snap.Gen()
 	sh.mu.Unlock()
@@ -214,21 +236,37 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	}
 	sh.mu.Unlock()
 	// Catch up with what happened during the scan, then follow live.
-	sh.mu.Lock()
-	for _, ev := range sh.buf {
-		sh.apply(ev)
+	res.phase(start, "reserve")
+	// In chunks: the events stay buffered (writers' hooks only append)
+	// while a chunk is applied outside the lock, so no writer's commit
+	// waits for the whole backlog.
+	for {
+		sh.mu.Lock()
+		batch := sh.buf
+		if len(batch) < 1024 {
+			for _, ev := range batch {
+				sh.apply(ev)
+			}
+			sh.buf, sh.buffering = nil, false
+			err = sh.err
+			sh.mu.Unlock()
+			break
+		}
+		sh.buf = nil
+		sh.mu.Unlock()
+		for _, ev := range batch {
+			sh.apply(ev)
+		}
 	}
-	sh.buf, sh.buffering = nil, false
-	err = sh.err
-	sh.mu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("apply live updates to the shadow: %w", err)
 	}
 	// 4. Reserve the new tree's blocks, with logged operations that free
-	// them if the swap never happens: in batches, one commit each, so no
+	// them if the swap never happens (those that no tree reaches when
+	// the operation is completed): in batches, one commit each, so no
 	// single commit holds the writers back for long.
 	var reserved []format.BlockNr
-	var reserveOps []uint64
+	var ops []uint64 // logged operations, dropped once the old tree is reaped
 	sh.mu.Lock()
 	n := tr.Items
 	sh.mu.Unlock()
@@ -245,27 +283,25 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	want := int(plan.Blocks + max(16, plan.Blocks/32))
 	for len(reserved) < want {
 		k := min(reserveBatch, want-len(reserved))
-		err := e.Update(func(tx *engine.Tx) error {
+		err := commitNow(e, func(tx *engine.Tx) error {
 			got, err := tx.ReserveMeta(format.TreeRmap, k)
 			if err != nil {
 				return err
 			}
-			op, err := tx.LogFreeBlocks(format.TreeRmap, got)
+			op, err := tx.LogFreeUnreachable(format.TreeRmap, got)
 			if err != nil {
 				return err
 			}
 			reserved = append(reserved, got...)
-			reserveOps = append(reserveOps, op)
+			ops = append(ops, op)
 			return nil
 		})
 		if err != nil {
 			return nil, fmt.Errorf("reserve blocks for the new rmap tree: %w", err)
 		}
-		if err := e.Sync(); err != nil {
-			return nil, err
-		}
 	}
 	// 5. Freeze the shadow (events now go to the delta) and bulk-load it.
+	res.phase(start, "load")
 	sh.mu.Lock()
 	if sh.err != nil {
 		sh.mu.Unlock()
@@ -302,9 +338,52 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	if err != nil {
 		return nil, fmt.Errorf("bulk load: %w", err)
 	}
-	// Catch up with the live updates gathered during the load, on the
-	// staged tree, outside any lock, until few are left for the exclusive
-	// section.
+	res.phase(start, "write")
+	if err := writeStaged(e, stage.nodes); err != nil {
+		return nil, err
+	}
+	stage.clean()
+	// The old tree's blocks as they stand (the reservation's blocks reached
+	// oldBlocks through the hook as rmap-owned blocks; they are the new
+	// tree's), logged now, in an ordinary transaction, as blocks to free
+	// once no tree reaches them: before the swap they are the live tree's
+	// and the operation leaves them alone.
+	isReserved := make(map[format.BlockNr]bool, len(reserved))
+	for _, b := range reserved {
+		isReserved[b] = true
+	}
+	oldList := func(skip map[format.BlockNr]bool) []format.BlockNr {
+		var out []format.BlockNr
+		for b := range sh.oldBlocks {
+			if !isReserved[b] && !skip[b] {
+				out = append(out, b)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	listed := oldList(nil)
+	// One commit per operation of at most opChunk blocks.
+	const opChunk = 64 * engine.LoggedOpPart
+	for i := 0; i < len(listed); i += opChunk {
+		part := listed[i:min(len(listed), i+opChunk)]
+		err := commitNow(e, func(tx *engine.Tx) error {
+			op, err := tx.LogFreeUnreachable(format.TreeRmap, part)
+			ops = append(ops, op)
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("log the reaping of the old rmap tree: %w", err)
+		}
+	}
+	isListed := make(map[format.BlockNr]bool, len(listed))
+	for _, b := range listed {
+		isListed[b] = true
+	}
+	// Catch up with the live updates gathered meanwhile, on the staged
+	// tree, outside any lock, rewriting the nodes that changed, until few
+	// are left for the exclusive section.
+	res.phase(start, "catch-up")
 	for round := 0; round < 8; round++ {
 		// Commit what writers queued meanwhile, so its updates reach the
 		// delta now rather than in the exclusive section's commit.
@@ -318,18 +397,20 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		if err := applyDelta(nt, batch, sh.oldBlocks); err != nil {
 			return nil, fmt.Errorf("catch up on the staged tree: %w", err)
 		}
+		if err := writeStaged(e, stage.dirtyNodes); err != nil {
+			return nil, err
+		}
+		stage.clean()
 		res.Events += uint64(len(batch))
-		if len(batch) < 1024 {
+		if len(batch) < 256 {
 			break
 		}
 	}
-	if err := e.WriteMeta(stage.nodes()); err != nil {
-		return nil, err
-	}
 	unused := stage.unused()
-	// 6. The exclusive section: catch up, swap, log the reaping.
+	res.phase(start, "swap")
+	// 6. The exclusive section: catch up, swap, log the blocks the old
+	// tree gained since the listing.
 	var pause time.Time
-	var reapOp uint64
 	var old []format.BlockNr
 	err = e.RunExclusive(func(x *engine.Exclusive) error {
 		pause = time.Now()
@@ -341,30 +422,14 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		if err := applyDelta(rt, sh.delta, sh.oldBlocks); err != nil {
 			return fmt.Errorf("apply live updates to the new tree: %w", err)
 		}
-		// Reserved blocks the load did not use are free again, and so are
-		// the old tree's blocks, the latter over several transactions.
-		// The reservation's blocks reached oldBlocks through the hook as
-		// rmap-owned blocks; they are the new tree's, not the old one's.
-		isReserved := make(map[format.BlockNr]bool, len(reserved))
-		for _, b := range reserved {
-			isReserved[b] = true
-		}
-		for b := range sh.oldBlocks {
-			if !isReserved[b] {
-				old = append(old, b)
-			}
-		}
-		slices.Sort(old)
-		x.FreeMeta(format.TreeRmap, unused)
-		for _, op := range reserveOps {
-			if err := x.DropLoggedOp(op); err != nil {
+		if late := oldList(isListed); len(late) > 0 {
+			op, err := x.LogFreeUnreachable(format.TreeRmap, late)
+			if err != nil {
 				return err
 			}
+			ops = append(ops, op)
 		}
-		var err error
-		if reapOp, err = x.LogFreeBlocks(format.TreeRmap, old); err != nil {
-			return err
-		}
+		old = oldList(nil)
 		e.SetRmapSick(false)
 		res.Gen = x.Gen()
 		return nil
@@ -375,35 +440,62 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	if err != nil {
 		return nil, fmt.Errorf("rmap rebuild: %w", err)
 	}
-	// 7. Reap the old tree, a batch per transaction.
-	const batch = reapBatch
-	for i := 0; i < len(old); i += batch {
-		rest := old[min(len(old), i+batch):]
-		err := e.Update(func(tx *engine.Tx) error {
-			tx.FreeMeta(format.TreeRmap, old[i:min(len(old), i+batch)])
-			if err := tx.DropLoggedOp(reapOp); err != nil {
-				return err
-			}
-			if len(rest) > 0 {
-				var err error
-				reapOp, err = tx.LogFreeBlocks(format.TreeRmap, rest)
-				return err
-			}
+	// 7. Reap the old tree and the reserved blocks the load did not use, a
+	// batch per transaction; then drop the logged operations (until then
+	// a crash leaves them to the mount, which frees what is left).
+	res.phase(start, "reap")
+	reap := append(unused, old...)
+	for i := 0; i < len(reap); i += reapBatch {
+		err := commitNow(e, func(tx *engine.Tx) error {
+			tx.FreeMeta(format.TreeRmap, reap[i:min(len(reap), i+reapBatch)])
 			return nil
 		})
 		if err != nil {
 			return nil, fmt.Errorf("reap the old rmap tree: %w", err)
 		}
-		if err := e.Sync(); err != nil {
-			return nil, err
-		}
 	}
+	err = e.Update(func(tx *engine.Tx) error {
+		for _, op := range ops {
+			if err := tx.DropLoggedOp(op); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = e.Sync()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("drop the rebuild's logged operations: %w", err)
+	}
+	res.phase(start, "")
 	res.Records, res.NewBlocks, res.OldBlocks = nt.Items, plan.Blocks, uint64(len(old))
 	if st, err := store.Stats(); err == nil {
 		res.XfileBytes = st.File.Allocated
 	}
 	res.Duration = time.Since(start)
 	return res, nil
+}
+
+// commitNow runs fn in the running transaction and commits.
+func commitNow(e *engine.Engine, fn func(tx *engine.Tx) error) error {
+	err := e.Update(fn)
+	if err == nil {
+		err = e.Sync()
+	}
+	return err
+}
+
+// writeStaged writes the staged nodes nodes returns to their blocks.
+func writeStaged(e *engine.Engine, nodes func() ([]format.Node, error)) error {
+	ns, err := nodes()
+	if err != nil {
+		return fmt.Errorf("staged rmap nodes: %w", err)
+	}
+	if err := e.WriteMeta(ns); err != nil {
+		return fmt.Errorf("write the new rmap tree: %w", err)
+	}
+	return nil
 }
 
 // applyDelta applies rmap events to tree t and keeps the set of the old
@@ -577,6 +669,7 @@ type stageStore struct {
 	used     int
 	index    map[format.BlockNr]int // staged block -> slot
 	freed    []int                  // slots given back
+	dirty    map[int]bool           // slots changed since clean
 }
 
 func newStageStore(dir string, fsid format.FSID, gen format.Gen, reserved []format.BlockNr) (*stageStore, error) {
@@ -584,7 +677,7 @@ func newStageStore(dir string, fsid format.FSID, gen format.Gen, reserved []form
 	if err != nil {
 		return nil, err
 	}
-	return &stageStore{f: f, fsid: fsid, gen: gen, reserved: reserved, index: map[format.BlockNr]int{}}, nil
+	return &stageStore{f: f, fsid: fsid, gen: gen, reserved: reserved, index: map[format.BlockNr]int{}, dirty: map[int]bool{}}, nil
 }
 
 func (s *stageStore) close() { s.f.Close() }
@@ -604,6 +697,9 @@ func (s *stageStore) Read(tree format.TreeID, p eb.Ptr, level int) (format.Node,
 
 func (s *stageStore) Writable(tree format.TreeID, p eb.Ptr, level int) (format.Node, eb.Ptr, error) {
 	n, err := s.Read(tree, p, level)
+	if err == nil {
+		s.dirty[s.index[p.Block]] = true
+	}
 	return n, p, err
 }
 
@@ -618,6 +714,7 @@ func (s *stageStore) Alloc(tree format.TreeID, level int) (format.Node, eb.Ptr, 
 		}
 		format.InitNode(nd, s.fsid, b, s.gen, tree, level)
 		s.index[b] = i
+		s.dirty[i] = true
 		return nd, eb.Ptr{Block: b, Gen: s.gen}, nil
 	}
 	if s.used >= len(s.reserved) {
@@ -633,6 +730,7 @@ func (s *stageStore) Alloc(tree format.TreeID, level int) (format.Node, eb.Ptr, 
 	}
 	format.InitNode(n, s.fsid, b, s.gen, tree, level)
 	s.index[b] = s.used
+	s.dirty[s.used] = true
 	s.used++
 	return n, eb.Ptr{Block: b, Gen: s.gen}, nil
 }
@@ -645,22 +743,43 @@ func (s *stageStore) Free(_ format.TreeID, p eb.Ptr, _ int) error {
 		return fmt.Errorf("bulk load free of block %d it did not allocate", p.Block)
 	}
 	delete(s.index, p.Block)
+	delete(s.dirty, i)
 	s.freed = append(s.freed, i)
 	return nil
 }
 
+// clean marks every staged node as written.
+func (s *stageStore) clean() { clear(s.dirty) }
+
+// dirtyNodes returns the staged nodes in use changed since clean, in slot
+// order.
+func (s *stageStore) dirtyNodes() ([]format.Node, error) {
+	slots := slices.Sorted(maps.Keys(s.dirty))
+	out := make([]format.Node, 0, len(slots))
+	for _, i := range slots {
+		n, err := s.node(i)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
 // nodes returns the staged nodes in use, in slot order.
-func (s *stageStore) nodes() []format.Node {
+func (s *stageStore) nodes() ([]format.Node, error) {
 	out := make([]format.Node, 0, len(s.index))
 	for i := 0; i < s.used; i++ {
 		if _, live := s.index[s.reserved[i]]; !live {
 			continue
 		}
-		if n, err := s.node(i); err == nil {
-			out = append(out, n)
+		n, err := s.node(i)
+		if err != nil {
+			return nil, err
 		}
+		out = append(out, n)
 	}
-	return out
+	return out, nil
 }
 
 // unused returns the reserved blocks the tree does not use.

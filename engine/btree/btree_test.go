@@ -301,3 +301,41 @@ func isCorrupt(err error) bool {
 	_, ok := format.AsCorrupt(err)
 	return ok
 }
+
+// TestBlocks: the interior-only walk reports exactly the blocks a full
+// check visits, each with its level, and stops when asked.
+func TestBlocks(t *testing.T) {
+	s := NewMemStore(false)
+	tr, _ := Create(s, format.TreeRmap)
+	for i := range 30_000 {
+		if err := tr.Insert(format.Key{Obj: uint64(i), Type: format.TypeRmapTree}, make([]byte, 8)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := map[Ptr]int{}
+	if err := tr.Check(CheckVisitor{Block: func(p Ptr, level int) { want[p] = level }}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[Ptr]int{}
+	if err := tr.Blocks(func(p Ptr, level int) bool {
+		if _, dup := got[p]; dup {
+			t.Fatalf("block %v reported twice", p)
+		}
+		got[p] = level
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if tr.Level < 2 || len(got) != len(want) {
+		t.Fatalf("level %d: %d blocks, check saw %d", tr.Level, len(got), len(want))
+	}
+	for p, l := range want {
+		if gl, ok := got[p]; !ok || gl != l {
+			t.Fatalf("block %v level %d: got %v %d", p, l, ok, gl)
+		}
+	}
+	n := 0
+	if err := tr.Blocks(func(Ptr, int) bool { n++; return n < 10 }); err != nil || n != 10 {
+		t.Fatalf("early stop: %d calls, %v", n, err)
+	}
+}

@@ -143,3 +143,45 @@ func (t *Tree) Last(from format.Key) (format.Key, []byte, bool, error) {
 	})
 	return k, v, found, err
 }
+
+// Blocks calls fn with the pointer and level of every block of the tree,
+// parents before their children, reading only interior nodes (a leaf's
+// address is in its parent). It stops early when fn returns false. A node
+// that cannot be read ends the walk with its error.
+func (t *Tree) Blocks(fn func(p Ptr, level int) bool) error {
+	if !fn(t.Root, t.Level) {
+		return nil
+	}
+	_, err := t.blocksBelow(t.Root, t.Level, fn)
+	return err
+}
+
+func (t *Tree) blocksBelow(p Ptr, level int, fn func(p Ptr, level int) bool) (bool, error) {
+	if level == 0 {
+		return true, nil
+	}
+	n, err := t.Store.Read(t.ID, p, level)
+	if err != nil {
+		return false, err
+	}
+	// Copy the children out: the store may recycle n's buffer below.
+	kids := make([]Ptr, n.NrItems())
+	for i := range kids {
+		b, g := n.Child(i)
+		kids[i] = Ptr{Block: b, Gen: g}
+	}
+	for _, c := range kids {
+		if !fn(c, level-1) {
+			return false, nil
+		}
+	}
+	if level == 1 {
+		return true, nil
+	}
+	for _, c := range kids {
+		if ok, err := t.blocksBelow(c, level-1, fn); !ok || err != nil {
+			return ok, err
+		}
+	}
+	return true, nil
+}
