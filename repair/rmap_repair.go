@@ -352,17 +352,17 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	for _, b := range reserved {
 		isReserved[b] = true
 	}
-	oldList := func(skip map[format.BlockNr]bool) []format.BlockNr {
+	oldList := func() []format.BlockNr {
 		var out []format.BlockNr
 		for b := range sh.oldBlocks {
-			if !isReserved[b] && !skip[b] {
+			if !isReserved[b] {
 				out = append(out, b)
 			}
 		}
 		slices.Sort(out)
 		return out
 	}
-	listed := oldList(nil)
+	listed := oldList()
 	// One commit per operation of at most opChunk blocks.
 	const opChunk = 64 * engine.LoggedOpPart
 	for i := 0; i < len(listed); i += opChunk {
@@ -422,14 +422,20 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		if err := applyDelta(rt, sh.delta, sh.oldBlocks); err != nil {
 			return fmt.Errorf("apply live updates to the new tree: %w", err)
 		}
-		if late := oldList(isListed); len(late) > 0 {
+		old = oldList()
+		var late []format.BlockNr
+		for _, b := range old {
+			if !isListed[b] {
+				late = append(late, b)
+			}
+		}
+		if len(late) > 0 {
 			op, err := x.LogFreeUnreachable(format.TreeRmap, late)
 			if err != nil {
 				return err
 			}
 			ops = append(ops, op)
 		}
-		old = oldList(nil)
 		e.SetRmapSick(false)
 		res.Gen = x.Gen()
 		return nil
