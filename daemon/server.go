@@ -28,7 +28,7 @@ import (
 type Options struct {
 	// Image is the image the mount serves, as status reports it.
 	Image string
-	// TempDir is where repairs put their xfiles ("": the system default).
+	// TempDir is where repairs put their xfiles ("": anonymous memory).
 	TempDir string
 	// Logger receives one line per request and operational problems
 	// (default: discard).

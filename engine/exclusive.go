@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	eb "github.com/scrubd/scrubd/engine/btree"
+	"github.com/scrubd/scrubd/engine/disk"
 	"github.com/scrubd/scrubd/engine/format"
 )
 
@@ -108,16 +109,55 @@ func (tx *Tx) ReplaceTree(id format.TreeID, root eb.Ptr, level int, items uint64
 }
 
 // WriteMeta seals nodes built outside the transaction system in blocks
-// reserved by ReserveMeta and writes them to the device. It does not flush:
-// the commit that first points at them flushes them before its superblock.
+// reserved by ReserveMeta and writes them to the device, nodes of adjacent
+// blocks (in the order given) in one write, each write written back before
+// the next where the device can (so that at most one write's worth is in
+// flight when a writer's fsync comes). It does not flush: the commit that
+// first points at them flushes them before its superblock (or call
+// FlushMeta).
 func (e *Engine) WriteMeta(nodes []format.Node) error {
-	for _, n := range nodes {
-		n.Seal()
-		if _, err := e.dev.WriteAt(n, int64(n.Block())*format.BlockSize); err != nil {
-			e.countIOError(ioWrite)
-			return fmt.Errorf("write block %d: %w", n.Block(), err)
+	run := make([]byte, 0, min(maxWriteRun, len(nodes))*format.BlockSize)
+	var runStart format.BlockNr
+	flush := func() error {
+		if len(run) == 0 {
+			return nil
 		}
-		e.cache.drop(n.Block())
+		off := int64(runStart) * format.BlockSize
+		_, err := e.dev.WriteAt(run, off)
+		if wb, ok := e.dev.(disk.Writebacker); ok && err == nil {
+			err = wb.Writeback(off, int64(len(run)), true)
+		}
+		if err != nil {
+			e.countIOError(ioWrite)
+			err = fmt.Errorf("write blocks %d-%d: %w", runStart, runStart+format.BlockNr(len(run)/format.BlockSize)-1, err)
+		}
+		run = run[:0]
+		return err
+	}
+	for _, n := range nodes {
+		b := n.Block()
+		n.Seal()
+		e.cache.drop(b)
+		k := format.BlockNr(len(run) / format.BlockSize)
+		if k > 0 && (b != runStart+k || k == maxWriteRun) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		if len(run) == 0 {
+			runStart = b
+		}
+		run = append(run, n...)
+	}
+	return flush()
+}
+
+// FlushMeta flushes what WriteMeta wrote, so that the writes are not left
+// for the next commit's (or a writer's fsync's) flush to carry.
+func (e *Engine) FlushMeta() error {
+	if err := e.dev.Flush(); err != nil {
+		e.countIOError(ioWrite)
+		return fmt.Errorf("flush: %w", err)
 	}
 	return nil
 }

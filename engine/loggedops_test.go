@@ -64,3 +64,79 @@ func TestLogFreeUnreachable(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteMetaRuns: WriteMeta writes nodes of adjacent blocks in one write
+// (at most maxWriteRun blocks), starts a new write at every gap or step
+// back, and every block ends up holding its own sealed node.
+func TestWriteMetaRuns(t *testing.T) {
+	dev := disk.NewMem(testBlocks * format.BlockSize)
+	if err := Mkfs(dev, MkfsOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cd := &countingDev{Device: nopClose{dev}}
+	e, err := Open(cd, Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	var got []format.BlockNr
+	if err := e.Update(func(tx *Tx) error {
+		got, err = tx.ReserveMeta(format.TreeRmap, maxWriteRun+40)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	// Order: the first maxWriteRun+10 in order (split at the cap and at
+	// any gap the allocator left), then skip two, then three blocks
+	// backwards.
+	order := slices.Clone(got[:maxWriteRun+10])
+	order = append(order, got[maxWriteRun+12:maxWriteRun+14]...)
+	order = append(order, got[maxWriteRun+20], got[maxWriteRun+19], got[maxWriteRun+18])
+	want, run := 0, 0
+	for i, b := range order {
+		if i == 0 || b != order[i-1]+1 || run == maxWriteRun {
+			want, run = want+1, 0
+		}
+		run++
+	}
+	if want < 5 {
+		t.Fatalf("test order makes only %d runs", want)
+	}
+	nodes := make([]format.Node, len(order))
+	for i, b := range order {
+		n := format.Node(make([]byte, format.BlockSize))
+		format.InitNode(n, e.FSID(), b, 7, format.TreeRmap, 0)
+		nodes[i] = n
+	}
+	before := cd.writes.Load()
+	if err := e.WriteMeta(nodes); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.FlushMeta(); err != nil {
+		t.Fatal(err)
+	}
+	if n := cd.writes.Load() - before; n != int64(want) {
+		t.Errorf("%d writes, want %d", n, want)
+	}
+	for _, n := range nodes {
+		b := n.Block()
+		on := dev.Bytes()[int64(b)*format.BlockSize:][:format.BlockSize]
+		if err := format.VerifyNode(on, format.Expect{FSID: e.FSID(), Block: b, Tree: format.TreeRmap, Gen: 7, Level: 0}); err != nil {
+			t.Fatalf("block %d: %v", b, err)
+		}
+	}
+	// The nodes are not linked anywhere: give the blocks back.
+	if err := e.Update(func(tx *Tx) error {
+		tx.FreeMeta(format.TreeRmap, got)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	mustCheck(t, e)
+}

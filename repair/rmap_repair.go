@@ -56,7 +56,7 @@ import (
 
 // RmapRebuildOptions configure RebuildRmap.
 type RmapRebuildOptions struct {
-	TempDir string  // for the xfile; "" means $TMPDIR
+	TempDir string  // directory for the xfiles; "" means anonymous memory
 	Fill    float64 // bulk-load fill factor; 0 means 0.9
 	// Yield is the share of the scan's time spent sleeping, leaving the
 	// CPU to writers: 0 means DefaultYield, negative means none.
@@ -129,9 +129,24 @@ func (r *RmapRebuildResult) phase(start time.Time, next string) {
 // Batch sizes of the reservation and the reaping: each batch is one
 // commit, short enough not to stall writers noticeably.
 const (
-	reserveBatch = 1024
-	reapBatch    = 512
+	reserveBatch = 2048
+	reapBatch    = 2048
 )
+
+// maxPace bounds the rest commitPaced leaves writers after a commit.
+const maxPace = 50 * time.Millisecond
+
+// commitPaced commits like commitNow, then rests as long as the commit held
+// the writer lock (at most maxPace): back to back, the rebuild's commits
+// would leave writers one operation between two of them.
+func commitPaced(e *engine.Engine, fn func(tx *engine.Tx) error) error {
+	t := time.Now()
+	err := commitNow(e, fn)
+	if err == nil {
+		time.Sleep(min(time.Since(t), maxPace))
+	}
+	return err
+}
 
 // rmapShadow is the shadow tree and the hook subscription feeding it.
 type rmapShadow struct {
@@ -224,7 +239,11 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	sh.mu.Lock()
 	sh.after = snap.Gen()
 	sh.mu.Unlock()
-	scanned, err := scanRmap(ctx, snap, tr, &throttle{yield: min(opts.Yield, 0.9)})
+	var scanned []format.BlockNr
+	err = lowPriority(func() (err error) {
+		scanned, err = scanRmap(ctx, snap, tr, &throttle{yield: min(opts.Yield, 0.9)})
+		return err
+	})
 	snap.Release()
 	if err != nil {
 		return nil, err
@@ -237,6 +256,11 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	sh.mu.Unlock()
 	// Catch up with what happened during the scan, then follow live.
 	res.phase(start, "reserve")
+	// Commit what writers queued during the scan now, on its own, so the
+	// first reservation's commit does not carry it too.
+	if err := e.Sync(); err != nil {
+		return nil, err
+	}
 	// In chunks: the events stay buffered (writers' hooks only append)
 	// while a chunk is applied outside the lock, so no writer's commit
 	// waits for the whole backlog.
@@ -283,7 +307,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	want := int(plan.Blocks + max(16, plan.Blocks/32))
 	for len(reserved) < want {
 		k := min(reserveBatch, want-len(reserved))
-		err := commitNow(e, func(tx *engine.Tx) error {
+		err := commitPaced(e, func(tx *engine.Tx) error {
 			got, err := tx.ReserveMeta(format.TreeRmap, k)
 			if err != nil {
 				return err
@@ -328,18 +352,23 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		return nil, err
 	}
 	defer stage.close()
-	var scanErr error
-	nt, err := plan.Build(stage, format.TreeRmap, treeRecords(tr, &scanErr), func(level int) (format.Node, eb.Ptr, error) {
-		return stage.Alloc(format.TreeRmap, level)
+	var nt *eb.Tree
+	err = lowPriority(func() error {
+		var scanErr error
+		var err error
+		nt, err = plan.Build(stage, format.TreeRmap, treeRecords(tr, &scanErr), func(level int) (format.Node, eb.Ptr, error) {
+			return stage.Alloc(format.TreeRmap, level)
+		})
+		if err == nil {
+			err = scanErr
+		}
+		if err != nil {
+			return fmt.Errorf("bulk load: %w", err)
+		}
+		res.phase(start, "write")
+		return writeStaged(e, stage.nodes)
 	})
-	if err == nil {
-		err = scanErr
-	}
 	if err != nil {
-		return nil, fmt.Errorf("bulk load: %w", err)
-	}
-	res.phase(start, "write")
-	if err := writeStaged(e, stage.nodes); err != nil {
 		return nil, err
 	}
 	stage.clean()
@@ -367,7 +396,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	const opChunk = 64 * engine.LoggedOpPart
 	for i := 0; i < len(listed); i += opChunk {
 		part := listed[i:min(len(listed), i+opChunk)]
-		err := commitNow(e, func(tx *engine.Tx) error {
+		err := commitPaced(e, func(tx *engine.Tx) error {
 			op, err := tx.LogFreeUnreachable(format.TreeRmap, part)
 			ops = append(ops, op)
 			return err
@@ -380,6 +409,9 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	for _, b := range listed {
 		isListed[b] = true
 	}
+	// The old tree's blocks it gains from here on (the updates after the
+	// freeze reach oldBlocks only through applyDelta).
+	gained := map[format.BlockNr]bool{}
 	// Catch up with the live updates gathered meanwhile, on the staged
 	// tree, outside any lock, rewriting the nodes that changed, until few
 	// are left for the exclusive section.
@@ -394,7 +426,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		batch := sh.delta
 		sh.delta = nil
 		sh.mu.Unlock()
-		if err := applyDelta(nt, batch, sh.oldBlocks); err != nil {
+		if err := applyDelta(nt, batch, sh.oldBlocks, gained); err != nil {
 			return nil, fmt.Errorf("catch up on the staged tree: %w", err)
 		}
 		if err := writeStaged(e, stage.dirtyNodes); err != nil {
@@ -409,7 +441,8 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	unused := stage.unused()
 	res.phase(start, "swap")
 	// 6. The exclusive section: catch up, swap, log the blocks the old
-	// tree gained since the listing.
+	// tree gained since the listing (known from the updates, so the
+	// section's work scales with them, not with the old tree).
 	var pause time.Time
 	var old []format.BlockNr
 	err = e.RunExclusive(func(x *engine.Exclusive) error {
@@ -419,16 +452,16 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		res.Events += sh.events + uint64(len(sh.delta))
 		x.ReplaceTree(format.TreeRmap, nt.Root, nt.Level, nt.Items)
 		rt, _ := x.ReadTree(format.TreeRmap)
-		if err := applyDelta(rt, sh.delta, sh.oldBlocks); err != nil {
+		if err := applyDelta(rt, sh.delta, sh.oldBlocks, gained); err != nil {
 			return fmt.Errorf("apply live updates to the new tree: %w", err)
 		}
-		old = oldList()
 		var late []format.BlockNr
-		for _, b := range old {
-			if !isListed[b] {
+		for b := range gained {
+			if !isListed[b] && !isReserved[b] {
 				late = append(late, b)
 			}
 		}
+		slices.Sort(late)
 		if len(late) > 0 {
 			op, err := x.LogFreeUnreachable(format.TreeRmap, late)
 			if err != nil {
@@ -446,13 +479,15 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	if err != nil {
 		return nil, fmt.Errorf("rmap rebuild: %w", err)
 	}
+	// Nothing changes the old tree's block set any more (unregistered).
+	old = oldList()
 	// 7. Reap the old tree and the reserved blocks the load did not use, a
 	// batch per transaction; then drop the logged operations (until then
 	// a crash leaves them to the mount, which frees what is left).
 	res.phase(start, "reap")
 	reap := append(unused, old...)
 	for i := 0; i < len(reap); i += reapBatch {
-		err := commitNow(e, func(tx *engine.Tx) error {
+		err := commitPaced(e, func(tx *engine.Tx) error {
 			tx.FreeMeta(format.TreeRmap, reap[i:min(len(reap), i+reapBatch)])
 			return nil
 		})
@@ -492,21 +527,28 @@ func commitNow(e *engine.Engine, fn func(tx *engine.Tx) error) error {
 	return err
 }
 
-// writeStaged writes the staged nodes nodes returns to their blocks.
+// writeStaged writes the staged nodes nodes returns to their blocks and
+// flushes them: the rebuild carries its own writes rather than leaving
+// hundreds of megabytes for a writer's fsync, or the next commit under the
+// writer lock, to flush.
 func writeStaged(e *engine.Engine, nodes func() ([]format.Node, error)) error {
 	ns, err := nodes()
 	if err != nil {
 		return fmt.Errorf("staged rmap nodes: %w", err)
 	}
-	if err := e.WriteMeta(ns); err != nil {
+	err = e.WriteMeta(ns)
+	if err == nil {
+		err = e.FlushMeta()
+	}
+	if err != nil {
 		return fmt.Errorf("write the new rmap tree: %w", err)
 	}
 	return nil
 }
 
 // applyDelta applies rmap events to tree t and keeps the set of the old
-// tree's own blocks current.
-func applyDelta(t *eb.Tree, evs []engine.RmapEvent, oldBlocks map[format.BlockNr]bool) error {
+// tree's own blocks current, and the set of those it gained.
+func applyDelta(t *eb.Tree, evs []engine.RmapEvent, oldBlocks, gained map[format.BlockNr]bool) error {
 	var val [format.RmapItemSize]byte
 	for _, ev := range evs {
 		k := format.RmapKey(ev.Start, ev.Owner)
@@ -518,11 +560,13 @@ func applyDelta(t *eb.Tree, evs []engine.RmapEvent, oldBlocks map[format.BlockNr
 			err = t.Put(k, val[:])
 			if own {
 				oldBlocks[ev.Start] = true
+				gained[ev.Start] = true
 			}
 		case engine.OpDelete:
 			_, err = t.Delete(k)
 			if own {
 				delete(oldBlocks, ev.Start)
+				delete(gained, ev.Start)
 			}
 		}
 		if err != nil {

@@ -2,7 +2,8 @@ package xfile
 
 // Why a File never faults
 //
-// A File is a sparse, unlinked temporary file mapped MAP_SHARED. Two things
+// A File is a sparse, unlinked temporary file (by default anonymous memory,
+// a memfd) mapped MAP_SHARED. Two things
 // could turn an ordinary memory access into a fatal signal, and both are ruled
 // out by construction:
 //
@@ -59,7 +60,9 @@ const MaxSize = 1 << 46
 
 // Options configures a File.
 type Options struct {
-	// Dir is the directory that holds the (unlinked) file. Default os.TempDir().
+	// Dir is the directory that holds the (unlinked) file. Empty means
+	// anonymous memory (memfd: swappable, never written back to a disk),
+	// or os.TempDir() where memfd is unavailable.
 	Dir string
 	// InitialSize is the number of bytes to map at creation, rounded up to
 	// the page size. Zero maps nothing until the first Grow or Store.
@@ -97,20 +100,32 @@ type File struct {
 
 // New creates a File as configured by opts.
 //
-// It opens the file with O_TMPFILE, so it has no name at any moment; on
-// filesystems without O_TMPFILE it creates a uniquely named file and unlinks
-// it at once. An error wraps ErrTempDir if the directory is missing or not
-// writable, and ErrNoSpace if it is full.
+// Without opts.Dir it is a memfd. With it, it opens the file with
+// O_TMPFILE, so it has no name at any moment; on filesystems without
+// O_TMPFILE it creates a uniquely named file and unlinks it at once. An
+// error wraps ErrTempDir if the directory is missing or not writable, and
+// ErrNoSpace if it is full.
 func New(opts Options) (*File, error) {
 	f := &File{name: label(opts.Name)}
 	if opts.InitialSize < 0 || opts.InitialSize > MaxSize {
 		return nil, fmt.Errorf("%s: initial size %d: %w", f.name, opts.InitialSize, ErrRange)
 	}
 	dir := opts.Dir
+	var osf *os.File
+	var err error
 	if dir == "" {
-		dir = os.TempDir()
+		// Anonymous memory, as XFS's shmem xfiles: pages the kernel can
+		// swap but never writes back to a disk, where a rebuild's
+		// hundreds of megabytes of shadow would compete with the image's
+		// own I/O. Where memfd is unavailable, a file in os.TempDir().
+		osf, err = openMemfd(f.name)
+		if err != nil {
+			dir = os.TempDir()
+		}
 	}
-	osf, err := openTemp(dir)
+	if osf == nil {
+		osf, err = openTemp(dir)
+	}
 	if err != nil {
 		if isNoSpace(err) {
 			return nil, fmt.Errorf("%s: create in %q: %w: %w", f.name, dir, ErrNoSpace, err)
@@ -126,6 +141,15 @@ func New(opts Options) (*File, error) {
 		}
 	}
 	return f, nil
+}
+
+// openMemfd opens an anonymous memory-backed file (memfd_create).
+func openMemfd(name string) (*os.File, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "memfd:"+name), nil
 }
 
 // openTemp opens an anonymous file in dir.

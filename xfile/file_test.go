@@ -3,17 +3,25 @@ package xfile
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
 
+// memfdDir asks newFile for the default, anonymous-memory file.
+const memfdDir = "(memfd)"
+
 func newFile(t testing.TB, opts Options) *File {
 	t.Helper()
-	if opts.Dir == "" {
+	switch opts.Dir {
+	case "":
 		opts.Dir = t.TempDir()
+	case memfdDir:
+		opts.Dir = ""
 	}
 	f, err := New(opts)
 	if err != nil {
@@ -39,9 +47,14 @@ func TestFileModel(t *testing.T) {
 		{"fallocate", false, false},
 		{"no-fallocate", true, false},
 		{"no-punch", false, true},
+		{"memfd", false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFile(t, Options{Name: "model"})
+			opts := Options{Name: "model"}
+			if tc.name == "memfd" {
+				opts.Dir = memfdDir
+			}
+			f := newFile(t, opts)
 			f.noFallocate, f.noPunch = tc.noFallocate, tc.noPunch
 			testFileModel(t, f, rand.New(rand.NewPCG(1, 2)))
 		})
@@ -256,7 +269,26 @@ func TestFileRangeErrors(t *testing.T) {
 }
 
 func TestFileDiscardReturnsMemory(t *testing.T) {
-	f := newFile(t, Options{})
+	for _, dir := range []string{"", memfdDir} {
+		t.Run(map[string]string{"": "tempdir", memfdDir: "memfd"}[dir], func(t *testing.T) {
+			testDiscardReturnsMemory(t, newFile(t, Options{Dir: dir}))
+		})
+	}
+}
+
+// TestFileMemfd: without a directory the file is anonymous memory.
+func TestFileMemfd(t *testing.T) {
+	f := newFile(t, Options{Dir: memfdDir, Name: "shadow"})
+	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", f.fd))
+	if err != nil {
+		t.Skipf("no /proc: %v", err)
+	}
+	if !strings.HasPrefix(link, "/memfd:") {
+		t.Errorf("default xfile is %q, want a memfd", link)
+	}
+}
+
+func testDiscardReturnsMemory(t *testing.T, f *File) {
 	const n = 8 << 20
 	p := bytes.Repeat([]byte{0xa5}, 1<<20)
 	for off := int64(0); off < n; off += int64(len(p)) {

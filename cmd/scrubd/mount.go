@@ -76,7 +76,7 @@ EXIT STATUS
 			// after an umount from outside, when Run returns: always
 			// before the filesystem is closed. Without it the mount still
 			// serves files, so a failure to start it only warns.
-			ctl, cerr := daemon.Serve(cmd.Context(), fsys, mountpoint, daemon.Options{Image: source, Logger: log})
+			ctl, cerr := daemon.Serve(cmd.Context(), fsys, mountpoint, daemon.Options{Image: source, Logger: log, TempDir: global.tmpDir})
 			if cerr != nil {
 				log.Warn("no control socket: scrub and inject cannot reach this mount", "err", cerr)
 			}

@@ -15,6 +15,7 @@ import (
 type globalOptions struct {
 	logLevel  string
 	logFormat string
+	tmpDir    string
 }
 
 var global globalOptions
@@ -31,6 +32,7 @@ they are in use, and rebuilds damaged metadata online.`,
 	}
 	root.PersistentFlags().StringVar(&global.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&global.logFormat, "log-format", "text", "log format: text or json")
+	root.PersistentFlags().StringVar(&global.tmpDir, "tmpdir", "", "directory for repairs' temporary files (default: anonymous memory, swappable)")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return withCode(2, fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath()))
 	})

@@ -103,7 +103,7 @@ func scrubImage(ctx context.Context, img string, repairIt, data bool, log *slog.
 	if err != nil {
 		return nil, err
 	}
-	rep, err := repair.Scrub(ctx, fsys, img, repair.ScrubOptions{Repair: repairIt, Data: data, Logger: log, Mode: "offline"})
+	rep, err := repair.Scrub(ctx, fsys, img, repair.ScrubOptions{Repair: repairIt, Data: data, Logger: log, Mode: "offline", TempDir: global.tmpDir})
 	if cerr := fsys.Close(); cerr != nil {
 		return nil, errors.Join(err, fmt.Errorf("close %s: %w", img, cerr))
 	}

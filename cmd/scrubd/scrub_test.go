@@ -411,7 +411,14 @@ func TestScrubOfflineRepairFlag(t *testing.T) {
 	populate(t, img)
 	expect(t, 0, "scrub", img)
 	expect(t, 0, "inject", img, "--tree", "rmap", "--kind", "drop-record")
-	out := expect(t, 1, "scrub", img, "--repair")
+	// --tmpdir places the rebuild's temporary files: a directory that
+	// does not exist leaves the damage, and says why.
+	missing := filepath.Join(t.TempDir(), "missing")
+	out := expect(t, 4, "scrub", img, "--repair", "--tmpdir", missing)
+	if !strings.Contains(out, "temporary directory") {
+		t.Errorf("scrub --repair --tmpdir %s:\n%s", missing, out)
+	}
+	out = expect(t, 1, "scrub", img, "--repair", "--tmpdir", t.TempDir())
 	if !strings.Contains(out, "offline check of") || !strings.Contains(out, ": corrected") {
 		t.Fatalf("scrub --repair:\n%s", out)
 	}

@@ -26,6 +26,12 @@ type Device interface {
 	Close() error
 }
 
+// Writebacker is a Device that can write a range back ahead of a Flush
+// (File does); see File.Writeback.
+type Writebacker interface {
+	Writeback(off, n int64, wait bool) error
+}
+
 var (
 	// ErrShortIO is wrapped by errors for reads or writes the operating
 	// system completed only in part.

@@ -289,6 +289,25 @@ func (d *File) WriteAt(p []byte, off int64) (int, error) {
 	return n, fmt.Errorf("disk: %s: write %d bytes at offset %d: wrote %d: %w", d.path, len(p), off, n, err)
 }
 
+// Writeback writes the range's dirty pages back to the host's storage
+// (sync_file_range on Linux) and, with wait, waits for them. Writing a
+// large amount in steps, each written back before the next, keeps little
+// in flight at any moment: an fsync of the same file by another writer
+// then waits for one step, not for everything. It makes nothing durable
+// (the host's metadata and cache are Flush's work).
+func (d *File) Writeback(off, n int64, wait bool) error {
+	if d.closed.Load() {
+		return ErrClosed
+	}
+	if d.readOnly || n <= 0 {
+		return nil
+	}
+	if err := writeback(d.f, off, n, wait); err != nil {
+		return fmt.Errorf("disk: %s: writeback: %w", d.path, err)
+	}
+	return nil
+}
+
 // Flush makes every completed write durable with fdatasync. A read-only
 // File has nothing to flush and returns nil unless it is closed.
 func (d *File) Flush() error {

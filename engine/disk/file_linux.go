@@ -81,3 +81,32 @@ func lockFile(f *os.File, exclusive bool) error {
 	}
 	return nil
 }
+
+// writeback writes back the dirty pages of [off, off+n) (sync_file_range):
+// it starts the writes and, with wait, waits for them.
+func writeback(f *os.File, off, n int64, wait bool) error {
+	flags := unix.SYNC_FILE_RANGE_WRITE
+	if wait {
+		flags |= unix.SYNC_FILE_RANGE_WAIT_BEFORE | unix.SYNC_FILE_RANGE_WAIT_AFTER
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		for {
+			serr = unix.SyncFileRange(int(fd), off, n, flags)
+			if serr != unix.EINTR {
+				return
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil {
+		return &os.SyscallError{Syscall: "sync_file_range", Err: serr}
+	}
+	return nil
+}

@@ -241,3 +241,45 @@ func TestFileShortRead(t *testing.T) {
 		t.Fatalf("ReadAt past the shrunk end = %d, %v; want %d, ErrShortIO", n, err, 6000-4096)
 	}
 }
+
+// TestWriteback: writing a range back (and waiting) keeps the data, a bad
+// range is an error, a read-only File has nothing to write back, and a
+// closed one says so.
+func TestWriteback(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img")
+	f, err := Create(path, 64*4096, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := pattern(3, 16*4096)
+	if _, err := f.WriteAt(data, 8*4096); err != nil {
+		t.Fatal(err)
+	}
+	for _, wait := range []bool{false, true} {
+		if err := f.Writeback(8*4096, int64(len(data)), wait); err != nil {
+			t.Fatalf("Writeback(wait=%v): %v", wait, err)
+		}
+	}
+	if err := f.Writeback(-4096, 4096, true); err == nil {
+		t.Error("Writeback of a negative offset succeeded")
+	}
+	if err := f.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := f.Writeback(0, 4096, true); !errors.Is(err, ErrClosed) {
+		t.Errorf("Writeback after Close = %v, want ErrClosed", err)
+	}
+	ro, err := Open(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if err := ro.Writeback(0, 4096, true); err != nil {
+		t.Errorf("Writeback on a read-only File: %v", err)
+	}
+	got := make([]byte, len(data))
+	if _, err := ro.ReadAt(got, 8*4096); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("read back after Writeback: %v, match %v", err, bytes.Equal(got, data))
+	}
+}
