@@ -138,37 +138,62 @@ func (e *Engine) recordRoots() error {
 // writeDirty seals every dirty block and writes them in block order,
 // coalescing adjacent blocks into one write.
 func (e *Engine) writeDirty() error {
-	var run []byte
-	var runStart format.BlockNr
-	var runLen int
-	flush := func() error {
-		if runLen == 0 {
-			return nil
-		}
-		_, err := e.dev.WriteAt(run[:runLen*format.BlockSize], int64(runStart)*format.BlockSize)
-		runLen = 0
-		return err
-	}
-	run = make([]byte, min(maxWriteRun, e.txn.dirty.Len())*format.BlockSize)
+	w := e.newRunWriter(e.txn.dirty.Len(), nil)
 	var err error
 	e.txn.dirty.Scan(func(b format.BlockNr, d dirtyBlock) bool {
-		d.node.Seal()
-		if runLen > 0 && (b != runStart+format.BlockNr(runLen) || runLen == maxWriteRun) {
-			if err = flush(); err != nil {
-				return false
-			}
-		}
-		if runLen == 0 {
-			runStart = b
-		}
-		copy(run[runLen*format.BlockSize:], d.node)
-		runLen++
-		return true
+		err = w.add(d.node)
+		return err == nil
 	})
 	if err != nil {
 		return err
 	}
-	return flush()
+	return w.flush()
+}
+
+// runWriter seals nodes and writes those of adjacent blocks (in the order
+// added) in one write of at most maxWriteRun blocks; after, if set, runs
+// after each write.
+type runWriter struct {
+	e     *Engine
+	run   []byte
+	start format.BlockNr
+	after func(off, n int64) error
+}
+
+func (e *Engine) newRunWriter(nodes int, after func(off, n int64) error) *runWriter {
+	return &runWriter{e: e, run: make([]byte, 0, min(maxWriteRun, nodes)*format.BlockSize), after: after}
+}
+
+func (w *runWriter) add(n format.Node) error {
+	b := n.Block()
+	n.Seal()
+	k := format.BlockNr(len(w.run) / format.BlockSize)
+	if k > 0 && (b != w.start+k || k == maxWriteRun) {
+		if err := w.flush(); err != nil {
+			return err
+		}
+	}
+	if len(w.run) == 0 {
+		w.start = b
+	}
+	w.run = append(w.run, n...)
+	return nil
+}
+
+func (w *runWriter) flush() error {
+	if len(w.run) == 0 {
+		return nil
+	}
+	off, n := int64(w.start)*format.BlockSize, int64(len(w.run))
+	_, err := w.e.dev.WriteAt(w.run, off)
+	if err == nil && w.after != nil {
+		err = w.after(off, n)
+	}
+	w.run = w.run[:0]
+	if err != nil {
+		return fmt.Errorf("write blocks %d-%d: %w", w.start, w.start+format.BlockNr(n/format.BlockSize)-1, err)
+	}
+	return nil
 }
 
 // writeSupers writes every superblock copy of sb and flushes.

@@ -116,40 +116,24 @@ func (tx *Tx) ReplaceTree(id format.TreeID, root eb.Ptr, level int, items uint64
 // first points at them flushes them before its superblock (or call
 // FlushMeta).
 func (e *Engine) WriteMeta(nodes []format.Node) error {
-	run := make([]byte, 0, min(maxWriteRun, len(nodes))*format.BlockSize)
-	var runStart format.BlockNr
-	flush := func() error {
-		if len(run) == 0 {
-			return nil
-		}
-		off := int64(runStart) * format.BlockSize
-		_, err := e.dev.WriteAt(run, off)
-		if wb, ok := e.dev.(disk.Writebacker); ok && err == nil {
-			err = wb.Writeback(off, int64(len(run)), true)
-		}
-		if err != nil {
-			e.countIOError(ioWrite)
-			err = fmt.Errorf("write blocks %d-%d: %w", runStart, runStart+format.BlockNr(len(run)/format.BlockSize)-1, err)
-		}
-		run = run[:0]
-		return err
+	var after func(off, n int64) error
+	if wb, ok := e.dev.(disk.Writebacker); ok {
+		after = func(off, n int64) error { return wb.Writeback(off, n, true) }
 	}
-	for _, n := range nodes {
-		b := n.Block()
-		n.Seal()
-		e.cache.drop(b)
-		k := format.BlockNr(len(run) / format.BlockSize)
-		if k > 0 && (b != runStart+k || k == maxWriteRun) {
-			if err := flush(); err != nil {
+	w := e.newRunWriter(len(nodes), after)
+	err := func() error {
+		for _, n := range nodes {
+			e.cache.drop(n.Block())
+			if err := w.add(n); err != nil {
 				return err
 			}
 		}
-		if len(run) == 0 {
-			runStart = b
-		}
-		run = append(run, n...)
+		return w.flush()
+	}()
+	if err != nil {
+		e.countIOError(ioWrite)
 	}
-	return flush()
+	return err
 }
 
 // FlushMeta flushes what WriteMeta wrote, so that the writes are not left

@@ -444,7 +444,6 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	// tree gained since the listing (known from the updates, so the
 	// section's work scales with them, not with the old tree).
 	var pause time.Time
-	var old []format.BlockNr
 	err = e.RunExclusive(func(x *engine.Exclusive) error {
 		pause = time.Now()
 		e.Hooks().Rmap.Unregister(h)
@@ -480,7 +479,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		return nil, fmt.Errorf("rmap rebuild: %w", err)
 	}
 	// Nothing changes the old tree's block set any more (unregistered).
-	old = oldList()
+	old := oldList()
 	// 7. Reap the old tree and the reserved blocks the load did not use, a
 	// batch per transaction; then drop the logged operations (until then
 	// a crash leaves them to the mount, which frees what is left).
