@@ -332,9 +332,9 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 // checkSupers verifies every superblock copy against the snapshot's.
 func (s *Snapshot) checkSupers(report func(Finding)) {
 	e := s.e
-	// Hold the writer so no commit rewrites a copy while it is read.
-	e.wmu.Lock()
-	defer e.wmu.Unlock()
+	// Hold commits off so that none rewrites a copy while it is read.
+	e.cmu.Lock()
+	defer e.cmu.Unlock()
 	buf := make([]byte, format.BlockSize)
 	for _, at := range format.SuperBlocks(e.totalBlocks) {
 		if _, err := e.dev.ReadAt(buf, int64(at)*format.BlockSize); err != nil {

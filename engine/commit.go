@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/tidwall/btree"
+
 	"github.com/scrubd/scrubd/engine/format"
 )
 
@@ -24,6 +26,15 @@ import (
 // blocks it freed are not reused until this commit is durable. Mount takes
 // the newest valid copy, so it sees the old generation or the new one, never
 // a mix.
+//
+// Only step 1 holds writers out (as btrfs unblocks a new transaction once
+// the committing one's roots are switched). prepareCommit runs it under wmu,
+// seals the dirty blocks and opens the next transaction; writeOut runs steps
+// 2-5 and publishes the generation with wmu released, holding cmu, which
+// serializes commits and fsync log appends. The next transaction reads the
+// committing one's blocks from its dirty index (inflight) until they are
+// published to the cache, and copies them before changing them, as it would
+// committed blocks.
 
 // maxCommitPasses bounds step 1; it converges in two or three passes.
 const maxCommitPasses = 64
@@ -31,13 +42,58 @@ const maxCommitPasses = 64
 // maxWriteRun bounds one coalesced write.
 const maxWriteRun = 256
 
+// pendingCommit is a generation whose delayed refs are settled and whose
+// blocks are sealed, waiting to be written and published.
+type pendingCommit struct {
+	gen   format.Gen
+	dirty *btree.Map[format.BlockNr, dirtyBlock]
+	super format.Super
+	roots map[format.TreeID]format.RootItem
+}
+
+// commitLocked commits the running transaction and returns when it is
+// durable, holding wmu throughout (mkfs, mount, close).
 func (e *Engine) commitLocked() error {
+	c, err := e.prepareCommit()
+	if err != nil || c == nil {
+		return err
+	}
+	return e.writeOut(c)
+}
+
+// commit commits the running transaction and returns when it is durable;
+// writers are held out only while it is prepared.
+func (e *Engine) commit() error {
+	e.cmu.Lock()
+	defer e.cmu.Unlock()
+	e.wmu.Lock()
+	if err := e.writable(); err != nil {
+		e.wmu.Unlock()
+		if e.opts.ReadOnly {
+			return nil
+		}
+		return err
+	}
+	c, err := e.prepareCommit()
+	e.wmu.Unlock()
+	if err != nil || c == nil {
+		return err
+	}
+	return e.writeOut(c)
+}
+
+// prepareCommit runs step 1, seals the dirty blocks, hands the allocator
+// the blocks the generation frees (released once it is durable and no
+// reader pins an older one), and opens the next transaction. It returns
+// nil if there is nothing to commit. Called with wmu held and no commit
+// in flight (cmu held, or no concurrency yet).
+func (e *Engine) prepareCommit() (*pendingCommit, error) {
 	t := e.txn
 	if e.takeErrorCounts() {
 		t.superDirty = true
 	}
 	if t.dirty.Len() == 0 && e.refs.len() == 0 && !t.superDirty {
-		return nil
+		return nil, nil
 	}
 	fail := func(step string, err error) error {
 		err = fmt.Errorf("commit generation %d: %s: %w", t.gen, step, err)
@@ -46,26 +102,22 @@ func (e *Engine) commitLocked() error {
 	}
 	for pass := 0; ; pass++ {
 		if pass == maxCommitPasses {
-			return fail("settle", fmt.Errorf("delayed refs did not converge: %w", errInternal))
+			return nil, fail("settle", fmt.Errorf("delayed refs did not converge: %w", errInternal))
 		}
 		if err := e.runDelayedRefs(); err != nil {
-			return fail("delayed refs", err)
+			return nil, fail("delayed refs", err)
 		}
 		if err := e.recordRoots(); err != nil {
-			return fail("record roots", err)
+			return nil, fail("record roots", err)
 		}
 		if e.refs.len() == 0 {
 			break
 		}
 	}
-	if err := e.writeDirty(); err != nil {
-		e.countIOError(ioWrite)
-		return fail("write blocks", err)
-	}
-	if err := e.dev.Flush(); err != nil {
-		e.countIOError(ioWrite)
-		return fail("flush blocks", err)
-	}
+	t.dirty.Scan(func(_ format.BlockNr, d dirtyBlock) bool {
+		d.node.Seal()
+		return true
+	})
 	root := e.trees[format.TreeRoot]
 	sb := e.super
 	sb.Gen = t.gen
@@ -78,35 +130,75 @@ func (e *Engine) commitLocked() error {
 		sb.Devices[0].WriteErrors += e.ioErrs[ioWrite].Swap(0)
 		sb.Devices[0].CsumErrors += e.ioErrs[ioCsum].Swap(0)
 	}
-	if err := e.writeSupers(&sb); err != nil {
-		e.countIOError(ioWrite)
-		return fail("superblock", err)
-	}
-	// Durable. Publish the generation to readers.
 	sb.Block = 0
 	e.super = sb
 	roots := make(map[format.TreeID]format.RootItem, len(e.trees))
 	for id, tr := range e.trees {
 		roots[id] = format.RootItem{Root: format.RootPtr{Block: tr.Root.Block, Gen: tr.Root.Gen, Level: uint8(tr.Level)}, Items: tr.Items, Flags: e.recorded[id].Flags}
 	}
-	t.dirty.Scan(func(b format.BlockNr, d dirtyBlock) bool {
+	// Blocks this generation freed, and the fsync log's blocks (the log
+	// extends the previous generation and is dead once this one is
+	// durable), return to the allocator once it is durable.
+	e.alloc.deferFree(t.gen, t.pendingFree)
+	e.restartLog(t.gen)
+	if invariants && !e.replaying {
+		e.checkAllocator()
+	}
+	c := &pendingCommit{gen: t.gen, dirty: t.dirty, super: sb, roots: roots}
+	e.inflight.Store(t.dirty)
+	next := newTxn(t.gen + 1)
+	next.metaHint = t.metaHint
+	e.txn = next
+	return c, nil
+}
+
+// writeOut runs steps 2-5 for c and publishes it to readers. A failure
+// leaves the previous generation on disk and fails the engine: the next
+// writer turns it read-only.
+func (e *Engine) writeOut(c *pendingCommit) error {
+	fail := func(step string, err error) error {
+		err = fmt.Errorf("commit generation %d: %s: %w", c.gen, step, err)
+		e.countIOError(ioWrite)
+		e.inflight.Store(nil)
+		e.mu.Lock()
+		if e.writeErr == nil {
+			e.writeErr = err
+		}
+		e.mu.Unlock()
+		e.log.Error("commit failed, engine turns read-only", "gen", c.gen, "err", err)
+		return err
+	}
+	w := e.newRunWriter(c.dirty.Len(), nil)
+	var err error
+	c.dirty.Scan(func(_ format.BlockNr, d dirtyBlock) bool {
+		err = w.add(d.node)
+		return err == nil
+	})
+	if err == nil {
+		err = w.flush()
+	}
+	if err != nil {
+		return fail("write blocks", err)
+	}
+	if err := e.dev.Flush(); err != nil {
+		return fail("flush blocks", err)
+	}
+	if err := e.writeSupers(&c.super); err != nil {
+		return fail("superblock", err)
+	}
+	// Durable. Publish the generation to readers: the cache first, so
+	// that the next transaction finds the blocks once inflight is gone.
+	c.dirty.Scan(func(b format.BlockNr, d dirtyBlock) bool {
 		e.cache.put(b, d.node)
 		return true
 	})
 	e.mu.Lock()
-	e.committed = &view{super: sb, roots: roots}
+	e.committed = &view{super: c.super, roots: c.roots}
 	e.mu.Unlock()
-	e.alloc.deferFree(t.gen, t.pendingFree)
-	next := newTxn(t.gen + 1)
-	next.metaHint = t.metaHint
-	e.txn = next
+	e.inflight.Store(nil)
 	e.commits.Add(1)
-	e.resetLog()
 	e.releaseFreed()
-	if invariants && !e.replaying {
-		e.checkAllocator()
-	}
-	e.log.Debug("committed", "gen", t.gen, "free", sb.FreeBlocks)
+	e.log.Debug("committed", "gen", c.gen, "free", c.super.FreeBlocks)
 	return nil
 }
 
@@ -135,22 +227,7 @@ func (e *Engine) recordRoots() error {
 	return nil
 }
 
-// writeDirty seals every dirty block and writes them in block order,
-// coalescing adjacent blocks into one write.
-func (e *Engine) writeDirty() error {
-	w := e.newRunWriter(e.txn.dirty.Len(), nil)
-	var err error
-	e.txn.dirty.Scan(func(b format.BlockNr, d dirtyBlock) bool {
-		err = w.add(d.node)
-		return err == nil
-	})
-	if err != nil {
-		return err
-	}
-	return w.flush()
-}
-
-// runWriter seals nodes and writes those of adjacent blocks (in the order
+// runWriter writes sealed nodes, those of adjacent blocks (in the order
 // added) in one write of at most maxWriteRun blocks; after, if set, runs
 // after each write.
 type runWriter struct {
@@ -166,7 +243,6 @@ func (e *Engine) newRunWriter(nodes int, after func(off, n int64) error) *runWri
 
 func (w *runWriter) add(n format.Node) error {
 	b := n.Block()
-	n.Seal()
 	k := format.BlockNr(len(w.run) / format.BlockSize)
 	if k > 0 && (b != w.start+k || k == maxWriteRun) {
 		if err := w.flush(); err != nil {

@@ -98,6 +98,13 @@ type Engine struct {
 	tolerant    bool // offline check: load what is readable, report the rest
 	replaying   bool // log replay in progress (mount only)
 
+	// cmu serializes commits (held from prepareCommit through writeOut)
+	// and fsync log appends; taken before wmu.
+	cmu sync.Mutex
+	// inflight is the dirty index of the generation being written out, if
+	// any (set under wmu, cleared by writeOut).
+	inflight atomic.Pointer[btree.Map[format.BlockNr, dirtyBlock]]
+
 	// Writer state, guarded by wmu.
 	wmu       sync.Mutex
 	txn       *txn
@@ -112,6 +119,7 @@ type Engine struct {
 	// Committed state, guarded by mu.
 	mu        sync.Mutex
 	committed *view
+	writeErr  error // a commit's write-out failed: the engine must turn read-only
 	pins      map[format.Gen]int
 	closed    bool
 
@@ -488,6 +496,7 @@ type Tx struct {
 	e       *Engine
 	touched bool
 	view    bool
+	logging bool   // FsyncView: commits are held off, AppendLog works
 	budget  uint64 // data blocks reserved by ReserveData
 }
 
@@ -599,8 +608,13 @@ func (tx *Tx) PinForLog(start format.BlockNr) {
 }
 
 // AppendLog writes one fsync group to the log and flushes (see
-// Engine.AppendLog); usable inside View and Update.
-func (tx *Tx) AppendLog(items []LogItem) error { return tx.e.appendLogLocked(items) }
+// Engine.AppendLog); usable inside FsyncView only.
+func (tx *Tx) AppendLog(items []LogItem) error {
+	if !tx.logging {
+		return fmt.Errorf("engine: AppendLog outside FsyncView: %w", errInternal)
+	}
+	return tx.e.appendLogLocked(items)
+}
 
 // Note adds a line to the mount notes (recovery passes use it).
 func (tx *Tx) Note(s string) { tx.e.mount.Notes = append(tx.e.mount.Notes, s) }
@@ -671,17 +685,29 @@ func (e *Engine) ref(start format.BlockNr, n uint64, owner format.Owner, flags u
 // throttling). If fn fails after it changed anything, the transaction is
 // aborted: the engine turns read-only and the last commit stays on disk.
 func (e *Engine) Update(fn func(tx *Tx) error) error {
+	full, err := e.update(fn)
+	if err == nil && full {
+		// Throttle: this writer commits (the others wait only while the
+		// commit is prepared).
+		err = e.commit()
+	}
+	return err
+}
+
+// update runs fn under wmu and reports whether the transaction has
+// outgrown MaxDirtyBlocks.
+func (e *Engine) update(fn func(tx *Tx) error) (bool, error) {
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
 	if err := e.writable(); err != nil {
-		return err
+		return false, err
 	}
 	tx := &Tx{e: e}
 	if err := fn(tx); err != nil {
 		if tx.touched {
 			e.abort(err)
 		}
-		return err
+		return false, err
 	}
 	if e.opts.NoDelayedRefs || e.refs.len() > e.opts.MaxDelayedRefs {
 		if !e.opts.NoDelayedRefs {
@@ -689,13 +715,10 @@ func (e *Engine) Update(fn func(tx *Tx) error) error {
 		}
 		if err := e.runDelayedRefs(); err != nil {
 			e.abort(err)
-			return err
+			return false, err
 		}
 	}
-	if e.txn.dirty.Len() > e.opts.MaxDirtyBlocks {
-		return e.commitLocked()
-	}
-	return nil
+	return e.txn.dirty.Len() > e.opts.MaxDirtyBlocks, nil
 }
 
 func (e *Engine) writable() error {
@@ -706,6 +729,13 @@ func (e *Engine) writable() error {
 		return fmt.Errorf("%w: transaction aborted: %v", ErrReadOnly, e.aborted)
 	case e.txn == nil:
 		return ErrClosed
+	}
+	e.mu.Lock()
+	werr := e.writeErr
+	e.mu.Unlock()
+	if werr != nil {
+		e.abort(werr)
+		return fmt.Errorf("%w: transaction aborted: %v", ErrReadOnly, werr)
 	}
 	return nil
 }
@@ -729,18 +759,48 @@ func (e *Engine) View(fn func(tx *Tx) error) error {
 	return fn(&Tx{e: e, view: true})
 }
 
-// Sync commits the running transaction and returns when it is durable.
-func (e *Engine) Sync() error {
+// FsyncView is View with commits held off: every generation before the
+// running transaction is durable, none becomes durable while fn runs, and
+// tx.AppendLog can extend the fsync log. An fsync that finds a file's
+// changes in an earlier generation can return: they are durable.
+func (e *Engine) FsyncView(fn func(tx *Tx) error) error {
+	e.cmu.Lock()
+	defer e.cmu.Unlock()
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
-	if err := e.writable(); err != nil {
-		if e.opts.ReadOnly {
-			return nil
-		}
-		return err
+	if e.txn == nil {
+		return ErrClosed
 	}
-	return e.commitLocked()
+	return fn(&Tx{e: e, view: true, logging: true})
 }
+
+// Freeze commits the running transaction and runs fn on the committed
+// generation with every writer and commit held out, so that the generation
+// fn sees is the whole state of the filesystem until it returns (fault
+// injection into a mounted image uses it: the block it damages stays in
+// use).
+func (e *Engine) Freeze(fn func(s *Snapshot) error) error {
+	e.cmu.Lock()
+	defer e.cmu.Unlock()
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	if e.txn == nil {
+		return ErrClosed
+	}
+	if e.writable() == nil {
+		if err := e.commitLocked(); err != nil {
+			return err
+		}
+	}
+	s := e.Pin()
+	defer s.Release()
+	return fn(s)
+}
+
+// Sync commits the running transaction and returns when it is durable.
+// Other writers wait only while the commit is prepared, not while it is
+// written.
+func (e *Engine) Sync() error { return e.commit() }
 
 func (e *Engine) periodicCommit() {
 	defer e.wg.Done()
@@ -770,8 +830,10 @@ func (e *Engine) Close() error {
 	close(e.stop)
 	e.wg.Wait()
 	var err error
+	e.cmu.Lock()
+	defer e.cmu.Unlock()
 	e.wmu.Lock()
-	if !e.opts.ReadOnly && e.aborted == nil {
+	if !e.opts.ReadOnly && e.writable() == nil {
 		err = e.commitLocked()
 	}
 	if e.aborted != nil {

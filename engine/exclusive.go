@@ -45,23 +45,49 @@ type Exclusive struct {
 // change up to the first commit has been published to the hooks. If fn
 // fails after changing anything, its transaction is aborted (the engine
 // turns read-only; the first commit stays).
+//
+// Writers are held out while the first commit is prepared, while fn runs
+// (the first commit is written out meanwhile) and while the second is
+// prepared; it is written out after they resume.
 func (e *Engine) RunExclusive(fn func(x *Exclusive) error) error {
+	e.cmu.Lock()
+	defer e.cmu.Unlock()
+	c, err := e.runExclusive(fn)
+	if err != nil || c == nil {
+		return err
+	}
+	return e.writeOut(c)
+}
+
+func (e *Engine) runExclusive(fn func(x *Exclusive) error) (*pendingCommit, error) {
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
 	if err := e.writable(); err != nil {
-		return err
+		return nil, err
 	}
-	if err := e.commitLocked(); err != nil {
-		return err
+	first, err := e.prepareCommit()
+	if err != nil {
+		return nil, err
+	}
+	written := make(chan error, 1)
+	if first != nil {
+		go func() { written <- e.writeOut(first) }()
+	} else {
+		written <- nil
 	}
 	x := &Exclusive{Tx: &Tx{e: e}}
-	if err := fn(x); err != nil {
-		if x.touched {
-			e.abort(err)
-		}
-		return err
+	ferr := fn(x)
+	if werr := <-written; werr != nil {
+		e.abort(werr)
+		return nil, werr
 	}
-	return e.commitLocked()
+	if ferr != nil {
+		if x.touched {
+			e.abort(ferr)
+		}
+		return nil, ferr
+	}
+	return e.prepareCommit()
 }
 
 // ReserveMeta allocates n metadata blocks owned by tree id and queues their
@@ -124,6 +150,7 @@ func (e *Engine) WriteMeta(nodes []format.Node) error {
 	err := func() error {
 		for _, n := range nodes {
 			e.cache.drop(n.Block())
+			n.Seal()
 			if err := w.add(n); err != nil {
 				return err
 			}

@@ -56,11 +56,16 @@ type ReplayFunc func(tx *Tx, groups [][]LogItem) error
 // AppendLog writes one fsync group to the log and flushes. It returns
 // ErrNoLog if the engine has no log.
 func (e *Engine) AppendLog(items []LogItem) error {
+	e.cmu.Lock()
+	defer e.cmu.Unlock()
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
 	return e.appendLogLocked(items)
 }
 
+// appendLogLocked appends with cmu and wmu held: no commit is in flight, so
+// the log extends the generation on disk, and no commit can make it
+// obsolete before it is durable.
 func (e *Engine) appendLogLocked(items []LogItem) error {
 	if err := e.writable(); err != nil {
 		return err
@@ -253,8 +258,25 @@ func (e *Engine) ensureLogHead() error {
 	return e.commitLocked()
 }
 
-// resetLog starts a new, empty chain at the head after a commit made the old
-// one obsolete, and returns its transient blocks to the allocator.
+// restartLog starts a new, empty chain at the head for the transaction
+// after generation gen, whose commit makes the old chain obsolete once it
+// is durable: the old chain's transient blocks and the data extents it kept
+// return to the allocator then. No append runs until then (cmu).
+func (e *Engine) restartLog(gen format.Gen) {
+	var xs []extent
+	for _, b := range e.flog.transient {
+		xs = append(xs, extent{b, 1})
+	}
+	xs = append(xs, e.flog.deferred...)
+	e.alloc.deferFree(gen, xs)
+	e.flog.transient = e.flog.transient[:0]
+	e.flog.deferred = e.flog.deferred[:0]
+	e.flog.cur, e.flog.seq = e.super.Log.Block, 1
+}
+
+// resetLog starts a new, empty chain at the head when the old one is
+// obsolete already (mount), and returns its transient blocks to the
+// allocator.
 func (e *Engine) resetLog() {
 	for _, b := range e.flog.transient {
 		e.alloc.release(b, 1)

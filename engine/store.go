@@ -175,6 +175,18 @@ func (s txnStore) Read(tree format.TreeID, p eb.Ptr, level int) (format.Node, er
 		}
 		return n, nil
 	}
+	if inf := s.e.inflight.Load(); inf != nil {
+		// Written out by a commit right now: sealed, never changed again
+		// (Writable copies it like any committed block).
+		if d, ok := inf.Get(p.Block); ok {
+			n := d.node
+			if d.owner != tree || n.Gen() != p.Gen || n.Level() != level {
+				return nil, fmt.Errorf("engine: committing block %d is %s/gen %d/level %d, pointer expects %s/gen %d/level %d: %w",
+					p.Block, d.owner, n.Gen(), n.Level(), tree, p.Gen, level, errInternal)
+			}
+			return n, nil
+		}
+	}
 	return s.e.readBlock(tree, p, level)
 }
 

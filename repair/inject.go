@@ -71,23 +71,29 @@ func InjectOffline(path string, opts InjectOptions) (*InjectResult, error) {
 	return res, dev.Flush()
 }
 
-// InjectOnline damages committed metadata of a mounted engine: it writes
-// the device directly and drops the engine's cached copy.
+// InjectOnline damages committed metadata of a mounted engine: with the
+// writers frozen right after a commit (so the block it damages is one the
+// filesystem goes on using, not one a running transaction has already
+// replaced), it writes the device directly and drops the engine's cached
+// copy.
 func InjectOnline(e *engine.Engine, opts InjectOptions) (*InjectResult, error) {
-	s := e.Pin()
-	defer s.Release() // the block cannot be reused while pinned
-	res, blk, err := planInjection(s, e.Device(), opts)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := e.Device().WriteAt(blk, int64(res.Block)*format.BlockSize); err != nil {
-		return nil, err
-	}
-	if err := e.Device().Flush(); err != nil {
-		return nil, err
-	}
-	e.DropCached(format.BlockNr(res.Block))
-	return res, nil
+	var res *InjectResult
+	err := e.Freeze(func(s *engine.Snapshot) error {
+		r, blk, err := planInjection(s, e.Device(), opts)
+		if err != nil {
+			return err
+		}
+		if _, err := e.Device().WriteAt(blk, int64(r.Block)*format.BlockSize); err != nil {
+			return err
+		}
+		if err := e.Device().Flush(); err != nil {
+			return err
+		}
+		e.DropCached(format.BlockNr(r.Block))
+		res = r
+		return nil
+	})
+	return res, err
 }
 
 // planInjection picks a block of the tree in snapshot s and returns it

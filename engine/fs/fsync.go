@@ -37,7 +37,7 @@ const typeLogDropRange uint8 = 61 // (ino, 61, start block, end block)
 // Fsync makes ino's data and attributes durable.
 func (f *FS) Fsync(ino uint64) error {
 	full, logged := false, false
-	err := f.e.View(func(tx *engine.Tx) error {
+	err := f.e.FsyncView(func(tx *engine.Tx) error {
 		gen := tx.Gen()
 		f.mu.Lock()
 		c := f.caches[ino]
