@@ -67,6 +67,13 @@ type Status struct {
 	TotalBlocks uint64 `json:"total_blocks"`
 	FreeBlocks  uint64 `json:"free_blocks"`
 	Commits     uint64 `json:"commits"`
+	// CommitHoldMs is how long the last commit held writers out;
+	// CommitHoldMaxMs the longest since mount. CommitWriteMs and
+	// CommitWriteMaxMs time the write-outs (writers run meanwhile).
+	CommitHoldMs     float64 `json:"commit_hold_ms"`
+	CommitHoldMaxMs  float64 `json:"commit_hold_max_ms"`
+	CommitWriteMs    float64 `json:"commit_write_ms"`
+	CommitWriteMaxMs float64 `json:"commit_write_max_ms"`
 	// RmapSick is set while the reverse-mapping tree is known damaged
 	// (the mount runs degraded until a repair rebuilds it).
 	RmapSick bool `json:"rmap_sick"`

@@ -509,6 +509,8 @@ func (s *Server) Status() Status {
 		Commits: es.Commits, RmapSick: e.RmapSick(), ReadOnly: ro,
 		ReadErrors: es.ReadErrors, WriteErrors: es.WriteErrors, CsumErrors: es.CsumErrors,
 		FsyncLogged: fst.FsyncLogged, FsyncFull: fst.FsyncFull,
+		CommitHoldMs: ms(es.CommitHold), CommitHoldMaxMs: ms(es.CommitHoldMax),
+		CommitWriteMs: ms(es.CommitWrite), CommitWriteMaxMs: ms(es.CommitWriteMax),
 	}
 	if aborted != nil {
 		st.Aborted = aborted.Error()
@@ -523,3 +525,6 @@ func (s *Server) Status() Status {
 	s.mu.Unlock()
 	return st
 }
+
+// ms is d in milliseconds.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -3,6 +3,8 @@ package engine
 import (
 	"fmt"
 	"slices"
+	"sync/atomic"
+	"time"
 
 	"github.com/tidwall/btree"
 
@@ -49,6 +51,9 @@ type pendingCommit struct {
 	dirty *btree.Map[format.BlockNr, dirtyBlock]
 	super format.Super
 	roots map[format.TreeID]format.RootItem
+	// logFree are the blocks of the fsync log chain the generation makes
+	// obsolete, released once it is durable.
+	logFree []extent
 }
 
 // commitLocked commits the running transaction and returns when it is
@@ -89,6 +94,8 @@ func (e *Engine) commit() error {
 // in flight (cmu held, or no concurrency yet).
 func (e *Engine) prepareCommit() (*pendingCommit, error) {
 	t := e.txn
+	began := time.Now()
+	defer func() { e.holds.record(time.Since(began)) }()
 	if e.takeErrorCounts() {
 		t.superDirty = true
 	}
@@ -136,16 +143,16 @@ func (e *Engine) prepareCommit() (*pendingCommit, error) {
 	for id, tr := range e.trees {
 		roots[id] = format.RootItem{Root: format.RootPtr{Block: tr.Root.Block, Gen: tr.Root.Gen, Level: uint8(tr.Level)}, Items: tr.Items, Flags: e.recorded[id].Flags}
 	}
-	// Blocks this generation freed, and the fsync log's blocks (the log
-	// extends the previous generation and is dead once this one is
-	// durable), return to the allocator once it is durable.
+	// Blocks this generation freed return to the allocator once it is
+	// durable and no reader pins an older one; the fsync log's blocks
+	// (the log extends the previous generation) once it is durable.
 	e.alloc.deferFree(t.gen, t.pendingFree)
-	e.restartLog(t.gen)
+	logFree := e.restartLog()
 	if invariants && !e.replaying {
-		e.checkAllocator()
+		e.checkAllocator(logFree)
 	}
-	c := &pendingCommit{gen: t.gen, dirty: t.dirty, super: sb, roots: roots}
-	e.inflight.Store(t.dirty)
+	c := &pendingCommit{gen: t.gen, dirty: t.dirty, super: sb, roots: roots, logFree: logFree}
+	e.inflight.Store(c)
 	next := newTxn(t.gen + 1)
 	next.metaHint = t.metaHint
 	e.txn = next
@@ -168,6 +175,8 @@ func (e *Engine) writeOut(c *pendingCommit) error {
 		e.log.Error("commit failed, engine turns read-only", "gen", c.gen, "err", err)
 		return err
 	}
+	began := time.Now()
+	defer func() { e.writeOuts.record(time.Since(began)) }()
 	w := e.newRunWriter(c.dirty.Len(), nil)
 	var err error
 	c.dirty.Scan(func(_ format.BlockNr, d dirtyBlock) bool {
@@ -196,6 +205,9 @@ func (e *Engine) writeOut(c *pendingCommit) error {
 	e.committed = &view{super: c.super, roots: c.roots}
 	e.mu.Unlock()
 	e.inflight.Store(nil)
+	for _, x := range c.logFree {
+		e.alloc.release(x.start, x.n)
+	}
 	e.commits.Add(1)
 	e.releaseFreed()
 	e.log.Debug("committed", "gen", c.gen, "free", c.super.FreeBlocks)
@@ -284,4 +296,21 @@ func (e *Engine) writeSupers(sb *format.Super) error {
 		}
 	}
 	return e.dev.Flush()
+}
+
+// durations keeps the last and the longest of a kind of duration.
+type durations struct{ last, max atomic.Int64 }
+
+func (d *durations) record(x time.Duration) {
+	d.last.Store(int64(x))
+	for {
+		m := d.max.Load()
+		if int64(x) <= m || d.max.CompareAndSwap(m, int64(x)) {
+			return
+		}
+	}
+}
+
+func (d *durations) get() (last, max time.Duration) {
+	return time.Duration(d.last.Load()), time.Duration(d.max.Load())
 }

@@ -68,7 +68,8 @@ type delayedRefs struct {
 }
 
 func newDelayedRefs() *delayedRefs {
-	return &delayedRefs{q: btree.NewBTreeG(func(a, b refEntry) bool { return a.key.Less(b.key) })}
+	// Only the writer (holding wmu) touches the queue: no locks.
+	return &delayedRefs{q: btree.NewBTreeGOptions(func(a, b refEntry) bool { return a.key.Less(b.key) }, btree.Options{NoLocks: true})}
 }
 
 func (d *delayedRefs) len() int { return d.q.Len() }
@@ -83,18 +84,20 @@ func (d *delayedRefs) snapshot() RefStats {
 // add queues delta references to extent [start, start+n) by owner.
 func (d *delayedRefs) add(start format.BlockNr, n uint64, owner format.Owner, flags uint64, delta int64) {
 	d.stats.queued.Add(1)
-	key := format.RmapKey(start, owner)
-	if old, ok := d.q.Get(refEntry{key: key}); ok {
-		old.delta += delta
-		if old.delta == 0 {
-			d.q.Delete(old)
-			d.stats.merged.Add(2)
-			return
-		}
-		d.q.Set(old)
+	e := refEntry{key: format.RmapKey(start, owner), start: start, n: n, owner: owner, flags: flags, delta: delta}
+	// One search when the key is new (the common case); a second one to
+	// merge with a queued entry.
+	old, ok := d.q.Set(e)
+	if !ok {
 		return
 	}
-	d.q.Set(refEntry{key: key, start: start, n: n, owner: owner, flags: flags, delta: delta})
+	old.delta += delta
+	if old.delta == 0 {
+		d.q.Delete(old)
+		d.stats.merged.Add(2)
+		return
+	}
+	d.q.Set(old)
 }
 
 // run applies the whole queue to the trees of the running transaction.

@@ -101,9 +101,9 @@ type Engine struct {
 	// cmu serializes commits (held from prepareCommit through writeOut)
 	// and fsync log appends; taken before wmu.
 	cmu sync.Mutex
-	// inflight is the dirty index of the generation being written out, if
-	// any (set under wmu, cleared by writeOut).
-	inflight atomic.Pointer[btree.Map[format.BlockNr, dirtyBlock]]
+	// inflight is the generation being written out, if any (set under
+	// wmu, cleared by writeOut).
+	inflight atomic.Pointer[pendingCommit]
 
 	// Writer state, guarded by wmu.
 	wmu       sync.Mutex
@@ -114,6 +114,8 @@ type Engine struct {
 	freeCount uint64       // free blocks according to the free-space tree
 	aborted   error
 	commits   atomic.Uint64
+	holds     durations // how long commits held writers out (step 1)
+	writeOuts durations // how long write-outs took (steps 2-5)
 	flog      logState
 
 	// Committed state, guarded by mu.
@@ -955,6 +957,12 @@ type Stats struct {
 	ReadErrors    uint64
 	WriteErrors   uint64
 	CsumErrors    uint64
+	// CommitHold is how long the last commit held writers out (settling
+	// its delayed refs); CommitHoldMax the longest since mount.
+	CommitHold, CommitHoldMax time.Duration
+	// CommitWrite is how long the last commit's write-out took (writers
+	// run meanwhile; fsyncs wait for it); CommitWriteMax the longest.
+	CommitWrite, CommitWriteMax time.Duration
 }
 
 // Stats returns a snapshot of the engine's counters.
@@ -974,6 +982,8 @@ func (e *Engine) Stats() Stats {
 	s.Allocatable = e.alloc.freeBlocks()
 	s.PendingBlocks = e.alloc.pendingBlocks()
 	s.ReadErrors, s.WriteErrors, s.CsumErrors = e.ioErrs[0].Load(), e.ioErrs[1].Load(), e.ioErrs[2].Load()
+	s.CommitHold, s.CommitHoldMax = e.holds.get()
+	s.CommitWrite, s.CommitWriteMax = e.writeOuts.get()
 	return s
 }
 

@@ -7,11 +7,12 @@ import (
 	"github.com/scrubd/scrubd/engine/format"
 )
 
-// checkAllocator verifies, right after a commit, that the allocator's free
-// index plus the extents waiting for release are exactly the free-space
-// tree: the allocator can neither hand out a block the trees use nor have
-// lost one. It panics on violation: that is a broken internal invariant.
-func (e *Engine) checkAllocator() {
+// checkAllocator verifies, as a commit is prepared, that the allocator's
+// free index plus the extents waiting for release (and extra, which the
+// commit releases when it is durable) are exactly the free-space tree: the
+// allocator can neither hand out a block the trees use nor have lost one.
+// It panics on violation: that is a broken internal invariant.
+func (e *Engine) checkAllocator(extra []extent) {
 	var tree, mem []extent
 	ft := e.trees[format.TreeFree]
 	if err := ft.Ascend(format.Key{}, func(k format.Key, _ []byte) bool {
@@ -29,6 +30,7 @@ func (e *Engine) checkAllocator() {
 		mem = append(mem, p.extents...)
 	}
 	e.alloc.mu.Unlock()
+	mem = append(mem, extra...)
 	if a, b := normalize(tree), normalize(mem); !slices.Equal(a, b) {
 		panic(fmt.Sprintf("invariant: free-space tree %v differs from allocator %v", a, b))
 	}

@@ -259,19 +259,21 @@ func (e *Engine) ensureLogHead() error {
 }
 
 // restartLog starts a new, empty chain at the head for the transaction
-// after generation gen, whose commit makes the old chain obsolete once it
-// is durable: the old chain's transient blocks and the data extents it kept
-// return to the allocator then. No append runs until then (cmu).
-func (e *Engine) restartLog(gen format.Gen) {
+// after the one being committed, whose commit makes the old chain obsolete
+// once it is durable, and returns the old chain's transient blocks and the
+// data extents it kept: writeOut returns them to the allocator then (not
+// before: a crash before the commit is durable replays the old chain). No
+// append runs until then (cmu).
+func (e *Engine) restartLog() []extent {
 	var xs []extent
 	for _, b := range e.flog.transient {
 		xs = append(xs, extent{b, 1})
 	}
 	xs = append(xs, e.flog.deferred...)
-	e.alloc.deferFree(gen, xs)
 	e.flog.transient = e.flog.transient[:0]
 	e.flog.deferred = e.flog.deferred[:0]
 	e.flog.cur, e.flog.seq = e.super.Log.Block, 1
+	return xs
 }
 
 // resetLog starts a new, empty chain at the head when the old one is

@@ -119,6 +119,11 @@ func TestWritersRunDuringWriteOut(t *testing.T) {
 	if err := <-synced; err != nil {
 		t.Fatal(err)
 	}
+	// The held write-out outlasted the writers' 300 updates; the hold did
+	// not include it.
+	if st := e.Stats(); st.CommitWrite == 0 || st.CommitHold == 0 || st.CommitWriteMax < st.CommitWrite || st.CommitHoldMax < st.CommitHold {
+		t.Errorf("commit timings not recorded: %+v", st)
+	}
 	s := e.Pin()
 	if s.Gen() != prevGen+1 {
 		t.Fatalf("after the commit readers see generation %d, want %d", s.Gen(), prevGen+1)

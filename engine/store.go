@@ -165,38 +165,54 @@ type dirtyBlock struct {
 	owner format.TreeID
 }
 
-func (s txnStore) Read(tree format.TreeID, p eb.Ptr, level int) (format.Node, error) {
-	t := s.e.txn
-	if d, ok := t.dirty.Get(p.Block); ok {
-		n := d.node
-		if d.owner != tree || n.Gen() != p.Gen || n.Level() != level {
-			return nil, fmt.Errorf("engine: dirty block %d is %s/gen %d/level %d, pointer expects %s/gen %d/level %d: %w",
-				p.Block, d.owner, n.Gen(), n.Level(), tree, p.Gen, level, errInternal)
-		}
-		return n, nil
+// lookup finds the block p names in dirty, the dirty index of generation
+// gen: only pointers of that generation can name one (every block a
+// transaction allocates carries its generation), so other pointers skip
+// the search, unless invariants are checked.
+func lookup(dirty *btree.Map[format.BlockNr, dirtyBlock], gen format.Gen, tree format.TreeID, p eb.Ptr, level int) (format.Node, bool, error) {
+	if p.Gen != gen && !invariants {
+		return nil, false, nil
 	}
-	if inf := s.e.inflight.Load(); inf != nil {
+	d, ok := dirty.Get(p.Block)
+	if !ok {
+		return nil, false, nil
+	}
+	n := d.node
+	if d.owner != tree || n.Gen() != p.Gen || n.Level() != level {
+		return nil, false, fmt.Errorf("engine: block %d of generation %d in memory is %s/gen %d/level %d, pointer expects %s/gen %d/level %d: %w",
+			p.Block, gen, d.owner, n.Gen(), n.Level(), tree, p.Gen, level, errInternal)
+	}
+	return n, true, nil
+}
+
+func (s txnStore) Read(tree format.TreeID, p eb.Ptr, level int) (format.Node, error) {
+	n, _, err := s.read(tree, p, level)
+	return n, err
+}
+
+// read also reports whether the block is dirty in the running transaction.
+func (s txnStore) read(tree format.TreeID, p eb.Ptr, level int) (format.Node, bool, error) {
+	t := s.e.txn
+	if n, ok, err := lookup(t.dirty, t.gen, tree, p, level); ok || err != nil {
+		return n, ok, err
+	}
+	if c := s.e.inflight.Load(); c != nil {
 		// Written out by a commit right now: sealed, never changed again
 		// (Writable copies it like any committed block).
-		if d, ok := inf.Get(p.Block); ok {
-			n := d.node
-			if d.owner != tree || n.Gen() != p.Gen || n.Level() != level {
-				return nil, fmt.Errorf("engine: committing block %d is %s/gen %d/level %d, pointer expects %s/gen %d/level %d: %w",
-					p.Block, d.owner, n.Gen(), n.Level(), tree, p.Gen, level, errInternal)
-			}
-			return n, nil
+		if n, ok, err := lookup(c.dirty, c.gen, tree, p, level); ok || err != nil {
+			return n, false, err
 		}
 	}
-	return s.e.readBlock(tree, p, level)
+	n, err := s.e.readBlock(tree, p, level)
+	return n, false, err
 }
 
 func (s txnStore) Writable(tree format.TreeID, p eb.Ptr, level int) (format.Node, eb.Ptr, error) {
-	t := s.e.txn
-	n, err := s.Read(tree, p, level)
+	n, dirty, err := s.read(tree, p, level)
 	if err != nil {
 		return nil, eb.Ptr{}, err
 	}
-	if _, ok := t.dirty.Get(p.Block); ok {
+	if dirty {
 		return n, p, nil
 	}
 	c, cp, err := s.Alloc(tree, level)

@@ -136,9 +136,10 @@ const (
 // maxPace bounds the rest commitPaced leaves writers after a commit.
 const maxPace = 50 * time.Millisecond
 
-// commitPaced commits like commitNow, then rests as long as the commit held
-// the writer lock (at most maxPace): back to back, the rebuild's commits
-// would leave writers one operation between two of them.
+// commitPaced commits like commitNow, then rests as long as the commit took
+// (at most maxPace): writers are held out only while it settles, but
+// their fsyncs wait for its write-out too, and back to back the rebuild's
+// commits would leave them one operation between two of them.
 func commitPaced(e *engine.Engine, fn func(tx *engine.Tx) error) error {
 	t := time.Now()
 	err := commitNow(e, fn)
