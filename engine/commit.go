@@ -6,8 +6,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/tidwall/btree"
-
 	"github.com/scrubd/scrubd/engine/format"
 )
 
@@ -48,7 +46,7 @@ const maxWriteRun = 256
 // blocks are sealed, waiting to be written and published.
 type pendingCommit struct {
 	gen   format.Gen
-	dirty *btree.Map[format.BlockNr, dirtyBlock]
+	dirty *dirtyIndex
 	super format.Super
 	roots map[format.TreeID]format.RootItem
 	// logFree are the blocks of the fsync log chain the generation makes

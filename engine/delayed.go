@@ -61,7 +61,7 @@ type RefStats struct {
 }
 
 type delayedRefs struct {
-	q     *btree.BTreeG[refEntry]
+	q     *btree.BTreeG[*refEntry] // pointers: comparisons copy no entries
 	stats struct {
 		queued, merged, applied, runs, throttle, treeMods atomic.Uint64
 	}
@@ -69,7 +69,7 @@ type delayedRefs struct {
 
 func newDelayedRefs() *delayedRefs {
 	// Only the writer (holding wmu) touches the queue: no locks.
-	return &delayedRefs{q: btree.NewBTreeGOptions(func(a, b refEntry) bool { return a.key.Less(b.key) }, btree.Options{NoLocks: true})}
+	return &delayedRefs{q: btree.NewBTreeGOptions(func(a, b *refEntry) bool { return a.key.Less(b.key) }, btree.Options{NoLocks: true})}
 }
 
 func (d *delayedRefs) len() int { return d.q.Len() }
@@ -84,7 +84,7 @@ func (d *delayedRefs) snapshot() RefStats {
 // add queues delta references to extent [start, start+n) by owner.
 func (d *delayedRefs) add(start format.BlockNr, n uint64, owner format.Owner, flags uint64, delta int64) {
 	d.stats.queued.Add(1)
-	e := refEntry{key: format.RmapKey(start, owner), start: start, n: n, owner: owner, flags: flags, delta: delta}
+	e := &refEntry{key: format.RmapKey(start, owner), start: start, n: n, owner: owner, flags: flags, delta: delta}
 	// One search when the key is new (the common case); a second one to
 	// merge with a queued entry.
 	old, ok := d.q.Set(e)
@@ -107,11 +107,11 @@ func (e *Engine) runDelayedRefs() error {
 		return nil
 	}
 	d.stats.runs.Add(1)
-	var batch []refEntry
+	var batch []*refEntry
 	for d.len() > 0 {
 		first, _ := d.q.Min()
 		batch = batch[:0]
-		d.q.Ascend(first, func(r refEntry) bool {
+		d.q.Ascend(first, func(r *refEntry) bool {
 			if r.start != first.start {
 				return false
 			}
@@ -135,11 +135,11 @@ func (e *Engine) runDelayedRefs() error {
 		if reuse {
 			sign = -1
 		}
-		slices.SortStableFunc(batch, func(a, b refEntry) int {
+		slices.SortStableFunc(batch, func(a, b *refEntry) int {
 			return sign * (cmpSign(b.delta) - cmpSign(a.delta))
 		})
 		for _, r := range batch {
-			if err := e.applyRef(r, dataInc); err != nil {
+			if err := e.applyRef(*r, dataInc); err != nil {
 				return fmt.Errorf("apply delayed ref for %s at block %d: %w", r.owner, r.start, err)
 			}
 			d.stats.applied.Add(1)

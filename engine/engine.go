@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/tidwall/btree"
-
 	eb "github.com/scrubd/scrubd/engine/btree"
 	"github.com/scrubd/scrubd/engine/disk"
 	"github.com/scrubd/scrubd/engine/format"
@@ -137,7 +135,7 @@ type Engine struct {
 // txn is the running transaction.
 type txn struct {
 	gen         format.Gen
-	dirty       *btree.Map[format.BlockNr, dirtyBlock]
+	dirty       *dirtyIndex
 	newExtents  map[format.BlockNr]*newExtent
 	pendingFree []extent
 	metaHint    format.BlockNr

@@ -169,7 +169,7 @@ type dirtyBlock struct {
 // gen: only pointers of that generation can name one (every block a
 // transaction allocates carries its generation), so other pointers skip
 // the search, unless invariants are checked.
-func lookup(dirty *btree.Map[format.BlockNr, dirtyBlock], gen format.Gen, tree format.TreeID, p eb.Ptr, level int) (format.Node, bool, error) {
+func lookup(dirty *dirtyIndex, gen format.Gen, tree format.TreeID, p eb.Ptr, level int) (format.Node, bool, error) {
 	if p.Gen != gen && !invariants {
 		return nil, false, nil
 	}
@@ -249,6 +249,37 @@ func (s txnStore) Free(tree format.TreeID, p eb.Ptr, level int) error {
 	return nil
 }
 
-func newDirtyIndex() *btree.Map[format.BlockNr, dirtyBlock] {
-	return btree.NewMap[format.BlockNr, dirtyBlock](32)
+// dirtyIndex holds a transaction's dirty blocks: ordered by block number
+// (tidwall/btree) for the commit's sweep, with a hash index in front for
+// the lookups every node read makes (a hash probe costs less than a walk
+// down the ordered index, and reads far outnumber changes).
+type dirtyIndex struct {
+	ordered *btree.Map[format.BlockNr, dirtyBlock]
+	byNr    map[format.BlockNr]dirtyBlock
 }
+
+func newDirtyIndex() *dirtyIndex {
+	return &dirtyIndex{ordered: btree.NewMap[format.BlockNr, dirtyBlock](32), byNr: map[format.BlockNr]dirtyBlock{}}
+}
+
+func (x *dirtyIndex) Get(b format.BlockNr) (dirtyBlock, bool) {
+	d, ok := x.byNr[b]
+	return d, ok
+}
+
+func (x *dirtyIndex) Set(b format.BlockNr, d dirtyBlock) {
+	x.byNr[b] = d
+	x.ordered.Set(b, d)
+}
+
+func (x *dirtyIndex) Delete(b format.BlockNr) {
+	if _, ok := x.byNr[b]; ok {
+		delete(x.byNr, b)
+		x.ordered.Delete(b)
+	}
+}
+
+func (x *dirtyIndex) Len() int { return len(x.byNr) }
+
+// Scan calls fn for every block in block order until fn returns false.
+func (x *dirtyIndex) Scan(fn func(b format.BlockNr, d dirtyBlock) bool) { x.ordered.Scan(fn) }
