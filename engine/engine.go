@@ -759,15 +759,23 @@ func (e *Engine) View(fn func(tx *Tx) error) error {
 	return fn(&Tx{e: e, view: true})
 }
 
+// lockCommits takes the commit lock, then the writer lock (the lock order),
+// and returns their release.
+func (e *Engine) lockCommits() (unlock func()) {
+	e.cmu.Lock()
+	e.wmu.Lock()
+	return func() {
+		e.wmu.Unlock()
+		e.cmu.Unlock()
+	}
+}
+
 // FsyncView is View with commits held off: every generation before the
 // running transaction is durable, none becomes durable while fn runs, and
 // tx.AppendLog can extend the fsync log. An fsync that finds a file's
 // changes in an earlier generation can return: they are durable.
 func (e *Engine) FsyncView(fn func(tx *Tx) error) error {
-	e.cmu.Lock()
-	defer e.cmu.Unlock()
-	e.wmu.Lock()
-	defer e.wmu.Unlock()
+	defer e.lockCommits()()
 	if e.txn == nil {
 		return ErrClosed
 	}
@@ -780,10 +788,7 @@ func (e *Engine) FsyncView(fn func(tx *Tx) error) error {
 // injection into a mounted image uses it: the block it damages stays in
 // use).
 func (e *Engine) Freeze(fn func(s *Snapshot) error) error {
-	e.cmu.Lock()
-	defer e.cmu.Unlock()
-	e.wmu.Lock()
-	defer e.wmu.Unlock()
+	defer e.lockCommits()()
 	if e.txn == nil {
 		return ErrClosed
 	}

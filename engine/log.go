@@ -56,10 +56,7 @@ type ReplayFunc func(tx *Tx, groups [][]LogItem) error
 // AppendLog writes one fsync group to the log and flushes. It returns
 // ErrNoLog if the engine has no log.
 func (e *Engine) AppendLog(items []LogItem) error {
-	e.cmu.Lock()
-	defer e.cmu.Unlock()
-	e.wmu.Lock()
-	defer e.wmu.Unlock()
+	defer e.lockCommits()()
 	return e.appendLogLocked(items)
 }
 
