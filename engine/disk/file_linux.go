@@ -10,6 +10,12 @@ import (
 // fdatasync flushes file data and the metadata needed to read it back,
 // retrying if a signal interrupts it.
 func fdatasync(f *os.File) error {
+	return retryEINTR(f, "fdatasync", unix.Fdatasync)
+}
+
+// retryEINTR runs call on f's descriptor, again as long as a signal
+// interrupts it, and names the system call in its error.
+func retryEINTR(f *os.File, name string, call func(fd int) error) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return err
@@ -17,7 +23,7 @@ func fdatasync(f *os.File) error {
 	var serr error
 	err = rc.Control(func(fd uintptr) {
 		for {
-			serr = unix.Fdatasync(int(fd))
+			serr = call(int(fd))
 			if serr != unix.EINTR {
 				return
 			}
@@ -27,7 +33,7 @@ func fdatasync(f *os.File) error {
 		return err
 	}
 	if serr != nil {
-		return &os.SyscallError{Syscall: "fdatasync", Err: serr}
+		return &os.SyscallError{Syscall: name, Err: serr}
 	}
 	return nil
 }
@@ -89,24 +95,7 @@ func writeback(f *os.File, off, n int64, wait bool) error {
 	if wait {
 		flags |= unix.SYNC_FILE_RANGE_WAIT_BEFORE | unix.SYNC_FILE_RANGE_WAIT_AFTER
 	}
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	err = rc.Control(func(fd uintptr) {
-		for {
-			serr = unix.SyncFileRange(int(fd), off, n, flags)
-			if serr != unix.EINTR {
-				return
-			}
-		}
+	return retryEINTR(f, "sync_file_range", func(fd int) error {
+		return unix.SyncFileRange(fd, off, n, flags)
 	})
-	if err != nil {
-		return err
-	}
-	if serr != nil {
-		return &os.SyscallError{Syscall: "sync_file_range", Err: serr}
-	}
-	return nil
 }
