@@ -28,7 +28,9 @@ import (
 // a mix.
 //
 // Only step 1 holds writers out (as btrfs unblocks a new transaction once
-// the committing one's roots are switched). prepareCommit runs it under wmu,
+// the committing one's roots are switched), and most of its work is done
+// before: settleAhead applies the delayed-ref queue in slices, taking wmu
+// for each, so writers run between them. prepareCommit runs step 1 under wmu,
 // seals the dirty blocks and opens the next transaction; writeOut runs steps
 // 2-5 and publishes the generation with wmu released, holding cmu, which
 // serializes commits and fsync log appends. The next transaction reads the
@@ -65,8 +67,12 @@ func (e *Engine) commitLocked() error {
 }
 
 // commit commits the running transaction and returns when it is durable;
-// writers are held out only while it is prepared.
+// writers are held out only while it is prepared (after the delayed refs
+// were applied ahead, in slices).
 func (e *Engine) commit() error {
+	if err := e.settleAhead(); err != nil {
+		return err
+	}
 	e.cmu.Lock()
 	defer e.cmu.Unlock()
 	e.wmu.Lock()

@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync/atomic"
 
@@ -100,15 +101,23 @@ func (d *delayedRefs) add(start format.BlockNr, n uint64, owner format.Owner, fl
 	d.q.Set(old)
 }
 
-// run applies the whole queue to the trees of the running transaction.
-func (e *Engine) runDelayedRefs() error {
+// runDelayedRefs applies the whole queue to the trees of the running
+// transaction.
+func (e *Engine) runDelayedRefs() error { return e.runDelayedRefsN(0) }
+
+// runDelayedRefsN applies the queue from its lowest start block, whole start
+// blocks at a time, until at least limit entries are applied (limit 0: the
+// whole queue). Entries the application itself queues (blocks of the alloc,
+// rmap and free trees copied on write) join the queue like any other.
+func (e *Engine) runDelayedRefsN(limit int) error {
 	d := e.refs
 	if d.len() == 0 {
 		return nil
 	}
 	d.stats.runs.Add(1)
 	var batch []*refEntry
-	for d.len() > 0 {
+	applied := 0
+	for d.len() > 0 && (limit == 0 || applied < limit) {
 		first, _ := d.q.Min()
 		batch = batch[:0]
 		d.q.Ascend(first, func(r *refEntry) bool {
@@ -144,6 +153,39 @@ func (e *Engine) runDelayedRefs() error {
 			}
 			d.stats.applied.Add(1)
 		}
+		applied += len(batch)
+	}
+	return nil
+}
+
+// settleSlice bounds how many delayed refs one step of settleAhead applies
+// while it holds writers out (about 3 ms on the 10M-extent benchmark).
+const settleSlice = 512
+
+// settleAhead applies the delayed-ref queue in slices of settleSlice
+// entries, taking wmu for each, until at most settleSlice are left: writers
+// run between the slices, and a commit that follows settles under wmu only
+// what they queued meanwhile. (btrfs runs most delayed refs of a
+// transaction the same way, before the commit blocks new writers.) The
+// number of slices is bounded, so writers that queue faster than it
+// applies cannot keep it running.
+func (e *Engine) settleAhead() error {
+	e.wmu.Lock()
+	steps := 2*e.refs.len()/settleSlice + 4
+	e.wmu.Unlock()
+	for i := 0; i < steps; i++ {
+		e.wmu.Lock()
+		if e.writable() != nil || e.refs.len() <= settleSlice {
+			e.wmu.Unlock()
+			return nil
+		}
+		if err := e.runDelayedRefsN(settleSlice); err != nil {
+			e.abort(err)
+			e.wmu.Unlock()
+			return err
+		}
+		e.wmu.Unlock()
+		runtime.Gosched()
 	}
 	return nil
 }
@@ -172,6 +214,10 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 		if ek.Off != r.n {
 			return corruptf(format.TreeAlloc, r.start, "extent of %d blocks recorded, reference is for %d", ek.Off, r.n)
 		}
+	}
+	ne := t.newExtents[r.start]
+	if ne != nil && ne.n == r.n {
+		ne.applied = true
 	}
 	mods := &e.refs.stats.treeMods
 	if r.delta > 0 {
@@ -241,8 +287,12 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 			return err
 		}
 	}
-	if _, isNew := t.newExtents[r.start]; !isNew {
+	switch {
+	case ne == nil:
 		t.pendingFree = append(t.pendingFree, extent{r.start, r.n})
+	case ne.parked && ne.refs == 0:
+		ne.parked = false
+		e.alloc.release(r.start, r.n)
 	}
 	return nil
 }

@@ -143,12 +143,19 @@ type txn struct {
 }
 
 // newExtent is an extent allocated in the running transaction; refs counts
-// its references queued so far. At zero it returns to the allocator at once.
+// its references queued so far. At zero it returns to the allocator at once,
+// unless some of its references were already applied to the trees (a
+// delayed-ref run before the commit): then it returns when the drop of the
+// last one is applied, so that no other extent takes its blocks while the
+// trees still hold it allocated (the queue applies in start-block order, and
+// a newcomer starting below it would be applied first).
 type newExtent struct {
 	n       uint64
 	refs    int64
 	claimed bool // claimed by log replay: the allocator is reloaded after
 	logged  bool // named by an fsync log record: not reused before commit
+	applied bool // a reference was applied to the trees
+	parked  bool // unreferenced, returns to the allocator when that is applied
 }
 
 func newTxn(gen format.Gen) *txn {
@@ -670,7 +677,10 @@ func (e *Engine) ref(start format.BlockNr, n uint64, owner format.Owner, flags u
 				// A replay of the log would read these blocks: keep them
 				// until the commit that makes the log obsolete.
 				e.flog.deferred = append(e.flog.deferred, extent{start, ne.n})
-			case !ne.claimed:
+			case ne.claimed:
+			case ne.applied:
+				ne.parked = true
+			default:
 				e.alloc.release(start, ne.n)
 			}
 			released = true
@@ -685,7 +695,12 @@ func (e *Engine) ref(start format.BlockNr, n uint64, owner format.Owner, flags u
 // throttling). If fn fails after it changed anything, the transaction is
 // aborted: the engine turns read-only and the last commit stays on disk.
 func (e *Engine) Update(fn func(tx *Tx) error) error {
-	full, err := e.update(fn)
+	full, settle, err := e.update(fn)
+	if err == nil && settle {
+		// Throttle: this writer applies the delayed-ref queue, in slices
+		// that other writers run between.
+		err = e.settleAhead()
+	}
 	if err == nil && full {
 		// Throttle: this writer commits (the others wait only while the
 		// commit is prepared).
@@ -695,30 +710,31 @@ func (e *Engine) Update(fn func(tx *Tx) error) error {
 }
 
 // update runs fn under wmu and reports whether the transaction has
-// outgrown MaxDirtyBlocks.
-func (e *Engine) update(fn func(tx *Tx) error) (bool, error) {
+// outgrown MaxDirtyBlocks and whether the delayed-ref queue has outgrown
+// MaxDelayedRefs.
+func (e *Engine) update(fn func(tx *Tx) error) (full, settle bool, err error) {
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
 	if err := e.writable(); err != nil {
-		return false, err
+		return false, false, err
 	}
 	tx := &Tx{e: e}
 	if err := fn(tx); err != nil {
 		if tx.touched {
 			e.abort(err)
 		}
-		return false, err
+		return false, false, err
 	}
-	if e.opts.NoDelayedRefs || e.refs.len() > e.opts.MaxDelayedRefs {
-		if !e.opts.NoDelayedRefs {
-			e.refs.stats.throttle.Add(1)
-		}
+	if e.opts.NoDelayedRefs {
 		if err := e.runDelayedRefs(); err != nil {
 			e.abort(err)
-			return false, err
+			return false, false, err
 		}
+	} else if e.refs.len() > e.opts.MaxDelayedRefs {
+		e.refs.stats.throttle.Add(1)
+		settle = true
 	}
-	return e.txn.dirty.Len() > e.opts.MaxDirtyBlocks, nil
+	return e.txn.dirty.Len() > e.opts.MaxDirtyBlocks, settle, nil
 }
 
 func (e *Engine) writable() error {

@@ -590,3 +590,127 @@ func TestCheckColdWideTree(t *testing.T) {
 		}
 	}
 }
+
+// TestDelayedRefsInSlices applies the delayed-ref queue in slices of random
+// size between updates (as settleAhead does before a commit, and the
+// throttle when the queue outgrows its limit) and checks every commit
+// against the full self-check and the model: applying part of the queue
+// early must leave the same trees as applying it all at commit.
+func TestDelayedRefsInSlices(t *testing.T) {
+	e, dev := newTestEngine(t, Options{MaxDelayedRefs: 64})
+	w := newWorkload(11)
+	r := rand.New(rand.NewPCG(11, 12))
+	// Mostly data extents allocated and dropped: blocks freed and reused
+	// within a transaction, after some of their references were applied.
+	churn := func(tx *Tx) error {
+		if r.IntN(4) == 0 {
+			return w.step(tx)
+		}
+		if len(w.extents) > 200 || (r.IntN(3) == 0 && len(w.extents) > 0) {
+			for s, x := range w.extents {
+				et, _ := tx.Tree(format.TreeExtent)
+				if _, err := et.Delete(format.FileExtentKey(1000, x&0xffffffff)); err != nil {
+					return err
+				}
+				delete(w.extents, s)
+				return tx.DropRef(s, x>>32, format.Owner{Inode: 1000, Offset: x & 0xffffffff})
+			}
+		}
+		i := 3000 + r.Uint64N(3000)
+		et, _ := tx.Tree(format.TreeExtent)
+		if _, ok, _ := et.Get(format.FileExtentKey(1000, i), nil); ok {
+			return nil
+		}
+		n := 1 + r.Uint64N(8)
+		start, err := tx.AllocExtent(n, format.Owner{Inode: 1000, Offset: i})
+		if err != nil {
+			return err
+		}
+		if err := et.Insert(format.FileExtentKey(1000, i), format.FileExtent{Start: start, Len: n, Count: n}.Encode()); err != nil {
+			return err
+		}
+		ct, _ := tx.Tree(format.TreeCsum)
+		if err := ct.Put(format.CsumKey(start), make([]byte, 4*n)); err != nil {
+			return err
+		}
+		w.extents[start] = n<<32 | i
+		return nil
+	}
+	for round := 0; round < 15; round++ {
+		for i := 0; i < 300; i++ {
+			if err := e.Update(churn); err != nil {
+				t.Fatal(err)
+			}
+			if r.IntN(40) == 0 {
+				e.wmu.Lock()
+				err := e.runDelayedRefsN(1 + r.IntN(40))
+				e.wmu.Unlock()
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if e.Stats().QueuedRefs > 64+settleSlice {
+				t.Fatalf("queue at %d entries: the throttle did not settle it", e.Stats().QueuedRefs)
+			}
+		}
+		if err := e.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		mustCheck(t, e)
+	}
+	st := e.Stats()
+	if st.Refs.Throttle == 0 || st.Refs.Runs < 30 {
+		t.Fatalf("the throttle or the slices never ran: %+v", st.Refs)
+	}
+	e2 := reopen(t, dev.Bytes(), Options{ReadOnly: true})
+	defer e2.Close()
+	s := e2.Pin()
+	defer s.Release()
+	got, want := contents(t, s, format.TreeInode), w.clone()
+	if len(got) != len(want) {
+		t.Fatalf("reopened image has %d items, model %d", len(got), len(want))
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Fatalf("item %s differs", k)
+		}
+	}
+}
+
+// TestSettleAheadLeavesTheCommitLittle: a commit applies its delayed refs
+// in slices before it holds writers out, so what its settle applies under
+// the writer lock is at most a slice.
+func TestSettleAheadLeavesTheCommitLittle(t *testing.T) {
+	e, _ := newTestEngine(t, Options{})
+	for i := 0; i < 3000; i++ {
+		err := e.Update(func(tx *Tx) error {
+			o := uint64(i)
+			start, err := tx.AllocExtent(1, format.Owner{Inode: 1000, Offset: o})
+			if err != nil {
+				return err
+			}
+			et, _ := tx.Tree(format.TreeExtent)
+			if err := et.Insert(format.FileExtentKey(1000, o), format.FileExtent{Start: start, Len: 1, Count: 1}.Encode()); err != nil {
+				return err
+			}
+			ct, _ := tx.Tree(format.TreeCsum)
+			return ct.Put(format.CsumKey(start), make([]byte, 4))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	queued := e.Stats().QueuedRefs
+	if queued < 4*settleSlice {
+		t.Fatalf("only %d refs queued: the test needs several slices", queued)
+	}
+	if err := e.settleAhead(); err != nil {
+		t.Fatal(err)
+	}
+	if left := e.Stats().QueuedRefs; left > settleSlice {
+		t.Fatalf("%d of %d refs left after settleAhead, want at most %d", left, queued, settleSlice)
+	}
+	if err := e.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}

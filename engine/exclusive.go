@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"time"
 
 	eb "github.com/scrubd/scrubd/engine/btree"
 	"github.com/scrubd/scrubd/engine/disk"
@@ -38,7 +39,12 @@ import (
 // needs.
 type Exclusive struct {
 	*Tx
+	since time.Time
 }
+
+// Held reports how long writers have been held out so far (from before the
+// first commit was prepared).
+func (x *Exclusive) Held() time.Duration { return time.Since(x.since) }
 
 // RunExclusive commits the running transaction, then runs fn with every
 // other writer excluded, then commits what fn did. When fn starts, every
@@ -46,28 +52,30 @@ type Exclusive struct {
 // fails after changing anything, its transaction is aborted (the engine
 // turns read-only; the first commit stays).
 //
-// Writers are held out while the first commit is prepared, while fn runs
-// (the first commit is written out meanwhile) and while the second is
-// prepared; it is written out after they resume.
+// Writers are held out only while the first commit is prepared (its delayed
+// refs were applied ahead, in slices) and while fn runs; the first commit is
+// written out meanwhile. What fn did is then committed like any other
+// change: writers that resume join its transaction, which is atomic all the
+// same.
 func (e *Engine) RunExclusive(fn func(x *Exclusive) error) error {
-	e.cmu.Lock()
-	defer e.cmu.Unlock()
-	c, err := e.runExclusive(fn)
-	if err != nil || c == nil {
+	if err := e.settleAhead(); err != nil {
 		return err
 	}
-	return e.writeOut(c)
+	if err := e.runExclusive(fn); err != nil {
+		return err
+	}
+	return e.commit()
 }
 
-func (e *Engine) runExclusive(fn func(x *Exclusive) error) (*pendingCommit, error) {
-	e.wmu.Lock()
-	defer e.wmu.Unlock()
+func (e *Engine) runExclusive(fn func(x *Exclusive) error) error {
+	defer e.lockCommits()()
 	if err := e.writable(); err != nil {
-		return nil, err
+		return err
 	}
+	x := &Exclusive{Tx: &Tx{e: e}, since: time.Now()}
 	first, err := e.prepareCommit()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	written := make(chan error, 1)
 	if first != nil {
@@ -75,19 +83,19 @@ func (e *Engine) runExclusive(fn func(x *Exclusive) error) (*pendingCommit, erro
 	} else {
 		written <- nil
 	}
-	x := &Exclusive{Tx: &Tx{e: e}}
 	ferr := fn(x)
-	if werr := <-written; werr != nil {
-		e.abort(werr)
-		return nil, werr
+	if ferr != nil && x.touched {
+		e.abort(ferr)
 	}
-	if ferr != nil {
-		if x.touched {
-			e.abort(ferr)
-		}
-		return nil, ferr
+	// The first commit must be durable before the next one is prepared
+	// (one commit in flight): wait for it with writers back in.
+	e.wmu.Unlock()
+	werr := <-written
+	e.wmu.Lock()
+	if werr != nil {
+		return werr
 	}
-	return e.prepareCommit()
+	return ferr
 }
 
 // ReserveMeta allocates n metadata blocks owned by tree id and queues their
