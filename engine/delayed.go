@@ -3,9 +3,9 @@ package engine
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/tidwall/btree"
 
@@ -166,9 +166,13 @@ const settleSlice = 512
 // entries, taking wmu for each, until at most settleSlice are left: writers
 // run between the slices, and a commit that follows settles under wmu only
 // what they queued meanwhile. (btrfs runs most delayed refs of a
-// transaction the same way, before the commit blocks new writers.) The
-// number of slices is bounded, so writers that queue faster than it
-// applies cannot keep it running.
+// transaction the same way, before the commit blocks new writers.) When
+// writers are waiting, it rests as long as the slice took before taking
+// the lock again: a mutex released and at once retaken lets a waiter in
+// for one operation per slice (a writer of 4 KiB writes ran at 37% of its
+// rate while a rebuild's reservations settled). The number of slices is
+// bounded, so writers that queue faster than it applies cannot keep it
+// running.
 func (e *Engine) settleAhead() error {
 	e.wmu.Lock()
 	steps := 2*e.refs.len()/settleSlice + 4
@@ -179,13 +183,17 @@ func (e *Engine) settleAhead() error {
 			e.wmu.Unlock()
 			return nil
 		}
+		began := time.Now()
 		if err := e.runDelayedRefsN(settleSlice); err != nil {
 			e.abort(err)
 			e.wmu.Unlock()
 			return err
 		}
+		took := time.Since(began)
 		e.wmu.Unlock()
-		runtime.Gosched()
+		if e.waiting.Load() > 0 {
+			time.Sleep(took)
+		}
 	}
 	return nil
 }

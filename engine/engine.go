@@ -103,6 +103,10 @@ type Engine struct {
 	// wmu, cleared by writeOut).
 	inflight atomic.Pointer[pendingCommit]
 
+	// waiting counts writers and readers blocked on wmu (lockWriter):
+	// settleAhead leaves them time between its slices.
+	waiting atomic.Int32
+
 	// Writer state, guarded by wmu.
 	wmu       sync.Mutex
 	txn       *txn
@@ -713,7 +717,7 @@ func (e *Engine) Update(fn func(tx *Tx) error) error {
 // outgrown MaxDirtyBlocks and whether the delayed-ref queue has outgrown
 // MaxDelayedRefs.
 func (e *Engine) update(fn func(tx *Tx) error) (full, settle bool, err error) {
-	e.wmu.Lock()
+	e.lockWriter()
 	defer e.wmu.Unlock()
 	if err := e.writable(); err != nil {
 		return false, false, err
@@ -767,7 +771,7 @@ func (e *Engine) abort(err error) {
 // allowing changes: Tx.Tree fails, ReadTree works. It is serialized with
 // writers.
 func (e *Engine) View(fn func(tx *Tx) error) error {
-	e.wmu.Lock()
+	e.lockWriter()
 	defer e.wmu.Unlock()
 	if e.txn == nil {
 		return ErrClosed
@@ -775,11 +779,19 @@ func (e *Engine) View(fn func(tx *Tx) error) error {
 	return fn(&Tx{e: e, view: true})
 }
 
+// lockWriter takes wmu for a writer or reader, counted as waiting until it
+// has it.
+func (e *Engine) lockWriter() {
+	e.waiting.Add(1)
+	e.wmu.Lock()
+	e.waiting.Add(-1)
+}
+
 // lockCommits takes the commit lock, then the writer lock (the lock order),
 // and returns their release.
 func (e *Engine) lockCommits() (unlock func()) {
 	e.cmu.Lock()
-	e.wmu.Lock()
+	e.lockWriter()
 	return func() {
 		e.wmu.Unlock()
 		e.cmu.Unlock()
