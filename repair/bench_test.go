@@ -165,7 +165,7 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		idleRate = (idleBefore + idleAfter) / 2
 		idleWorst = max(idleWorst, idleWorstAfter)
 		worstAt = rebuildWorstAt
-		worstPhase := "?"
+		worstPhase := "start" // before the first phase: the commit that opens the rebuild
 		for _, p := range res.Phases {
 			if at := worstAt.Sub(rebuildStart); at >= p.Start {
 				worstPhase = p.Name
