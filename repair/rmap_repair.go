@@ -133,10 +133,15 @@ func (r *RmapRebuildResult) phase(start time.Time, next string) {
 }
 
 // Batch sizes of the reservation and the reaping: each batch is one
-// commit, short enough not to stall writers noticeably.
+// commit. Its delayed refs are applied in slices that writers run between,
+// so what bounds a batch is the update that queues them (a few ms for 8192
+// blocks) and the commit's write-out, which writers' fsyncs wait for; fewer,
+// larger batches write the alloc, rmap and free-space leaves they share
+// fewer times (at 10M extents, 2048 → 8192 took the reservation from 8.4 s
+// to 3.0 s and the reaping from 3.6 s to 2.5 s).
 const (
-	reserveBatch = 2048
-	reapBatch    = 2048
+	reserveBatch = 8192
+	reapBatch    = 8192
 )
 
 // maxPace bounds the rest commitPaced leaves writers after a commit.
