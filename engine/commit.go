@@ -181,6 +181,8 @@ func (e *Engine) writeOut(c *pendingCommit) error {
 	}
 	began := time.Now()
 	defer func() { e.writeOuts.record(time.Since(began)) }()
+	e.writingOut.Add(1)
+	defer e.writingOut.Add(-1)
 	w := e.newRunWriter(c.dirty.Len(), nil)
 	var err error
 	c.dirty.Scan(func(_ format.BlockNr, d dirtyBlock) bool {

@@ -103,6 +103,10 @@ type Engine struct {
 	// wmu, cleared by writeOut).
 	inflight atomic.Pointer[pendingCommit]
 
+	// writingOut counts commit write-outs in progress and fsyncing fsyncs
+	// waiting or appending to the log: bulk writes (WriteMetaBehind) give
+	// way to them.
+	writingOut, fsyncing atomic.Int32
 	// waiting counts writers and readers blocked on wmu (lockWriter):
 	// settleAhead leaves them time between its slices.
 	waiting atomic.Int32
@@ -803,6 +807,8 @@ func (e *Engine) lockCommits() (unlock func()) {
 // tx.AppendLog can extend the fsync log. An fsync that finds a file's
 // changes in an earlier generation can return: they are durable.
 func (e *Engine) FsyncView(fn func(tx *Tx) error) error {
+	e.fsyncing.Add(1)
+	defer e.fsyncing.Add(-1)
 	defer e.lockCommits()()
 	if e.txn == nil {
 		return ErrClosed

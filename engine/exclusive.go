@@ -149,10 +149,31 @@ func (tx *Tx) ReplaceTree(id format.TreeID, root eb.Ptr, level int, items uint64
 // flight when a writer's fsync comes). It does not flush: the commit that
 // first points at them flushes them before its superblock (or call
 // FlushMeta).
-func (e *Engine) WriteMeta(nodes []format.Node) error {
+func (e *Engine) WriteMeta(nodes []format.Node) error { return e.writeMeta(nodes, false) }
+
+// WriteMetaBehind is WriteMeta for bulk writes, giving way to the
+// foreground between its writes: after a write during which an fsync was
+// pending it rests as long as the write took, leaving the device to the
+// fsyncs half the time, and it starts no further write while a commit is
+// being written out (waiting at most maxYieldToForeground).
+func (e *Engine) WriteMetaBehind(nodes []format.Node) error { return e.writeMeta(nodes, true) }
+
+func (e *Engine) writeMeta(nodes []format.Node, behind bool) error {
 	var after func(off, n int64) error
-	if wb, ok := e.dev.(disk.Writebacker); ok {
-		after = func(off, n int64) error { return wb.Writeback(off, n, true) }
+	wb, canWait := e.dev.(disk.Writebacker)
+	began := time.Now()
+	if canWait || behind {
+		after = func(off, n int64) error {
+			var err error
+			if canWait {
+				err = wb.Writeback(off, n, true)
+			}
+			if behind {
+				e.giveWay(time.Since(began))
+				began = time.Now()
+			}
+			return err
+		}
 	}
 	w := e.newRunWriter(len(nodes), after)
 	err := func() error {
@@ -169,6 +190,22 @@ func (e *Engine) WriteMeta(nodes []format.Node) error {
 		e.countIOError(ioWrite)
 	}
 	return err
+}
+
+// maxYieldToForeground bounds how long one bulk write waits for a commit's
+// write-out, so that commits back to back cannot starve it.
+const maxYieldToForeground = 100 * time.Millisecond
+
+// giveWay is what a bulk write does after each write, which took took:
+// rest as long if an fsync is pending, then wait while a commit is being
+// written out (at most maxYieldToForeground).
+func (e *Engine) giveWay(took time.Duration) {
+	if e.fsyncing.Load() > 0 {
+		time.Sleep(took)
+	}
+	for waited := time.Duration(0); e.writingOut.Load() > 0 && waited < maxYieldToForeground; waited += time.Millisecond {
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // FlushMeta flushes what WriteMeta wrote, so that the writes are not left

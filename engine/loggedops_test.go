@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/scrubd/scrubd/engine/disk"
 	"github.com/scrubd/scrubd/engine/format"
@@ -139,4 +140,57 @@ func TestWriteMetaRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustCheck(t, e)
+}
+
+// TestWriteMetaBehindGivesWay: a bulk write does not go on while a commit
+// is being written out, and its nodes land like WriteMeta's.
+func TestWriteMetaBehindGivesWay(t *testing.T) {
+	e, dev := newTestEngine(t, Options{})
+	var got []format.BlockNr
+	if err := e.Update(func(tx *Tx) error {
+		var err error
+		got, err = tx.ReserveMeta(format.TreeRmap, 8)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	nodes := make([]format.Node, len(got))
+	for i, b := range got {
+		nodes[i] = format.InitNode(make([]byte, format.BlockSize), e.FSID(), b, 7, format.TreeRmap, 0)
+	}
+	const hold = 30 * time.Millisecond
+	e.writingOut.Add(1) // as if a commit were being written out
+	done := make(chan error, 1)
+	var took time.Duration
+	go func() {
+		began := time.Now()
+		err := e.WriteMetaBehind(nodes)
+		took = time.Since(began)
+		done <- err
+	}()
+	time.Sleep(hold)
+	e.writingOut.Add(-1)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// It started a little after the write-out did: half the hold is the
+	// bound it must have waited at least.
+	if took < hold/2 {
+		t.Errorf("WriteMetaBehind returned after %v, while a write-out went on for %v", took, hold)
+	}
+	for _, b := range got {
+		on := dev.Bytes()[int64(b)*format.BlockSize:][:format.BlockSize]
+		if err := format.VerifyNode(on, format.Expect{FSID: e.FSID(), Block: b, Tree: format.TreeRmap, Gen: 7, Level: 0}); err != nil {
+			t.Fatalf("block %d: %v", b, err)
+		}
+	}
+	if err := e.Update(func(tx *Tx) error {
+		tx.FreeMeta(format.TreeRmap, got)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -381,7 +381,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 			return fmt.Errorf("bulk load: %w", err)
 		}
 		res.phase(start, "write")
-		return writeStaged(e, stage.nodes)
+		return writeStaged(e, stage.nodes, true)
 	})
 	if err != nil {
 		return nil, err
@@ -444,7 +444,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		if err := applyDelta(nt, batch, sh.oldBlocks, gained); err != nil {
 			return nil, fmt.Errorf("catch up on the staged tree: %w", err)
 		}
-		if err := writeStaged(e, stage.dirtyNodes); err != nil {
+		if err := writeStaged(e, stage.dirtyNodes, false); err != nil {
 			return nil, err
 		}
 		stage.clean()
@@ -540,13 +540,20 @@ func commitNow(e *engine.Engine, fn func(tx *engine.Tx) error) error {
 // writeStaged writes the staged nodes nodes returns to their blocks and
 // flushes them: the rebuild carries its own writes rather than leaving
 // hundreds of megabytes for a writer's fsync, or the next commit under the
-// writer lock, to flush.
-func writeStaged(e *engine.Engine, nodes func() ([]format.Node, error)) error {
+// writer lock, to flush. The bulk write (behind) lets commits' write-outs
+// and fsyncs go first; the catch-up's small writes do not wait, or the
+// updates they follow would pile up meanwhile (at 1M, catch-up took 1.3 s
+// instead of 0.1 s when they waited).
+func writeStaged(e *engine.Engine, nodes func() ([]format.Node, error), behind bool) error {
 	ns, err := nodes()
 	if err != nil {
 		return fmt.Errorf("staged rmap nodes: %w", err)
 	}
-	err = e.WriteMeta(ns)
+	if behind {
+		err = e.WriteMetaBehind(ns)
+	} else {
+		err = e.WriteMeta(ns)
+	}
 	if err == nil {
 		err = e.FlushMeta()
 	}
