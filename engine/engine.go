@@ -103,9 +103,9 @@ type Engine struct {
 	// wmu, cleared by writeOut).
 	inflight atomic.Pointer[pendingCommit]
 
-	// writingOut counts commit write-outs in progress and fsyncing fsyncs
-	// waiting or appending to the log: bulk writes (WriteMetaBehind) give
-	// way to them.
+	// writingOut counts commit write-outs in progress, fsyncing the
+	// fsyncs waiting to append to the log or appending: bulk writes
+	// (WriteMetaBehind) give way to both.
 	writingOut, fsyncing atomic.Int32
 	// waiting counts writers and readers blocked on wmu (lockWriter):
 	// settleAhead leaves them time between its slices.

@@ -132,6 +132,22 @@ func (w *workload) clone() map[format.Key]string {
 	return m
 }
 
+// addDataExtent makes a data extent of n blocks as the filesystem does:
+// allocated for inode 1000 at offset off, mapped by a file extent item,
+// with its checksums.
+func addDataExtent(tx *Tx, off, n uint64) (format.BlockNr, error) {
+	start, err := tx.AllocExtent(n, format.Owner{Inode: 1000, Offset: off})
+	if err != nil {
+		return 0, err
+	}
+	et, _ := tx.Tree(format.TreeExtent)
+	if err := et.Insert(format.FileExtentKey(1000, off), format.FileExtent{Start: start, Len: n, Count: n}.Encode()); err != nil {
+		return 0, err
+	}
+	ct, _ := tx.Tree(format.TreeCsum)
+	return start, ct.Put(format.CsumKey(start), make([]byte, 4*n))
+}
+
 func (w *workload) step(tx *Tx) error {
 	tr, err := tx.Tree(format.TreeInode)
 	if err != nil {
@@ -157,16 +173,8 @@ func (w *workload) step(tx *Tx) error {
 		if _, ok, _ := tx.e.trees[format.TreeExtent].Get(format.FileExtentKey(1000, i), nil); ok {
 			return nil
 		}
-		start, err := tx.AllocExtent(n, format.Owner{Inode: 1000, Offset: i})
+		start, err := addDataExtent(tx, i, n)
 		if err != nil {
-			return err
-		}
-		et, _ := tx.Tree(format.TreeExtent)
-		if err := et.Insert(format.FileExtentKey(1000, i), format.FileExtent{Start: start, Len: n, Count: n}.Encode()); err != nil {
-			return err
-		}
-		ct, _ := tx.Tree(format.TreeCsum)
-		if err := ct.Put(format.CsumKey(start), make([]byte, 4*n)); err != nil {
 			return err
 		}
 		w.extents[start] = n<<32 | i
@@ -622,15 +630,8 @@ func TestDelayedRefsInSlices(t *testing.T) {
 			return nil
 		}
 		n := 1 + r.Uint64N(8)
-		start, err := tx.AllocExtent(n, format.Owner{Inode: 1000, Offset: i})
+		start, err := addDataExtent(tx, i, n)
 		if err != nil {
-			return err
-		}
-		if err := et.Insert(format.FileExtentKey(1000, i), format.FileExtent{Start: start, Len: n, Count: n}.Encode()); err != nil {
-			return err
-		}
-		ct, _ := tx.Tree(format.TreeCsum)
-		if err := ct.Put(format.CsumKey(start), make([]byte, 4*n)); err != nil {
 			return err
 		}
 		w.extents[start] = n<<32 | i
@@ -684,17 +685,8 @@ func TestSettleAheadLeavesTheCommitLittle(t *testing.T) {
 	e, _ := newTestEngine(t, Options{})
 	for i := 0; i < 3000; i++ {
 		err := e.Update(func(tx *Tx) error {
-			o := uint64(i)
-			start, err := tx.AllocExtent(1, format.Owner{Inode: 1000, Offset: o})
-			if err != nil {
-				return err
-			}
-			et, _ := tx.Tree(format.TreeExtent)
-			if err := et.Insert(format.FileExtentKey(1000, o), format.FileExtent{Start: start, Len: 1, Count: 1}.Encode()); err != nil {
-				return err
-			}
-			ct, _ := tx.Tree(format.TreeCsum)
-			return ct.Put(format.CsumKey(start), make([]byte, 4))
+			_, err := addDataExtent(tx, uint64(i), 1)
+			return err
 		})
 		if err != nil {
 			t.Fatal(err)

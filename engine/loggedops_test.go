@@ -123,11 +123,7 @@ func TestWriteMetaRuns(t *testing.T) {
 		t.Errorf("%d writes, want %d", n, want)
 	}
 	for _, n := range nodes {
-		b := n.Block()
-		on := dev.Bytes()[int64(b)*format.BlockSize:][:format.BlockSize]
-		if err := format.VerifyNode(on, format.Expect{FSID: e.FSID(), Block: b, Tree: format.TreeRmap, Gen: 7, Level: 0}); err != nil {
-			t.Fatalf("block %d: %v", b, err)
-		}
+		verifyOnDevice(t, e, dev, n.Block())
 	}
 	// The nodes are not linked anywhere: give the blocks back.
 	if err := e.Update(func(tx *Tx) error {
@@ -182,15 +178,22 @@ func TestWriteMetaBehindGivesWay(t *testing.T) {
 		t.Errorf("WriteMetaBehind returned after %v, while a write-out went on for %v", took, hold)
 	}
 	for _, b := range got {
-		on := dev.Bytes()[int64(b)*format.BlockSize:][:format.BlockSize]
-		if err := format.VerifyNode(on, format.Expect{FSID: e.FSID(), Block: b, Tree: format.TreeRmap, Gen: 7, Level: 0}); err != nil {
-			t.Fatalf("block %d: %v", b, err)
-		}
+		verifyOnDevice(t, e, dev, b)
 	}
 	if err := e.Update(func(tx *Tx) error {
 		tx.FreeMeta(format.TreeRmap, got)
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// verifyOnDevice checks that block b of dev holds the sealed generation-7
+// rmap leaf the WriteMeta tests write there.
+func verifyOnDevice(t *testing.T, e *Engine, dev *disk.Mem, b format.BlockNr) {
+	t.Helper()
+	on := dev.Bytes()[int64(b)*format.BlockSize:][:format.BlockSize]
+	if err := format.VerifyNode(on, format.Expect{FSID: e.FSID(), Block: b, Tree: format.TreeRmap, Gen: 7, Level: 0}); err != nil {
+		t.Fatalf("block %d: %v", b, err)
 	}
 }
