@@ -24,16 +24,7 @@ func TestLogFreeUnreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []format.BlockNr
-	if err := e.Update(func(tx *Tx) error {
-		got, err = tx.ReserveMeta(format.TreeRmap, 9)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Sync(); err != nil {
-		t.Fatal(err)
-	}
+	got := reserveCommitted(t, e, 9)
 	if err := e.Update(func(tx *Tx) error {
 		tx.FreeMeta(format.TreeRmap, got[8:]) // freed already: skipped
 		rt, _ := tx.ReadTree(format.TreeRmap)
@@ -80,16 +71,7 @@ func TestWriteMetaRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	var got []format.BlockNr
-	if err := e.Update(func(tx *Tx) error {
-		got, err = tx.ReserveMeta(format.TreeRmap, maxWriteRun+40)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Sync(); err != nil {
-		t.Fatal(err)
-	}
+	got := reserveCommitted(t, e, maxWriteRun+40)
 	// Order: the first maxWriteRun+10 in order (split at the cap and at
 	// any gap the allocator left), then skip two, then three blocks
 	// backwards.
@@ -142,17 +124,7 @@ func TestWriteMetaRuns(t *testing.T) {
 // is being written out, and its nodes land like WriteMeta's.
 func TestWriteMetaBehindGivesWay(t *testing.T) {
 	e, dev := newTestEngine(t, Options{})
-	var got []format.BlockNr
-	if err := e.Update(func(tx *Tx) error {
-		var err error
-		got, err = tx.ReserveMeta(format.TreeRmap, 8)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Sync(); err != nil {
-		t.Fatal(err)
-	}
+	got := reserveCommitted(t, e, 8)
 	nodes := make([]format.Node, len(got))
 	for i, b := range got {
 		nodes[i] = format.InitNode(make([]byte, format.BlockSize), e.FSID(), b, 7, format.TreeRmap, 0)
@@ -196,4 +168,21 @@ func verifyOnDevice(t *testing.T, e *Engine, dev *disk.Mem, b format.BlockNr) {
 	if err := format.VerifyNode(on, format.Expect{FSID: e.FSID(), Block: b, Tree: format.TreeRmap, Gen: 7, Level: 0}); err != nil {
 		t.Fatalf("block %d: %v", b, err)
 	}
+}
+
+// reserveCommitted reserves n rmap blocks (ReserveMeta) and commits.
+func reserveCommitted(t *testing.T, e *Engine, n int) []format.BlockNr {
+	t.Helper()
+	var got []format.BlockNr
+	if err := e.Update(func(tx *Tx) error {
+		var err error
+		got, err = tx.ReserveMeta(format.TreeRmap, n)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	return got
 }
