@@ -33,7 +33,7 @@ import (
 // for each, so writers run between them. prepareCommit runs step 1 under wmu,
 // seals the dirty blocks and opens the next transaction; writeOut runs steps
 // 2-5 and publishes the generation with wmu released, holding cmu, which
-// serializes commits and fsync log appends. The next transaction reads the
+// serializes commits; fsyncs append to the log meanwhile (log.go). The next transaction reads the
 // committing one's blocks from its dirty index (inflight) until they are
 // published to the cache, and copies them before changing them, as it would
 // committed blocks.
@@ -54,6 +54,9 @@ type pendingCommit struct {
 	// logFree are the blocks of the fsync log chain the generation makes
 	// obsolete, released once it is durable.
 	logFree []extent
+	// newExtents are the extents the generation allocated (read only from
+	// here on): an fsync during the write-out logs their checksums.
+	newExtents map[format.BlockNr]*newExtent
 }
 
 // commitLocked commits the running transaction and returns when it is
@@ -142,20 +145,26 @@ func (e *Engine) prepareCommit() (*pendingCommit, error) {
 		sb.Devices[0].CsumErrors += e.ioErrs[ioCsum].Swap(0)
 	}
 	sb.Block = 0
+	// The fsync log goes on after the block the next append will use;
+	// what came before it is obsolete once this generation is durable.
+	logFree := e.advanceLog(&sb)
 	e.super = sb
 	roots := make(map[format.TreeID]format.RootItem, len(e.trees))
 	for id, tr := range e.trees {
 		roots[id] = format.RootItem{Root: format.RootPtr{Block: tr.Root.Block, Gen: tr.Root.Gen, Level: uint8(tr.Level)}, Items: tr.Items, Flags: e.recorded[id].Flags}
 	}
 	// Blocks this generation freed return to the allocator once it is
-	// durable and no reader pins an older one; the fsync log's blocks
-	// (the log extends the previous generation) once it is durable.
+	// durable and no reader pins an older one; the fsync log's obsolete
+	// blocks once it is durable.
 	e.alloc.deferFree(t.gen, t.pendingFree)
-	logFree := e.restartLog()
 	if invariants && !e.replaying {
-		e.checkAllocator(logFree)
+		held := slices.Clone(logFree)
+		for _, b := range e.flog.transient {
+			held = append(held, extent{b, 1})
+		}
+		e.checkAllocator(held)
 	}
-	c := &pendingCommit{gen: t.gen, dirty: t.dirty, super: sb, roots: roots, logFree: logFree}
+	c := &pendingCommit{gen: t.gen, dirty: t.dirty, super: sb, roots: roots, logFree: logFree, newExtents: t.newExtents}
 	e.inflight.Store(c)
 	next := newTxn(t.gen + 1)
 	next.metaHint = t.metaHint
@@ -195,9 +204,11 @@ func (e *Engine) writeOut(c *pendingCommit) error {
 	if err != nil {
 		return fail("write blocks", err)
 	}
+	e.writeOutHook(0)
 	if err := e.dev.Flush(); err != nil {
 		return fail("flush blocks", err)
 	}
+	e.writeOutHook(1)
 	if err := e.writeSupers(&c.super); err != nil {
 		return fail("superblock", err)
 	}
@@ -319,4 +330,22 @@ func (d *durations) record(x time.Duration) {
 
 func (d *durations) get() (last, max time.Duration) {
 	return time.Duration(d.last.Load()), time.Duration(d.max.Load())
+}
+
+// SetWriteOutHook makes every commit call fn during its write-out: stage 0
+// after its blocks are written, 1 after they are flushed, before the
+// superblock. For tests that need work to overlap a write-out (fn may
+// write and fsync, not commit); nil removes it.
+func (e *Engine) SetWriteOutHook(fn func(stage int)) {
+	if fn == nil {
+		e.outHook.Store(nil)
+		return
+	}
+	e.outHook.Store(&fn)
+}
+
+func (e *Engine) writeOutHook(stage int) {
+	if fn := e.outHook.Load(); fn != nil {
+		(*fn)(stage)
+	}
 }

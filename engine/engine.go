@@ -102,6 +102,7 @@ type Engine struct {
 	// inflight is the generation being written out, if any (set under
 	// wmu, cleared by writeOut).
 	inflight atomic.Pointer[pendingCommit]
+	outHook  atomic.Pointer[func(stage int)] // SetWriteOutHook
 
 	// writingOut counts commit write-outs in progress, fsyncing the
 	// fsyncs waiting to append to the log or appending: bulk writes
@@ -300,7 +301,6 @@ func Open(dev disk.Device, opts Options) (*Engine, error) {
 		if err := e.ensureLogHead(); err != nil {
 			return nil, fmt.Errorf("set up the fsync log: %w", err)
 		}
-		e.resetLog()
 	}
 	if !e.opts.ReadOnly && e.opts.CommitInterval > 0 {
 		e.wg.Add(1)
@@ -638,10 +638,24 @@ func (tx *Tx) Note(s string) { tx.e.mount.Notes = append(tx.e.mount.Notes, s) }
 func (tx *Tx) Device() disk.Device { return tx.e.dev }
 
 // IsNewExtent reports whether the extent at start was allocated in the
-// running transaction.
+// running transaction or in a generation being committed (not yet durable).
 func (tx *Tx) IsNewExtent(start format.BlockNr) bool {
-	_, ok := tx.e.txn.newExtents[start]
-	return ok
+	if _, ok := tx.e.txn.newExtents[start]; ok {
+		return true
+	}
+	if c := tx.e.inflight.Load(); c != nil {
+		_, ok := c.newExtents[start]
+		return ok
+	}
+	return false
+}
+
+// Durable reports whether generation gen is durable: committed, its
+// superblock flushed.
+func (e *Engine) Durable(gen format.Gen) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return gen <= e.committed.super.Gen
 }
 
 // AddRef adds a reference by owner to an allocated data extent.
@@ -802,14 +816,16 @@ func (e *Engine) lockCommits() (unlock func()) {
 	}
 }
 
-// FsyncView is View with commits held off: every generation before the
-// running transaction is durable, none becomes durable while fn runs, and
-// tx.AppendLog can extend the fsync log. An fsync that finds a file's
-// changes in an earlier generation can return: they are durable.
+// FsyncView is View in which tx.AppendLog can extend the fsync log. No
+// commit is prepared while fn runs, but one may be being written out: a
+// file's changes in an earlier generation are durable only if
+// Engine.Durable says so, and records appended now must carry the file's
+// changes of a generation not yet durable too (see log.go).
 func (e *Engine) FsyncView(fn func(tx *Tx) error) error {
 	e.fsyncing.Add(1)
 	defer e.fsyncing.Add(-1)
-	defer e.lockCommits()()
+	e.lockWriter()
+	defer e.wmu.Unlock()
 	if e.txn == nil {
 		return ErrClosed
 	}

@@ -3,6 +3,8 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"math"
+	"math/rand/v2"
 
 	"github.com/scrubd/scrubd/engine/format"
 )
@@ -18,15 +20,31 @@ import (
 //
 // btrfs keeps its log as a tree whose root the superblock names, so every
 // fsync also rewrites the superblock: two flushes. Here the log is a chain of
-// leaf-format blocks (as ZFS's intent log): the superblock names a head block
-// allocated once and recorded in the alloc and rmap trees; each log block
-// names the block the next one will go to, allocated before the block is
-// written. So one fsync is: write the log blocks, flush. Log blocks are
-// tagged with the committed generation they extend; a block with another tag
-// ends the chain, so after a commit the old chain is simply dead and its
-// blocks (other than the head) go back to the allocator. A record set is
-// applied only if its last block (flag GroupEnd) is valid: a torn or damaged
-// log is reported and skipped, never half-applied.
+// leaf-format blocks (as ZFS's intent log): each log block names the block
+// the next one will go to, allocated before the block is written, so one
+// fsync is: write the log blocks, flush.
+//
+// The chain outlives commits (format 1.1, IncompatLogChain). A commit's
+// superblock names the block where the part of the chain that extends its
+// generation starts (the block the next append will use when the commit is
+// prepared), with that block's sequence number and the chain's tag; the
+// blocks before it go back to the allocator once the commit is durable. So
+// an fsync never waits for a commit being written out: what it appends
+// meanwhile lies after the start the committing superblock names, and
+// mount reaches it whether the crash left that superblock or the one
+// before. The records of such an fsync carry the file's changes of the
+// committing generation too (the filesystem layer keeps them until that
+// generation is durable), so they are complete on top of either.
+//
+// Every block carries the chain's tag and its sequence number; a block
+// with another tag or sequence ends the chain. Each mount starts a new
+// chain with a new random tag at the head block (allocated once, recorded
+// in the alloc and rmap trees), appended to only once a commit naming it is
+// durable (fsyncs commit until then), so blocks of
+// an older chain — a crashed mount's unflushed appends among them — can
+// never be mistaken for part of the current one. A record set is applied
+// only if its last block (flag GroupEnd) is valid: a torn or damaged log is
+// reported and skipped, never half-applied.
 
 // LogItem is one record of an fsync log group.
 type LogItem struct {
@@ -40,10 +58,17 @@ type LogItem struct {
 var ErrNoLog = errors.New("no fsync log")
 
 type logState struct {
-	cur       format.BlockNr   // where the next log block goes
-	seq       uint32           // its sequence number
-	transient []format.BlockNr // chain blocks other than the head
-	deferred  []extent         // logged data extents freed since the log began
+	cur format.BlockNr // where the next log block goes (0: no log)
+	seq uint32         // its sequence number
+	tag format.Gen     // the chain's tag
+	// named is the generation whose commit first named the chain; until
+	// it is durable appends are refused (ErrNoLog: the fsync commits).
+	named format.Gen
+	// transient are the chain's blocks allocated since the last commit
+	// was prepared, and the block that commit named if it was not the
+	// head: they return to the allocator when the next commit is durable.
+	transient []format.BlockNr
+	deferred  []extent // logged data extents freed since the last commit was prepared
 	appends   uint64
 	blocks    uint64
 }
@@ -56,21 +81,23 @@ type ReplayFunc func(tx *Tx, groups [][]LogItem) error
 // AppendLog writes one fsync group to the log and flushes. It returns
 // ErrNoLog if the engine has no log.
 func (e *Engine) AppendLog(items []LogItem) error {
-	defer e.lockCommits()()
+	e.lockWriter()
+	defer e.wmu.Unlock()
 	return e.appendLogLocked(items)
 }
 
-// appendLogLocked appends with cmu and wmu held: no commit is in flight, so
-// the log extends the generation on disk, and no commit can make it
-// obsolete before it is durable.
+// appendLogLocked appends with wmu held, so no commit is prepared
+// meanwhile: the records lie after the start a committing superblock
+// names, and before the start the next one will name. A commit may be
+// being written out (see the top of this file).
 func (e *Engine) appendLogLocked(items []LogItem) error {
 	if err := e.writable(); err != nil {
 		return err
 	}
-	if e.super.Log.Block == 0 || e.opts.NoLog {
+	if e.flog.cur == 0 || e.opts.NoLog || e.flog.named == 0 || !e.Durable(e.flog.named) || e.flog.seq > math.MaxUint32-uint32(len(items))-1 {
 		return ErrNoLog
 	}
-	tag := e.committedGen()
+	tag := e.flog.tag
 	buf := make([]byte, format.BlockSize)
 	var n format.Node
 	var at format.BlockNr
@@ -128,23 +155,16 @@ func (e *Engine) appendLogLocked(items []LogItem) error {
 	return nil
 }
 
-func (e *Engine) committedGen() format.Gen {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.committed.super.Gen
-}
-
 // readLog reads the log chain of the committed generation and returns its
 // complete groups; notes say what ended the chain if it ended abnormally.
 func (e *Engine) readLog() (groups [][]LogItem, blocks []format.BlockNr, notes []string, err error) {
-	head := e.super.Log.Block
-	if head == 0 {
+	start, seq, tag := e.super.LogChain()
+	if start == 0 {
 		return nil, nil, nil, nil
 	}
-	tag := e.super.Gen
 	buf := make([]byte, format.BlockSize)
 	var cur []LogItem
-	at, seq := head, uint32(1)
+	at := start
 	seen := map[format.BlockNr]bool{}
 	for {
 		if seen[at] {
@@ -158,7 +178,7 @@ func (e *Engine) readLog() (groups [][]LogItem, blocks []format.BlockNr, notes [
 		if verr := format.VerifyLogBlock(buf, e.fsid, at, tag, seq, e.totalBlocks); verr != nil {
 			// The normal end of a log is a block not (yet) written for
 			// this generation; say more only for other damage.
-			if ce, ok := format.AsCorrupt(verr); ok && seq > 1 && ce.Kind != format.KindStale && ce.Kind != format.KindBadMagic && ce.Kind != format.KindBadChecksum {
+			if ce, ok := format.AsCorrupt(verr); ok && at != start && ce.Kind != format.KindStale && ce.Kind != format.KindBadMagic && ce.Kind != format.KindBadChecksum {
 				notes = append(notes, fmt.Sprintf("log ends at block %d: %v", at, verr))
 			}
 			break
@@ -190,26 +210,37 @@ end:
 	return groups, blocks, notes, nil
 }
 
-// passReplayLog replays the fsync log onto the committed generation.
+// passReplayLog replays the fsync log onto the committed generation and
+// starts a new chain (see restartLog).
 func passReplayLog(e *Engine) error {
 	groups, blocks, notes, err := e.readLog()
 	if err != nil {
 		return err
 	}
 	e.mount.Notes = append(e.mount.Notes, notes...)
+	head := e.super.Log.Block
+	if head == 0 {
+		return nil
+	}
+	// The chain's blocks are free in the committed generation; keep the
+	// allocator off them until the commit that names the new chain is
+	// durable (until then a crash replays this one again).
+	for _, b := range blocks {
+		if b == head {
+			continue
+		}
+		if err := e.alloc.claim(b, 1); err != nil {
+			return fmt.Errorf("log block %d: %w", b, err)
+		}
+		e.flog.transient = append(e.flog.transient, b)
+	}
+	e.restartLog()
 	if len(groups) == 0 {
 		return nil
 	}
 	if e.opts.ReplayLog == nil {
 		e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("log holds %d fsync groups but no replayer is set; left unapplied", len(groups)))
 		return nil
-	}
-	// The chain's blocks are free in the committed generation; keep the
-	// allocator off them until the replay is committed.
-	for _, b := range blocks[1:] {
-		if err := e.alloc.claim(b, 1); err != nil {
-			return fmt.Errorf("log block %d: %w", b, err)
-		}
 	}
 	// Until the allocator is reloaded below it holds back claimed ranges
 	// that the trees may call free: skip the allocator invariant.
@@ -236,8 +267,8 @@ func passReplayLog(e *Engine) error {
 }
 
 // ensureLogHead allocates the log's head block (recorded in the alloc and
-// rmap trees, owned by TreeLog) and commits, so that the superblock names it
-// before any fsync writes there.
+// rmap trees, owned by TreeLog), starts a chain there and commits, so that
+// the superblock names it before any fsync writes there.
 func (e *Engine) ensureLogHead() error {
 	if e.super.Log.Block != 0 || e.opts.NoLog {
 		return nil
@@ -252,40 +283,50 @@ func (e *Engine) ensureLogHead() error {
 	e.ref(b, 1, format.Owner{Tree: format.TreeLog}, format.ExtentMeta, +1)
 	e.super.Log = format.RootPtr{Block: b, Gen: e.txn.gen}
 	e.txn.superDirty = true
+	e.restartLog()
 	return e.commitLocked()
 }
 
-// restartLog starts a new, empty chain at the head for the transaction
-// after the one being committed, whose commit makes the old chain obsolete
-// once it is durable, and returns the old chain's transient blocks and the
-// data extents it kept: writeOut returns them to the allocator then (not
-// before: a crash before the commit is durable replays the old chain). No
-// append runs until then (cmu).
-func (e *Engine) restartLog() []extent {
-	var xs []extent
-	for _, b := range e.flog.transient {
-		xs = append(xs, extent{b, 1})
+// restartLog starts a new chain at the head block with a new random tag,
+// for the next commit to name; appends wait until that commit is durable
+// (fsyncs commit until then). The old chain's blocks stay in transient
+// until then.
+func (e *Engine) restartLog() {
+	e.flog.cur, e.flog.seq, e.flog.named = e.super.Log.Block, 1, 0
+	for e.flog.tag = 0; e.flog.tag == 0; {
+		e.flog.tag = format.Gen(rand.Uint64())
 	}
-	xs = append(xs, e.flog.deferred...)
-	e.flog.transient = e.flog.transient[:0]
-	e.flog.deferred = e.flog.deferred[:0]
-	e.flog.cur, e.flog.seq = e.super.Log.Block, 1
-	return xs
 }
 
-// resetLog starts a new, empty chain at the head when the old one is
-// obsolete already (mount), and returns its transient blocks to the
-// allocator.
-func (e *Engine) resetLog() {
+// advanceLog records in sb, the superblock of the commit being prepared,
+// where the chain goes on (the block the next append will use), and
+// returns the chain blocks and logged data extents that commit makes
+// obsolete: writeOut returns them to the allocator once it is durable (not
+// before: a crash before then replays them). Called under wmu, so no
+// append runs meanwhile.
+func (e *Engine) advanceLog(sb *format.Super) []extent {
+	if e.flog.cur == 0 {
+		return nil
+	}
+	sb.LogStart, sb.LogSeq, sb.LogTag = e.flog.cur, e.flog.seq, e.flog.tag
+	if e.flog.named == 0 {
+		e.flog.named = sb.Gen
+	}
+	sb.Incompat |= format.IncompatLogChain
+	sb.Minor = max(sb.Minor, 1)
+	var xs []extent
+	keep := e.flog.transient[:0]
 	for _, b := range e.flog.transient {
-		e.alloc.release(b, 1)
+		if b == e.flog.cur {
+			keep = append(keep, b)
+			continue
+		}
+		xs = append(xs, extent{b, 1})
 	}
-	e.flog.transient = e.flog.transient[:0]
-	for _, x := range e.flog.deferred {
-		e.alloc.release(x.start, x.n)
-	}
+	e.flog.transient = keep
+	xs = append(xs, e.flog.deferred...)
 	e.flog.deferred = e.flog.deferred[:0]
-	e.flog.cur, e.flog.seq = e.super.Log.Block, 1
+	return xs
 }
 
 // LogStats counts fsync log activity.
@@ -308,7 +349,13 @@ func (e *Engine) reloadAllocator() error {
 		return err
 	}
 	a.cursor = e.alloc.cursor
+	// The commit before this made every block of the old chain obsolete
+	// and returned them; what the chain holds now is allocated anew.
+	for _, b := range e.flog.transient {
+		if err := a.claim(b, 1); err != nil {
+			return fmt.Errorf("log block %d: %w", b, err)
+		}
+	}
 	e.alloc = a
-	e.resetLog()
 	return nil
 }

@@ -90,6 +90,11 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		a, _ := f.Create(fs.RootIno, "writer", fs.NewInode{Mode: 0o644})
 		var worstAt time.Time  // when the longest writer operation started
 		var opEnds []time.Time // when each writer operation ended
+		type opTimes struct {
+			write, fsync time.Duration
+			synced       bool
+		}
+		var opSplit []opTimes // each operation's write and fsync time
 		writer := func(stop <-chan struct{}, ops *atomic.Int64, lat *[]time.Duration, wg *sync.WaitGroup) {
 			defer wg.Done()
 			block := make([]byte, 4096)
@@ -102,10 +107,12 @@ func BenchmarkRmapRebuild(b *testing.B) {
 				}
 				t := time.Now()
 				f.Write(a.Ino, block, int64(i%4096)*4096)
+				wrote := time.Since(t)
 				if i%16 == 15 {
 					f.Fsync(a.Ino)
 				}
 				d := time.Since(t)
+				opSplit = append(opSplit, opTimes{wrote, d - wrote, i%16 == 15})
 				if d > worst {
 					worst, worstAt = d, t
 				}
@@ -140,9 +147,26 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		// Warm up first: the writer's first pass allocates its file, and
 		// the build's garbage is still being collected.
 		measure(3*time.Second, nil)
-		opEnds = opEnds[:0]
+		opEnds, opSplit = opEnds[:0], opSplit[:0]
 		idleRate, idleWorst := measure(engine.DefaultCommitInterval+time.Second, nil)
-		opEnds = opEnds[:0]
+		// Time per write and per fsync, idle: what the phases compare with.
+		split := func(from, to time.Time) (w, fs time.Duration) {
+			nw, nf := 0, 0
+			for i, t := range opEnds {
+				if t.Before(from) || !t.Before(to) {
+					continue
+				}
+				w += opSplit[i].write
+				nw++
+				if opSplit[i].synced {
+					fs += opSplit[i].fsync
+					nf++
+				}
+			}
+			return w / time.Duration(max(nw, 1)), fs / time.Duration(max(nf, 1))
+		}
+		idleW, idleF := split(time.Time{}, time.Now())
+		opEnds, opSplit = opEnds[:0], opSplit[:0]
 		growth := heapGrowth()
 		var res *RmapRebuildResult
 		b.ResetTimer()
@@ -183,7 +207,8 @@ func BenchmarkRmapRebuild(b *testing.B) {
 					}
 				}
 				if p.Took > 0 {
-					b.Logf("phase %-8s %8.3f s  writer %3.0f%% of idle", p.Name, p.Took.Seconds(), 100*float64(n)/p.Took.Seconds()/idleRate)
+					w, fs := split(from, to)
+					b.Logf("phase %-8s %8.3f s  writer %3.0f%% of idle  write %v fsync %v (idle %v, %v)", p.Name, p.Took.Seconds(), 100*float64(n)/p.Took.Seconds()/idleRate, w.Round(time.Microsecond), fs.Round(time.Microsecond), idleW.Round(time.Microsecond), idleF.Round(time.Microsecond))
 				}
 			}
 		}

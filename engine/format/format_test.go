@@ -77,3 +77,39 @@ func TestVerifyClassifies(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestSuperLogChain(t *testing.T) {
+	s := &Super{Major: VersionMajor, Minor: 1, Block: 0, Gen: 9, BlockSize: BlockSize,
+		TotalBlocks: 5000, Root: RootPtr{Block: 40, Gen: 9}, Log: RootPtr{Block: 12, Gen: 2}}
+	// Format 1.0: the log starts at the head, tagged with the generation.
+	if start, seq, tag := s.LogChain(); start != 12 || seq != 1 || tag != 9 {
+		t.Fatalf("1.0 log chain: %d %d %d", start, seq, tag)
+	}
+	s.Incompat = IncompatLogChain
+	s.LogStart, s.LogSeq, s.LogTag = 700, 33, 0xfeed
+	b := make([]byte, BlockSize)
+	s.Encode(b)
+	got, err := DecodeSuper(b, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := got.CheckFeatures(false); err != nil {
+		t.Fatalf("log chain feature refused: %v", err)
+	}
+	if start, seq, tag := got.LogChain(); start != 700 || seq != 33 || tag != 0xfeed {
+		t.Fatalf("1.1 log chain after round trip: %d %d %d", start, seq, tag)
+	}
+	for _, bad := range []func(*Super){
+		func(s *Super) { s.LogStart = 5000 },
+		func(s *Super) { s.LogStart = 0 },
+		func(s *Super) { s.LogSeq = 0 },
+		func(s *Super) { s.LogTag = 0 },
+	} {
+		c := *s
+		bad(&c)
+		c.Encode(b)
+		if _, err := DecodeSuper(b, 0); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("log chain %d %d %d accepted: %v", c.LogStart, c.LogSeq, c.LogTag, err)
+		}
+	}
+}

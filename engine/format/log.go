@@ -7,7 +7,7 @@ import "bytes"
 // A log block has the node layout of a leaf, with magic "SCRL", owner
 // TreeLog, level 0, and in the header's reserved bytes:
 //
-//	52  4  sequence number within the chain (head = 1)
+//	52  4  sequence number within the chain
 //	56  1  flags: bit 0 = last block of an fsync group
 //	57  7  reserved, 0
 //	64 …   items, as in a leaf
@@ -15,9 +15,9 @@ import "bytes"
 // Item 0 of every log block is the chain pointer: key (0, TypeLogNext, next
 // block, 0) with an empty value, naming the block the next log block will
 // be written to (allocated before this one is written, so one flush makes a
-// record durable). The generation field holds the committed generation the
-// log extends; a block whose generation differs from the superblock's is not
-// part of the current log.
+// record durable). The generation field holds the chain's tag; a block
+// whose tag or sequence number is not the one expected is not part of the
+// current log (Super.LogChain says where the log starts).
 var logMagic = [4]byte{'S', 'C', 'R', 'L'}
 
 // LogFlagGroupEnd marks the last block of one fsync's records.
@@ -71,8 +71,8 @@ func (n Node) SetLogFlags(f uint8) { n[56] = f }
 // LogNext returns the block the next log block goes to.
 func (n Node) LogNext() BlockNr { return BlockNr(n.Key(0).Off) }
 
-// VerifyLogBlock checks a log block read from block at, which must extend
-// generation gen and carry sequence number seq.
+// VerifyLogBlock checks a log block read from block at, which must carry
+// the chain's tag gen and sequence number seq.
 func VerifyLogBlock(b []byte, fsid FSID, at BlockNr, gen Gen, seq uint32, total uint64) error {
 	if len(b) != BlockSize {
 		return corrupt(KindBadLayout, TreeLog, at, "log block of %d bytes", len(b))
@@ -92,7 +92,7 @@ func VerifyLogBlock(b []byte, fsid FSID, at BlockNr, gen Gen, seq uint32, total 
 	case n.Owner() != TreeLog:
 		return corrupt(KindWrongOwner, TreeLog, at, "owner %s", n.Owner())
 	case n.Gen() != gen:
-		return corrupt(KindStale, TreeLog, at, "log generation %d, superblock %d", n.Gen(), gen)
+		return corrupt(KindStale, TreeLog, at, "log tag %d, chain %d", n.Gen(), gen)
 	case n.Level() != 0:
 		return corrupt(KindBadLevel, TreeLog, at, "level %d", n.Level())
 	case n.LogSeq() != seq:

@@ -56,7 +56,13 @@ func SuperBlocks(total uint64) []BlockNr {
 // Feature bits. Unknown incompat bits refuse the mount; unknown ro-compat
 // bits allow only a read-only mount; unknown compat bits are ignored.
 const (
-	IncompatSupported uint64 = 0
+	// IncompatLogChain: the fsync log is one chain that outlives commits;
+	// the superblock names where the generation's part of it starts
+	// (LogStart, LogSeq, LogTag) instead of the log starting at the head
+	// block with the superblock's generation as its tag.
+	IncompatLogChain uint64 = 1 << 0
+
+	IncompatSupported        = IncompatLogChain
 	RoCompatSupported uint64 = 0
 )
 
@@ -99,10 +105,16 @@ type Super struct {
 	RecoveryPasses uint64
 	ErrorsSilent   [4]uint64
 	Log            RootPtr
-	NextObjectID   uint64
-	Label          string
-	Devices        []DeviceStats
-	Errors         []ErrorEntry
+	// LogStart, LogSeq and LogTag (with IncompatLogChain) name the first
+	// log block that extends this generation, its sequence number and the
+	// chain's tag.
+	LogStart     BlockNr
+	LogSeq       uint32
+	LogTag       Gen
+	NextObjectID uint64
+	Label        string
+	Devices      []DeviceStats
+	Errors       []ErrorEntry
 }
 
 // Encode writes s into b (one block) and seals it with its checksum.
@@ -147,7 +159,21 @@ func (s *Super) Encode(b []byte) {
 		le.PutUint64(b[o+8:], e.Count)
 		le.PutUint64(b[o+16:], uint64(e.Last))
 	}
+	le.PutUint64(b[1944:], uint64(s.LogStart))
+	le.PutUint64(b[1952:], uint64(s.LogTag))
+	le.PutUint32(b[1960:], s.LogSeq)
 	le.PutUint32(b[8:], blockChecksum(b, 8))
+}
+
+// LogChain returns where the log extending this generation starts: its
+// first block, that block's sequence number and the tag every block of the
+// chain carries. Without IncompatLogChain (images of format 1.0) the log
+// starts at the head block with sequence 1, tagged with the generation.
+func (s *Super) LogChain() (start BlockNr, seq uint32, tag Gen) {
+	if s.Incompat&IncompatLogChain == 0 {
+		return s.Log.Block, 1, s.Gen
+	}
+	return s.LogStart, s.LogSeq, s.LogTag
 }
 
 func putRootPtr(b []byte, r RootPtr) {
@@ -192,6 +218,9 @@ func DecodeSuper(b []byte, at BlockNr) (*Super, error) {
 		RecoveryPasses: le.Uint64(b[120:]),
 		Log:            getRootPtr(b[160:]),
 		NextObjectID:   le.Uint64(b[184:]),
+		LogStart:       BlockNr(le.Uint64(b[1944:])),
+		LogTag:         Gen(le.Uint64(b[1952:])),
+		LogSeq:         le.Uint32(b[1960:]),
 	}
 	copy(s.FSID[:], b[16:32])
 	for i := range s.ErrorsSilent {
@@ -225,6 +254,11 @@ func DecodeSuper(b []byte, at BlockNr) (*Super, error) {
 		}
 		if uint64(r.p.Block) >= s.TotalBlocks || r.p.Block == 0 || r.p.Level > MaxLevel || r.p.Gen > s.Gen {
 			return nil, bad("%s pointer block %d gen %d level %d out of range", r.name, r.p.Block, r.p.Gen, r.p.Level)
+		}
+	}
+	if s.Incompat&IncompatLogChain != 0 && s.Log.Block != 0 {
+		if s.LogStart == 0 || uint64(s.LogStart) >= s.TotalBlocks || s.LogSeq == 0 || s.LogTag == 0 {
+			return nil, bad("log chain start block %d sequence %d tag %d out of range", s.LogStart, s.LogSeq, s.LogTag)
 		}
 	}
 	nd := le.Uint32(b[256:])

@@ -246,12 +246,22 @@ type inodeCache struct {
 }
 
 // cache returns the inode's cache for transaction gen, resetting it if it
-// belongs to an older (committed) transaction. f.mu must be held.
+// belongs to an older transaction that is durable. The changes of one
+// still being committed are carried over: an fsync before that commit is
+// durable logs them too (see engine/log.go). f.mu must be held.
 func (f *FS) cache(ino uint64, gen format.Gen) *inodeCache {
 	c := f.caches[ino]
 	if c == nil || c.gen != gen {
-		c = &inodeCache{gen: gen, modified: btree.NewMap[uint64, uint64](16)}
-		f.caches[ino] = c
+		n := &inodeCache{gen: gen, modified: btree.NewMap[uint64, uint64](16)}
+		if c != nil && !f.e.Durable(c.gen) {
+			c.modified.Scan(func(a, b uint64) bool {
+				n.modified.Set(a, b)
+				return true
+			})
+			n.full = c.full
+		}
+		f.caches[ino] = n
+		c = n
 	}
 	return c
 }

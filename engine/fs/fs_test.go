@@ -557,11 +557,26 @@ func TestFsyncCrashAtEveryFlush(t *testing.T) {
 		seeds = 1
 	}
 	for seed := uint64(4); seed < 4+seeds; seed++ {
-		t.Run(fmt.Sprint(seed), func(t *testing.T) { fsyncCrash(t, seed) })
+		t.Run(fmt.Sprint(seed), func(t *testing.T) { fsyncCrash(t, seed, false) })
 	}
 }
 
-func fsyncCrash(t *testing.T, seed uint64) {
+// TestFsyncDuringWriteOutCrashAtEveryFlush is TestFsyncCrashAtEveryFlush
+// with writes and fsyncs inside each commit's write-out (after its blocks
+// are written, or after they are flushed and before the superblock): an
+// fsync then appends to the log while the commit is in flight, and its
+// records must hold on top of either generation.
+func TestFsyncDuringWriteOutCrashAtEveryFlush(t *testing.T) {
+	seeds := uint64(4)
+	if raceEnabled || testing.Short() {
+		seeds = 1
+	}
+	for seed := uint64(4); seed < 4+seeds; seed++ {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) { fsyncCrash(t, seed, true) })
+	}
+}
+
+func fsyncCrash(t *testing.T, seed uint64, overlap bool) {
 	base := newDev(t)
 	rec := disk.NewRecorder(base.Bytes())
 	f := mount(t, nopClose{rec}, Options{})
@@ -590,38 +605,73 @@ func fsyncCrash(t *testing.T, seed uint64) {
 	if testing.Short() || raceEnabled {
 		steps = 50
 	}
+	write := func(i int) {
+		cur := slices.Clone(history[i][len(history[i])-1])
+		off := r.IntN(40000)
+		data := randBytes(r, 1+r.IntN(9000))
+		if _, err := f.Write(inos[i], data, int64(off)); err != nil {
+			t.Fatal(err)
+		}
+		if end := off + len(data); end > len(cur) {
+			cur = append(cur, make([]byte, end-len(cur))...)
+		}
+		copy(cur[off:], data)
+		history[i] = append(history[i], cur)
+	}
+	fsync := func(i int) {
+		if err := f.Fsync(inos[i]); err != nil {
+			t.Fatal(err)
+		}
+		acks[i] = append(acks[i], ack{rec.Flushes(), len(history[i]) - 1})
+	}
+	overlapped := 0
 	for s := 0; s < steps; s++ {
 		i := r.IntN(nfiles)
-		cur := slices.Clone(history[i][len(history[i])-1])
 		switch op := r.IntN(10); {
 		case op < 6:
-			off := r.IntN(40000)
-			data := randBytes(r, 1+r.IntN(9000))
-			if _, err := f.Write(inos[i], data, int64(off)); err != nil {
-				t.Fatal(err)
-			}
-			if end := off + len(data); end > len(cur) {
-				cur = append(cur, make([]byte, end-len(cur))...)
-			}
-			copy(cur[off:], data)
-			history[i] = append(history[i], cur)
+			write(i)
 		case op < 9:
-			if err := f.Fsync(inos[i]); err != nil {
-				t.Fatal(err)
-			}
-			acks[i] = append(acks[i], ack{rec.Flushes(), len(history[i]) - 1})
+			fsync(i)
 		default:
+			// A commit makes what was written before it durable; with
+			// overlap, writes and fsyncs inside its write-out belong to
+			// the next transaction.
+			before := make([]int, nfiles)
+			for j := range inos {
+				before[j] = len(history[j]) - 1
+			}
+			if overlap {
+				stage := r.IntN(2)
+				f.Engine().SetWriteOutHook(func(at int) {
+					if at != stage {
+						return
+					}
+					for k := 1 + r.IntN(4); k > 0; k-- {
+						j := r.IntN(nfiles)
+						write(j)
+						logged := f.Stats().FsyncLogged
+						fsync(j)
+						if f.Stats().FsyncLogged > logged {
+							overlapped++
+						}
+					}
+				})
+			}
 			if err := f.Sync(); err != nil {
 				t.Fatal(err)
 			}
+			f.Engine().SetWriteOutHook(nil)
 			for j := range inos {
-				acks[j] = append(acks[j], ack{rec.Flushes(), len(history[j]) - 1})
+				acks[j] = append(acks[j], ack{rec.Flushes(), before[j]})
 			}
 		}
 	}
 	st := f.Stats()
 	if st.FsyncLogged == 0 {
 		t.Fatalf("no fsync used the log: %+v", st)
+	}
+	if overlap && overlapped == 0 {
+		t.Fatalf("no fsync was logged during a write-out: %+v", st)
 	}
 	rng := rand.New(rand.NewPCG(seed, 5))
 	for k := 0; k <= rec.Flushes(); k++ {
@@ -637,7 +687,7 @@ func fsyncCrash(t *testing.T, seed uint64) {
 				min := 0
 				for _, a := range acks[i] {
 					if a.flush <= k {
-						min = a.idx
+						min = max(min, a.idx)
 					}
 				}
 				a, err := cf.GetAttr(inos[i])

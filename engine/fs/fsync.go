@@ -11,12 +11,15 @@ import (
 
 // Fast fsync (see engine/log.go for the log itself).
 //
-// An inode written in the running transaction has a cache entry whose
-// modified list holds the file block ranges changed since the last commit.
+// An inode written since the last durable commit has a cache entry whose
+// modified list holds the file block ranges changed since then (those of a
+// generation being committed are carried into the running transaction's
+// entry, and an fsync logs them with the rest: its records must be
+// complete on top of the generation before, if the crash comes first).
 // Fsync logs, as one group: for each modified range, a "drop range" record
 // and the file extent items now in the range (the write path splits old
 // extents at range edges, so every item overlapping a range lies inside it),
-// the checksum items of extents allocated in this transaction, and the inode
+// the checksum items of extents not yet durable, and the inode
 // item. The file's data is already on disk; the log's single flush makes
 // data and records durable together.
 //
@@ -38,12 +41,11 @@ const typeLogDropRange uint8 = 61 // (ino, 61, start block, end block)
 func (f *FS) Fsync(ino uint64) error {
 	full, logged := false, false
 	err := f.e.FsyncView(func(tx *engine.Tx) error {
-		gen := tx.Gen()
 		f.mu.Lock()
 		c := f.caches[ino]
-		if c == nil || c.gen != gen {
+		if c == nil || f.e.Durable(c.gen) {
 			f.mu.Unlock()
-			return nil // nothing changed since the last commit
+			return nil // nothing changed since the last durable commit
 		}
 		if c.full {
 			full = true
