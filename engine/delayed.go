@@ -170,7 +170,11 @@ const settleSlice = 512
 // writers are waiting, it rests as long as the slice took before taking
 // the lock again: a mutex released and at once retaken lets a waiter in
 // for one operation per slice (a writer of 4 KiB writes ran at 37% of its
-// rate while a rebuild's reservations settled). The number of slices is
+// rate while a rebuild's reservations settled). Whether writers wait is
+// asked before the lock is released, and only counted waits (lockWriter)
+// are seen: a writer taking wmu uncounted on every write (the free-space
+// check before it) once hid every wait, and the rest never came. The
+// number of slices is
 // bounded, so writers that queue faster than it applies cannot keep it
 // running.
 func (e *Engine) settleAhead() error {
@@ -190,8 +194,11 @@ func (e *Engine) settleAhead() error {
 			return err
 		}
 		took := time.Since(began)
+		// Asked while the lock is held: a waiting writer cannot have
+		// taken it yet (once unlocked it may have, and counted itself out).
+		contended := e.waiting.Load() > 0
 		e.wmu.Unlock()
-		if e.waiting.Load() > 0 {
+		if contended {
 			time.Sleep(took)
 		}
 	}

@@ -1020,7 +1020,7 @@ type Stats struct {
 
 // Stats returns a snapshot of the engine's counters.
 func (e *Engine) Stats() Stats {
-	e.wmu.Lock()
+	e.lockWriter()
 	s := Stats{Commits: e.commits.Load(), Refs: e.refs.snapshot(), QueuedRefs: e.refs.len()}
 	if e.txn != nil {
 		s.Gen = e.txn.gen
@@ -1038,6 +1038,13 @@ func (e *Engine) Stats() Stats {
 	s.CommitHold, s.CommitHoldMax = e.holds.get()
 	s.CommitWrite, s.CommitWriteMax = e.writeOuts.get()
 	return s
+}
+
+// Allocatable returns how many blocks the allocator can hand out now and
+// how many freed blocks wait for readers or durability, without the writer
+// lock (a writer asks before every write).
+func (e *Engine) Allocatable() (free, pending uint64) {
+	return e.alloc.freeBlocks(), e.alloc.pendingBlocks()
 }
 
 // Hooks returns the engine's hook chains (for publishers in the running

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/scrubd/scrubd/engine/disk"
 	"github.com/scrubd/scrubd/engine/format"
@@ -704,5 +705,31 @@ func TestSettleAheadLeavesTheCommitLittle(t *testing.T) {
 	}
 	if err := e.Sync(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWriterLockWaitsCounted checks that every path that takes the writer
+// lock for a caller counts its wait: settleAhead rests between slices only
+// when it sees one, so an uncounted path starves the writers behind it.
+func TestWriterLockWaitsCounted(t *testing.T) {
+	e, _ := newTestEngine(t, Options{CommitInterval: -1})
+	e.wmu.Lock()
+	done := make(chan struct{}, 4)
+	go func() { e.Update(func(tx *Tx) error { return nil }); done <- struct{}{} }()
+	go func() { e.View(func(tx *Tx) error { return nil }); done <- struct{}{} }()
+	go func() { e.FsyncView(func(tx *Tx) error { return nil }); done <- struct{}{} }()
+	go func() { e.Stats(); done <- struct{}{} }()
+	for until := time.Now().Add(30 * time.Second); e.waiting.Load() < 4; time.Sleep(time.Millisecond) {
+		if time.Now().After(until) {
+			e.wmu.Unlock()
+			t.Fatalf("%d of 4 writer-lock waits counted", e.waiting.Load())
+		}
+	}
+	e.wmu.Unlock()
+	for range 4 {
+		<-done
+	}
+	if n := e.waiting.Load(); n != 0 {
+		t.Fatalf("%d waits still counted after all got the lock", n)
 	}
 }

@@ -297,8 +297,8 @@ func (f *FS) Write(ino uint64, p []byte, off int64) (int, error) {
 // makeRoom commits first when a write of n blocks would not fit but blocks
 // freed since the last commit would make room once they are released.
 func (f *FS) makeRoom(n uint64) {
-	st := f.e.Stats()
-	if st.PendingBlocks > 0 && st.Allocatable < n+f.e.TotalBlocks()/50+256 {
+	free, pending := f.e.Allocatable()
+	if pending > 0 && free < n+f.e.TotalBlocks()/50+256 {
 		f.e.Sync()
 	}
 }
