@@ -102,7 +102,12 @@ func (e *Engine) appendLogLocked(items []LogItem) error {
 	var n format.Node
 	var at format.BlockNr
 	start := func() error {
-		next, err := e.alloc.allocate(1, e.flog.cur)
+		// The next block goes near the head, where the blocks earlier
+		// commits made obsolete come free again: a chain that followed
+		// its own tail would wander over the whole device (on a sparse
+		// image file every block it reached would cost the host an
+		// allocation, and the fsync a journal commit).
+		next, err := e.alloc.allocate(1, e.super.Log.Block)
 		if err != nil {
 			return err
 		}
