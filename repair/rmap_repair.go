@@ -169,10 +169,10 @@ type rmapShadow struct {
 	mu        sync.Mutex
 	tree      *eb.Tree
 	store     *xfile.BTreeStore
-	buffering bool
-	buf       []engine.RmapEvent
-	deltaMode bool // after the bulk load's snapshot: events go to delta
-	delta     []engine.RmapEvent
+	buffering bool        // during the scan: events wait in q
+	deltaMode bool        // after the bulk load's snapshot: events wait in q
+	q         *eventQueue // the waiting events (xfile arrays, not heap)
+	qerr      error       // a failure to queue one (under mu: err is not)
 	after     format.Gen
 	events    uint64
 	err       error
@@ -206,12 +206,11 @@ func (s *rmapShadow) hook(ev engine.RmapEvent) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
-	case s.buffering:
-		s.buf = append(s.buf, ev)
-	case s.deltaMode:
-		if ev.Gen > s.after {
-			s.delta = append(s.delta, ev)
+	case s.buffering || s.deltaMode && ev.Gen > s.after:
+		if s.qerr == nil {
+			s.qerr = s.q.push(ev)
 		}
+	case s.deltaMode:
 	default:
 		s.apply(ev)
 	}
@@ -236,7 +235,12 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	if err != nil {
 		return nil, err
 	}
-	sh := &rmapShadow{tree: tr, store: store, buffering: true}
+	q, err := newEventQueue(xfile.Options{Dir: opts.TempDir, Name: "rmap live updates"})
+	if err != nil {
+		return nil, err
+	}
+	defer q.close()
+	sh := &rmapShadow{tree: tr, store: store, buffering: true, q: q}
 	h := e.Hooks().Rmap.Register(sh.hook)
 	unregistered := false
 	defer func() {
@@ -280,22 +284,42 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	// In chunks: the events stay buffered (writers' hooks only append)
 	// while a chunk is applied outside the lock, so no writer's commit
 	// waits for the whole backlog.
+	apply := func(ev engine.RmapEvent) error {
+		sh.apply(ev)
+		return sh.err
+	}
 	for {
 		sh.mu.Lock()
-		batch := sh.buf
-		if len(batch) < 1024 {
-			for _, ev := range batch {
-				sh.apply(ev)
+		if sh.err == nil {
+			sh.err = sh.qerr
+		}
+		if sh.err != nil || q.len() < 1024 {
+			if sh.err == nil {
+				sh.err = eachEvent(q.cur, apply)
 			}
-			sh.buf, sh.buffering = nil, false
+			if sh.err == nil {
+				sh.err = q.cur.Truncate(0)
+			}
+			sh.buffering = false
 			err = sh.err
 			sh.mu.Unlock()
 			break
 		}
-		sh.buf = nil
+		batch, terr := q.take()
 		sh.mu.Unlock()
-		for _, ev := range batch {
-			sh.apply(ev)
+		if terr != nil {
+			return nil, terr
+		}
+		// The hook only appends to the other array meanwhile; apply
+		// works on the shadow, which nothing else touches now.
+		if err := eachEvent(batch, apply); err != nil {
+			return nil, fmt.Errorf("apply live updates to the shadow: %w", err)
+		}
+		sh.mu.Lock()
+		err = q.give(batch)
+		sh.mu.Unlock()
+		if err != nil {
+			return nil, err
 		}
 	}
 	if err != nil {
@@ -440,25 +464,38 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 			return nil, err
 		}
 		sh.mu.Lock()
-		batch := sh.delta
-		sh.delta = nil
+		if sh.qerr != nil {
+			sh.mu.Unlock()
+			return nil, fmt.Errorf("queue live updates: %w", sh.qerr)
+		}
+		batch, err := q.take()
 		sh.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		n := int(batch.Len())
 		if err := applyDelta(nt, batch, sh.oldBlocks, gained); err != nil {
 			return nil, fmt.Errorf("catch up on the staged tree: %w", err)
+		}
+		sh.mu.Lock()
+		err = q.give(batch)
+		sh.mu.Unlock()
+		if err != nil {
+			return nil, err
 		}
 		if err := writeStaged(e, stage.dirtyNodes, false); err != nil {
 			return nil, err
 		}
 		stage.clean()
-		res.Events += uint64(len(batch))
+		res.Events += uint64(n)
 		// Done when few are left, or when a round no longer halves
 		// them: a busy writer queues as many updates per round as a
 		// round takes (thousands a second), and the exclusive section
 		// applies that many in a few milliseconds.
-		if len(batch) < 256 || prev >= 0 && len(batch) > prev/2 {
+		if n < 256 || prev >= 0 && n > prev/2 {
 			break
 		}
-		prev = len(batch)
+		prev = n
 	}
 	unused := stage.unused()
 	res.phase(start, "swap")
@@ -468,10 +505,13 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	err = e.RunExclusive(func(x *engine.Exclusive) error {
 		e.Hooks().Rmap.Unregister(h)
 		unregistered = true
-		res.Events += sh.events + uint64(len(sh.delta))
+		if sh.qerr != nil {
+			return fmt.Errorf("queue live updates: %w", sh.qerr)
+		}
+		res.Events += sh.events + q.len()
 		x.ReplaceTree(format.TreeRmap, nt.Root, nt.Level, nt.Items)
 		rt, _ := x.ReadTree(format.TreeRmap)
-		if err := applyDelta(rt, sh.delta, sh.oldBlocks, gained); err != nil {
+		if err := applyDelta(rt, q.cur, sh.oldBlocks, gained); err != nil {
 			return fmt.Errorf("apply live updates to the new tree: %w", err)
 		}
 		var late []format.BlockNr
@@ -572,9 +612,9 @@ func writeStaged(e *engine.Engine, nodes func() ([]format.Node, error), behind b
 
 // applyDelta applies rmap events to tree t and keeps the set of the old
 // tree's own blocks current, and the set of those it gained.
-func applyDelta(t *eb.Tree, evs []engine.RmapEvent, oldBlocks, gained map[format.BlockNr]bool) error {
+func applyDelta(t *eb.Tree, evs *xfile.Array, oldBlocks, gained map[format.BlockNr]bool) error {
 	var val [format.RmapItemSize]byte
-	for _, ev := range evs {
+	return eachEvent(evs, func(ev engine.RmapEvent) error {
 		k := format.RmapKey(ev.Start, ev.Owner)
 		own := !ev.Owner.IsData() && ev.Owner.Tree == format.TreeRmap
 		var err error
@@ -596,8 +636,8 @@ func applyDelta(t *eb.Tree, evs []engine.RmapEvent, oldBlocks, gained map[format
 		if err != nil {
 			return fmt.Errorf("%s of %s: %w", ev.Op, k, err)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // treeRecords yields a tree's items in order; a read error lands in *err.
