@@ -81,7 +81,7 @@ func info(t *testing.T, img string) infoOut {
 func TestMkfsInfoFsckClean(t *testing.T) {
 	img := mkfs(t)
 	in := info(t, img)
-	if in.UUID == "" || in.Generation != 1 || in.BlockSize != 4096 || in.Version != "1.0" || len(in.Trees) < 13 {
+	if in.UUID == "" || in.Generation != 1 || in.BlockSize != 4096 || in.Version != "1.1" || len(in.Trees) < 13 {
 		t.Fatalf("info: %+v", in)
 	}
 	for _, tr := range in.Trees {

@@ -350,6 +350,12 @@ func (t *Tree) splitLeafInsert(d int, k format.Key, v []byte) error {
 		copy(leaf.InsertItem(pos, k, len(v)), v)
 	}
 	parent := t.path[d-1]
+	if m > pos && pos == 0 && k.Less(parent.n.Key(parent.slot)) {
+		// k is the left leaf's new first key. cowPath lowers the
+		// parent's key for inserts below it, but a root that was a leaf
+		// got its parent (growRoot) only now, keyed by its old first key.
+		parent.n.SetKey(parent.slot, k)
+	}
 	parent.n.InsertPtr(parent.slot+1, r.Key(0), rp.Block, rp.Gen)
 	return nil
 }

@@ -339,3 +339,36 @@ func TestBlocks(t *testing.T) {
 		t.Fatalf("early stop: %d calls, %v", n, err)
 	}
 }
+
+// TestSplitRootLeafBelowFirstKey inserts, into a full root leaf, a key below
+// every key it holds: the split makes the root's parent, whose first key
+// must be the new smallest key (it once kept the old first key, which the
+// check reports as a leaf below its parent's bound).
+func TestSplitRootLeafBelowFirstKey(t *testing.T) {
+	for _, cow := range []bool{false, true} {
+		s := NewMemStore(cow)
+		tr, _ := Create(s, format.TreeCsum)
+		m := model{}
+		v := make([]byte, 16)
+		n := format.Capacity / format.ItemSize(len(v))
+		for i := 0; i < n; i++ {
+			k := format.Key{Obj: uint64(100 + i)}
+			if err := tr.Insert(k, v); err != nil {
+				t.Fatal(err)
+			}
+			m[k] = v
+		}
+		if tr.Level != 0 {
+			t.Fatalf("cow=%v: %d items did not fit one leaf", cow, n)
+		}
+		k := format.Key{Obj: 1}
+		if err := tr.Insert(k, v); err != nil {
+			t.Fatal(err)
+		}
+		m[k] = v
+		if tr.Level != 1 {
+			t.Fatalf("cow=%v: the insert did not split the root leaf", cow)
+		}
+		checkTree(t, tr, s, m)
+	}
+}
