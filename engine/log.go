@@ -61,6 +61,9 @@ type logState struct {
 	cur format.BlockNr // where the next log block goes (0: no log)
 	seq uint32         // its sequence number
 	tag format.Gen     // the chain's tag
+	// rewind sends the next block allocation back near the head (set by
+	// each commit).
+	rewind bool
 	// named is the generation whose commit first named the chain; until
 	// it is durable appends are refused (ErrNoLog: the fsync commits).
 	named format.Gen
@@ -102,12 +105,19 @@ func (e *Engine) appendLogLocked(items []LogItem) error {
 	var n format.Node
 	var at format.BlockNr
 	start := func() error {
-		// The next block goes near the head, where the blocks earlier
-		// commits made obsolete come free again: a chain that followed
-		// its own tail would wander over the whole device (on a sparse
-		// image file every block it reached would cost the host an
-		// allocation, and the fsync a journal commit).
-		next, err := e.alloc.allocate(1, e.super.Log.Block)
+		// The next block goes right after this one (a write's data goes
+		// after the next log block, so a write and its fsync dirty
+		// adjacent blocks), except first after a commit: then near the
+		// head, where the blocks earlier commits made obsolete come
+		// free again. A chain that always followed its own tail would
+		// wander over the whole device (on a sparse image file every
+		// block it reached would cost the host an allocation, and the
+		// fsync a journal commit).
+		hint := e.flog.cur
+		if e.flog.rewind {
+			hint, e.flog.rewind = e.super.Log.Block, false
+		}
+		next, err := e.alloc.allocate(1, hint)
 		if err != nil {
 			return err
 		}
@@ -319,6 +329,7 @@ func (e *Engine) advanceLog(sb *format.Super) []extent {
 	}
 	sb.Incompat |= format.IncompatLogChain
 	sb.Minor = max(sb.Minor, 1)
+	e.flog.rewind = true
 	var xs []extent
 	keep := e.flog.transient[:0]
 	for _, b := range e.flog.transient {
