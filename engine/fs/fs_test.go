@@ -551,28 +551,22 @@ func TestCorruptDataBlockEIO(t *testing.T) {
 // at every flush boundary the crashed image must mount (replaying the log),
 // pass the self-check, and hold for every file a state at least as new as
 // its last acknowledged fsync, never garbage.
-func TestFsyncCrashAtEveryFlush(t *testing.T) {
-	seeds := uint64(4)
-	if raceEnabled || testing.Short() {
-		seeds = 1
-	}
-	for seed := uint64(4); seed < 4+seeds; seed++ {
-		t.Run(fmt.Sprint(seed), func(t *testing.T) { fsyncCrash(t, seed, false) })
-	}
-}
+func TestFsyncCrashAtEveryFlush(t *testing.T) { fsyncCrashSeeds(t, false) }
 
 // TestFsyncDuringWriteOutCrashAtEveryFlush is TestFsyncCrashAtEveryFlush
 // with writes and fsyncs inside each commit's write-out (after its blocks
 // are written, or after they are flushed and before the superblock): an
 // fsync then appends to the log while the commit is in flight, and its
 // records must hold on top of either generation.
-func TestFsyncDuringWriteOutCrashAtEveryFlush(t *testing.T) {
+func TestFsyncDuringWriteOutCrashAtEveryFlush(t *testing.T) { fsyncCrashSeeds(t, true) }
+
+func fsyncCrashSeeds(t *testing.T, overlap bool) {
 	seeds := uint64(4)
 	if raceEnabled || testing.Short() {
 		seeds = 1
 	}
 	for seed := uint64(4); seed < 4+seeds; seed++ {
-		t.Run(fmt.Sprint(seed), func(t *testing.T) { fsyncCrash(t, seed, true) })
+		t.Run(fmt.Sprint(seed), func(t *testing.T) { fsyncCrash(t, seed, overlap) })
 	}
 }
 
