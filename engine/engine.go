@@ -511,7 +511,7 @@ type Tx struct {
 	e       *Engine
 	touched bool
 	view    bool
-	logging bool   // FsyncView: commits are held off, AppendLog works
+	logging bool   // FsyncView: no commit is prepared, AppendLog works
 	budget  uint64 // data blocks reserved by ReserveData
 }
 
@@ -622,8 +622,9 @@ func (tx *Tx) PinForLog(start format.BlockNr) {
 	}
 }
 
-// AppendLog writes one fsync group to the log and flushes (see
-// Engine.AppendLog); usable inside FsyncView only.
+// AppendLog writes one fsync group to the log and flushes (see log.go);
+// usable inside FsyncView only. It returns ErrNoLog if the engine has no
+// log, or none a durable commit names yet: the caller commits instead.
 func (tx *Tx) AppendLog(items []LogItem) error {
 	if !tx.logging {
 		return fmt.Errorf("engine: AppendLog outside FsyncView: %w", errInternal)

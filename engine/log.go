@@ -81,14 +81,6 @@ type logState struct {
 // extent the groups reference before it causes any allocation.
 type ReplayFunc func(tx *Tx, groups [][]LogItem) error
 
-// AppendLog writes one fsync group to the log and flushes. It returns
-// ErrNoLog if the engine has no log.
-func (e *Engine) AppendLog(items []LogItem) error {
-	e.lockWriter()
-	defer e.wmu.Unlock()
-	return e.appendLogLocked(items)
-}
-
 // appendLogLocked appends with wmu held, so no commit is prepared
 // meanwhile: the records lie after the start a committing superblock
 // names, and before the start the next one will name. A commit may be

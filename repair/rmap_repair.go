@@ -202,6 +202,30 @@ func (s *rmapShadow) apply(ev engine.RmapEvent) {
 	}
 }
 
+// drain hands the events queued so far to fn, outside the lock (the hook
+// appends to the queue's other array meanwhile), and returns how many
+// there were.
+func (s *rmapShadow) drain(fn func(*xfile.Array) error) (int, error) {
+	s.mu.Lock()
+	if s.qerr != nil {
+		s.mu.Unlock()
+		return 0, fmt.Errorf("queue live updates: %w", s.qerr)
+	}
+	batch, err := s.q.take()
+	s.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	n := int(batch.Len())
+	err = fn(batch)
+	s.mu.Lock()
+	if gerr := s.q.give(batch); err == nil {
+		err = gerr
+	}
+	s.mu.Unlock()
+	return n, err
+}
+
 func (s *rmapShadow) hook(ev engine.RmapEvent) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -305,21 +329,10 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 			sh.mu.Unlock()
 			break
 		}
-		batch, terr := q.take()
 		sh.mu.Unlock()
-		if terr != nil {
-			return nil, terr
-		}
-		// The hook only appends to the other array meanwhile; apply
-		// works on the shadow, which nothing else touches now.
-		if err := eachEvent(batch, apply); err != nil {
+		// apply works on the shadow, which nothing else touches now.
+		if _, err := sh.drain(func(a *xfile.Array) error { return eachEvent(a, apply) }); err != nil {
 			return nil, fmt.Errorf("apply live updates to the shadow: %w", err)
-		}
-		sh.mu.Lock()
-		err = q.give(batch)
-		sh.mu.Unlock()
-		if err != nil {
-			return nil, err
 		}
 	}
 	if err != nil {
@@ -463,25 +476,9 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		if err := e.Sync(); err != nil {
 			return nil, err
 		}
-		sh.mu.Lock()
-		if sh.qerr != nil {
-			sh.mu.Unlock()
-			return nil, fmt.Errorf("queue live updates: %w", sh.qerr)
-		}
-		batch, err := q.take()
-		sh.mu.Unlock()
+		n, err := sh.drain(func(a *xfile.Array) error { return applyDelta(nt, a, sh.oldBlocks, gained) })
 		if err != nil {
-			return nil, err
-		}
-		n := int(batch.Len())
-		if err := applyDelta(nt, batch, sh.oldBlocks, gained); err != nil {
 			return nil, fmt.Errorf("catch up on the staged tree: %w", err)
-		}
-		sh.mu.Lock()
-		err = q.give(batch)
-		sh.mu.Unlock()
-		if err != nil {
-			return nil, err
 		}
 		if err := writeStaged(e, stage.dirtyNodes, false); err != nil {
 			return nil, err

@@ -251,17 +251,13 @@ type inodeCache struct {
 // durable logs them too (see engine/log.go). f.mu must be held.
 func (f *FS) cache(ino uint64, gen format.Gen) *inodeCache {
 	c := f.caches[ino]
-	if c == nil || c.gen != gen {
-		n := &inodeCache{gen: gen, modified: btree.NewMap[uint64, uint64](16)}
-		if c != nil && !f.e.Durable(c.gen) {
-			c.modified.Scan(func(a, b uint64) bool {
-				n.modified.Set(a, b)
-				return true
-			})
-			n.full = c.full
-		}
-		f.caches[ino] = n
-		c = n
+	switch {
+	case c != nil && c.gen == gen:
+	case c != nil && !f.e.Durable(c.gen):
+		c.gen = gen // carried over, ranges and full flag
+	default:
+		c = &inodeCache{gen: gen, modified: btree.NewMap[uint64, uint64](16)}
+		f.caches[ino] = c
 	}
 	return c
 }
