@@ -62,10 +62,22 @@ type RefStats struct {
 }
 
 type delayedRefs struct {
-	q     *btree.BTreeG[*refEntry] // pointers: comparisons copy no entries
+	q *btree.BTreeG[*refEntry] // pointers: comparisons copy no entries
+	// free is the free-space change being gathered: a run of adjacent
+	// extents allocated (or freed) one after another is taken out of (or
+	// put into) the free-space tree once, as one range.
+	free  freeRun
 	stats struct {
 		queued, merged, applied, runs, throttle, treeMods atomic.Uint64
 	}
+}
+
+// freeRun is a range of blocks the free-space tree has yet to lose (alloc)
+// or gain; n == 0: none.
+type freeRun struct {
+	alloc bool
+	start format.BlockNr
+	n     uint64
 }
 
 func newDelayedRefs() *delayedRefs {
@@ -118,44 +130,58 @@ func (e *Engine) runDelayedRefsN(limit int) error {
 	var batch []*refEntry
 	applied := 0
 	for d.len() > 0 && (limit == 0 || applied < limit) {
-		first, _ := d.q.Min()
-		batch = batch[:0]
-		d.q.Ascend(first, func(r *refEntry) bool {
-			if r.start != first.start {
-				return false
-			}
-			batch = append(batch, r)
-			return true
-		})
-		for _, r := range batch {
-			d.q.Delete(r)
-		}
-		// One extent gaining and losing owners: increments first, so its
-		// count never touches zero on the way. A different extent taking
-		// over the start block (the old one freed, a new one allocated in
-		// the same transaction): decrements first, and the new one's
-		// checksums (already stored under the same start) stay.
-		reuse, dataInc := false, false
-		for _, r := range batch {
-			reuse = reuse || r.n != batch[0].n || r.flags != batch[0].flags
-			dataInc = dataInc || (r.delta > 0 && r.flags == format.ExtentData)
-		}
-		sign := 1
-		if reuse {
-			sign = -1
-		}
-		slices.SortStableFunc(batch, func(a, b *refEntry) int {
-			return sign * (cmpSign(b.delta) - cmpSign(a.delta))
-		})
-		for _, r := range batch {
-			if err := e.applyRef(*r, dataInc); err != nil {
-				return fmt.Errorf("apply delayed ref for %s at block %d: %w", r.owner, r.start, err)
-			}
-			d.stats.applied.Add(1)
+		var err error
+		if batch, err = e.applyStart(batch[:0]); err != nil {
+			d.free = freeRun{}
+			return err
 		}
 		applied += len(batch)
 	}
-	return nil
+	// The free-space change gathered last (its tree updates may queue
+	// more refs: blocks of the free-space tree copied on write, left to
+	// the next run).
+	return e.freeFlush()
+}
+
+// applyStart takes the queued entries of the lowest start block out of the
+// queue (into batch, which it returns) and applies them.
+func (e *Engine) applyStart(batch []*refEntry) ([]*refEntry, error) {
+	d := e.refs
+	first, _ := d.q.Min()
+	d.q.Ascend(first, func(r *refEntry) bool {
+		if r.start != first.start {
+			return false
+		}
+		batch = append(batch, r)
+		return true
+	})
+	for _, r := range batch {
+		d.q.Delete(r)
+	}
+	// One extent gaining and losing owners: increments first, so its
+	// count never touches zero on the way. A different extent taking over
+	// the start block (the old one freed, a new one allocated in the same
+	// transaction): decrements first, and the new one's checksums (already
+	// stored under the same start) stay.
+	reuse, dataInc := false, false
+	for _, r := range batch {
+		reuse = reuse || r.n != batch[0].n || r.flags != batch[0].flags
+		dataInc = dataInc || (r.delta > 0 && r.flags == format.ExtentData)
+	}
+	sign := 1
+	if reuse {
+		sign = -1
+	}
+	slices.SortStableFunc(batch, func(a, b *refEntry) int {
+		return sign * (cmpSign(b.delta) - cmpSign(a.delta))
+	})
+	for _, r := range batch {
+		if err := e.applyRef(*r, dataInc); err != nil {
+			return batch, fmt.Errorf("apply delayed ref for %s at block %d: %w", r.owner, r.start, err)
+		}
+		d.stats.applied.Add(1)
+	}
+	return batch, nil
 }
 
 // settleSlice bounds how many delayed refs one step of settleAhead applies
@@ -238,7 +264,7 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 	if r.delta > 0 {
 		if !found {
 			item = format.ExtentItem{Refs: 0, Flags: r.flags}
-			if err := e.freeTreeRemove(r.start, r.n); err != nil {
+			if err := e.freeChange(true, r.start, r.n); err != nil {
 				return err
 			}
 			e.freeCount -= r.n
@@ -292,7 +318,7 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 	}
 	mods.Add(1)
 	e.hooks.Alloc.Call(AllocEvent{Gen: t.gen, Op: OpDelete, Start: r.start, Len: r.n, Flags: item.Flags})
-	if err := e.freeTreeAdd(r.start, r.n); err != nil {
+	if err := e.freeChange(false, r.start, r.n); err != nil {
 		return err
 	}
 	e.freeCount += r.n
@@ -322,32 +348,70 @@ func opFor(existed, deleted bool) Op {
 	return OpInsert
 }
 
+// freeChange gathers a change of the free-space tree: [start, start+n)
+// allocated (alloc) or freed. A change that extends the range gathered so
+// far, the same way, joins it; any other applies the gathered range first,
+// so the tree sees the changes in their order. Allocations in a row (a
+// reservation's blocks, a sequential write's extents) and frees of
+// neighbours cost one update of the tree instead of one each.
+func (e *Engine) freeChange(alloc bool, start format.BlockNr, n uint64) error {
+	f := &e.refs.free
+	if f.n > 0 && f.alloc == alloc && uint64(f.start)+f.n == uint64(start) {
+		f.n += n
+		return nil
+	}
+	if err := e.freeFlush(); err != nil {
+		return err
+	}
+	*f = freeRun{alloc: alloc, start: start, n: n}
+	return nil
+}
+
+// freeFlush applies the gathered free-space change.
+func (e *Engine) freeFlush() error {
+	f := e.refs.free
+	if f.n == 0 {
+		return nil
+	}
+	e.refs.free = freeRun{}
+	if f.alloc {
+		return e.freeTreeRemove(f.start, f.n)
+	}
+	return e.freeTreeAdd(f.start, f.n)
+}
+
 // freeTreeRemove takes [start, start+n) out of the free-space tree; it must
-// lie within one free extent.
+// be free. (A range gathered from several allocations lies within one free
+// extent of a healthy tree, whose free neighbours are merged; one that
+// spans unmerged neighbours is taken out of each.)
 func (e *Engine) freeTreeRemove(start format.BlockNr, n uint64) error {
 	ft := e.trees[format.TreeFree]
-	k, _, ok, err := ft.Last(format.FreeKey(start, ^uint64(0)))
-	if err != nil {
-		return err
-	}
-	if !ok || k.Type != format.TypeFreeExtent || k.Obj > uint64(start) || k.Obj+k.Off < uint64(start)+n {
-		return corruptf(format.TreeFree, start, "allocating %d blocks at %d that the free-space tree does not hold free", n, start)
-	}
-	s, l := format.BlockNr(k.Obj), k.Off
-	if _, err := ft.Delete(k); err != nil {
-		return err
-	}
-	e.refs.stats.treeMods.Add(1)
-	e.hooks.Free.Call(FreeEvent{Gen: e.txn.gen, Op: OpDelete, Start: s, Len: l})
-	if start > s {
-		if err := e.freeInsert(ft, s, uint64(start-s)); err != nil {
+	for n > 0 {
+		k, _, ok, err := ft.Last(format.FreeKey(start, ^uint64(0)))
+		if err != nil {
 			return err
 		}
-	}
-	if end := uint64(start) + n; end < uint64(s)+l {
-		if err := e.freeInsert(ft, format.BlockNr(end), uint64(s)+l-end); err != nil {
+		if !ok || k.Type != format.TypeFreeExtent || k.Obj > uint64(start) || k.Obj+k.Off <= uint64(start) {
+			return corruptf(format.TreeFree, start, "allocating %d blocks at %d that the free-space tree does not hold free", n, start)
+		}
+		s, l := format.BlockNr(k.Obj), k.Off
+		take := min(n, uint64(s)+l-uint64(start))
+		if _, err := ft.Delete(k); err != nil {
 			return err
 		}
+		e.refs.stats.treeMods.Add(1)
+		e.hooks.Free.Call(FreeEvent{Gen: e.txn.gen, Op: OpDelete, Start: s, Len: l})
+		if start > s {
+			if err := e.freeInsert(ft, s, uint64(start-s)); err != nil {
+				return err
+			}
+		}
+		if end := uint64(start) + take; end < uint64(s)+l {
+			if err := e.freeInsert(ft, format.BlockNr(end), uint64(s)+l-end); err != nil {
+				return err
+			}
+		}
+		start, n = start+format.BlockNr(take), n-take
 	}
 	return nil
 }

@@ -733,3 +733,106 @@ func TestWriterLockWaitsCounted(t *testing.T) {
 		t.Fatalf("%d waits still counted after all got the lock", n)
 	}
 }
+
+// A run of adjacent allocations, and the frees of the same blocks, each
+// change the free-space tree once, not once per block.
+func TestAdjacentRefsOneFreeSpaceUpdate(t *testing.T) {
+	e, _ := newTestEngine(t, Options{})
+	var events int
+	h := e.Hooks().Free.Register(func(FreeEvent) { events++ })
+	defer e.Hooks().Free.Unregister(h)
+	const n = 1000
+	var got []format.BlockNr
+	err := e.Update(func(tx *Tx) error {
+		var err error
+		got, err = tx.ReserveMeta(format.TreeRmap, n)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	allocated := events
+	runs := 1
+	for i := 1; i < len(got); i++ {
+		if got[i] != got[i-1]+1 {
+			runs++
+		}
+	}
+	events = 0
+	if err := e.Update(func(tx *Tx) error { tx.FreeMeta(format.TreeRmap, got); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	// Each gathered range is one delete and at most two inserts; the
+	// node blocks the trees copy on write (some in the middle of the
+	// blocks allocated) add a few more.
+	t.Logf("%d blocks in %d runs: %d free-space tree changes to allocate them, %d to free them", n, runs, allocated, events)
+	if runs > 10 {
+		t.Fatalf("%d blocks reserved in %d runs: the test wants them mostly adjacent", n, runs)
+	}
+	if allocated > 40 || events > 40 {
+		t.Fatalf("%d adjacent blocks: %d free-space tree changes to allocate them, %d to free them", n, allocated, events)
+	}
+}
+
+// An allocation gathered across two free extents that adjoin (a tree that
+// failed to merge them) is taken out of both.
+func TestGatheredAllocationSpansUnmergedFreeExtents(t *testing.T) {
+	e, _ := newTestEngine(t, Options{})
+	s := e.Pin()
+	ft, _ := s.Tree(format.TreeFree)
+	var big format.Key
+	if err := ft.Ascend(format.Key{}, func(k format.Key, _ []byte) bool {
+		if k.Off > big.Off {
+			big = k
+		}
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s.Release()
+	if big.Off < 64 {
+		t.Fatalf("largest free extent %s too small", big)
+	}
+	start, half := format.BlockNr(big.Obj), big.Off/2
+	err := e.Update(func(tx *Tx) error {
+		tx.touched = true
+		ft := e.trees[format.TreeFree]
+		if _, err := ft.Delete(big); err != nil {
+			return err
+		}
+		if err := ft.Insert(format.FreeKey(start, half), nil); err != nil {
+			return err
+		}
+		return ft.Insert(format.FreeKey(start+format.BlockNr(half), big.Off-half), nil)
+	})
+	if err == nil {
+		err = e.Sync()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []format.BlockNr
+	err = e.Update(func(tx *Tx) error {
+		e.txn.metaHint = start
+		got, err = tx.ReserveMeta(format.TreeRmap, int(half)+2)
+		return err
+	})
+	if err == nil {
+		err = e.Sync()
+	}
+	if err != nil {
+		t.Fatalf("allocating across the unmerged free extents: %v", err)
+	}
+	if got[0] != start || got[len(got)-1] != start+format.BlockNr(half)+1 {
+		t.Fatalf("reserved %d..%d, want %d..%d", got[0], got[len(got)-1], start, start+format.BlockNr(half)+1)
+	}
+	if err := e.Update(func(tx *Tx) error { tx.FreeMeta(format.TreeRmap, got); return nil }); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -150,12 +150,13 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		opEnds, opSplit = opEnds[:0], opSplit[:0]
 		idleRate, idleWorst := measure(engine.DefaultCommitInterval+time.Second, nil)
 		// Time per write and per fsync, idle: what the phases compare with.
-		split := func(from, to time.Time) (w, fs time.Duration) {
+		split := func(from, to time.Time) (w, fs, longest time.Duration) {
 			nw, nf := 0, 0
 			for i, t := range opEnds {
 				if t.Before(from) || !t.Before(to) {
 					continue
 				}
+				longest = max(longest, opSplit[i].write+opSplit[i].fsync)
 				w += opSplit[i].write
 				nw++
 				if opSplit[i].synced {
@@ -163,9 +164,9 @@ func BenchmarkRmapRebuild(b *testing.B) {
 					nf++
 				}
 			}
-			return w / time.Duration(max(nw, 1)), fs / time.Duration(max(nf, 1))
+			return w / time.Duration(max(nw, 1)), fs / time.Duration(max(nf, 1)), longest
 		}
-		idleW, idleF := split(time.Time{}, time.Now())
+		idleW, idleF, _ := split(time.Time{}, time.Now())
 		opEnds, opSplit = opEnds[:0], opSplit[:0]
 		growth := heapGrowth()
 		var res *RmapRebuildResult
@@ -207,8 +208,8 @@ func BenchmarkRmapRebuild(b *testing.B) {
 					}
 				}
 				if p.Took > 0 {
-					w, fs := split(from, to)
-					b.Logf("phase %-8s %8.3f s  writer %3.0f%% of idle  write %v fsync %v (idle %v, %v)", p.Name, p.Took.Seconds(), 100*float64(n)/p.Took.Seconds()/idleRate, w.Round(time.Microsecond), fs.Round(time.Microsecond), idleW.Round(time.Microsecond), idleF.Round(time.Microsecond))
+					w, fs, longest := split(from, to)
+					b.Logf("phase %-8s %8.3f s  writer %3.0f%% of idle  write %v fsync %v (idle %v, %v)  longest op %v", p.Name, p.Took.Seconds(), 100*float64(n)/p.Took.Seconds()/idleRate, w.Round(time.Microsecond), fs.Round(time.Microsecond), idleW.Round(time.Microsecond), idleF.Round(time.Microsecond), longest.Round(100*time.Microsecond))
 				}
 			}
 		}
@@ -234,7 +235,13 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		b.ReportMetric(float64(worst.Microseconds())/1000, "longest-writer-op-ms")
 		b.ReportMetric(float64(idleWorst.Microseconds())/1000, "idle-longest-op-ms")
 		b.ReportMetric(100*rate/idleRate, "writer-%-of-idle")
-		// The rebuild's own heap: a second rebuild with no writer running
+		// The rebuild's own time: a second rebuild with no writer running.
+		alone, err := RebuildRmap(context.Background(), e, RmapRebuildOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(alone.Duration.Seconds(), "alone-rebuild-s")
+		// The rebuild's own heap: a third rebuild with no writer running
 		// (the writer's garbage would otherwise count), with the GC run at
 		// GOGC=10 so that the heap in use stays close to what is live
 		// (at the default the peak is mostly garbage awaiting a collection

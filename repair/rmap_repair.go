@@ -147,21 +147,47 @@ const (
 // maxPace bounds the rest commitPaced leaves writers after a commit.
 const maxPace = 50 * time.Millisecond
 
-// commitPaced commits like commitNow, then rests a quarter as long as that
-// took (at most maxPace). The batch holds writers out while it queues its
-// updates and while the commit is prepared; the slices in which its
-// delayed refs are applied rest on their own when writers wait, and
-// writers' fsyncs go on during its write-out, so the rest only spaces the
-// batches. (Before fsyncs could append during a write-out, a rest half as
-// long as the batch kept writers at 45-57% of idle through the
+// updateChunk bounds how many items of a batch one update handles: an
+// update holds writers out, and one that reserved 8192 blocks held them
+// 10-34 ms (the longest writer operation of a 1M rebuild, once the
+// reservation ran alongside the scan).
+const updateChunk = 1024
+
+// commitPaced runs fn in an update and commits, then rests a quarter as
+// long as that took (at most maxPace). The batch holds writers out while
+// it queues its updates and while the commit is prepared; the slices in
+// which its delayed refs are applied rest on their own when writers wait,
+// and writers' fsyncs go on during its write-out, so the rest only spaces
+// the batches. (Before fsyncs could append during a write-out, a rest half
+// as long as the batch kept writers at 45-57% of idle through the
 // reservation at 1M; a full-length one at 75-80%, in twice the time.)
 func commitPaced(e *engine.Engine, fn func(tx *engine.Tx) error) error {
+	return commitBatch(e, 1, true, func(tx *engine.Tx, _, _ int) error { return fn(tx) })
+}
+
+// commitBatch runs fn on the items [from, to) of a batch of n, at most
+// updateChunk at a time, each part in an update of its own (writers run
+// between them; a commit may fall between them too, so each part must
+// stand on its own), then commits. Paced, it then rests as commitPaced
+// does.
+func commitBatch(e *engine.Engine, n int, paced bool, fn func(tx *engine.Tx, from, to int) error) error {
 	t := time.Now()
-	err := commitNow(e, fn)
-	if err == nil {
+	for from := 0; ; from += updateChunk {
+		to := min(n, from+updateChunk)
+		if err := e.Update(func(tx *engine.Tx) error { return fn(tx, from, to) }); err != nil {
+			return err
+		}
+		if to >= n {
+			break
+		}
+	}
+	if err := e.Sync(); err != nil {
+		return err
+	}
+	if paced {
 		time.Sleep(min(time.Since(t)/4, maxPace))
 	}
-	return err
+	return nil
 }
 
 // rmapShadow is the shadow tree and the hook subscription feeding it.
@@ -283,6 +309,20 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	sh.mu.Lock()
 	sh.after = snap.Gen()
 	sh.mu.Unlock()
+	// The new tree's blocks are reserved while the scan runs, for as many
+	// records as the pinned generation is expected to hold (the tree being
+	// rebuilt may be damaged, so its count is only trusted within bounds);
+	// what the scan finds beyond that is reserved after it, what is left
+	// over is freed at the reaping. The reservation mostly waits (its
+	// delayed refs are applied in slices that rest while writers wait, its
+	// commits are written out), and the scan mostly computes.
+	rv := &reservation{}
+	expect := expectRecords(snap)
+	rctx, stopReserving := context.WithCancel(ctx)
+	reserving := make(chan error, 1)
+	go func() {
+		reserving <- rv.upTo(rctx, e, expect, opts.Fill)
+	}()
 	var scanned []format.BlockNr
 	err = lowPriority(func() (err error) {
 		scanned, err = scanRmap(ctx, snap, tr, &throttle{yield: min(opts.Yield, 0.9)})
@@ -290,7 +330,14 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	})
 	snap.Release()
 	if err != nil {
+		stopReserving()
+		<-reserving
 		return nil, err
+	}
+	err = <-reserving
+	stopReserving()
+	if err != nil {
+		return nil, fmt.Errorf("reserve blocks for the new rmap tree: %w", err)
 	}
 	sh.mu.Lock()
 	sh.oldBlocks = make(map[format.BlockNr]bool, len(scanned))
@@ -299,12 +346,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	}
 	sh.mu.Unlock()
 	// Catch up with what happened during the scan, then follow live.
-	res.phase(start, "reserve")
-	// Commit what writers queued during the scan now, on its own, so the
-	// first reservation's commit does not carry it too.
-	if err := e.Sync(); err != nil {
-		return nil, err
-	}
+	res.phase(start, "top-up")
 	// In chunks: the events stay buffered (writers' hooks only append)
 	// while a chunk is applied outside the lock, so no writer's commit
 	// waits for the whole backlog.
@@ -338,45 +380,16 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	if err != nil {
 		return nil, fmt.Errorf("apply live updates to the shadow: %w", err)
 	}
-	// 4. Reserve the new tree's blocks, with logged operations that free
-	// them if the swap never happens (those that no tree reaches when
-	// the operation is completed): in batches, one commit each, so no
-	// single commit holds the writers back for long.
-	var reserved []format.BlockNr
-	var ops []uint64 // logged operations, dropped once the old tree is reaped
+	// 4. Top the reservation up to what the shadow holds (normally
+	// nothing: it was reserved during the scan). The shadow holds the
+	// reserved blocks' records already; upTo plans for them itself.
 	sh.mu.Lock()
-	n := tr.Items
+	n := tr.Items - min(tr.Items, uint64(len(rv.blocks)))
 	sh.mu.Unlock()
-	// The reserved blocks' own records join the tree: plan for them.
-	plan, err := eb.PlanBulkFixed(n, format.RmapItemSize, opts.Fill)
-	for i := 0; err == nil && i < 4; i++ {
-		plan, err = eb.PlanBulkFixed(n+plan.Blocks, format.RmapItemSize, opts.Fill)
+	if err := rv.upTo(ctx, e, n, opts.Fill); err != nil {
+		return nil, fmt.Errorf("reserve blocks for the new rmap tree: %w", err)
 	}
-	if err != nil {
-		return nil, err
-	}
-	// Slack for records the writers add before the load starts; what is
-	// left over is freed at the swap.
-	want := int(plan.Blocks + max(16, plan.Blocks/32))
-	for len(reserved) < want {
-		k := min(reserveBatch, want-len(reserved))
-		err := commitPaced(e, func(tx *engine.Tx) error {
-			got, err := tx.ReserveMeta(format.TreeRmap, k)
-			if err != nil {
-				return err
-			}
-			op, err := tx.LogFreeUnreachable(format.TreeRmap, got)
-			if err != nil {
-				return err
-			}
-			reserved = append(reserved, got...)
-			ops = append(ops, op)
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("reserve blocks for the new rmap tree: %w", err)
-		}
-	}
+	reserved, ops := rv.blocks, rv.ops
 	// 5. Freeze the shadow (events now go to the delta) and bulk-load it.
 	res.phase(start, "load")
 	sh.mu.Lock()
@@ -393,7 +406,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	// The tree now also holds the reserved blocks' records; plan for what
 	// it holds, within the reservation (blocks left over are freed at the
 	// swap).
-	plan, err = eb.PlanBulkFixed(records, format.RmapItemSize, opts.Fill)
+	plan, err := eb.PlanBulkFixed(records, format.RmapItemSize, opts.Fill)
 	if err != nil {
 		return nil, err
 	}
@@ -536,32 +549,33 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	// Nothing changes the old tree's block set any more (unregistered).
 	old := oldList()
 	// 7. Reap the old tree and the reserved blocks the load did not use, a
-	// batch per transaction; then drop the logged operations (until then
-	// a crash leaves them to the mount, which frees what is left).
+	// batch per transaction. The last batch also drops the logged
+	// operations (until then a crash leaves them to the mount, which frees
+	// what is left); it is committed without the rest that spaces the
+	// batches, since nothing follows it.
 	res.phase(start, "reap")
 	reap := append(unused, old...)
-	for i := 0; i < len(reap); i += reapBatch {
-		err := commitPaced(e, func(tx *engine.Tx) error {
-			tx.FreeMeta(format.TreeRmap, reap[i:min(len(reap), i+reapBatch)])
+	for i := 0; ; i += reapBatch {
+		part := reap[min(i, len(reap)):min(len(reap), i+reapBatch)]
+		last := i+reapBatch >= len(reap)
+		err := commitBatch(e, len(part), !last, func(tx *engine.Tx, from, to int) error {
+			tx.FreeMeta(format.TreeRmap, part[from:to])
+			if !last || to < len(part) {
+				return nil
+			}
+			for _, op := range ops {
+				if err := tx.DropLoggedOp(op); err != nil {
+					return fmt.Errorf("drop the rebuild's logged operations: %w", err)
+				}
+			}
 			return nil
 		})
 		if err != nil {
 			return nil, fmt.Errorf("reap the old rmap tree: %w", err)
 		}
-	}
-	err = e.Update(func(tx *engine.Tx) error {
-		for _, op := range ops {
-			if err := tx.DropLoggedOp(op); err != nil {
-				return err
-			}
+		if last {
+			break
 		}
-		return nil
-	})
-	if err == nil {
-		err = e.Sync()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("drop the rebuild's logged operations: %w", err)
 	}
 	res.phase(start, "")
 	res.Records, res.NewBlocks, res.OldBlocks = nt.Items, plan.Blocks, uint64(len(old))
@@ -572,13 +586,73 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	return res, nil
 }
 
-// commitNow runs fn in the running transaction and commits.
-func commitNow(e *engine.Engine, fn func(tx *engine.Tx) error) error {
-	err := e.Update(fn)
-	if err == nil {
-		err = e.Sync()
+// reservation holds the blocks reserved for the new tree, and the logged
+// operations that free them if the swap never happens (those that no tree
+// reaches when the operation is completed).
+type reservation struct {
+	blocks []format.BlockNr
+	ops    []uint64
+}
+
+// upTo makes sure the reservation holds a tree of records records, the
+// reserved blocks' own records included, with slack for the records
+// writers add before the load starts (a 32nd); it reserves in batches, one
+// commit each, so no single commit holds the writers back for long.
+func (r *reservation) upTo(ctx context.Context, e *engine.Engine, records uint64, fill float64) error {
+	plan, err := eb.PlanBulkFixed(records, format.RmapItemSize, fill)
+	for i := 0; err == nil && i < 4; i++ {
+		plan, err = eb.PlanBulkFixed(records+plan.Blocks, format.RmapItemSize, fill)
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	// Topping up only below a lower mark: a few hundred records gained
+	// since the first reservation fit in its slack.
+	if len(r.blocks) >= int(plan.Blocks+max(16, plan.Blocks/128)) {
+		return nil
+	}
+	want := int(plan.Blocks + max(16, plan.Blocks/32))
+	for len(r.blocks) < want {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		k := min(reserveBatch, want-len(r.blocks))
+		err := commitBatch(e, k, true, func(tx *engine.Tx, from, to int) error {
+			got, err := tx.ReserveMeta(format.TreeRmap, to-from)
+			if err != nil {
+				return err
+			}
+			op, err := tx.LogFreeUnreachable(format.TreeRmap, got)
+			if err != nil {
+				return err
+			}
+			r.blocks = append(r.blocks, got...)
+			r.ops = append(r.ops, op)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// expectRecords is how many rmap records generation s should hold: the
+// rmap tree's own count, unless damage makes it implausible against the
+// alloc tree's (each extent has at least one owner, and shared extents
+// rarely more than a few), then the alloc tree's.
+func expectRecords(s *engine.Snapshot) uint64 {
+	var rmaps, allocs uint64
+	if t, ok := s.ScanTree(format.TreeRmap); ok {
+		rmaps = t.Items
+	}
+	if t, ok := s.ScanTree(format.TreeAlloc); ok {
+		allocs = t.Items
+	}
+	if rmaps < allocs || rmaps > 4*allocs+1024 {
+		return allocs
+	}
+	return rmaps
 }
 
 // writeStaged writes the staged nodes nodes returns to their blocks and
