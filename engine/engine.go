@@ -113,7 +113,7 @@ type Engine struct {
 	waiting atomic.Int32
 
 	// Writer state, guarded by wmu.
-	wmu       sync.Mutex
+	wmu       writerLock
 	txn       *txn
 	trees     map[format.TreeID]*eb.Tree
 	recorded  map[format.TreeID]format.RootItem
@@ -1014,6 +1014,11 @@ type Stats struct {
 	// CommitHold is how long the last commit held writers out (settling
 	// its delayed refs); CommitHoldMax the longest since mount.
 	CommitHold, CommitHoldMax time.Duration
+	// WriterHold is how long the last hold of the writer lock lasted
+	// (an update, a commit being prepared, a slice of delayed refs, an
+	// exclusive section: what other writers waited behind);
+	// WriterHoldMax the longest since mount.
+	WriterHold, WriterHoldMax time.Duration
 	// CommitWrite is how long the last commit's write-out took (writers
 	// run meanwhile; fsyncs wait for it); CommitWriteMax the longest.
 	CommitWrite, CommitWriteMax time.Duration
@@ -1037,6 +1042,7 @@ func (e *Engine) Stats() Stats {
 	s.PendingBlocks = e.alloc.pendingBlocks()
 	s.ReadErrors, s.WriteErrors, s.CsumErrors = e.ioErrs[0].Load(), e.ioErrs[1].Load(), e.ioErrs[2].Load()
 	s.CommitHold, s.CommitHoldMax = e.holds.get()
+	s.WriterHold, s.WriterHoldMax = e.wmu.holds.get()
 	s.CommitWrite, s.CommitWriteMax = e.writeOuts.get()
 	return s
 }

@@ -26,10 +26,18 @@ func (e *Engine) checkAllocator(extra []extent) {
 		mem = append(mem, extent{s, n})
 		return true
 	})
+	var npending uint64
 	for _, p := range e.alloc.pending {
 		mem = append(mem, p.extents...)
+		for _, x := range p.extents {
+			npending += x.n
+		}
 	}
+	counted := e.alloc.npending
 	e.alloc.mu.Unlock()
+	if npending != counted {
+		panic(fmt.Sprintf("invariant: allocator counts %d pending blocks, holds %d", counted, npending))
+	}
 	mem = append(mem, extra...)
 	if a, b := normalize(tree), normalize(mem); !slices.Equal(a, b) {
 		panic(fmt.Sprintf("invariant: free-space tree %v differs from allocator %v", a, b))

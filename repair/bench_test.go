@@ -209,14 +209,14 @@ func BenchmarkRmapRebuild(b *testing.B) {
 				}
 				if p.Took > 0 {
 					w, fs, longest := split(from, to)
-					b.Logf("phase %-8s %8.3f s  writer %3.0f%% of idle  write %v fsync %v (idle %v, %v)  longest op %v", p.Name, p.Took.Seconds(), 100*float64(n)/p.Took.Seconds()/idleRate, w.Round(time.Microsecond), fs.Round(time.Microsecond), idleW.Round(time.Microsecond), idleF.Round(time.Microsecond), longest.Round(100*time.Microsecond))
+					b.Logf("phase %-9s %8.3f s  writer %3.0f%% of idle  write %v fsync %v (idle %v, %v)  longest op %v, hold %v", p.Name, p.Took.Seconds(), 100*float64(n)/p.Took.Seconds()/idleRate, w.Round(time.Microsecond), fs.Round(time.Microsecond), idleW.Round(time.Microsecond), idleF.Round(time.Microsecond), longest.Round(100*time.Microsecond), p.LongestHold.Round(100*time.Microsecond))
 				}
 			}
 		}
 		if os.Getenv("SCRUBD_BENCH_QUICK") != "" {
 			// For iterating: no check, no second rebuild.
 			logPhases()
-			b.Logf("writer %.0f%% of idle, longest op %v (idle %v)", 100*rate/idleRate, worst, idleWorst)
+			b.Logf("writer %.0f%% of idle, longest op %v (idle %v), longest writer-lock hold %v", 100*rate/idleRate, worst, idleWorst, res.LongestHold)
 			return
 		}
 		// Untimed: the rebuilt image must check clean.
@@ -233,6 +233,7 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		b.ReportMetric(float64(res.XfileBytes)/(1<<20), "xfile-MiB")
 		b.ReportMetric(float64(res.ExclusivePause.Microseconds())/1000, "exclusive-ms")
 		b.ReportMetric(float64(worst.Microseconds())/1000, "longest-writer-op-ms")
+		b.ReportMetric(float64(res.LongestHold.Microseconds())/1000, "longest-hold-ms")
 		b.ReportMetric(float64(idleWorst.Microseconds())/1000, "idle-longest-op-ms")
 		b.ReportMetric(100*rate/idleRate, "writer-%-of-idle")
 		// The rebuild's own time: a second rebuild with no writer running.

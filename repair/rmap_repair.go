@@ -111,25 +111,38 @@ type RmapRebuildResult struct {
 	XfileBytes     int64         // size of the shadow's xfile
 	Duration       time.Duration // whole rebuild
 	ExclusivePause time.Duration // writers excluded
-	Phases         []PhaseTime   // where the time went, in order
+	// LongestHold is the longest hold of the engine's writer lock while
+	// the rebuild ran, whoever held it (the rebuild's updates and
+	// commits, the writers' own, the exclusive section's two holds): the
+	// longest any writer could have waited for it.
+	LongestHold time.Duration
+	Phases      []PhaseTime // where the time went, in order
+
+	holds *engine.HoldWatch // the running phase's
 }
 
 // PhaseTime is one phase of a rebuild: its start (from the rebuild's
-// start) and duration.
+// start), its duration and the longest writer-lock hold in it.
 type PhaseTime struct {
-	Name  string
-	Start time.Duration
-	Took  time.Duration
+	Name        string
+	Start       time.Duration
+	Took        time.Duration
+	LongestHold time.Duration
 }
 
-// phase closes the phase running since the last call and names the next.
-func (r *RmapRebuildResult) phase(start time.Time, next string) {
+// phase closes the phase running since the last call and names the next
+// ("" for none).
+func (r *RmapRebuildResult) phase(e *engine.Engine, start time.Time, next string) {
 	now := time.Since(start)
 	if n := len(r.Phases); n > 0 {
-		r.Phases[n-1].Took = now - r.Phases[n-1].Start
+		p := &r.Phases[n-1]
+		p.Took = now - p.Start
+		p.LongestHold = r.holds.Stop()
+		r.LongestHold = max(r.LongestHold, p.LongestHold)
 	}
 	if next != "" {
 		r.Phases = append(r.Phases, PhaseTime{Name: next, Start: now})
+		r.holds = e.WatchHolds()
 	}
 }
 
@@ -275,6 +288,13 @@ func (s *rmapShadow) hook(ev engine.RmapEvent) {
 // except for the short exclusive section.
 func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions) (*RmapRebuildResult, error) {
 	start := time.Now()
+	res := &RmapRebuildResult{}
+	res.phase(e, start, "subscribe")
+	defer func() {
+		if res.holds != nil {
+			res.holds.Stop()
+		}
+	}()
 	if opts.Fill == 0 {
 		opts.Fill = 0.9
 	}
@@ -309,8 +329,8 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		return nil, err
 	}
 	snap := e.Pin()
-	res := &RmapRebuildResult{ScanGen: snap.Gen()}
-	res.phase(start, "scan")
+	res.ScanGen = snap.Gen()
+	res.phase(e, start, "scan")
 	sh.mu.Lock()
 	sh.after = snap.Gen()
 	sh.mu.Unlock()
@@ -368,7 +388,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	}
 	sh.mu.Unlock()
 	// Catch up with what happened during the scan, then follow live.
-	res.phase(start, "top-up")
+	res.phase(e, start, "top-up")
 	// In chunks: the events stay buffered (writers' hooks only append)
 	// while a chunk is applied outside the lock, so no writer's commit
 	// waits for the whole backlog.
@@ -413,7 +433,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	}
 	reserved, ops := rv.blocks, rv.ops
 	// 5. Freeze the shadow (events now go to the delta) and bulk-load it.
-	res.phase(start, "load")
+	res.phase(e, start, "load")
 	sh.mu.Lock()
 	if sh.err != nil {
 		sh.mu.Unlock()
@@ -453,7 +473,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		if err != nil {
 			return fmt.Errorf("bulk load: %w", err)
 		}
-		res.phase(start, "write")
+		res.phase(e, start, "write")
 		return writeStaged(e, stage.nodes, true)
 	})
 	if err != nil {
@@ -503,7 +523,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	// Catch up with the live updates gathered meanwhile, on the staged
 	// tree, outside any lock, rewriting the nodes that changed, until few
 	// are left for the exclusive section.
-	res.phase(start, "catch-up")
+	res.phase(e, start, "catch-up")
 	prev := -1
 	for round := 0; round < 8; round++ {
 		// Commit what writers queued meanwhile, so its updates reach the
@@ -530,7 +550,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		prev = n
 	}
 	unused := stage.unused()
-	res.phase(start, "swap")
+	res.phase(e, start, "swap")
 	// 6. The exclusive section: catch up, swap, log the blocks the old
 	// tree gained since the listing (known from the updates, so the
 	// section's work scales with them, not with the old tree).
@@ -575,7 +595,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	// operations (until then a crash leaves them to the mount, which frees
 	// what is left); it is committed without the rest that spaces the
 	// batches, since nothing follows it.
-	res.phase(start, "reap")
+	res.phase(e, start, "reap")
 	reap := append(unused, old...)
 	for i := 0; ; i += reapBatch {
 		part := reap[min(i, len(reap)):min(len(reap), i+reapBatch)]
@@ -599,7 +619,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 			break
 		}
 	}
-	res.phase(start, "")
+	res.phase(e, start, "")
 	res.Records, res.NewBlocks, res.OldBlocks = nt.Items, plan.Blocks, uint64(len(old))
 	if st, err := store.Stats(); err == nil {
 		res.XfileBytes = st.File.Allocated
