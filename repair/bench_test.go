@@ -170,11 +170,16 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		opEnds, opSplit = opEnds[:0], opSplit[:0]
 		growth := heapGrowth()
 		var res *RmapRebuildResult
+		// SCRUBD_BENCH_YIELD sets the scan's yield (RmapRebuildOptions.Yield).
+		var opts RmapRebuildOptions
+		if s := os.Getenv("SCRUBD_BENCH_YIELD"); s != "" {
+			opts.Yield, _ = strconv.ParseFloat(s, 64)
+		}
 		b.ResetTimer()
 		rebuildStart := time.Now()
 		rate, worst := measure(0, func() {
 			var err error
-			res, err = RebuildRmap(context.Background(), e, RmapRebuildOptions{})
+			res, err = RebuildRmap(context.Background(), e, opts)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -237,7 +242,7 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		b.ReportMetric(float64(idleWorst.Microseconds())/1000, "idle-longest-op-ms")
 		b.ReportMetric(100*rate/idleRate, "writer-%-of-idle")
 		// The rebuild's own time: a second rebuild with no writer running.
-		alone, err := RebuildRmap(context.Background(), e, RmapRebuildOptions{})
+		alone, err := RebuildRmap(context.Background(), e, opts)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -249,7 +254,7 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		// that the already-live heap postpones).
 		old := debug.SetGCPercent(10)
 		growth = heapGrowth()
-		if _, err := RebuildRmap(context.Background(), e, RmapRebuildOptions{}); err != nil {
+		if _, err := RebuildRmap(context.Background(), e, opts); err != nil {
 			b.Fatal(err)
 		}
 		grown, live = growth()

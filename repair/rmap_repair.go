@@ -166,10 +166,13 @@ const (
 const maxPace = 50 * time.Millisecond
 
 // updateChunk bounds how many items of a batch one update handles: an
-// update holds writers out, and one that reserved 8192 blocks held them
-// 10-34 ms (the longest writer operation of a 1M rebuild, once the
-// reservation ran alongside the scan).
-const updateChunk = 1024
+// update holds writers out. One that reserved 8192 blocks held them 10-34
+// ms (the longest writer operation of a 1M rebuild, once the reservation
+// ran alongside the scan); with 1024, reservation updates were still the
+// longest holds of the scan phase, 27-41 ms, when the scheduler or the GC
+// stretched them; with 256 none of three 1M runs or a 10M run had one over
+// 25 ms (the holds timed by engine.HoldWatch).
+const updateChunk = 256
 
 // commitPaced runs fn in an update and commits, then rests a quarter as
 // long as that took (at most maxPace). The batch holds writers out while
@@ -291,7 +294,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	res := &RmapRebuildResult{}
 	res.phase(e, start, "subscribe")
 	defer func() {
-		if res.holds != nil {
+		if res.holds != nil { // an error ended the rebuild
 			res.holds.Stop()
 		}
 	}()
@@ -620,6 +623,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		}
 	}
 	res.phase(e, start, "")
+	res.holds = nil
 	res.Records, res.NewBlocks, res.OldBlocks = nt.Items, plan.Blocks, uint64(len(old))
 	if st, err := store.Stats(); err == nil {
 		res.XfileBytes = st.File.Allocated
