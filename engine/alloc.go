@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/tidwall/btree"
@@ -138,6 +139,9 @@ func (a *allocator) deferFree(gen format.Gen, exts []extent) {
 	if len(exts) == 0 {
 		return
 	}
+	// Exactly sized: the list may be kept as long as a scan pins a
+	// generation, and appending left up to half of it unused.
+	exts = slices.Clone(exts)
 	a.mu.Lock()
 	a.pending = append(a.pending, pendingFree{gen: gen, extents: exts})
 	for _, x := range exts {

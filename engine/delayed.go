@@ -330,7 +330,15 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 	}
 	switch {
 	case ne == nil:
-		t.pendingFree = append(t.pendingFree, extent{r.start, r.n})
+		// Refs are applied in block order, so a free adjacent to the
+		// last one usually extends it: a pinned scan keeps every
+		// generation's list while it runs (at 10M extents, with a
+		// writer, tens of MiB as one extent per freed block).
+		if n := len(t.pendingFree); n > 0 && t.pendingFree[n-1].start+format.BlockNr(t.pendingFree[n-1].n) == r.start {
+			t.pendingFree[n-1].n += r.n
+		} else {
+			t.pendingFree = append(t.pendingFree, extent{r.start, r.n})
+		}
 	case ne.parked && ne.refs == 0:
 		ne.parked = false
 		e.alloc.release(r.start, r.n)
