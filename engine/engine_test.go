@@ -742,25 +742,9 @@ func TestAdjacentRefsOneFreeSpaceUpdate(t *testing.T) {
 	h := e.Hooks().Free.Register(func(FreeEvent) { events++ })
 	defer e.Hooks().Free.Unregister(h)
 	const n = 1000
-	var got []format.BlockNr
-	err := e.Update(func(tx *Tx) error {
-		var err error
-		got, err = tx.ReserveMeta(format.TreeRmap, n)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Sync(); err != nil {
-		t.Fatal(err)
-	}
+	got := reserveCommitted(t, e, n)
+	runs := runsOf(got)
 	allocated := events
-	runs := 1
-	for i := 1; i < len(got); i++ {
-		if got[i] != got[i-1]+1 {
-			runs++
-		}
-	}
 	events = 0
 	if err := e.Update(func(tx *Tx) error { tx.FreeMeta(format.TreeRmap, got); return nil }); err != nil {
 		t.Fatal(err)
@@ -843,24 +827,8 @@ func TestGatheredAllocationSpansUnmergedFreeExtents(t *testing.T) {
 func TestAdjacentPendingFreesKeptAsOne(t *testing.T) {
 	e, _ := newTestEngine(t, Options{})
 	const n = 1000
-	var got []format.BlockNr
-	err := e.Update(func(tx *Tx) error {
-		var err error
-		got, err = tx.ReserveMeta(format.TreeRmap, n)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	runs := 1
-	for i := 1; i < len(got); i++ {
-		if got[i] != got[i-1]+1 {
-			runs++
-		}
-	}
+	got := reserveCommitted(t, e, n)
+	runs := runsOf(got)
 	snap := e.Pin()
 	defer snap.Release()
 	if err := e.Update(func(tx *Tx) error { tx.FreeMeta(format.TreeRmap, got); return nil }); err != nil {
@@ -884,4 +852,15 @@ func TestAdjacentPendingFreesKeptAsOne(t *testing.T) {
 	if exts > runs+40 {
 		t.Fatalf("%d blocks in %d runs kept as %d pending extents", n, runs, exts)
 	}
+}
+
+// runsOf counts the runs of adjacent blocks in blocks.
+func runsOf(blocks []format.BlockNr) int {
+	runs := 1
+	for i := 1; i < len(blocks); i++ {
+		if blocks[i] != blocks[i-1]+1 {
+			runs++
+		}
+	}
+	return runs
 }
