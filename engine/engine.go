@@ -111,6 +111,9 @@ type Engine struct {
 	// waiting counts writers and readers blocked on wmu (lockWriter):
 	// settleAhead leaves them time between its slices.
 	waiting atomic.Int32
+	// flushing is read-held by each fsync flushing its log blocks out of
+	// the writer lock; Close takes it before closing the device.
+	flushing sync.RWMutex
 
 	// Writer state, guarded by wmu.
 	wmu       writerLock
@@ -512,6 +515,7 @@ type Tx struct {
 	touched bool
 	view    bool
 	logging bool   // FsyncView: no commit is prepared, AppendLog works
+	flush   bool   // AppendLog wrote log blocks: FsyncView flushes them
 	budget  uint64 // data blocks reserved by ReserveData
 }
 
@@ -629,7 +633,11 @@ func (tx *Tx) AppendLog(items []LogItem) error {
 	if !tx.logging {
 		return fmt.Errorf("engine: AppendLog outside FsyncView: %w", errInternal)
 	}
-	return tx.e.appendLogLocked(items)
+	if err := tx.e.appendLogLocked(items); err != nil {
+		return err
+	}
+	tx.flush = true
+	return nil
 }
 
 // Note adds a line to the mount notes (recovery passes use it).
@@ -822,15 +830,50 @@ func (e *Engine) lockCommits() (unlock func()) {
 // file's changes in an earlier generation are durable only if
 // Engine.Durable says so, and records appended now must carry the file's
 // changes of a generation not yet durable too (see log.go).
+//
+// The log blocks fn appends are flushed after the writer lock is released:
+// other writers go on while the device flushes (under the lock, a stalled
+// flush held every writer out for as long). A commit prepared meanwhile names a chain start
+// after those blocks and carries the changes they record, so whichever
+// superblock a crash leaves, the records or the commit hold them; once the
+// commit is durable the blocks may be reused, and the flush no longer
+// matters. A failed flush fails the engine, as a failed write-out does.
 func (e *Engine) FsyncView(fn func(tx *Tx) error) error {
 	e.fsyncing.Add(1)
 	defer e.fsyncing.Add(-1)
-	e.lockWriter()
-	defer e.wmu.Unlock()
-	if e.txn == nil {
-		return ErrClosed
+	tx := &Tx{e: e, view: true, logging: true}
+	err := func() error {
+		e.lockWriter()
+		defer e.wmu.Unlock()
+		if e.txn == nil {
+			return ErrClosed
+		}
+		if err := fn(tx); err != nil {
+			return err
+		}
+		if tx.flush {
+			// Taken before the writer lock is released: Close, which
+			// waits for it, cannot close the device under the flush.
+			e.flushing.RLock()
+		}
+		return nil
+	}()
+	if err != nil || !tx.flush {
+		return err
 	}
-	return fn(&Tx{e: e, view: true, logging: true})
+	defer e.flushing.RUnlock()
+	if err := e.dev.Flush(); err != nil {
+		e.countIOError(ioWrite)
+		err = fmt.Errorf("flush the fsync log: %w", err)
+		e.mu.Lock()
+		if e.writeErr == nil {
+			e.writeErr = err
+		}
+		e.mu.Unlock()
+		e.log.Error("fsync log flush failed, engine turns read-only", "err", err)
+		return err
+	}
+	return nil
 }
 
 // Freeze commits the running transaction and runs fn on the committed
@@ -897,6 +940,8 @@ func (e *Engine) Close() error {
 	}
 	e.txn = nil
 	e.wmu.Unlock()
+	e.flushing.Lock() // fsyncs still flushing their log blocks
+	defer e.flushing.Unlock()
 	if cerr := e.dev.Close(); err == nil {
 		err = cerr
 	}

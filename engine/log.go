@@ -81,7 +81,8 @@ type logState struct {
 // extent the groups reference before it causes any allocation.
 type ReplayFunc func(tx *Tx, groups [][]LogItem) error
 
-// appendLogLocked appends with wmu held, so no commit is prepared
+// appendLogLocked appends with wmu held (FsyncView flushes once it is
+// released), so no commit is prepared
 // meanwhile: the records lie after the start a committing superblock
 // names, and before the start the next one will name. A commit may be
 // being written out (see the top of this file).
@@ -154,12 +155,8 @@ func (e *Engine) appendLogLocked(items []LogItem) error {
 	if err := write(true); err != nil {
 		return err
 	}
-	if err := e.dev.Flush(); err != nil {
-		e.countIOError(ioWrite)
-		return err
-	}
 	e.flog.appends++
-	return nil
+	return nil // FsyncView flushes, out of the writer lock
 }
 
 // readLog reads the log chain of the committed generation and returns its

@@ -551,16 +551,44 @@ func TestCorruptDataBlockEIO(t *testing.T) {
 // at every flush boundary the crashed image must mount (replaying the log),
 // pass the self-check, and hold for every file a state at least as new as
 // its last acknowledged fsync, never garbage.
-func TestFsyncCrashAtEveryFlush(t *testing.T) { fsyncCrashSeeds(t, false) }
+func TestFsyncCrashAtEveryFlush(t *testing.T) { fsyncCrashSeeds(t, plain) }
 
 // TestFsyncDuringWriteOutCrashAtEveryFlush is TestFsyncCrashAtEveryFlush
 // with writes and fsyncs inside each commit's write-out (after its blocks
 // are written, or after they are flushed and before the superblock): an
 // fsync then appends to the log while the commit is in flight, and its
 // records must hold on top of either generation.
-func TestFsyncDuringWriteOutCrashAtEveryFlush(t *testing.T) { fsyncCrashSeeds(t, true) }
+func TestFsyncDuringWriteOutCrashAtEveryFlush(t *testing.T) { fsyncCrashSeeds(t, inWriteOut) }
 
-func fsyncCrashSeeds(t *testing.T, overlap bool) {
+// A commit prepared and written while an fsync flushes its log blocks
+// (which it does with the writer lock released): whichever superblock a
+// crash leaves, the fsync'd state survives.
+func TestCommitDuringFsyncFlushCrashAtEveryFlush(t *testing.T) { fsyncCrashSeeds(t, commitInFlush) }
+
+// How fsyncs and commits overlap in fsyncCrash.
+type fsyncOverlap int
+
+const (
+	plain         fsyncOverlap = iota
+	inWriteOut                 // fsyncs run inside commits' write-outs
+	commitInFlush              // commits run inside fsyncs' log flushes
+)
+
+// flushHook is a device that runs a function (once) when a flush starts.
+type flushHook struct {
+	disk.Device
+	fn func()
+}
+
+func (d *flushHook) Flush() error {
+	if fn := d.fn; fn != nil {
+		d.fn = nil
+		fn()
+	}
+	return d.Device.Flush()
+}
+
+func fsyncCrashSeeds(t *testing.T, overlap fsyncOverlap) {
 	seeds := uint64(4)
 	if raceEnabled || testing.Short() {
 		seeds = 1
@@ -570,10 +598,11 @@ func fsyncCrashSeeds(t *testing.T, overlap bool) {
 	}
 }
 
-func fsyncCrash(t *testing.T, seed uint64, overlap bool) {
+func fsyncCrash(t *testing.T, seed uint64, overlap fsyncOverlap) {
 	base := newDev(t)
 	rec := disk.NewRecorder(base.Bytes())
-	f := mount(t, nopClose{rec}, Options{})
+	hook := &flushHook{Device: rec}
+	f := mount(t, nopClose{hook}, Options{})
 	const nfiles = 3
 	r := rand.New(rand.NewPCG(seed, 4))
 	inos := make([]uint64, nfiles)
@@ -612,13 +641,67 @@ func fsyncCrash(t *testing.T, seed uint64, overlap bool) {
 		copy(cur[off:], data)
 		history[i] = append(history[i], cur)
 	}
-	fsync := func(i int) {
+	overlapped := 0
+	// A commit makes what was written before it durable; with
+	// inWriteOut, writes and fsyncs inside its write-out belong to the
+	// next transaction.
+	var fsync func(i int)
+	commit := func() {
+		before := make([]int, nfiles)
+		for j := range inos {
+			before[j] = len(history[j]) - 1
+		}
+		if overlap == inWriteOut {
+			stage := r.IntN(2)
+			f.Engine().SetWriteOutHook(func(at int) {
+				if at != stage {
+					return
+				}
+				for k := 1 + r.IntN(4); k > 0; k-- {
+					j := r.IntN(nfiles)
+					write(j)
+					logged := f.Stats().FsyncLogged
+					fsync(j)
+					if f.Stats().FsyncLogged > logged {
+						overlapped++
+					}
+				}
+			})
+		}
+		if err := f.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		f.Engine().SetWriteOutHook(nil)
+		for j := range inos {
+			acks[j] = append(acks[j], ack{rec.Flushes(), before[j]})
+		}
+	}
+	fsync = func(i int) {
+		logged := f.Stats().FsyncLogged
+		inFlush := false
+		if overlap == commitInFlush && r.IntN(2) == 0 {
+			// A commit inside the fsync's log flush. If the fsync
+			// commits instead, the first flush is that commit's (its
+			// write-out has started: the hook must not commit).
+			writingOut := false
+			f.Engine().SetWriteOutHook(func(int) { writingOut = true })
+			hook.fn = func() {
+				if !writingOut {
+					inFlush = true
+					commit()
+				}
+			}
+		}
 		if err := f.Fsync(inos[i]); err != nil {
 			t.Fatal(err)
 		}
+		hook.fn = nil
+		f.Engine().SetWriteOutHook(nil)
+		if inFlush && f.Stats().FsyncLogged > logged {
+			overlapped++
+		}
 		acks[i] = append(acks[i], ack{rec.Flushes(), len(history[i]) - 1})
 	}
-	overlapped := 0
 	for s := 0; s < steps; s++ {
 		i := r.IntN(nfiles)
 		switch op := r.IntN(10); {
@@ -627,45 +710,15 @@ func fsyncCrash(t *testing.T, seed uint64, overlap bool) {
 		case op < 9:
 			fsync(i)
 		default:
-			// A commit makes what was written before it durable; with
-			// overlap, writes and fsyncs inside its write-out belong to
-			// the next transaction.
-			before := make([]int, nfiles)
-			for j := range inos {
-				before[j] = len(history[j]) - 1
-			}
-			if overlap {
-				stage := r.IntN(2)
-				f.Engine().SetWriteOutHook(func(at int) {
-					if at != stage {
-						return
-					}
-					for k := 1 + r.IntN(4); k > 0; k-- {
-						j := r.IntN(nfiles)
-						write(j)
-						logged := f.Stats().FsyncLogged
-						fsync(j)
-						if f.Stats().FsyncLogged > logged {
-							overlapped++
-						}
-					}
-				})
-			}
-			if err := f.Sync(); err != nil {
-				t.Fatal(err)
-			}
-			f.Engine().SetWriteOutHook(nil)
-			for j := range inos {
-				acks[j] = append(acks[j], ack{rec.Flushes(), before[j]})
-			}
+			commit()
 		}
 	}
 	st := f.Stats()
 	if st.FsyncLogged == 0 {
 		t.Fatalf("no fsync used the log: %+v", st)
 	}
-	if overlap && overlapped == 0 {
-		t.Fatalf("no fsync was logged during a write-out: %+v", st)
+	if overlap != plain && overlapped == 0 {
+		t.Fatalf("no fsync overlapped a commit as asked (%v): %+v", overlap, st)
 	}
 	rng := rand.New(rand.NewPCG(seed, 5))
 	for k := 0; k <= rec.Flushes(); k++ {
