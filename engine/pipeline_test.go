@@ -11,24 +11,9 @@ import (
 	"time"
 
 	"github.com/scrubd/scrubd/engine/disk"
+	"github.com/scrubd/scrubd/engine/disk/disktest"
 	"github.com/scrubd/scrubd/engine/format"
 )
-
-// gateDev blocks Flush, once armed, until the test opens the gate.
-type gateDev struct {
-	disk.Device
-	armed   atomic.Bool
-	entered chan struct{}
-	open    chan struct{}
-}
-
-func (g *gateDev) Flush() error {
-	if g.armed.CompareAndSwap(true, false) {
-		close(g.entered)
-		<-g.open
-	}
-	return g.Device.Flush()
-}
 
 // slowFlush makes every flush take a while, as a disk's does.
 type slowFlush struct{ disk.Device }
@@ -59,7 +44,7 @@ func TestWritersRunDuringWriteOut(t *testing.T) {
 	if err := Mkfs(base, MkfsOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	g := &gateDev{Device: nopClose{base}, entered: make(chan struct{}), open: make(chan struct{})}
+	g := disktest.NewFlushGate(nopClose{base})
 	e, err := Open(g, Options{CommitInterval: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -75,10 +60,10 @@ func TestWritersRunDuringWriteOut(t *testing.T) {
 	before.Release()
 	first := w.clone()
 
-	g.armed.Store(true)
+	g.Armed.Store(true)
 	synced := make(chan error, 1)
 	go func() { synced <- e.Sync() }()
-	deadline(t, g.entered, "commit reaching its flush")
+	deadline(t, g.Entered, "commit reaching its flush")
 
 	// The commit is inside its write-out. Writers go on: the workload
 	// rewrites keys of the committing generation's blocks.
@@ -119,7 +104,7 @@ func TestWritersRunDuringWriteOut(t *testing.T) {
 		}
 	}()
 	deadline(t, viewed, "fsync view during the write-out")
-	close(g.open)
+	close(g.Open)
 	if err := <-synced; err != nil {
 		t.Fatal(err)
 	}

@@ -1,35 +1,17 @@
 package fs
 
 import (
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/scrubd/scrubd/engine/disk"
+	"github.com/scrubd/scrubd/engine/disk/disktest"
 )
-
-// gatedFlush is a device whose next flush, once armed, waits until the
-// test lets it go.
-type gatedFlush struct {
-	disk.Device
-	arm     atomic.Bool
-	entered chan struct{}
-	release chan struct{}
-}
-
-func (d *gatedFlush) Flush() error {
-	if d.arm.CompareAndSwap(true, false) {
-		d.entered <- struct{}{}
-		<-d.release
-	}
-	return d.Device.Flush()
-}
 
 // An fsync flushes its log blocks with the writer lock released: a write
 // to another file goes on while that flush is stalled, and the fsync still
 // returns only once its flush has.
 func TestFsyncFlushOutsideWriterLock(t *testing.T) {
-	dev := &gatedFlush{Device: newDev(t), entered: make(chan struct{}), release: make(chan struct{})}
+	dev := disktest.NewFlushGate(newDev(t))
 	f := mount(t, dev, Options{})
 	defer f.Close()
 	a, err := f.Create(RootIno, "a", NewInode{Mode: 0o644})
@@ -48,10 +30,10 @@ func TestFsyncFlushOutsideWriterLock(t *testing.T) {
 	if _, err := f.Write(a.Ino, block, 0); err != nil {
 		t.Fatal(err)
 	}
-	dev.arm.Store(true)
+	dev.Armed.Store(true)
 	synced := make(chan error, 1)
 	go func() { synced <- f.Fsync(a.Ino) }()
-	<-dev.entered // the fsync's flush is stalled
+	<-dev.Entered // the fsync's flush is stalled
 	wrote := make(chan error, 1)
 	go func() {
 		_, err := f.Write(b.Ino, block, 0)
@@ -63,7 +45,7 @@ func TestFsyncFlushOutsideWriterLock(t *testing.T) {
 			t.Fatal(err)
 		}
 	case <-time.After(10 * time.Second):
-		close(dev.release)
+		close(dev.Open)
 		t.Fatal("a write waited for another file's fsync flush")
 	}
 	select {
@@ -71,7 +53,7 @@ func TestFsyncFlushOutsideWriterLock(t *testing.T) {
 		t.Fatalf("fsync returned (%v) before its flush did", err)
 	default:
 	}
-	close(dev.release)
+	close(dev.Open)
 	if err := <-synced; err != nil {
 		t.Fatal(err)
 	}
