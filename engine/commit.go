@@ -178,14 +178,8 @@ func (e *Engine) prepareCommit() (*pendingCommit, error) {
 func (e *Engine) writeOut(c *pendingCommit) error {
 	fail := func(step string, err error) error {
 		err = fmt.Errorf("commit generation %d: %s: %w", c.gen, step, err)
-		e.countIOError(ioWrite)
 		e.inflight.Store(nil)
-		e.mu.Lock()
-		if e.writeErr == nil {
-			e.writeErr = err
-		}
-		e.mu.Unlock()
-		e.log.Error("commit failed, engine turns read-only", "gen", c.gen, "err", err)
+		e.failWrites(err)
 		return err
 	}
 	began := time.Now()
@@ -316,6 +310,18 @@ func (e *Engine) writeSupers(sb *format.Super) error {
 }
 
 // durations keeps the last and the longest of a kind of duration.
+// failWrites records a failed write or flush: the next writer turns the
+// engine read-only (the first failure is the one reported).
+func (e *Engine) failWrites(err error) {
+	e.countIOError(ioWrite)
+	e.mu.Lock()
+	if e.writeErr == nil {
+		e.writeErr = err
+	}
+	e.mu.Unlock()
+	e.log.Error("write failed, engine turns read-only", "err", err)
+}
+
 type durations struct{ last, max atomic.Int64 }
 
 func (d *durations) record(x time.Duration) {

@@ -833,11 +833,12 @@ func (e *Engine) lockCommits() (unlock func()) {
 //
 // The log blocks fn appends are flushed after the writer lock is released:
 // other writers go on while the device flushes (under the lock, a stalled
-// flush held every writer out for as long). A commit prepared meanwhile names a chain start
-// after those blocks and carries the changes they record, so whichever
-// superblock a crash leaves, the records or the commit hold them; once the
-// commit is durable the blocks may be reused, and the flush no longer
-// matters. A failed flush fails the engine, as a failed write-out does.
+// flush held every writer out for as long). A commit prepared meanwhile
+// names a chain start after those blocks and carries the changes they
+// record, so whichever superblock a crash leaves, the records or the
+// commit hold them; once the commit is durable the blocks may be reused,
+// and the flush no longer matters. A failed flush fails the engine, as a
+// failed write-out does.
 func (e *Engine) FsyncView(fn func(tx *Tx) error) error {
 	e.fsyncing.Add(1)
 	defer e.fsyncing.Add(-1)
@@ -863,14 +864,8 @@ func (e *Engine) FsyncView(fn func(tx *Tx) error) error {
 	}
 	defer e.flushing.RUnlock()
 	if err := e.dev.Flush(); err != nil {
-		e.countIOError(ioWrite)
 		err = fmt.Errorf("flush the fsync log: %w", err)
-		e.mu.Lock()
-		if e.writeErr == nil {
-			e.writeErr = err
-		}
-		e.mu.Unlock()
-		e.log.Error("fsync log flush failed, engine turns read-only", "err", err)
+		e.failWrites(err)
 		return err
 	}
 	return nil

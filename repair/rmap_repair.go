@@ -491,10 +491,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	// Sorted lists searched rather than sets of 100k blocks at 10M
 	// extents (the rebuild's heap alone went from 28.5 to 27.3-27.6 MiB).
 	sortedReserved := slices.Sorted(slices.Values(reserved))
-	isReserved := func(b format.BlockNr) bool {
-		_, ok := slices.BinarySearch(sortedReserved, b)
-		return ok
-	}
+	isReserved := func(b format.BlockNr) bool { return inSorted(sortedReserved, b) }
 	oldList := func() []format.BlockNr {
 		var out []format.BlockNr
 		for b := range sh.oldBlocks {
@@ -518,10 +515,6 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		if err != nil {
 			return nil, fmt.Errorf("log the reaping of the old rmap tree: %w", err)
 		}
-	}
-	isListed := func(b format.BlockNr) bool {
-		_, ok := slices.BinarySearch(listed, b)
-		return ok
 	}
 	// The old tree's blocks it gains from here on (the updates after the
 	// freeze reach oldBlocks only through applyDelta).
@@ -574,7 +567,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		}
 		var late []format.BlockNr
 		for b := range gained {
-			if !isListed(b) && !isReserved(b) {
+			if !inSorted(listed, b) && !isReserved(b) {
 				late = append(late, b)
 			}
 		}
@@ -633,6 +626,12 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	}
 	res.Duration = time.Since(start)
 	return res, nil
+}
+
+// inSorted reports whether b is in the sorted list.
+func inSorted(list []format.BlockNr, b format.BlockNr) bool {
+	_, ok := slices.BinarySearch(list, b)
+	return ok
 }
 
 // reservation holds the blocks reserved for the new tree, and the logged
