@@ -433,7 +433,7 @@ func (e *Engine) loadRoots(sb *format.Super) (map[format.TreeID]format.RootItem,
 func readSuper(dev disk.Device) (*format.Super, MountInfo, error) {
 	total := uint64(dev.Size()) / format.BlockSize
 	if total < format.MinBlocks {
-		return nil, MountInfo{}, fmt.Errorf("device of %d bytes is too small to hold a filesystem: %w", dev.Size(), format.ErrCorrupt)
+		return nil, MountInfo{}, fmt.Errorf("%w: device of %d bytes is too small to hold one: %w", format.ErrNotFilesystem, dev.Size(), format.ErrCorrupt)
 	}
 	var best *format.Super
 	var info MountInfo
@@ -474,7 +474,7 @@ func readSuper(dev disk.Device) (*format.Super, MountInfo, error) {
 		if firstErr == nil {
 			firstErr = format.ErrCorrupt
 		}
-		return nil, info, fmt.Errorf("no valid superblock: %w", firstErr)
+		return nil, info, fmt.Errorf("%w: no valid superblock (%w)", format.ErrNotFilesystem, firstErr)
 	}
 	info.SuperBlock = best.Block
 	if best.Block != 0 {

@@ -109,6 +109,13 @@ var le = binary.LittleEndian
 // data wraps it, so callers classify with errors.Is(err, ErrCorrupt).
 var ErrCorrupt = errors.New("corrupt metadata")
 
+// ErrNotFilesystem says a device or file holds no scrubd filesystem at all:
+// no superblock copy is valid (a foreign or truncated image, every copy
+// destroyed, a device too small). It is an operational error, not damage a
+// repair could fix: fsck and scrub exit 8 for it, as e2fsck does for "not
+// an ext2 filesystem". Errors that wrap it may wrap ErrCorrupt too.
+var ErrNotFilesystem = errors.New("not a scrubd filesystem")
+
 // Corruption kinds: what exactly is wrong with a block. They are stable names
 // that findings and reports carry.
 type Kind string
