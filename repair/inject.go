@@ -20,7 +20,7 @@ const (
 	KindBitflip    = "bitflip"     // flip bits in a block (checksum mismatch)
 	KindZero       = "zero"        // zero a whole block
 	KindDropRecord = "drop-record" // remove one record, checksum kept valid
-	KindWrongOwner = "wrong-owner" // give one rmap record another owner
+	KindWrongOwner = "wrong-owner" // another owner: an rmap or file extent record's, or the block header's
 	KindStaleGen   = "stale-gen"   // a block claiming an older generation
 )
 
@@ -32,6 +32,10 @@ type InjectOptions struct {
 	Tree format.TreeID
 	Kind string
 	Seed uint64
+	// Level, when set, damages a node of that level only: 0 a leaf, 1 the
+	// interior nodes just above the leaves, and so on. Nil lets the seed
+	// choose among every node the kind can damage.
+	Level *int
 }
 
 // InjectResult says what was done.
@@ -102,9 +106,6 @@ func planInjection(s *engine.Snapshot, dev disk.Device, opts InjectOptions) (*In
 	if !slices.Contains(InjectKinds, opts.Kind) {
 		return nil, nil, fmt.Errorf("%w: unknown kind %q (kinds: %v)", ErrInject, opts.Kind, InjectKinds)
 	}
-	if opts.Kind == KindWrongOwner && opts.Tree != format.TreeRmap {
-		return nil, nil, fmt.Errorf("%w: kind %s applies to the rmap tree only", ErrInject, opts.Kind)
-	}
 	tr, ok := s.Tree(opts.Tree)
 	if !ok {
 		return nil, nil, fmt.Errorf("%w: no tree %s", ErrInject, opts.Tree)
@@ -125,10 +126,19 @@ func planInjection(s *engine.Snapshot, dev disk.Device, opts InjectOptions) (*In
 		return nil, nil, fmt.Errorf("%w: tree %s is already damaged: %v", ErrInject, opts.Tree, perr)
 	}
 	if opts.Kind == KindDropRecord || opts.Kind == KindWrongOwner {
-		cands = slices.DeleteFunc(cands, func(c cand) bool { return c.level != 0 || c.items == 0 })
+		// A record to drop (a leaf's item, or an interior node's pointer
+		// with the subtree below it) or whose owner to change.
+		cands = slices.DeleteFunc(cands, func(c cand) bool { return c.items == 0 })
+	}
+	if opts.Level != nil {
+		cands = slices.DeleteFunc(cands, func(c cand) bool { return c.level != *opts.Level })
 	}
 	if len(cands) == 0 {
-		return nil, nil, fmt.Errorf("%w: tree %s has no block that %s can damage", ErrInject, opts.Tree, opts.Kind)
+		at := ""
+		if opts.Level != nil {
+			at = fmt.Sprintf(" at level %d (its root is at level %d)", *opts.Level, tr.Level)
+		}
+		return nil, nil, fmt.Errorf("%w: tree %s has no block%s that %s can damage", ErrInject, opts.Tree, at, opts.Kind)
 	}
 	r := rand.New(rand.NewPCG(opts.Seed, opts.Seed^0x5eed))
 	c := cands[r.IntN(len(cands))]
@@ -137,6 +147,9 @@ func planInjection(s *engine.Snapshot, dev disk.Device, opts InjectOptions) (*In
 		return nil, nil, err
 	}
 	n := format.Node(blk)
+	// wrong-owner changes a record's owner in a leaf of a tree whose
+	// records name owners, the block header's owner anywhere else.
+	recordOwner := opts.Kind == KindWrongOwner && c.level == 0 && hasRecordOwners(opts.Tree)
 	res := &InjectResult{Tree: opts.Tree.String(), Kind: opts.Kind, Block: uint64(c.b), Level: c.level, Generation: uint64(n.Gen())}
 	switch opts.Kind {
 	case KindBitflip:
@@ -152,10 +165,35 @@ func planInjection(s *engine.Snapshot, dev disk.Device, opts InjectOptions) (*In
 		res.Detail = "zeroed the block"
 	case KindDropRecord:
 		i := r.IntN(n.NrItems())
-		res.Detail = fmt.Sprintf("removed record %d, key %s", i, n.Key(i))
-		n.DeleteItem(i)
+		if n.IsLeaf() {
+			res.Detail = fmt.Sprintf("removed record %d, key %s", i, n.Key(i))
+			n.DeleteItem(i)
+		} else {
+			res.Detail = fmt.Sprintf("removed pointer %d, key %s, and with it the subtree below", i, n.Key(i))
+			n.DeletePtr(i)
+		}
 		n.Seal()
 	case KindWrongOwner:
+		if !recordOwner {
+			// The block claims another tree in its header, checksum kept
+			// valid: the check names it a wrong-owner block.
+			other := format.TreeCsum
+			if opts.Tree == format.TreeCsum {
+				other = format.TreeDir
+			}
+			n.SetOwner(other)
+			n.Seal()
+			res.Detail = fmt.Sprintf("header owner %s rewritten as %s", opts.Tree, other)
+			break
+		}
+		if opts.Tree == format.TreeExtent {
+			if err := moveExtentOwner(n, c.b, r); err != nil {
+				return nil, nil, err
+			}
+			res.Detail = "one file extent record moved to another file offset"
+			n.Seal()
+			break
+		}
 		done := false
 		for _, i := range r.Perm(n.NrItems()) {
 			k := n.Key(i)
@@ -192,4 +230,34 @@ func planInjection(s *engine.Snapshot, dev disk.Device, opts InjectOptions) (*In
 		res.Detail = fmt.Sprintf("generation %d rewritten as %d", res.Generation, n.Gen())
 	}
 	return res, blk, nil
+}
+
+// hasRecordOwners says whether wrong-owner changes a record's owner in the
+// tree (the rmap records' owners, the file extent records' inode and file
+// offset) rather than the block header's owner.
+func hasRecordOwners(t format.TreeID) bool {
+	return t == format.TreeRmap || t == format.TreeExtent
+}
+
+// moveExtentOwner gives one file extent record of leaf n another file offset
+// that keeps the leaf in key order: its extent is then mapped at an offset
+// the reverse mapping does not name.
+func moveExtentOwner(n format.Node, b format.BlockNr, r *rand.Rand) error {
+	for _, i := range r.Perm(n.NrItems()) {
+		k := n.Key(i)
+		if k.Type != format.TypeFileExtent {
+			continue
+		}
+		nk := k
+		nk.Off = k.Off + 1 + uint64(r.IntN(3))
+		if i+1 < n.NrItems() && n.Key(i+1).Compare(nk) <= 0 {
+			continue
+		}
+		n.SetKey(i, nk)
+		if format.VerifyLayout(n, format.TreeExtent, b) == nil {
+			return nil
+		}
+		n.SetKey(i, k)
+	}
+	return fmt.Errorf("%w: no file extent record of block %d can move in key order", ErrInject, b)
 }

@@ -83,6 +83,7 @@ func (n Node) IsLeaf() bool       { return n[offLevel] == 0 }
 func (n Node) NrItems() int       { return int(le.Uint16(n[offNrItems:])) }
 func (n Node) SetBlock(b BlockNr) { le.PutUint64(n[offBlock:], uint64(b)) }
 func (n Node) SetGen(g Gen)       { le.PutUint64(n[offGen:], uint64(g)) }
+func (n Node) SetOwner(t TreeID)  { le.PutUint64(n[offOwner:], uint64(t)) }
 func (n Node) setNrItems(c int)   { le.PutUint16(n[offNrItems:], uint16(c)) }
 func (n Node) FSID() (u FSID)     { copy(u[:], n[offFSID:offFSID+16]); return u }
 

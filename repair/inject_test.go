@@ -1,0 +1,126 @@
+package repair
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/scrubd/scrubd/engine/format"
+	"github.com/scrubd/scrubd/engine/fs"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files under testdata")
+
+// populatedImage makes an image whose trees are at least two levels deep:
+// 600 files of 1-5 small extents each, every other one removed again so
+// that the free space is fragmented too.
+func populatedImage(t *testing.T) string {
+	t.Helper()
+	img := newImage(t)
+	f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := bytes.Repeat([]byte("scrubd"), 2000)
+	for i := 0; i < 600; i++ {
+		a, err := f.Create(fs.RootIno, fmt.Sprintf("f%04d", i), fs.NewInode{Mode: 0o644})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Writes at gaps make several extents per file.
+		for j := 0; j <= i%5; j++ {
+			if _, err := f.Write(a.Ino, buf[:4096+j*100], int64(j)*3*format.BlockSize); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for i := 0; i < 600; i += 2 {
+		if err := f.Unlink(fs.RootIno, fmt.Sprintf("f%04d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// TestInjectMatrix damages every tree whose repair the ops table plans,
+// with every kind, at a leaf and at an interior node, and asserts the exact
+// finding ids an offline check reports (testdata/inject_matrix.golden,
+// rewritten with -update). A kind that cannot apply must be refused with
+// ErrInject, not silently do something else.
+func TestInjectMatrix(t *testing.T) {
+	base := populatedImage(t)
+	pristine, err := os.ReadFile(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trees := []format.TreeID{format.TreeAlloc, format.TreeFree, format.TreeExtent, format.TreeRmap,
+		format.TreeCsum, format.TreeInode, format.TreeDir}
+	var got strings.Builder
+	img := filepath.Join(t.TempDir(), "case.img")
+	for _, tree := range trees {
+		for _, kind := range InjectKinds {
+			for level := 0; level <= 1; level++ {
+				if err := os.WriteFile(img, pristine, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				lv := level
+				res, err := InjectOffline(img, InjectOptions{Tree: tree, Kind: kind, Seed: 5, Level: &lv})
+				line := fmt.Sprintf("%s %s level=%d:", tree, kind, level)
+				if err != nil {
+					if !errors.Is(err, ErrInject) {
+						t.Fatalf("%s %v", line, err)
+					}
+					fmt.Fprintf(&got, "%s refused\n", line)
+					continue
+				}
+				if res.Level != level {
+					t.Fatalf("%s damaged a node of level %d", line, res.Level)
+				}
+				rep, err := CheckOffline(context.Background(), img, Options{})
+				if err != nil {
+					t.Fatalf("%s check: %v", line, err)
+				}
+				var ids []string
+				for _, s := range rep.Structures {
+					for _, fd := range s.Findings {
+						if !slices.Contains(ids, fd.Name) {
+							ids = append(ids, fd.Name)
+						}
+					}
+				}
+				slices.Sort(ids)
+				if len(ids) == 0 {
+					t.Errorf("%s %s: the check found nothing", line, res.Detail)
+				}
+				fmt.Fprintf(&got, "%s %s\n", line, strings.Join(ids, " "))
+			}
+		}
+	}
+	golden := filepath.Join("testdata", "inject_matrix.golden")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(golden, []byte(got.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run with -update to write it)", err)
+	}
+	if got.String() != string(want) {
+		t.Errorf("findings differ from %s:\n got:\n%s\nwant:\n%s", golden, got.String(), want)
+	}
+}
