@@ -186,10 +186,10 @@ func TestServeProtocol(t *testing.T) {
 			t.Errorf("inject %v: %v", args, err)
 		}
 	}
-	_, err = c.Inject(ctx, "inode", repair.KindWrongOwner, 1)
+	_, err = c.Inject(ctx, "subvol", repair.KindDropRecord, 1)
 	var re *RemoteError
-	if !errors.As(err, &re) || re.Code != CodeFailed || !strings.Contains(err.Error(), "rmap tree only") {
-		t.Errorf("inject wrong-owner into inode: %v", err)
+	if !errors.As(err, &re) || re.Code != CodeFailed || !strings.Contains(err.Error(), "no block that drop-record can damage") {
+		t.Errorf("inject drop-record into the empty subvolume tree: %v", err)
 	}
 
 	if err := s.Close(); err != nil {

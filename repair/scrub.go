@@ -21,8 +21,8 @@ import (
 // Data) reads every file through the filesystem, verifying each block's
 // checksum, and names the path and offset of each bad one. Findings are
 // counted in the superblock's error section. With Repair, damage the
-// repairers handle (today: the rmap tree, rebuilt online) is repaired and
-// everything is checked again.
+// repairers handle is repaired through the ops table (ops.go), in
+// dependency order, each repair followed by a full check.
 
 // ScrubOptions configure Scrub.
 type ScrubOptions struct {
@@ -62,56 +62,32 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 	if ro, _ := e.ReadOnly(); ro {
 		return rep, nil // nothing can be repaired; the report says uncorrected
 	}
-	if needsRmapRebuild(found) {
-		e.SetRmapSick(true)
-		rr, err := RebuildRmap(ctx, e, RmapRebuildOptions{TempDir: opts.TempDir})
-		if err != nil {
-			rep.Notes = append(rep.Notes, fmt.Sprintf("rmap rebuild failed: %v", err))
-		} else {
-			rep.Notes = append(rep.Notes, fmt.Sprintf("rebuilt the rmap tree online: %d records, %d live updates followed, writers paused %.1f ms",
-				rr.Records, rr.Events, float64(rr.ExclusivePause.Microseconds())/1000))
-			rep.Rebuilds = append(rep.Rebuilds, RebuildReport{Structure: "rmap", Records: rr.Records, Events: rr.Events,
-				NewBlocks: rr.NewBlocks, OldBlocks: rr.OldBlocks, DurationS: rr.Duration.Seconds(),
-				PauseMs: float64(rr.ExclusivePause.Microseconds()) / 1000, XfileBytes: rr.XfileBytes, Gen: uint64(rr.Gen)})
-		}
-	}
-	// Scrub again: what is left is what the report calls uncorrected.
-	res2, left, err := checkEngine(ctx, e)
-	if err != nil {
-		return nil, err
-	}
-	if opts.Data {
-		df, err := scrubData(ctx, fsys)
+	// Repair in dependency order through the ops table; each repair is
+	// followed by a full check, and the last is what the report shows.
+	res2 := res
+	run := &repairRun{e: e, opts: opts, rep: rep, recheck: func() ([]engine.Finding, error) {
+		r, left, err := checkEngine(ctx, e)
 		if err != nil {
 			return nil, err
 		}
-		left = append(left, df...)
+		if opts.Data {
+			df, err := scrubData(ctx, fsys)
+			if err != nil {
+				return nil, err
+			}
+			left = append(left, df...)
+		}
+		res2 = r
+		return left, nil
+	}}
+	left, err := run.repairAll(ctx, found)
+	if err != nil {
+		return nil, err
 	}
 	rep.markRepaired(found, left)
 	rep.Generation = uint64(res2.Gen)
 	rep.DurationS = time.Since(started).Seconds()
 	return rep, nil
-}
-
-// needsRmapRebuild reports whether the findings are ones an rmap rebuild
-// fixes, and only those: the rebuild derives the rmap from every other
-// tree, so damage anywhere else (a missing file extent item would otherwise
-// take its extent's reverse mapping with it) makes it refuse, and the
-// report says uncorrected.
-func needsRmapRebuild(fs []engine.Finding) bool {
-	rmap := false
-	for _, f := range fs {
-		switch {
-		case f.Tree == format.TreeRmap:
-			rmap = true
-		case f.ID == engine.ErrRmapMissing || f.ID == engine.ErrRmapOrphan || f.ID == engine.ErrRmapLength ||
-			f.ID == engine.ErrAllocRefcount || f.ID == engine.ErrRmapDataOwner || f.ID == engine.ErrExtentNoRmap:
-			rmap = true
-		default:
-			return false
-		}
-	}
-	return rmap
 }
 
 func checkEngine(ctx context.Context, e *engine.Engine) (*engine.CheckResult, []engine.Finding, error) {
