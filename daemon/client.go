@@ -79,7 +79,12 @@ func (c *Client) Scrub(ctx context.Context, repairIt, data bool) (*repair.Report
 // Inject damages one block of the mount's committed tree (see
 // repair.InjectOnline).
 func (c *Client) Inject(ctx context.Context, tree, kind string, seed uint64) (*repair.InjectResult, error) {
-	r, err := c.call(ctx, Request{Op: OpInject, Tree: tree, Kind: kind, Seed: seed})
+	return c.InjectLevel(ctx, tree, kind, seed, nil)
+}
+
+// InjectLevel is Inject restricted to the nodes of one level (nil: any).
+func (c *Client) InjectLevel(ctx context.Context, tree, kind string, seed uint64, level *int) (*repair.InjectResult, error) {
+	r, err := c.call(ctx, Request{Op: OpInject, Tree: tree, Kind: kind, Seed: seed, Level: level})
 	if err != nil {
 		return nil, err
 	}

@@ -35,6 +35,8 @@ type Request struct {
 	Tree string `json:"tree,omitempty"`
 	Kind string `json:"kind,omitempty"`
 	Seed uint64 `json:"seed,omitempty"`
+	// Level, for inject, damages a node of that level only (0: a leaf).
+	Level *int `json:"level,omitempty"`
 }
 
 // Response is one line the server answers; exactly one field is set.

@@ -444,7 +444,7 @@ func (s *Server) end() {
 }
 
 func (s *Server) scrub(ctx context.Context, req Request) Response {
-	if req.Tree != "" || req.Kind != "" || req.Seed != 0 {
+	if req.Tree != "" || req.Kind != "" || req.Seed != 0 || req.Level != nil {
 		return errResponse(CodeBadRequest, "scrub takes repair and data only")
 	}
 	if err := s.begin(OpScrub); err != nil {
@@ -486,7 +486,7 @@ func (s *Server) inject(req Request) Response {
 		return errResponse(CodeBusy, err.Error())
 	}
 	defer s.end()
-	res, err := repair.InjectOnline(s.fsys.Engine(), repair.InjectOptions{Tree: tree, Kind: req.Kind, Seed: req.Seed})
+	res, err := repair.InjectOnline(s.fsys.Engine(), repair.InjectOptions{Tree: tree, Kind: req.Kind, Seed: req.Seed, Level: req.Level})
 	if err != nil {
 		return errResponse(CodeFailed, "inject: "+err.Error())
 	}

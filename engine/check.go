@@ -119,6 +119,17 @@ type Finding struct {
 	Tree   format.TreeID  `json:"-"`
 	Block  format.BlockNr `json:"block"`
 	Detail string         `json:"detail"`
+	// File locates a data finding: the file, the offset in it and the
+	// disk block. Nil for metadata findings.
+	File *FileRef `json:"file,omitempty"`
+}
+
+// FileRef locates a data block in a file.
+type FileRef struct {
+	Path      string         `json:"path"`
+	Inode     uint64         `json:"inode"`
+	Offset    uint64         `json:"offset"`
+	DiskBlock format.BlockNr `json:"disk_block"`
 }
 
 func (f Finding) String() string {
@@ -150,6 +161,9 @@ type CheckResult struct {
 	Complete bool
 	// SuperCopies is the number of superblock copies checked.
 	SuperCopies int
+	// FSID and Label name the filesystem checked.
+	FSID  format.FSID
+	Label string
 }
 
 // Check runs the full self-check on the snapshot's generation and streams
@@ -183,7 +197,8 @@ type metaRef struct {
 
 func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, error) {
 	e := s.e
-	res := &CheckResult{Gen: s.Gen(), Complete: true, SuperCopies: len(format.SuperBlocks(e.totalBlocks))}
+	res := &CheckResult{Gen: s.Gen(), Complete: true, SuperCopies: len(format.SuperBlocks(e.totalBlocks)),
+		FSID: s.v.super.FSID, Label: s.v.super.Label}
 	perTree := map[format.TreeID]*TreeCheck{}
 	broken := map[format.TreeID]bool{} // trees whose walk hit damage
 	report := func(f Finding) {

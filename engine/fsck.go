@@ -20,7 +20,8 @@ type CheckOptions struct {
 // CheckImage runs the self-check on an unmounted image, read-only. Unlike
 // Open it does not give up on damage: it reads what it can and reports the
 // rest as findings. The error is for operational failure only (the device
-// cannot be read, cancellation). It does not close dev.
+// cannot be read, it holds no scrubd filesystem at all —
+// format.ErrNotFilesystem —, cancellation). It does not close dev.
 func CheckImage(dev disk.Device, opts CheckOptions) (*CheckResult, []Finding, error) {
 	ctx := opts.Context
 	if ctx == nil {
@@ -36,7 +37,7 @@ func CheckImage(dev disk.Device, opts CheckOptions) (*CheckResult, []Finding, er
 	e := newEngine(dev, Options{ReadOnly: true, CommitInterval: -1, Logger: opts.Logger})
 	e.tolerant = true
 	if err := e.load(); err != nil {
-		if !errors.Is(err, format.ErrCorrupt) {
+		if !errors.Is(err, format.ErrCorrupt) || errors.Is(err, format.ErrNotFilesystem) {
 			return nil, nil, err
 		}
 		ce, _ := format.AsCorrupt(err)

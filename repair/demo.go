@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -19,7 +20,13 @@ import (
 )
 
 // DemoOptions configure Demo.
-type DemoOptions Options
+type DemoOptions struct {
+	Logger *slog.Logger
+	// Keep keeps the temporary directory Demo makes when it is given none
+	// (by default it is removed at the end). A directory given is always
+	// kept.
+	Keep bool
+}
 
 // DemoStep is one step of the demo and whether it held.
 type DemoStep struct {
@@ -31,13 +38,15 @@ type DemoStep struct {
 
 // DemoResult is what Demo did.
 type DemoResult struct {
-	Image  string     `json:"image"`
-	OK     bool       `json:"ok"`
-	FUSE   bool       `json:"fuse"` // the writer went through a real FUSE mount
-	Steps  []DemoStep `json:"steps"`
-	Found  *Report    `json:"report_damage_found"`
-	Report *Report    `json:"report"` // the scrub with online repair
-	Final  *Report    `json:"report_offline_after"`
+	Image string `json:"image"`
+	// Removed says the image's temporary directory was removed at the end.
+	Removed bool       `json:"removed"`
+	OK      bool       `json:"ok"`
+	FUSE    bool       `json:"fuse"` // the writer went through a real FUSE mount
+	Steps   []DemoStep `json:"steps"`
+	Found   *Report    `json:"report_damage_found"`
+	Report  *Report    `json:"report"` // the scrub with online repair
+	Final   *Report    `json:"report_offline_after"`
 }
 
 // Demo runs the product end to end on a default image in dir (a new
@@ -48,14 +57,32 @@ type DemoResult struct {
 // verify every byte the writer fsync'd, unmount and check offline. step, if
 // set, gets each step as it finishes. The result's OK says whether every
 // step held.
+//
+// A dir given is created if missing and kept; without one, Demo makes a
+// temporary directory and removes it at the end unless opts.Keep.
 func Demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)) (*DemoResult, error) {
-	if dir == "" {
+	temp := dir == ""
+	if temp {
 		d, err := os.MkdirTemp("", "scrubd-demo-")
 		if err != nil {
 			return nil, err
 		}
 		dir = d
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("demo directory: %w", err)
 	}
+	res, err := demo(ctx, dir, opts, step)
+	if temp && !opts.Keep {
+		if rerr := os.RemoveAll(dir); rerr != nil {
+			err = errors.Join(err, rerr)
+		} else if res != nil {
+			res.Removed = true
+		}
+	}
+	return res, err
+}
+
+func demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)) (*DemoResult, error) {
 	res := &DemoResult{Image: filepath.Join(dir, "demo.img"), OK: true}
 	do := func(name string, fn func() (string, error)) bool {
 		start := time.Now()
@@ -73,7 +100,7 @@ func Demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)
 	}
 	const size = 256 << 20
 	if !do("mkfs", func() (string, error) {
-		return fmt.Sprintf("%d MiB image", size>>20), engine.MkfsPath(res.Image, size, true, engine.MkfsOptions{Label: "demo"})
+		return fmt.Sprintf("%d MiB image", size>>20), fs.MkfsPath(res.Image, size, true, engine.MkfsOptions{Label: "demo"})
 	}) {
 		return res, nil
 	}
@@ -210,7 +237,7 @@ func Demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)
 	})
 	do("unmount", func() (string, error) { return "committed and unmounted", closeAll() })
 	do("offline fsck", func() (string, error) {
-		r, err := CheckOffline(ctx, res.Image, Options(opts))
+		r, err := CheckOffline(ctx, res.Image, Options{Logger: opts.Logger})
 		if err != nil {
 			return "", err
 		}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/scrubd/scrubd/engine"
 	"github.com/scrubd/scrubd/engine/disk"
+	"github.com/scrubd/scrubd/engine/format"
 )
 
 // Options configure a check run.
@@ -16,7 +17,9 @@ type Options struct {
 
 // CheckOffline checks an unmounted image read-only and returns the report.
 // The error is for operational failure (the image cannot be opened or
-// read); damage is in the report.
+// read, or holds no scrubd filesystem: format.ErrNotFilesystem); damage is
+// in the report. Canceled, it returns the partial report, marked
+// Interrupted, with ctx's error.
 func CheckOffline(ctx context.Context, path string, opts Options) (*Report, error) {
 	started := time.Now()
 	dev, err := disk.Open(path, true)
@@ -25,8 +28,15 @@ func CheckOffline(ctx context.Context, path string, opts Options) (*Report, erro
 	}
 	defer dev.Close()
 	res, fs, err := engine.CheckImage(dev, engine.CheckOptions{Context: ctx, Logger: opts.Logger})
-	if err != nil {
+	if err != nil && (res == nil || ctx.Err() == nil) {
 		return nil, err
 	}
-	return newReport("offline", path, started, res, fs), nil
+	rep := newReport("offline", path, started, res, fs)
+	if res.FSID != (format.FSID{}) {
+		rep.UUID, rep.Label = res.FSID.String(), res.Label
+	}
+	if err != nil {
+		rep.Interrupted, rep.Complete = true, false
+	}
+	return rep, err
 }

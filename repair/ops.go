@@ -83,7 +83,7 @@ var opsTable = []Op{
 	},
 	{Name: "alloc", Trees: []format.TreeID{format.TreeAlloc}, Inputs: []string{"rmap", "extent"}},
 	{Name: "free", Trees: []format.TreeID{format.TreeFree}, Inputs: []string{"alloc", "rmap"}},
-	{Name: "data"},
+	{Name: "data", Trees: []format.TreeID{format.OwnerData}},
 }
 
 // OpsTable returns a copy of the ops table, in dependency order.

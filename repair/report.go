@@ -3,7 +3,11 @@ package repair
 import (
 	"fmt"
 	"io"
+	"strings"
 	"time"
+	"unicode/utf8"
+
+	"github.com/dustin/go-humanize"
 
 	"github.com/scrubd/scrubd/engine"
 	"github.com/scrubd/scrubd/engine/format"
@@ -28,13 +32,41 @@ const (
 	ExitOperational = 8
 )
 
-// FindingReport is one finding in a report.
+// FindingReport is one finding in a report. A data finding also says
+// which file, where in it, and which disk block.
 type FindingReport struct {
 	ID       uint32 `json:"id"`
 	Name     string `json:"name"`
 	Block    uint64 `json:"block"`
 	Detail   string `json:"detail"`
 	Repaired bool   `json:"repaired"`
+	// Severity is "corrupt" for damage in the structure's own blocks or
+	// records, "xref" for a disagreement with another structure.
+	Severity  string  `json:"severity"`
+	Path      string  `json:"path,omitempty"`
+	Inode     uint64  `json:"inode,omitempty"`
+	Offset    *uint64 `json:"offset,omitempty"`
+	DiskBlock *uint64 `json:"disk_block,omitempty"`
+}
+
+// findingReport turns a finding into its report form.
+func findingReport(f engine.Finding) FindingReport {
+	r := FindingReport{ID: uint32(f.ID), Name: f.Name, Block: uint64(f.Block), Detail: f.Detail, Severity: "xref"}
+	if walkDamage(f.ID) || f.ID == engine.ErrDataChecksum || f.ID == engine.ErrSuperCopyBad || f.ID == engine.ErrSuperCopyStale {
+		r.Severity = "corrupt"
+	}
+	if fr := f.File; fr != nil {
+		off, db := fr.Offset, uint64(fr.DiskBlock)
+		r.Path, r.Inode, r.Offset, r.DiskBlock = fr.Path, fr.Inode, &off, &db
+		r.Block = db
+	}
+	return r
+}
+
+// Requested says what a run was asked to do.
+type Requested struct {
+	Repair bool `json:"repair"`
+	Data   bool `json:"data"`
 }
 
 // RebuildReport describes one online rebuild.
@@ -64,19 +96,30 @@ type StructureReport struct {
 
 // Report is the result of one check run.
 type Report struct {
-	Version    int               `json:"version"`
-	Mode       string            `json:"mode"` // "offline" or "online"
-	Target     string            `json:"target"`
-	Status     string            `json:"status"`
-	Found      int               `json:"found"`
-	Repaired   int               `json:"repaired"`
-	DurationS  float64           `json:"duration_s"`
-	Generation uint64            `json:"generation"`
-	Complete   bool              `json:"complete"`
-	Started    time.Time         `json:"started"`
-	Structures []StructureReport `json:"structures"`
-	Rebuilds   []RebuildReport   `json:"rebuilds,omitempty"`
-	Notes      []string          `json:"notes,omitempty"`
+	Version int `json:"version"`
+	// ScrubdVersion is the version of the scrubd that wrote the report.
+	ScrubdVersion string `json:"scrubd_version"`
+	Mode          string `json:"mode"` // "offline" or "online"
+	Target        string `json:"target"`
+	// UUID and Label name the filesystem checked.
+	UUID      string    `json:"uuid,omitempty"`
+	Label     string    `json:"label"`
+	Requested Requested `json:"requested"`
+	// BytesVerified counts the file data read and verified (with data).
+	BytesVerified uint64            `json:"bytes_verified"`
+	Status        string            `json:"status"`
+	Found         int               `json:"found"`
+	Repaired      int               `json:"repaired"`
+	DurationS     float64           `json:"duration_s"`
+	Generation    uint64            `json:"generation"`
+	Complete      bool              `json:"complete"`
+	Started       time.Time         `json:"started"`
+	Structures    []StructureReport `json:"structures"`
+	Rebuilds      []RebuildReport   `json:"rebuilds,omitempty"`
+	Notes         []string          `json:"notes,omitempty"`
+	// Interrupted says the run was canceled before it finished: the
+	// report holds what was checked until then, and Complete is false.
+	Interrupted bool `json:"interrupted,omitempty"`
 }
 
 // markRepaired compares the findings before repair with those the second
@@ -100,7 +143,9 @@ func (r *Report) markRepaired(before, left []engine.Finding) {
 		if extra := still - s.Found; extra > 0 {
 			// Findings the first check did not have: count and list them.
 			for _, f := range leftBy[s.Name][len(leftBy[s.Name])-extra:] {
-				s.Findings = append(s.Findings, FindingReport{ID: uint32(f.ID), Name: f.Name, Block: uint64(f.Block), Detail: "after repair: " + f.Detail})
+				fr := findingReport(f)
+				fr.Detail = "after repair: " + fr.Detail
+				s.Findings = append(s.Findings, fr)
 			}
 			s.Found += extra
 			r.Found += extra
@@ -129,15 +174,15 @@ func (r *Report) ExitCode() int {
 
 // structureName names the structure a finding belongs to.
 func structureName(t format.TreeID) string {
-	if t == format.OwnerSuper {
-		return "superblock"
+	if op := opOfTree(t); op != nil {
+		return op.Name
 	}
 	return t.String()
 }
 
 // newReport builds a report from a check result and its findings.
 func newReport(mode, target string, started time.Time, res *engine.CheckResult, fs []engine.Finding) *Report {
-	r := &Report{Version: ReportVersion, Mode: mode, Target: target, Started: started,
+	r := &Report{Version: ReportVersion, ScrubdVersion: VersionString(), Mode: mode, Target: target, Started: started,
 		DurationS: time.Since(started).Seconds(), Found: len(fs), Structures: []StructureReport{}}
 	byName := map[string]*StructureReport{}
 	get := func(name string) *StructureReport {
@@ -173,7 +218,7 @@ func newReport(mode, target string, started time.Time, res *engine.CheckResult, 
 	for _, f := range fs {
 		s := byName[structureName(f.Tree)]
 		s.Found++
-		s.Findings = append(s.Findings, FindingReport{ID: uint32(f.ID), Name: f.Name, Block: uint64(f.Block), Detail: f.Detail})
+		s.Findings = append(s.Findings, findingReport(f))
 	}
 	r.Status = StatusClean
 	if r.Found > 0 {
@@ -182,9 +227,24 @@ func newReport(mode, target string, started time.Time, res *engine.CheckResult, 
 	return r
 }
 
-// WriteSummary prints the one-screen human summary.
+// WriteSummary prints the one-screen human summary: a line saying what was
+// checked and the outcome, a table of the structures, the findings (the
+// first 20: the JSON report lists all), the notes, and a closing count.
 func (r *Report) WriteSummary(w io.Writer) {
-	fmt.Fprintf(w, "%s check of %s, generation %d: %s\n", r.Mode, r.Target, r.Generation, r.Status)
+	what := "check"
+	if r.Requested.Repair {
+		what = "check and repair"
+	}
+	fs := ""
+	if r.UUID != "" {
+		fs = " (filesystem " + r.UUID
+		if r.Label != "" {
+			fs += fmt.Sprintf(" %q", r.Label)
+		}
+		fs += ")"
+	}
+	fmt.Fprintf(w, "%s %s of %s%s, generation %d: %s\n", r.Mode, what, r.Target, fs, r.Generation, r.Status)
+	rows := [][]string{{"STRUCTURE", "ITEMS", "BLOCKS", "STATUS"}}
 	for _, s := range r.Structures {
 		mark := "ok"
 		if s.Found > 0 {
@@ -193,14 +253,19 @@ func (r *Report) WriteSummary(w io.Writer) {
 				mark += fmt.Sprintf(", %d repaired", s.Repaired)
 			}
 		}
-		fmt.Fprintf(w, "  %-12s %10d items %8d blocks  %s\n", s.Name, s.Checked, s.Blocks, mark)
+		rows = append(rows, []string{s.Name, humanize.Comma(int64(s.Checked)), humanize.Comma(int64(s.Blocks)), mark})
 	}
+	writeTable(w, "  ", rows, 1, 2)
 	const maxShown = 20
 	shown := 0
 	for _, s := range r.Structures {
 		for _, f := range s.Findings {
 			if shown < maxShown {
-				fmt.Fprintf(w, "  %s block %d: %s: %s\n", s.Name, f.Block, f.Name, f.Detail)
+				if f.Path != "" {
+					fmt.Fprintf(w, "  %s %s offset %d (inode %d, disk block %d): %s: %s\n", s.Name, f.Path, *f.Offset, f.Inode, *f.DiskBlock, f.Name, f.Detail)
+				} else {
+					fmt.Fprintf(w, "  %s block %d: %s: %s\n", s.Name, f.Block, f.Name, f.Detail)
+				}
 			}
 			shown++
 		}
@@ -211,8 +276,52 @@ func (r *Report) WriteSummary(w io.Writer) {
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "  note: %s\n", n)
 	}
-	if !r.Complete && r.Status == StatusUncorrected {
+	if r.Interrupted {
+		fmt.Fprintln(w, "  interrupted: this is what was checked until then")
+	} else if !r.Complete && r.Status == StatusUncorrected {
 		fmt.Fprintln(w, "  damage hid part of the metadata: cross-reference checks that need all of it were skipped")
 	}
-	fmt.Fprintf(w, "%d found, %d repaired in %.2fs\n", r.Found, r.Repaired, r.DurationS)
+	took := time.Duration(r.DurationS * float64(time.Second)).Round(time.Millisecond)
+	fmt.Fprintf(w, "%d found, %d repaired in %s", r.Found, r.Repaired, took)
+	if r.Requested.Data {
+		fmt.Fprintf(w, "; %s of file data verified", humanize.IBytes(r.BytesVerified))
+		if r.DurationS > 0 {
+			fmt.Fprintf(w, " (%s/s)", humanize.IBytes(uint64(float64(r.BytesVerified)/r.DurationS)))
+		}
+	}
+	fmt.Fprintln(w)
+}
+
+// writeTable prints rows as aligned columns, each line led by indent: the
+// columns numbered from right-aligned to last right-aligned (numbers)
+// align right, the others left.
+func writeTable(w io.Writer, indent string, rows [][]string, right, lastRight int) {
+	var width []int
+	for _, r := range rows {
+		for i, c := range r {
+			if i >= len(width) {
+				width = append(width, 0)
+			}
+			width[i] = max(width[i], utf8.RuneCountInString(c))
+		}
+	}
+	var b strings.Builder
+	for _, r := range rows {
+		b.Reset()
+		b.WriteString(indent)
+		for i, c := range r {
+			pad := strings.Repeat(" ", width[i]-utf8.RuneCountInString(c))
+			if i > 0 {
+				b.WriteString("  ")
+			}
+			if i >= right && i <= lastRight {
+				b.WriteString(pad + c)
+			} else if i < len(r)-1 {
+				b.WriteString(c + pad)
+			} else {
+				b.WriteString(c)
+			}
+		}
+		fmt.Fprintln(w, b.String())
+	}
 }

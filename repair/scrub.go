@@ -2,6 +2,7 @@ package repair
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"syscall"
@@ -35,59 +36,91 @@ type ScrubOptions struct {
 }
 
 // Scrub checks fsys (and repairs it with opts.Repair) and returns the report.
+//
+// Canceled (ctx), it returns the report of what was checked until then,
+// marked Interrupted and not Complete, together with ctx's error: the
+// caller can show the partial result.
 func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (*Report, error) {
 	started := time.Now()
 	if opts.Mode == "" {
 		opts.Mode = "online"
 	}
 	e := fsys.Engine()
-	res, found, err := checkEngine(ctx, e)
-	if err != nil {
-		return nil, err
-	}
-	if opts.Data {
-		df, err := scrubData(ctx, fsys)
-		if err != nil {
-			return nil, err
+	var verified uint64
+	check := func() (*engine.CheckResult, []engine.Finding, error) {
+		res, found, err := checkEngine(ctx, e)
+		if err != nil || !opts.Data {
+			return res, found, err
 		}
-		found = append(found, df...)
+		df, n, err := scrubData(ctx, fsys)
+		verified += n
+		return res, append(found, df...), err
+	}
+	res, found, err := check()
+	if err != nil {
+		return interrupted(ctx, err, opts, target, started, res, found, e, verified)
 	}
 	for _, f := range found {
 		e.CountError(f.ID, 1)
 	}
 	rep := newReport(opts.Mode, target, started, res, found)
+	describe(rep, e, opts, verified)
 	if !opts.Repair || len(found) == 0 {
 		return rep, nil
 	}
 	if ro, _ := e.ReadOnly(); ro {
-		return rep, nil // nothing can be repaired; the report says uncorrected
+		rep.Notes = append(rep.Notes, "the filesystem is read-only: nothing was repaired")
+		return rep, nil
 	}
 	// Repair in dependency order through the ops table; each repair is
 	// followed by a full check, and the last is what the report shows.
 	res2 := res
 	run := &repairRun{e: e, opts: opts, rep: rep, recheck: func() ([]engine.Finding, error) {
-		r, left, err := checkEngine(ctx, e)
+		verified = 0
+		r, left, err := check()
 		if err != nil {
 			return nil, err
-		}
-		if opts.Data {
-			df, err := scrubData(ctx, fsys)
-			if err != nil {
-				return nil, err
-			}
-			left = append(left, df...)
 		}
 		res2 = r
 		return left, nil
 	}}
 	left, err := run.repairAll(ctx, found)
 	if err != nil {
+		if ctx.Err() != nil {
+			rep.Interrupted, rep.Complete = true, false
+			rep.DurationS = time.Since(started).Seconds()
+			return rep, err
+		}
 		return nil, err
 	}
 	rep.markRepaired(found, left)
 	rep.Generation = uint64(res2.Gen)
+	rep.BytesVerified = verified
 	rep.DurationS = time.Since(started).Seconds()
 	return rep, nil
+}
+
+// describe fills in what the report says of the filesystem and the run.
+func describe(rep *Report, e *engine.Engine, opts ScrubOptions, verified uint64) {
+	s := e.Pin()
+	sb := s.Super()
+	s.Release()
+	rep.UUID, rep.Label = sb.FSID.String(), sb.Label
+	rep.Requested = Requested{Repair: opts.Repair, Data: opts.Data}
+	rep.BytesVerified = verified
+}
+
+// interrupted returns the partial report of a check that ctx canceled, or
+// err alone if it was not canceled.
+func interrupted(ctx context.Context, err error, opts ScrubOptions, target string, started time.Time,
+	res *engine.CheckResult, found []engine.Finding, e *engine.Engine, verified uint64) (*Report, error) {
+	if ctx.Err() == nil {
+		return nil, err
+	}
+	rep := newReport(opts.Mode, target, started, res, found)
+	describe(rep, e, opts, verified)
+	rep.Interrupted, rep.Complete = true, false
+	return rep, err
 }
 
 func checkEngine(ctx context.Context, e *engine.Engine) (*engine.CheckResult, []engine.Finding, error) {
@@ -99,9 +132,11 @@ func checkEngine(ctx context.Context, e *engine.Engine) (*engine.CheckResult, []
 }
 
 // scrubData reads every regular file and reports each block that fails its
-// checksum, by path and offset.
-func scrubData(ctx context.Context, fsys *fs.FS) ([]engine.Finding, error) {
+// checksum, by path, offset, inode and disk block. It returns the findings
+// and the bytes of file data it read and verified.
+func scrubData(ctx context.Context, fsys *fs.FS) ([]engine.Finding, uint64, error) {
 	var out []engine.Finding
+	var verified uint64
 	seen := map[uint64]bool{}
 	var walk func(dir uint64, path string) error
 	walk = func(dir uint64, path string) error {
@@ -112,6 +147,7 @@ func scrubData(ctx context.Context, fsys *fs.FS) ([]engine.Finding, error) {
 		}); err != nil {
 			return err
 		}
+		buf := make([]byte, format.BlockSize)
 		for _, de := range ents {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -131,20 +167,38 @@ func scrubData(ctx context.Context, fsys *fs.FS) ([]engine.Finding, error) {
 				if err != nil {
 					continue // removed meanwhile
 				}
-				buf := make([]byte, format.BlockSize)
 				for off := uint64(0); off < a.Size; off += format.BlockSize {
-					if _, err := fsys.Read(de.Ino, buf, int64(off)); err != nil {
-						if fs.Errno(err) == syscall.EIO {
-							out = append(out, engine.Finding{ID: engine.ErrDataChecksum, Name: engine.ErrDataChecksum.Name(),
-								Tree: format.TreeCsum, Detail: fmt.Sprintf("%s offset %d: %v", p, off, err)})
-							continue
+					if off%(1<<20) == 0 {
+						if err := ctx.Err(); err != nil {
+							return err
 						}
-						break // truncated or removed meanwhile
 					}
+					n, err := fsys.Read(de.Ino, buf, int64(off))
+					if err == nil {
+						verified += uint64(n)
+						continue
+					}
+					var ce *fs.ChecksumError
+					if errors.As(err, &ce) {
+						out = append(out, engine.Finding{ID: engine.ErrDataChecksum, Name: engine.ErrDataChecksum.Name(),
+							Tree: format.OwnerData, Block: ce.Disk, Detail: fmt.Sprintf("%s offset %d: %v", p, off, err),
+							File: &engine.FileRef{Path: p, Inode: de.Ino, Offset: off, DiskBlock: ce.Disk}})
+						continue
+					}
+					if fs.Errno(err) == syscall.EIO {
+						// A block that cannot be read or checked at all (its
+						// checksum item is gone, the device failed).
+						out = append(out, engine.Finding{ID: engine.ErrDataChecksum, Name: engine.ErrDataChecksum.Name(),
+							Tree: format.OwnerData, Detail: fmt.Sprintf("%s offset %d: %v", p, off, err),
+							File: &engine.FileRef{Path: p, Inode: de.Ino, Offset: off}})
+						continue
+					}
+					break // truncated or removed meanwhile
 				}
 			}
 		}
 		return nil
 	}
-	return out, walk(fs.RootIno, "")
+	err := walk(fs.RootIno, "")
+	return out, verified, err
 }

@@ -1,6 +1,10 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"fmt"
+
 	"github.com/spf13/cobra"
 
 	"github.com/scrubd/scrubd/repair"
@@ -10,6 +14,16 @@ type fsckOptions struct {
 	asJSON bool
 	repair bool
 }
+
+// fsckExitStatus is the EXIT STATUS section of fsck and scrub.
+const fsckExitStatus = `EXIT STATUS (as fsck(8))
+  0   no errors
+  1   errors corrected (any repair that changed the image)
+  4   errors left uncorrected
+  8   operational error: TARGET could not be opened, reached or read, or
+      holds no scrubd filesystem ("not a scrubd filesystem")
+  16  usage error
+  32  canceled by the user (SIGINT/SIGTERM), after the partial report`
 
 func newFsckCmd() *cobra.Command {
 	var o fsckOptions
@@ -28,44 +42,52 @@ repairers an online scrub uses, and everything is checked again; the
 second check is what the report calls left uncorrected. An image a
 "scrubd mount" serves is refused: scrub its mountpoint instead.
 
-EXIT STATUS (as fsck(8))
-  0   no errors
-  1   errors corrected (--repair)
-  4   errors left uncorrected
-  8   operational error (the image could not be opened or read)
-  16  usage error`,
+Interrupted (Ctrl-C), it prints what it checked until then, marked
+incomplete ("complete": false, "interrupted": true in JSON).
+
+` + fsckExitStatus,
+		Example: `  scrubd fsck fs.img
+  scrubd fsck fs.img --repair
+  scrubd fsck fs.img --json | jq '.structures[] | select(.found > 0)'`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := logger()
 			if err != nil {
-				return withCode(16, err)
+				return err
 			}
+			var rep *repair.Report
 			if o.repair {
-				rep, err := scrubImage(cmd.Context(), args[0], true, false, log)
-				if err != nil {
-					return withCode(repair.ExitOperational, err)
-				}
-				return printReport(cmd, rep, o.asJSON)
+				rep, err = scrubImage(cmd.Context(), args[0], true, false, log)
+			} else if err = checkOffline(args[0]); err == nil {
+				rep, err = repair.CheckOffline(cmd.Context(), args[0], repair.Options{Logger: log})
 			}
-			rep, err := repair.CheckOffline(cmd.Context(), args[0], repair.Options{Logger: log})
-			if err != nil {
-				return withCode(repair.ExitOperational, err)
-			}
-			out := cmd.OutOrStdout()
-			if o.asJSON {
-				if err := printJSON(out, rep); err != nil {
-					return withCode(repair.ExitOperational, err)
-				}
-			} else {
-				rep.WriteSummary(out)
-			}
-			if code := rep.ExitCode(); code != 0 {
-				return withCode(code, nil)
-			}
-			return nil
+			return finishReport(cmd, rep, err, o.asJSON)
 		},
 	}
 	c.Flags().BoolVar(&o.asJSON, "json", false, "print the versioned JSON report")
 	c.Flags().BoolVar(&o.repair, "repair", false, "open read-write, rebuild damaged structures, then check again")
-	fsckUsage(c)
 	return c
+}
+
+// finishReport prints a check's report and turns its outcome into the
+// fsck(8) exit code. A canceled run's partial report is printed too.
+func finishReport(cmd *cobra.Command, rep *repair.Report, err error, asJSON bool) error {
+	if err != nil && (rep == nil || !errors.Is(err, context.Canceled)) {
+		return withCode(repair.ExitOperational, err)
+	}
+	out := cmd.OutOrStdout()
+	if asJSON {
+		if perr := printJSON(out, rep); perr != nil {
+			return withCode(repair.ExitOperational, perr)
+		}
+	} else {
+		rep.WriteSummary(out)
+	}
+	if err != nil {
+		return &reportedError{withCode(exitCanceled, fmt.Errorf("interrupted: %w", err))}
+	}
+	if code := rep.ExitCode(); code != 0 {
+		return withCode(code, nil)
+	}
+	return nil
 }

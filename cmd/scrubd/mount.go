@@ -40,15 +40,17 @@ While mounted, the process serves a control socket (owner-only, under
 $XDG_RUNTIME_DIR/scrubd or /run/scrubd) through which "scrubd scrub
 MOUNTPOINT" and "scrubd inject MOUNTPOINT" work on the mounted image.
 
+Mounting needs FUSE: the fuse3 package (fusermount3), /dev/fuse, and root
+or an unprivileged-FUSE setup (user_allow_other in /etc/fuse.conf for
+--allow-other).
+
 EXIT STATUS
   0 unmounted and committed; 1 the image could not be mounted, served or
   committed (the reason is printed); 2 usage error.`,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if err := cobra.ExactArgs(2)(cmd, args); err != nil {
-				return withCode(2, err)
-			}
-			return nil
-		},
+		Example: `  scrubd mount fs.img /mnt/fs
+  scrubd mount fs.img /mnt/fs --commit-interval 5s --allow-other &
+  umount /mnt/fs    # or Ctrl-C: unmounts and commits`,
+		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			img, mountpoint := args[0], args[1]
 			if o.debug && !cmd.Flag("log-level").Changed {

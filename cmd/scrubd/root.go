@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -24,27 +25,67 @@ func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "scrubd",
 		Short: "Make, mount, scrub and repair scrubd filesystem images",
-		Long: `scrubd keeps a filesystem image healthy: it makes images, checks them
-offline, and (in later commands) mounts them, scrubs them on a schedule while
-they are in use, and rebuilds damaged metadata online.`,
+		Long: `scrubd keeps a filesystem image healthy: it makes images, mounts them
+through FUSE, checks every structure while they are in use or offline, and
+rebuilds damaged metadata online.
+
+EXIT STATUS
+  fsck and scrub exit as fsck(8): 0 no errors, 1 errors corrected, 4 errors
+  left uncorrected, 8 operational error (including "not a scrubd
+  filesystem"), 16 usage error, 32 canceled by the user (after printing the
+  partial report). Every other command exits 0 on success, 1 on failure
+  and 2 for a usage error. With --json, a failure prints a JSON object
+  {"version", "error", "code", "kind"} on stdout.`,
+		Example: `  scrubd mkfs fs.img --size 1G
+  scrubd mount fs.img /mnt/fs &
+  scrubd scrub /mnt/fs --repair --json
+  scrubd fsck fs.img`,
+		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetVersionTemplate("scrubd {{.Version}}\n")
 	root.PersistentFlags().StringVar(&global.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&global.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&global.tmpDir, "tmpdir", "", "directory for repairs' temporary files (default: anonymous memory, swappable)")
-	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return withCode(2, fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath()))
-	})
-	root.AddCommand(newMkfsCmd(), newInfoCmd(), newFsckCmd(), newDemoCmd(), newMountCmd(), newScrubCmd(), newInjectCmd())
+	root.AddCommand(newMkfsCmd(), newInfoCmd(), newFsckCmd(), newDemoCmd(), newMountCmd(), newScrubCmd(), newInjectCmd(), newVersionCmd())
+	for _, c := range append(root.Commands(), root) {
+		usageErrors(c)
+	}
+	registerCompletions(root)
 	return root
+}
+
+// usageErrors makes bad arguments and bad flags of c usage errors (exit 2,
+// or 16 for fsck and scrub).
+func usageErrors(c *cobra.Command) {
+	args := c.Args
+	if args == nil {
+		args = cobra.ArbitraryArgs
+		if c.HasSubCommands() {
+			args = cobra.NoArgs
+		}
+	}
+	c.Args = func(cmd *cobra.Command, a []string) error {
+		if err := args(cmd, a); err != nil {
+			var ee *exitError
+			if errors.As(err, &ee) {
+				return err
+			}
+			return usageError(fmt.Errorf("%w\nSee '%s --help'.", err, cmd.CommandPath()))
+		}
+		return nil
+	}
+	c.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return usageError(fmt.Errorf("%w\nSee '%s --help'.", err, cmd.CommandPath()))
+	})
 }
 
 // logger builds the logger the global flags ask for, on stderr.
 func logger() (*slog.Logger, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(global.logLevel)); err != nil {
-		return nil, withCode(2, fmt.Errorf("--log-level: %w", err))
+		return nil, usageError(fmt.Errorf("--log-level: %w", err))
 	}
 	o := &slog.HandlerOptions{Level: lvl}
 	switch global.logFormat {
@@ -53,7 +94,7 @@ func logger() (*slog.Logger, error) {
 	case "json":
 		return slog.New(slog.NewJSONHandler(os.Stderr, o)), nil
 	}
-	return nil, withCode(2, fmt.Errorf("--log-format %q: want text or json", global.logFormat))
+	return nil, usageError(fmt.Errorf("--log-format %q: want text or json", global.logFormat))
 }
 
 func printJSON(w io.Writer, v any) error {
@@ -89,18 +130,4 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("invalid size %q: want a positive number with an optional K, M, G, T or P suffix", s)
 	}
 	return int64(f * float64(mult)), nil
-}
-
-// fsckUsage makes a command that takes one TARGET report usage errors with
-// fsck(8)'s exit code 16 (bad arguments and bad flags alike).
-func fsckUsage(c *cobra.Command) {
-	c.Args = func(cmd *cobra.Command, args []string) error {
-		if err := cobra.ExactArgs(1)(cmd, args); err != nil {
-			return withCode(16, err)
-		}
-		return nil
-	}
-	c.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return withCode(16, fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath()))
-	})
 }

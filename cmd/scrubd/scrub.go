@@ -37,22 +37,26 @@ unless --repair) and checked offline. An image that a "scrubd mount" serves
 is refused: scrub its mountpoint instead. An image too damaged to be
 opened at all gets the read-only check fsck does, and a note saying so.
 
-Only damage a repairer exists for is repaired (today: the reverse-mapping
-tree, and the cross-references it answers for); the rest is reported.
+Only damage a repairer exists for is repaired (the ops table lists them:
+today the reverse-mapping tree, and the cross-references it answers for);
+the rest is reported, and the report says why each structure was not
+repaired.
 
 --data also reads every file and verifies every block's checksum, naming
 the file and offset of each bad one.
 
-EXIT STATUS (as fsck(8))
-  0   no errors
-  1   errors corrected
-  4   errors left uncorrected
-  8   operational error (TARGET could not be opened, reached or read)
-  16  usage error`,
+Interrupted (Ctrl-C), it prints what it checked until then, marked
+incomplete ("complete": false, "interrupted": true in JSON).
+
+` + fsckExitStatus,
+		Example: `  scrubd scrub /mnt/fs
+  scrubd scrub /mnt/fs --repair --data
+  scrubd scrub fs.img --json > report.json`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := logger()
 			if err != nil {
-				return withCode(16, err)
+				return err
 			}
 			target := args[0]
 			var rep *repair.Report
@@ -61,13 +65,9 @@ EXIT STATUS (as fsck(8))
 			} else {
 				rep, err = scrubImage(cmd.Context(), target, o.repair, o.data, log)
 			}
-			if err != nil {
-				return withCode(repair.ExitOperational, err)
-			}
-			return printReport(cmd, rep, o.asJSON)
+			return finishReport(cmd, rep, err, o.asJSON)
 		},
 	}
-	fsckUsage(c)
 	c.Flags().BoolVar(&o.repair, "repair", false, "rebuild damaged structures, then check again")
 	c.Flags().BoolVar(&o.data, "data", false, "also read every file and verify data checksums")
 	c.Flags().BoolVar(&o.asJSON, "json", false, "print the versioned JSON report")
@@ -127,17 +127,3 @@ func checkOffline(target string) error {
 }
 
 // printReport prints rep and returns its fsck(8) exit code as an error.
-func printReport(cmd *cobra.Command, rep *repair.Report, asJSON bool) error {
-	out := cmd.OutOrStdout()
-	if asJSON {
-		if err := printJSON(out, rep); err != nil {
-			return withCode(repair.ExitOperational, err)
-		}
-	} else {
-		rep.WriteSummary(out)
-	}
-	if code := rep.ExitCode(); code != 0 {
-		return withCode(code, nil)
-	}
-	return nil
-}

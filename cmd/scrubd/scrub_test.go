@@ -419,7 +419,7 @@ func TestScrubOfflineRepairFlag(t *testing.T) {
 		t.Errorf("scrub --repair --tmpdir %s:\n%s", missing, out)
 	}
 	out = expect(t, 1, "scrub", img, "--repair", "--tmpdir", t.TempDir())
-	if !strings.Contains(out, "offline check of") || !strings.Contains(out, ": corrected") {
+	if !strings.Contains(out, "offline check and repair of") || !strings.Contains(out, ": corrected") {
 		t.Fatalf("scrub --repair:\n%s", out)
 	}
 	expect(t, 0, "fsck", img)
@@ -467,7 +467,9 @@ func TestScrubInjectUsage(t *testing.T) {
 		{2, []string{"inject", img, "--tree", "rmap", "--kind", "no-such-kind"}},
 		{2, []string{"inject", img, "--tree", "rmap", "--seed", "x"}},
 		{1, []string{"inject", missing, "--tree", "rmap"}},
-		{1, []string{"inject", img, "--tree", "inode", "--kind", "wrong-owner"}},
+		{1, []string{"inject", img, "--tree", "subvol", "--kind", "drop-record"}},
+		{1, []string{"inject", img, "--tree", "rmap", "--level", "9"}},
+		{2, []string{"inject", img, "--tree", "rmap", "--level", "-1"}},
 	} {
 		out, errs, code := run(t, c.args...)
 		if code != c.code {

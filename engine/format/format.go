@@ -48,6 +48,9 @@ const (
 
 	// OwnerSuper owns the superblock copies in the allocation and rmap trees.
 	OwnerSuper TreeID = 0xFFFF_FFFF_FFFF_FF00
+	// OwnerData names file data in findings (a data block that fails its
+	// checksum); no tree or record on disk uses it.
+	OwnerData TreeID = 0xFFFF_FFFF_FFFF_FF01
 )
 
 // KnownTrees lists the trees this version creates and interprets, in order.
@@ -60,7 +63,7 @@ var treeNames = map[TreeID]string{
 	TreeRoot: "root", TreeAlloc: "alloc", TreeRmap: "rmap", TreeFree: "free",
 	TreeInode: "inode", TreeDir: "dir", TreeExtent: "extent", TreeCsum: "csum",
 	TreeSubvol: "subvol", TreeSnapshot: "snapshot", TreeUUID: "uuid",
-	TreeDeleted: "deleted", TreeLoggedOps: "logged_ops", TreeLog: "log", OwnerSuper: "super",
+	TreeDeleted: "deleted", TreeLoggedOps: "logged_ops", TreeLog: "log", OwnerSuper: "super", OwnerData: "data",
 }
 
 // String returns the tree's name, or "tree-N" for an unknown id.
@@ -74,7 +77,7 @@ func (id TreeID) String() string {
 // TreeByName returns the id of a tree named by String.
 func TreeByName(name string) (TreeID, bool) {
 	for id, n := range treeNames {
-		if n == name && id != OwnerSuper {
+		if n == name && id != OwnerSuper && id != OwnerData {
 			return id, true
 		}
 	}

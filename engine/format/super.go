@@ -75,10 +75,10 @@ type RootPtr struct {
 
 // DeviceStats are per-device IO error counters.
 type DeviceStats struct {
-	ID          uint64
-	ReadErrors  uint64
-	WriteErrors uint64
-	CsumErrors  uint64
+	ID          uint64 `json:"id"`
+	ReadErrors  uint64 `json:"read_errors"`
+	WriteErrors uint64 `json:"write_errors"`
+	CsumErrors  uint64 `json:"csum_errors"`
 }
 
 // ErrorEntry counts one kind of error seen on the filesystem.

@@ -173,11 +173,26 @@ func (f *FS) verify(tx *engine.Tx, ino, fb uint64, fe format.FileExtent, disk fo
 		idx := uint64(disk-fe.Start) + i
 		if format.Checksum(buf[i*bs:(i+1)*bs]) != format.CsumAt(cs, idx) {
 			f.countCsumError(1)
-			return fmt.Errorf("inode %d offset %d (disk block %d): data checksum mismatch: %w", ino, (fb+i)*bs, uint64(disk)+i, syscall.EIO)
+			return &ChecksumError{Ino: ino, Offset: (fb + i) * bs, Disk: disk + format.BlockNr(i)}
 		}
 	}
 	return nil
 }
+
+// ChecksumError is a data block that failed its checksum: which file,
+// where in it, and where on the device. It is an EIO (errors.Is).
+type ChecksumError struct {
+	Ino    uint64
+	Offset uint64 // byte offset in the file of the bad block
+	Disk   format.BlockNr
+}
+
+func (e *ChecksumError) Error() string {
+	return fmt.Sprintf("inode %d offset %d (disk block %d): data checksum mismatch", e.Ino, e.Offset, e.Disk)
+}
+
+// Unwrap makes the error an EIO.
+func (e *ChecksumError) Unwrap() error { return syscall.EIO }
 
 // ErrDataChecksum is the error id counted for data checksum failures.
 const ErrDataChecksum = engine.ErrDataChecksum
