@@ -28,6 +28,7 @@ const (
 	ErrSuperCopyBad    ErrorID = 1
 	ErrSuperCopyStale  ErrorID = 2
 	ErrSuperFreeCount  ErrorID = 3
+	ErrSuperCopyField  ErrorID = 4 // a copy of the generation in use differs from it in a field
 	ErrNodeBadMagic    ErrorID = 10
 	ErrNodeBadChecksum ErrorID = 11
 	ErrNodeWrongFS     ErrorID = 12
@@ -65,10 +66,12 @@ const (
 	ErrBlockCrossLink  ErrorID = 53
 	ErrRmapSick        ErrorID = 54 // the engine found the rmap damaged in use
 	ErrDataChecksum    ErrorID = 60 // a data block failed its checksum
+	ErrLogBlockBad     ErrorID = 80 // a block of the fsync log's chain is damaged
 )
 
 var errorNames = map[ErrorID]string{
 	ErrSuperCopyBad: "super_copy_bad", ErrSuperCopyStale: "super_copy_stale", ErrSuperFreeCount: "super_free_count",
+	ErrSuperCopyField: "super_copy_field", ErrLogBlockBad: "log_block_bad",
 	ErrNodeBadMagic: "node_bad_magic", ErrNodeBadChecksum: "node_bad_checksum", ErrNodeWrongFS: "node_wrong_fs",
 	ErrNodeMisdirected: "node_misdirected", ErrNodeWrongOwner: "node_wrong_owner", ErrNodeStale: "node_stale",
 	ErrNodeBadLevel: "node_bad_level", ErrNodeBadLayout: "node_bad_layout", ErrNodeKeyOrder: "node_key_order",
@@ -217,6 +220,11 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 		refs = append(refs, metaRef{lb, format.TreeLog})
 	}
 	s.checkSupers(report)
+	if e.tolerant {
+		// Offline only: on a mounted image fsyncs append to the chain
+		// while it is read, and a block being written is no damage.
+		s.checkLog(report)
+	}
 
 	var allocs []allocRec
 	var rmaps []rmapRec
@@ -357,16 +365,106 @@ func (s *Snapshot) checkSupers(report func(Finding)) {
 			continue
 		}
 		sb, err := format.DecodeSuper(buf, at)
+		if err == nil {
+			err = sb.FitsDevice(uint64(e.dev.Size()) / format.BlockSize)
+		}
 		if err != nil {
 			report(finding(ErrSuperCopyBad, format.OwnerSuper, at, "%v", err))
 			continue
 		}
-		if sb.FSID != e.fsid {
+		switch {
+		case sb.FSID != e.fsid:
 			report(finding(ErrSuperCopyBad, format.OwnerSuper, at, "copy belongs to filesystem %s", sb.FSID))
-		} else if sb.Gen < s.Gen() {
+		case sb.Gen < s.Gen():
 			report(finding(ErrSuperCopyStale, format.OwnerSuper, at, "copy has generation %d, filesystem is at %d", sb.Gen, s.Gen()))
+		case sb.Gen == s.Gen():
+			if f := s.v.super.Differs(sb); f != "" {
+				report(finding(ErrSuperCopyField, format.OwnerSuper, at, "copy of generation %d differs from the one in use in its %s", sb.Gen, f))
+			}
 		}
 	}
+}
+
+// checkLog walks the fsync log's chain as the mount's replay would, and
+// reports the blocks that replay would stop at although they are part of
+// the chain: a block carrying the chain's tag and the expected sequence
+// number that fails any other check (its checksum, its header, its chain
+// pointer, its records). A block of another tag or sequence, or without
+// the log magic, is the chain's normal end (the next block, not written
+// yet). The head block, when it holds a log block of this filesystem,
+// must also be a well-formed one (whatever its chain). A crash during an fsync can tear the
+// chain's last block the same way: the detail says so, and the next mount
+// drops that unacknowledged fsync and restarts the chain.
+func (s *Snapshot) checkLog(report func(Finding)) {
+	e := s.e
+	sb := s.v.super
+	total := sb.TotalBlocks
+	start, seq, tag := sb.LogChain()
+	buf := make([]byte, format.BlockSize)
+	read := func(at format.BlockNr) []byte {
+		if uint64(at) >= total {
+			report(finding(ErrLogBlockBad, format.TreeLog, at, "log block number %d is beyond the filesystem's %d blocks", at, total))
+			return nil
+		}
+		if _, err := e.dev.ReadAt(buf, int64(at)*format.BlockSize); err != nil {
+			report(finding(ErrLogBlockBad, format.TreeLog, at, "unreadable: %v", err))
+			return nil
+		}
+		return buf
+	}
+	chain := s.walkLogChain(start, seq, tag, read, report)
+	if head := sb.Log.Block; head != 0 && head != start && !chain[head] && read(head) != nil {
+		// Zeros (no fsync since mkfs) or any well-formed log block of
+		// some chain are fine; a log block of ours that fails is not.
+		n := format.Node(buf)
+		if format.IsLogBlock(n) && n.FSID() == e.fsid {
+			if err := format.VerifyLogBlock(buf, e.fsid, head, n.Gen(), n.LogSeq(), total); err != nil {
+				report(finding(ErrLogBlockBad, format.TreeLog, head, "log head block: %v (a crash during an fsync can leave it torn; the next fsync rewrites it)", err))
+			}
+		}
+	}
+}
+
+// walkLogChain is checkLog's walk of the chain from start; it returns the
+// blocks that verified as part of it.
+func (s *Snapshot) walkLogChain(start format.BlockNr, seq uint32, tag format.Gen,
+	read func(format.BlockNr) []byte, report func(Finding)) map[format.BlockNr]bool {
+	e := s.e
+	total := s.v.super.TotalBlocks
+	chain := map[format.BlockNr]bool{}
+	for at := start; at != 0; seq++ {
+		if chain[at] {
+			report(finding(ErrLogBlockBad, format.TreeLog, at, "the log chain loops back to block %d", at))
+			return chain
+		}
+		buf := read(at)
+		if buf == nil {
+			return chain
+		}
+		n := format.Node(buf)
+		verr := format.VerifyLogBlock(buf, e.fsid, at, tag, seq, total)
+		if verr != nil {
+			// Ours (the chain's tag and sequence, our filesystem) but
+			// failing: damage. Anything else: the chain's end.
+			if format.IsLogBlock(n) && n.FSID() == e.fsid && n.Gen() == tag && n.LogSeq() == seq {
+				report(finding(ErrLogBlockBad, format.TreeLog, at, "log block %d of the chain: %v (the records from here on cannot be replayed; a crash during an fsync leaves the same)", seq, verr))
+			}
+			return chain
+		}
+		chain[at] = true
+		for i := 1; i < n.NrItems(); i++ {
+			if n.Key(i).Type != format.TypeLogRecord {
+				report(finding(ErrLogBlockBad, format.TreeLog, at, "log block %d of the chain: item %d is not a log record", seq, i))
+				return chain
+			}
+			if _, _, _, err := format.DecodeLogRecord(n.Value(i)); err != nil {
+				report(finding(ErrLogBlockBad, format.TreeLog, at, "log block %d of the chain: item %d: %v", seq, i, err))
+				return chain
+			}
+		}
+		at = n.LogNext()
+	}
+	return chain
 }
 
 // crossCheck compares the trees with each other. A comparison runs only when

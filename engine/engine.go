@@ -74,27 +74,34 @@ type MountInfo struct {
 	Notes    []string
 	// PassesRun lists the recovery passes mount ran.
 	PassesRun []string
+	// Rewritten lists the superblock copies a read-write open found
+	// invalid or stale and rewrote before anything else (see
+	// Engine.TakeOpenRepairs).
+	Rewritten []Finding
 
-	uniform bool // every copy valid and at the same generation
+	uniform bool            // every copy valid and at the same generation
+	bad     []Finding       // the invalid copies readSuper skipped
+	copies  []*format.Super // the valid copies of the filesystem
 }
 
 // Engine is one open image. Update and Sync are serialized (one writer);
 // Pin gives readers a consistent committed generation concurrently with the
 // writer.
 type Engine struct {
-	dev         disk.Device
-	opts        Options
-	log         *slog.Logger
-	fsid        format.FSID
-	totalBlocks uint64
-	cache       *blockCache
-	alloc       *allocator
-	refs        *delayedRefs
-	hooks       Hooks
-	mount       MountInfo
-	rmapSick    atomic.Bool
-	tolerant    bool // offline check: load what is readable, report the rest
-	replaying   bool // log replay in progress (mount only)
+	dev             disk.Device
+	opts            Options
+	log             *slog.Logger
+	fsid            format.FSID
+	totalBlocks     uint64
+	cache           *blockCache
+	alloc           *allocator
+	refs            *delayedRefs
+	hooks           Hooks
+	mount           MountInfo
+	rmapSick        atomic.Bool
+	openRepairsOnce sync.Mutex // guards mount.Rewritten for TakeOpenRepairs
+	tolerant        bool       // offline check: load what is readable, report the rest
+	replaying       bool       // log replay in progress (mount only)
 
 	// cmu serializes commits (held from prepareCommit through writeOut)
 	// and fsync log appends; taken before wmu.
@@ -330,6 +337,7 @@ func (e *Engine) load() error {
 		if err := e.writeSupers(sb); err != nil {
 			return fmt.Errorf("rewrite superblock copies: %w", err)
 		}
+		e.mount.Rewritten = info.rewritten(sb)
 		e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("rewrote all superblock copies at generation %d", sb.Gen))
 	}
 	for _, n := range e.mount.Notes {
@@ -435,10 +443,9 @@ func readSuper(dev disk.Device) (*format.Super, MountInfo, error) {
 	if total < format.MinBlocks {
 		return nil, MountInfo{}, fmt.Errorf("%w: device of %d bytes is too small to hold one: %w", format.ErrNotFilesystem, dev.Size(), format.ErrCorrupt)
 	}
-	var best *format.Super
 	var info MountInfo
 	var firstErr error
-	var gens []format.Gen
+	var valid []*format.Super
 	buf := make([]byte, format.BlockSize)
 	for _, at := range format.SuperBlocks(total) {
 		if _, err := dev.ReadAt(buf, int64(at)*format.BlockSize); err != nil {
@@ -446,29 +453,23 @@ func readSuper(dev disk.Device) (*format.Super, MountInfo, error) {
 			continue
 		}
 		s, err := format.DecodeSuper(buf, at)
-		if err == nil && s.TotalBlocks > total {
-			err = &format.CorruptError{Kind: format.KindBadSuper, Tree: format.OwnerSuper, Block: at,
-				Detail: fmt.Sprintf("filesystem of %d blocks on a device of %d", s.TotalBlocks, total)}
+		if err == nil {
+			err = s.FitsDevice(total)
 		}
 		if err != nil {
 			if firstErr == nil {
 				firstErr = err
 			}
 			info.Notes = append(info.Notes, fmt.Sprintf("superblock at block %d: %v", at, err))
+			info.bad = append(info.bad, finding(ErrSuperCopyBad, format.OwnerSuper, at, "%v", err))
 			continue
 		}
-		if best != nil && s.FSID != best.FSID {
-			info.Notes = append(info.Notes, fmt.Sprintf("superblock at block %d belongs to filesystem %s, ignored", at, s.FSID))
-			continue
-		}
-		gens = append(gens, s.Gen)
-		if best == nil || s.Gen > best.Gen {
-			best = s
-		}
+		valid = append(valid, s)
 	}
-	info.uniform = len(gens) == len(format.SuperBlocks(total))
-	for _, g := range gens {
-		info.uniform = info.uniform && best != nil && g == best.Gen
+	best := chooseSuper(valid, &info)
+	info.uniform = len(info.copies) == len(format.SuperBlocks(total))
+	for _, c := range info.copies {
+		info.uniform = info.uniform && c.Gen == best.Gen && best.Differs(c) == ""
 	}
 	if best == nil {
 		if firstErr == nil {
@@ -484,8 +485,97 @@ func readSuper(dev disk.Device) (*format.Super, MountInfo, error) {
 	return best, info, nil
 }
 
+// chooseSuper picks the copy to use among the valid ones: those of the
+// filesystem most copies name (a tie goes to the earlier copy's), then
+// the newest generation among them (a crash between superblock writes
+// leaves the first copies newer), then, if copies of that generation
+// disagree, the content most of them hold (a tie goes to the earlier
+// copy). Copies of another filesystem go to info.bad; the rest of the
+// filesystem's copies to info.copies.
+func chooseSuper(valid []*format.Super, info *MountInfo) *format.Super {
+	if len(valid) == 0 {
+		return nil
+	}
+	most := func(same func(a, b *format.Super) bool, among []*format.Super) *format.Super {
+		var pick *format.Super
+		n := 0
+		for _, a := range among {
+			c := 0
+			for _, b := range among {
+				if same(a, b) {
+					c++
+				}
+			}
+			if c > n {
+				pick, n = a, c
+			}
+		}
+		return pick
+	}
+	fsid := most(func(a, b *format.Super) bool { return a.FSID == b.FSID }, valid).FSID
+	var newest format.Gen
+	for _, s := range valid {
+		if s.FSID != fsid {
+			info.Notes = append(info.Notes, fmt.Sprintf("superblock at block %d belongs to filesystem %s, ignored", s.Block, s.FSID))
+			info.bad = append(info.bad, finding(ErrSuperCopyBad, format.OwnerSuper, s.Block, "copy belongs to filesystem %s", s.FSID))
+			continue
+		}
+		info.copies = append(info.copies, s)
+		newest = max(newest, s.Gen)
+	}
+	var top []*format.Super
+	for _, s := range info.copies {
+		if s.Gen == newest {
+			top = append(top, s)
+		}
+	}
+	return most(func(a, b *format.Super) bool { return a.Differs(b) == "" }, top)
+}
+
 // MountInfo returns how the image was opened.
 func (e *Engine) MountInfo() MountInfo { return e.mount }
+
+// rewritten lists the copies that were not valid copies of best: the
+// invalid ones readSuper skipped, the valid ones of an older generation,
+// and those of its generation that differ from it. The unreadable ones are
+// in the notes only.
+func (info *MountInfo) rewritten(best *format.Super) []Finding {
+	out := append([]Finding(nil), info.bad...)
+	for _, s := range info.copies {
+		switch {
+		case s.Gen < best.Gen:
+			out = append(out, finding(ErrSuperCopyStale, format.OwnerSuper, s.Block, "copy had generation %d, filesystem was at %d", s.Gen, best.Gen))
+		case best.Differs(s) != "":
+			out = append(out, finding(ErrSuperCopyField, format.OwnerSuper, s.Block, "copy of generation %d differed from the one in use in its %s", s.Gen, best.Differs(s)))
+		}
+	}
+	return out
+}
+
+// TakeOpenRepairs returns, once, the findings a read-write open repaired
+// before anything could check them (superblock copies it found invalid or
+// stale and rewrote), so a scrub's report can count them as found and
+// repaired. Later calls return none.
+func (e *Engine) TakeOpenRepairs() []Finding {
+	e.openRepairsOnce.Lock()
+	defer e.openRepairsOnce.Unlock()
+	out := e.mount.Rewritten
+	e.mount.Rewritten = nil
+	return out
+}
+
+// RewriteSupers commits, writing every superblock copy anew from the
+// generation in use: the superblock row's repair for a copy that is
+// invalid, stale or differs from the others.
+func (e *Engine) RewriteSupers() error {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	if err := e.writable(); err != nil {
+		return err
+	}
+	e.txn.superDirty = true
+	return e.commitLocked()
+}
 
 // FSID returns the filesystem UUID.
 func (e *Engine) FSID() format.FSID { return e.fsid }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/scrubd/scrubd/engine"
 	"github.com/scrubd/scrubd/engine/format"
@@ -61,7 +62,8 @@ var allTrees = []string{"root", "alloc", "free", "inode", "dir", "extent", "csum
 // opsTable lists the structures in dependency order: a row's inputs come
 // before it, except where two rows read each other (rmap and alloc).
 var opsTable = []Op{
-	{Name: "superblock", Trees: []format.TreeID{format.OwnerSuper}},
+	{Name: "superblock", Trees: []format.TreeID{format.OwnerSuper}, Repair: repairSupers,
+		Answers: []engine.ErrorID{engine.ErrSuperCopyBad, engine.ErrSuperCopyStale, engine.ErrSuperCopyField}},
 	{Name: "root", Trees: []format.TreeID{format.TreeRoot}},
 	{Name: "inode", Trees: []format.TreeID{format.TreeInode}},
 	{Name: "dir", Trees: []format.TreeID{format.TreeDir}},
@@ -240,6 +242,21 @@ func (r *repairRun) repairOne(ctx context.Context, op *Op) error {
 			op.Name, rb.Records, rb.Events, rb.PauseMs))
 	}
 	return nil
+}
+
+// repairSupers is the superblock row's repairer: a commit writes every
+// copy anew from the generation in use (an invalid, stale or differing
+// copy is never read for it: the opener chose the newest valid copy).
+func repairSupers(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*RebuildReport, error) {
+	start := time.Now()
+	if err := e.RewriteSupers(); err != nil {
+		return nil, err
+	}
+	s := e.Pin()
+	gen, n := s.Gen(), len(format.SuperBlocks(s.Super().TotalBlocks))
+	s.Release()
+	return &RebuildReport{Structure: "superblock", Gen: uint64(gen), Records: uint64(n), NewBlocks: uint64(n),
+		DurationS: time.Since(start).Seconds()}, nil
 }
 
 // repairRmap is the rmap row's repairer.

@@ -281,7 +281,12 @@ func (r *Report) WriteSummary(w io.Writer) {
 	} else if !r.Complete && r.Status == StatusUncorrected {
 		fmt.Fprintln(w, "  damage hid part of the metadata: cross-reference checks that need all of it were skipped")
 	}
-	took := time.Duration(r.DurationS * float64(time.Second)).Round(time.Millisecond)
+	took := time.Duration(r.DurationS * float64(time.Second))
+	if took >= time.Second {
+		took = took.Round(time.Millisecond)
+	} else {
+		took = took.Round(10 * time.Microsecond)
+	}
 	fmt.Fprintf(w, "%d found, %d repaired in %s", r.Found, r.Repaired, took)
 	if r.Requested.Data {
 		fmt.Fprintf(w, "; %s of file data verified", humanize.IBytes(r.BytesVerified))

@@ -56,16 +56,25 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 		verified += n
 		return res, append(found, df...), err
 	}
+	// What opening the image read-write repaired already (superblock
+	// copies rewritten): found, and repaired, in this report.
+	opened := e.TakeOpenRepairs()
 	res, found, err := check()
 	if err != nil {
-		return interrupted(ctx, err, opts, target, started, res, found, e, verified)
+		return interrupted(ctx, err, opts, target, started, res, append(opened, found...), e, verified)
 	}
 	for _, f := range found {
 		e.CountError(f.ID, 1)
 	}
-	rep := newReport(opts.Mode, target, started, res, found)
+	rep := newReport(opts.Mode, target, started, res, append(opened, found...))
 	describe(rep, e, opts, verified)
+	if len(opened) > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("opening the image rewrote %d superblock copies that were invalid or stale", len(opened)))
+	}
 	if !opts.Repair || len(found) == 0 {
+		if len(opened) > 0 {
+			rep.markRepaired(append(opened, found...), found)
+		}
 		return rep, nil
 	}
 	if ro, _ := e.ReadOnly(); ro {
@@ -93,7 +102,7 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 		}
 		return nil, err
 	}
-	rep.markRepaired(found, left)
+	rep.markRepaired(append(opened, found...), left)
 	rep.Generation = uint64(res2.Gen)
 	rep.BytesVerified = verified
 	rep.DurationS = time.Since(started).Seconds()

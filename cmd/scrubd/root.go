@@ -45,13 +45,23 @@ EXIT STATUS
 		SilenceErrors: true,
 	}
 	root.SetVersionTemplate("scrubd {{.Version}}\n")
+	root.Args = cobra.ArbitraryArgs
+	root.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return usageError(fmt.Errorf("unknown command %q\nSee 'scrubd --help'.", args[0]))
+		}
+		return cmd.Help()
+	}
 	root.PersistentFlags().StringVar(&global.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&global.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&global.tmpDir, "tmpdir", "", "directory for repairs' temporary files (default: anonymous memory, swappable)")
 	root.AddCommand(newMkfsCmd(), newInfoCmd(), newFsckCmd(), newDemoCmd(), newMountCmd(), newScrubCmd(), newInjectCmd(), newVersionCmd())
-	for _, c := range append(root.Commands(), root) {
+	for _, c := range root.Commands() {
 		usageErrors(c)
 	}
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return usageError(fmt.Errorf("%w\nSee '%s --help'.", err, cmd.CommandPath()))
+	})
 	registerCompletions(root)
 	return root
 }

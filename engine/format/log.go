@@ -71,6 +71,14 @@ func (n Node) SetLogFlags(f uint8) { n[56] = f }
 // LogNext returns the block the next log block goes to.
 func (n Node) LogNext() BlockNr { return BlockNr(n.Key(0).Off) }
 
+// IsLogBlock says whether b carries the log block magic.
+func IsLogBlock(b []byte) bool { return len(b) >= 4 && bytes.Equal(b[0:4], logMagic[:]) }
+
+// SealedLogBlock says whether a log block's checksum verifies.
+func SealedLogBlock(n Node) bool {
+	return len(n) == BlockSize && n.Checksum() == blockChecksum(n, offCsum)
+}
+
 // VerifyLogBlock checks a log block read from block at, which must carry
 // the chain's tag gen and sequence number seq.
 func VerifyLogBlock(b []byte, fsid FSID, at BlockNr, gen Gen, seq uint32, total uint64) error {

@@ -276,6 +276,12 @@ func DecodeSuper(b []byte, at BlockNr) (*Super, error) {
 	if ne > MaxErrorEntries {
 		return nil, bad("%d error entries exceed %d", ne, MaxErrorEntries)
 	}
+	if err := checkReserved(b, int(nd), int(ne)); err != nil {
+		return nil, bad("%s", err)
+	}
+	if i := bytes.IndexByte(b[192:192+LabelSize], 0); i >= 0 && !allZero(b[192+i:192+LabelSize]) {
+		return nil, bad("label is not NUL-padded: bytes follow its end at offset %d", 192+i)
+	}
 	for i := 0; i < int(ne); i++ {
 		o := 408 + 24*i
 		s.Errors = append(s.Errors, ErrorEntry{
@@ -283,6 +289,94 @@ func DecodeSuper(b []byte, at BlockNr) (*Super, error) {
 		})
 	}
 	return s, nil
+}
+
+// superReserved lists the byte ranges of a superblock that are reserved and
+// must be zero, given nd device and ne error entries in use (the unused
+// entries' slots are reserved too).
+func superReserved(nd, ne int) [][2]int {
+	r := [][2]int{
+		{52, 56},   // flags (reserved)
+		{89, 96},   // after the root tree's level
+		{177, 184}, // after the log tree's level
+		{260, 264}, // after the device entry count
+		{264 + 32*nd, 392},
+		{392, 400},
+		{402, 408}, // after the error entry count
+		{408 + 24*ne, 1944},
+		{1964, BlockSize},
+	}
+	for i := 0; i < ne; i++ {
+		o := 408 + 24*i
+		r = append(r, [2]int{o + 4, o + 8}) // an error entry's reserved u32
+	}
+	return r
+}
+
+// checkReserved says where a reserved range of superblock b is not zero.
+func checkReserved(b []byte, nd, ne int) error {
+	for _, r := range superReserved(nd, ne) {
+		if r[0] >= r[1] {
+			continue
+		}
+		if !allZero(b[r[0]:r[1]]) {
+			return fmt.Errorf("reserved bytes %d..%d are not zero", r[0], r[1]-1)
+		}
+	}
+	return nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Differs names the first field of the copy other that must agree with s
+// between copies of one generation (everything but the copy's own block
+// number), or returns "" when they agree.
+func (s *Super) Differs(other *Super) string {
+	switch {
+	case s.FSID != other.FSID:
+		return "filesystem UUID"
+	case s.Gen != other.Gen:
+		return "generation"
+	case s.Major != other.Major || s.Minor != other.Minor:
+		return "version"
+	case s.TotalBlocks != other.TotalBlocks:
+		return "total blocks"
+	case s.FreeBlocks != other.FreeBlocks:
+		return "free blocks"
+	case s.Root != other.Root:
+		return "root tree pointer"
+	case s.Log != other.Log:
+		return "log tree pointer"
+	case s.Compat != other.Compat || s.RoCompat != other.RoCompat || s.Incompat != other.Incompat:
+		return "feature flags"
+	case s.RecoveryPasses != other.RecoveryPasses:
+		return "recovery_passes_required"
+	case s.ErrorsSilent != other.ErrorsSilent:
+		return "errors_silent"
+	case s.NextObjectID != other.NextObjectID:
+		return "next object id"
+	case s.Label != other.Label:
+		return "label"
+	case s.LogStart != other.LogStart || s.LogSeq != other.LogSeq || s.LogTag != other.LogTag:
+		return "log chain start"
+	}
+	return ""
+}
+
+// FitsDevice refuses a superblock describing more blocks than the device
+// holding it has.
+func (s *Super) FitsDevice(deviceBlocks uint64) error {
+	if s.TotalBlocks > deviceBlocks {
+		return corrupt(KindBadSuper, OwnerSuper, s.Block, "filesystem of %d blocks on a device of %d", s.TotalBlocks, deviceBlocks)
+	}
+	return nil
 }
 
 // CheckFeatures refuses a superblock whose feature bits this build cannot
