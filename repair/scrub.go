@@ -190,7 +190,7 @@ func scrubData(ctx context.Context, fsys *fs.FS) ([]engine.Finding, uint64, erro
 					var ce *fs.ChecksumError
 					if errors.As(err, &ce) {
 						out = append(out, engine.Finding{ID: engine.ErrDataChecksum, Name: engine.ErrDataChecksum.Name(),
-							Tree: format.OwnerData, Block: ce.Disk, Detail: fmt.Sprintf("%s offset %d: %v", p, off, err),
+							Tree: format.OwnerData, Block: ce.Disk, Detail: "data checksum mismatch",
 							File: &engine.FileRef{Path: p, Inode: de.Ino, Offset: off, DiskBlock: ce.Disk}})
 						continue
 					}
