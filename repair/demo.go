@@ -38,7 +38,8 @@ type DemoStep struct {
 
 // DemoResult is what Demo did.
 type DemoResult struct {
-	Image string `json:"image"`
+	Version int    `json:"version"` // of this document (1)
+	Image   string `json:"image"`
 	// Removed says the image's temporary directory was removed at the end.
 	Removed bool       `json:"removed"`
 	OK      bool       `json:"ok"`
@@ -83,7 +84,7 @@ func Demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)
 }
 
 func demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)) (*DemoResult, error) {
-	res := &DemoResult{Image: filepath.Join(dir, "demo.img"), OK: true}
+	res := &DemoResult{Version: 1, Image: filepath.Join(dir, "demo.img"), OK: true}
 	do := func(name string, fn func() (string, error)) bool {
 		start := time.Now()
 		detail, err := fn()

@@ -40,6 +40,7 @@ type InjectOptions struct {
 
 // InjectResult says what was done.
 type InjectResult struct {
+	Version    int    `json:"version"` // of this document (1)
 	Tree       string `json:"tree"`
 	Kind       string `json:"kind"`
 	Block      uint64 `json:"block"`
@@ -150,7 +151,7 @@ func planInjection(s *engine.Snapshot, dev disk.Device, opts InjectOptions) (*In
 	// wrong-owner changes a record's owner in a leaf of a tree whose
 	// records name owners, the block header's owner anywhere else.
 	recordOwner := opts.Kind == KindWrongOwner && c.level == 0 && hasRecordOwners(opts.Tree)
-	res := &InjectResult{Tree: opts.Tree.String(), Kind: opts.Kind, Block: uint64(c.b), Level: c.level, Generation: uint64(n.Gen())}
+	res := &InjectResult{Version: 1, Tree: opts.Tree.String(), Kind: opts.Kind, Block: uint64(c.b), Level: c.level, Generation: uint64(n.Gen())}
 	switch opts.Kind {
 	case KindBitflip:
 		for i := 0; i < 1+r.IntN(3); i++ {

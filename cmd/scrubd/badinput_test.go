@@ -195,3 +195,40 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("report: %v %+v", err, rep)
 	}
 }
+
+// TestSuperblockRepairExits1: a destroyed or altered superblock copy is
+// found (exit 4), fsck --repair rewrites it and says so (exit 1), and the
+// image is then clean (exit 0).
+func TestSuperblockRepairExits1(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		at   int64
+		mod  func(b []byte)
+	}{
+		{"zeroed backup", 16, func(b []byte) { clear(b) }},
+		{"zeroed primary", 0, func(b []byte) { clear(b) }},
+		{"flipped byte in a backup", 256, func(b []byte) { b[300] ^= 4 }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			img := mkfs(t)
+			f, err := os.OpenFile(img, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := make([]byte, 4096)
+			f.ReadAt(b, c.at*4096)
+			c.mod(b)
+			f.WriteAt(b, c.at*4096)
+			f.Close()
+			rep := parseReport(t, expect(t, 4, "fsck", img, "--json"))
+			if rep.found("superblock") != 1 {
+				t.Fatalf("fsck: %+v", rep)
+			}
+			rep = parseReport(t, expect(t, 1, "fsck", img, "--repair", "--json"))
+			if rep.found("superblock") != 1 || rep.Repaired != 1 {
+				t.Fatalf("fsck --repair: %+v", rep)
+			}
+			expect(t, 0, "fsck", img)
+		})
+	}
+}
