@@ -1,0 +1,114 @@
+package repair
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/scrubd/scrubd/engine/format"
+	"github.com/scrubd/scrubd/engine/fs"
+)
+
+// TestTwoDamagedStructures damages two trees of one image and repairs it
+// offline through the ops table: what can be repaired is, in dependency
+// order; what cannot is refused with a note naming the damaged input, and
+// the image is left as it was for those structures (never worse).
+func TestTwoDamagedStructures(t *testing.T) {
+	base := populatedImage(t)
+	pristine, err := os.ReadFile(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lv := 0
+	for _, c := range []struct {
+		name      string
+		damage    []InjectOptions
+		refused   []string // rows the notes must say were not repaired
+		zeroSuper bool     // also destroy superblock copy 16
+		status    string
+	}{
+		{
+			// The rmap is rebuilt from every tree: the extent tree's
+			// damage (no repairer yet) makes it refuse, not rebuild
+			// from what is left.
+			name: "rmap and extent",
+			damage: []InjectOptions{{Tree: format.TreeRmap, Kind: KindBitflip, Seed: 3, Level: &lv},
+				{Tree: format.TreeExtent, Kind: KindDropRecord, Seed: 4, Level: &lv}},
+			refused: []string{"rmap not repaired: it is rebuilt from extent"},
+			status:  StatusUncorrected,
+		},
+		{
+			// The allocation tree cannot be read: the rmap rebuild,
+			// which reads every tree, refuses.
+			name: "rmap and alloc",
+			damage: []InjectOptions{{Tree: format.TreeRmap, Kind: KindZero, Seed: 3, Level: &lv},
+				{Tree: format.TreeAlloc, Kind: KindBitflip, Seed: 4, Level: &lv}},
+			refused: []string{"rmap not repaired: it is rebuilt from alloc"},
+			status:  StatusUncorrected,
+		},
+		{
+			// A superblock copy and the rmap: both repaired.
+			name:      "superblock and rmap",
+			damage:    []InjectOptions{{Tree: format.TreeRmap, Kind: KindStaleGen, Seed: 3, Level: &lv}},
+			zeroSuper: true,
+			status:    StatusCorrected,
+		},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			img := base + "." + strings.ReplaceAll(c.name, " ", "-")
+			if err := os.WriteFile(img, pristine, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range c.damage {
+				if _, err := InjectOffline(img, d); err != nil {
+					t.Fatalf("inject %+v: %v", d, err)
+				}
+			}
+			if c.zeroSuper {
+				b, _ := os.ReadFile(img)
+				clear(b[16*format.BlockSize : 17*format.BlockSize])
+				if err := os.WriteFile(img, b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before, err := CheckOffline(context.Background(), img, Options{})
+			if err != nil || before.Found == 0 {
+				t.Fatalf("damage not found: %v %+v", err, before)
+			}
+			f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := Scrub(context.Background(), f, img, ScrubOptions{Repair: true, Mode: "offline", TempDir: t.TempDir()})
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Status != c.status {
+				t.Fatalf("status %s, want %s; notes %v", rep.Status, c.status, rep.Notes)
+			}
+			for _, want := range c.refused {
+				found := false
+				for _, n := range rep.Notes {
+					found = found || strings.HasPrefix(n, want)
+				}
+				if !found {
+					t.Errorf("no note %q in %v", want, rep.Notes)
+				}
+			}
+			after, err := CheckOffline(context.Background(), img, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.status == StatusCorrected && (after.Found != 0 || rep.Repaired != before.Found) {
+				t.Fatalf("repaired %d of %d; after repair: %+v", rep.Repaired, before.Found, after.Structures)
+			}
+			if c.status == StatusUncorrected && after.Found > before.Found {
+				t.Fatalf("refused repair made the image worse: %d findings before, %d after", before.Found, after.Found)
+			}
+		})
+	}
+}
