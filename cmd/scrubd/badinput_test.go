@@ -146,6 +146,7 @@ func TestUsageErrors(t *testing.T) {
 		{2, []string{"version", "extra"}},
 		{2, []string{"no-such-command"}},
 		{2, []string{"--no-such-flag"}},
+		{2, []string{"completion", "no-such-shell"}},
 		{2, []string{"info", img, "--log-level", "loud"}},
 		{16, []string{"fsck"}},
 		{16, []string{"fsck", img, "--bogus"}},
