@@ -82,7 +82,9 @@ type Status struct {
 	// RmapSick is set while the reverse-mapping tree is known damaged
 	// (the mount runs degraded until a repair rebuilds it).
 	RmapSick bool `json:"rmap_sick"`
-	ReadOnly bool `json:"read_only"`
+	// Health is every structure's health, in the ops table's order.
+	Health   []StructureHealth `json:"health"`
+	ReadOnly bool              `json:"read_only"`
 	// Aborted says why the engine refuses writes, if it aborted a
 	// transaction.
 	Aborted      string `json:"aborted,omitempty"`
@@ -94,6 +96,18 @@ type Status struct {
 	Running      string `json:"running,omitempty"` // "scrub" or "inject" while one runs
 	LastScrub    *Last  `json:"last_scrub,omitempty"`
 	ScrubsServed uint64 `json:"scrubs"`
+}
+
+// StructureHealth is one structure's health in Status.
+type StructureHealth struct {
+	Name  string `json:"name"`
+	State string `json:"state"` // "healthy", "sick" or "unchecked"
+	// Generation and CheckedAt say when it was last checked (or found
+	// damaged in use); zero and null while unchecked.
+	Generation uint64     `json:"generation"`
+	CheckedAt  *time.Time `json:"checked_at"`
+	// Findings are the ids of the findings that made it sick.
+	Findings []uint32 `json:"findings,omitempty"`
 }
 
 // Last summarizes the last scrub the server ran.

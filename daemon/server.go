@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/scrubd/scrubd/engine"
 	"github.com/scrubd/scrubd/engine/format"
 	sfs "github.com/scrubd/scrubd/engine/fs"
 	"github.com/scrubd/scrubd/repair"
@@ -512,6 +513,17 @@ func (s *Server) Status() Status {
 		CommitHoldMs: ms(es.CommitHold), CommitHoldMaxMs: ms(es.CommitHoldMax),
 		CommitWriteMs: ms(es.CommitWrite), CommitWriteMaxMs: ms(es.CommitWriteMax),
 		WriterHoldMaxMs: ms(es.WriterHoldMax),
+	}
+	for _, h := range e.Health() {
+		sh := StructureHealth{Name: h.Structure.Name(), State: h.State.String(), Generation: uint64(h.Gen)}
+		if h.State != engine.Unchecked {
+			t := h.CheckedAt.UTC()
+			sh.CheckedAt = &t
+		}
+		for _, id := range h.Findings {
+			sh.Findings = append(sh.Findings, uint32(id))
+		}
+		st.Health = append(st.Health, sh)
 	}
 	if aborted != nil {
 		st.Aborted = aborted.Error()

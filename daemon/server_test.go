@@ -149,6 +149,9 @@ func TestServeProtocol(t *testing.T) {
 	if st.Image != img || st.Mountpoint != dir || st.Generation < 2 || st.RmapSick || st.PID != os.Getpid() || st.Protocol != ProtocolVersion || st.LastScrub != nil {
 		t.Fatalf("status: %+v", st)
 	}
+	if h := healthOf(t, st, "rmap"); h.State != "unchecked" || h.CheckedAt != nil {
+		t.Fatalf("rmap before any scrub: %+v", h)
+	}
 
 	rep, err := c.Scrub(ctx, false, true)
 	if err != nil || rep.Status != repair.StatusClean || rep.Mode != "online" || rep.Target != dir {
@@ -161,6 +164,16 @@ func TestServeProtocol(t *testing.T) {
 	rep, err = c.Scrub(ctx, false, false)
 	if err != nil || rep.Status != repair.StatusUncorrected || rep.ExitCode() != repair.ExitUncorrected {
 		t.Fatalf("scrub after damage: %v %+v", err, rep)
+	}
+	st, err = c.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := healthOf(t, st, "rmap"); h.State != "sick" || h.Generation != rep.Generation || h.CheckedAt == nil || len(h.Findings) == 0 {
+		t.Fatalf("rmap after a scrub that found it damaged: %+v", h)
+	}
+	if h := healthOf(t, st, "inode"); h.State != "healthy" {
+		t.Fatalf("inode after the scrub: %+v", h)
 	}
 	rep, err = c.Scrub(ctx, true, false)
 	if err != nil || rep.Status != repair.StatusCorrected || rep.ExitCode() != repair.ExitCorrected || len(rep.Rebuilds) == 0 {
@@ -176,6 +189,11 @@ func TestServeProtocol(t *testing.T) {
 	}
 	if st.LastScrub == nil || st.LastScrub.Status != repair.StatusClean || !st.LastScrub.Data || st.ScrubsServed != 4 || st.RmapSick || st.Running != "" {
 		t.Fatalf("status after scrubs: %+v %+v", st, st.LastScrub)
+	}
+	for _, h := range st.Health {
+		if h.State != "healthy" {
+			t.Errorf("after repair and a clean scrub: %+v", h)
+		}
 	}
 
 	// Bad inject arguments are refused before anything is touched.
@@ -645,4 +663,20 @@ func TestPeerGone(t *testing.T) {
 		t.Fatal("watchHangup did not see the hangup")
 	}
 	<-done
+}
+
+// healthOf returns a structure's health from a status; every structure of
+// the ops table must be listed.
+func healthOf(t *testing.T, st *Status, name string) StructureHealth {
+	t.Helper()
+	if len(st.Health) != len(engine.Structures()) {
+		t.Fatalf("status lists %d structures, want %d: %+v", len(st.Health), len(engine.Structures()), st.Health)
+	}
+	for _, h := range st.Health {
+		if h.Name == name {
+			return h
+		}
+	}
+	t.Fatalf("no health for %s", name)
+	return StructureHealth{}
 }

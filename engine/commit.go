@@ -214,6 +214,7 @@ func (e *Engine) writeOut(c *pendingCommit) error {
 	})
 	e.mu.Lock()
 	e.committed = &view{super: c.super, roots: c.roots}
+	e.health.gen.Store(uint64(c.super.Gen))
 	e.mu.Unlock()
 	e.inflight.Store(nil)
 	for _, x := range c.logFree {

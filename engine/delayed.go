@@ -275,7 +275,7 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 		}
 		mods.Add(1)
 		e.hooks.Alloc.Call(AllocEvent{Gen: t.gen, Op: opFor(found, false), Start: r.start, Len: r.n, Refs: item.Refs, Flags: item.Flags})
-		if !e.rmapSick.Load() {
+		if !e.Sick(StructRmap) {
 			if err := rmap.Insert(r.key, format.RmapItem{Len: r.n}.Encode()); err != nil {
 				if !e.rmapDamaged(err) {
 					return fmt.Errorf("rmap insert %s: %w", r.key, err)
@@ -293,7 +293,7 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 	if uint64(-r.delta) > item.Refs {
 		return corruptf(format.TreeAlloc, r.start, "dropping %d references of %d", -r.delta, item.Refs)
 	}
-	if !e.rmapSick.Load() {
+	if !e.Sick(StructRmap) {
 		ok, err := rmap.Delete(r.key)
 		if err == nil && !ok {
 			err = corruptf(format.TreeRmap, r.start, "no reverse mapping for %s", r.owner)
@@ -487,7 +487,7 @@ func (e *Engine) rmapDamaged(err error) bool {
 	if !errors.Is(err, format.ErrCorrupt) {
 		return false
 	}
-	if !e.rmapSick.Swap(true) {
+	if !e.MarkSick(StructRmap, e.committedGen(), ErrRmapSick) {
 		e.log.Error("rmap tree is damaged: marked sick, running without it until it is rebuilt", "err", err)
 		e.CountError(ErrRmapSick, 1)
 	}

@@ -98,7 +98,7 @@ type Engine struct {
 	refs            *delayedRefs
 	hooks           Hooks
 	mount           MountInfo
-	rmapSick        atomic.Bool
+	health          health
 	openRepairsOnce sync.Mutex // guards mount.Rewritten for TakeOpenRepairs
 	tolerant        bool       // offline check: load what is readable, report the rest
 	replaying       bool       // log replay in progress (mount only)
@@ -217,7 +217,7 @@ func (o *Options) fill() {
 
 func newEngine(dev disk.Device, opts Options) *Engine {
 	opts.fill()
-	return &Engine{
+	e := &Engine{
 		dev:      dev,
 		opts:     opts,
 		log:      opts.Logger,
@@ -229,6 +229,8 @@ func newEngine(dev disk.Device, opts Options) *Engine {
 		pins:     map[format.Gen]int{},
 		stop:     make(chan struct{}),
 	}
+	e.health.init()
+	return e
 }
 
 // MkfsOptions configure a new filesystem.
@@ -353,6 +355,7 @@ func (e *Engine) load() error {
 		return err
 	}
 	e.committed = &view{super: *sb, roots: roots}
+	e.health.gen.Store(uint64(sb.Gen))
 	for id, ri := range roots {
 		e.trees[id] = eb.Open(txnStore{e}, id, eb.Ptr{Block: ri.Root.Block, Gen: ri.Root.Gen}, int(ri.Root.Level), ri.Items)
 		if id != format.TreeRoot {
@@ -878,6 +881,12 @@ func (e *Engine) writable() error {
 }
 
 func (e *Engine) abort(err error) {
+	if ce, ok := format.AsCorrupt(err); ok {
+		// Damage met in use: the structure it was met in is sick.
+		if s, ok := StructureOfTree(ce.Tree); ok {
+			e.MarkSick(s, e.committedGen(), kindID(ce.Kind))
+		}
+	}
 	if e.aborted == nil {
 		e.aborted = err
 		e.log.Error("transaction aborted, engine is read-only", "gen", e.txn.gen, "err", err)

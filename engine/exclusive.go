@@ -219,11 +219,19 @@ func (e *Engine) FlushMeta() error {
 }
 
 // SetRmapSick marks the rmap tree as damaged (true: the engine stops
-// updating it and only publishes rmap events) or healthy again.
-func (e *Engine) SetRmapSick(sick bool) { e.rmapSick.Store(sick) }
+// updating it and only publishes rmap events) or healthy again (a rebuild
+// swapped a new tree in), in the structures' health.
+func (e *Engine) SetRmapSick(sick bool) {
+	gen := e.committedGen()
+	if sick {
+		e.MarkSick(StructRmap, gen, ErrRmapSick)
+	} else {
+		e.MarkChecked(StructRmap, gen, nil)
+	}
+}
 
 // RmapSick reports whether the rmap tree is marked damaged.
-func (e *Engine) RmapSick() bool { return e.rmapSick.Load() }
+func (e *Engine) RmapSick() bool { return e.Sick(StructRmap) }
 
 // --- logged operations ---
 

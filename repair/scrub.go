@@ -71,6 +71,7 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 	if len(opened) > 0 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("opening the image rewrote %d superblock copies that were invalid or stale", len(opened)))
 	}
+	markHealth(e, res.Gen, found)
 	if !opts.Repair || len(found) == 0 {
 		if len(opened) > 0 {
 			rep.markRepaired(append(opened, found...), found)
@@ -102,6 +103,7 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 		}
 		return nil, err
 	}
+	markHealth(e, res2.Gen, left)
 	rep.markRepaired(append(opened, found...), left)
 	rep.Generation = uint64(res2.Gen)
 	rep.BytesVerified = verified
