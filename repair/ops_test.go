@@ -40,6 +40,16 @@ func TestOpsTableOrder(t *testing.T) {
 			t.Errorf("no row for %s", n)
 		}
 	}
+	// Every structure the engine keeps health for has its row, under the
+	// same name (the fsync log's row is the one extra).
+	for _, s := range engine.Structures() {
+		if _, ok := pos[s.Name()]; !ok {
+			t.Errorf("structure %s has no row", s.Name())
+		}
+	}
+	if len(opsTable) != len(engine.Structures())+1 {
+		t.Errorf("%d rows for %d structures and the log", len(opsTable), len(engine.Structures()))
+	}
 	for _, op := range opsTable {
 		for _, in := range op.Inputs {
 			p, ok := pos[in]
