@@ -233,3 +233,23 @@ func TestSuperblockRepairExits1(t *testing.T) {
 		})
 	}
 }
+
+// TestInjectLevel: --level picks a node of that level, offline and through
+// a mount's control socket alike (the same InjectOptions).
+func TestInjectLevel(t *testing.T) {
+	img := mkfs(t)
+	populate(t, img)
+	var res struct {
+		Version int    `json:"version"`
+		Tree    string `json:"tree"`
+		Level   int    `json:"level"`
+	}
+	if err := json.Unmarshal([]byte(expect(t, 0, "inject", img, "--tree", "rmap", "--kind", "zero", "--level", "0", "--json")), &res); err != nil || res.Level != 0 || res.Tree != "rmap" || res.Version != 1 {
+		t.Fatalf("inject --level 0: %v %+v", err, res)
+	}
+	out, _, code := run(t, "inject", img, "--tree", "alloc", "--level", "5", "--json")
+	var e errOut
+	if err := json.Unmarshal([]byte(out), &e); err != nil || code != 1 || !strings.Contains(e.Error, "at level 5") {
+		t.Fatalf("inject --level 5: exit %d %v %+v", code, err, e)
+	}
+}
