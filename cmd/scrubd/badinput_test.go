@@ -253,3 +253,18 @@ func TestInjectLevel(t *testing.T) {
 		t.Fatalf("inject --level 5: exit %d %v %+v", code, err, e)
 	}
 }
+
+// TestHelpSections: every command's help has EXAMPLES and an EXIT STATUS
+// section (the root's says it for all).
+func TestHelpSections(t *testing.T) {
+	for _, c := range [][]string{{"--help"}, {"mkfs", "--help"}, {"info", "--help"}, {"fsck", "--help"}, {"scrub", "--help"},
+		{"mount", "--help"}, {"inject", "--help"}, {"demo", "--help"}, {"version", "--help"}} {
+		out := expect(t, 0, c...)
+		if !strings.Contains(out, "Examples:") || !strings.Contains(out, "EXIT STATUS") {
+			t.Errorf("scrubd %s lacks Examples or EXIT STATUS:\n%s", strings.Join(c, " "), out)
+		}
+	}
+	if out := expect(t, 0, "completion", "--help"); !strings.Contains(out, "Examples:") {
+		t.Errorf("completion --help:\n%s", out)
+	}
+}

@@ -63,6 +63,9 @@ EXIT STATUS
 			// "completion nosuch" is a usage error, not its help.
 			c.Args = cobra.NoArgs
 			c.RunE = func(cmd *cobra.Command, args []string) error { return cmd.Help() }
+			c.Example = `  scrubd completion bash > /etc/bash_completion.d/scrubd
+  scrubd completion zsh > "${fpath[1]}/_scrubd"
+  scrubd completion fish > ~/.config/fish/completions/scrubd.fish`
 		}
 		usageErrors(c)
 	}
