@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"iter"
-	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -68,38 +66,6 @@ type RmapRebuildOptions struct {
 // at the lowest CPU priority).
 const DefaultYield = 0.2
 
-// throttle sleeps for yield/(1-yield) of the time worked since the last
-// sleep, once at least yieldQuantum has been worked: fewer, longer sleeps,
-// because every wake-up of a low-priority thread on a busy machine costs
-// far more than the sleep asked for (with 1 ms slices, a yield of 0.2
-// doubled the scan's time instead of adding a quarter).
-type throttle struct {
-	yield float64
-	since time.Time
-	n     int
-}
-
-const yieldQuantum = 20 * time.Millisecond
-
-func (t *throttle) tick() {
-	if t.yield <= 0 {
-		return
-	}
-	if t.n++; t.n%256 != 0 {
-		return
-	}
-	if t.since.IsZero() {
-		t.since = time.Now()
-		return
-	}
-	worked := time.Since(t.since)
-	if worked < yieldQuantum {
-		return
-	}
-	time.Sleep(time.Duration(float64(worked) * t.yield / (1 - t.yield)))
-	t.since = time.Now()
-}
-
 // RmapRebuildResult describes a rebuild.
 type RmapRebuildResult struct {
 	ScanGen        format.Gen    // the pinned generation scanned
@@ -144,71 +110,6 @@ func (r *RmapRebuildResult) phase(e *engine.Engine, start time.Time, next string
 		r.Phases = append(r.Phases, PhaseTime{Name: next, Start: now})
 		r.holds = e.WatchHolds()
 	}
-}
-
-// Batch sizes of the reservation and the reaping: each batch is one
-// commit. Its delayed refs are applied in slices that writers run between,
-// and its blocks are queued in updates of updateChunk, so what bounds a
-// batch is the commit's write-out, which writers' fsyncs contend with;
-// fewer, larger batches write the alloc, rmap and free-space leaves they
-// share fewer times (at 10M extents, when the reservation still followed
-// the scan, 2048 → 8192 took it from 8.4 s to 3.0 s and the reaping from
-// 3.6 s to 2.5 s). Alongside the scan the same holds: at 10M, paced
-// batches of 4096 ran the rebuild in 47 s with the writer at 8,266 ops/s,
-// batches of 8192 in 42 s at 11,589 ops/s (every commit copies the
-// writer's tree paths anew).
-const (
-	reserveBatch = 8192
-	reapBatch    = 8192
-)
-
-// maxPace bounds the rest commitPaced leaves writers after a commit.
-const maxPace = 50 * time.Millisecond
-
-// updateChunk bounds how many items of a batch one update handles: an
-// update holds writers out. One that reserved 8192 blocks held them 10-34
-// ms (the longest writer operation of a 1M rebuild, once the reservation
-// ran alongside the scan); with 1024, reservation updates were still the
-// longest holds of the scan phase, 27-41 ms, when the scheduler or the GC
-// stretched them; with 256 none of three 1M runs or a 10M run had one over
-// 25 ms (the holds timed by engine.HoldWatch).
-const updateChunk = 256
-
-// commitPaced runs fn in an update and commits, then rests a quarter as
-// long as that took (at most maxPace). The batch holds writers out while
-// it queues its updates and while the commit is prepared; the slices in
-// which its delayed refs are applied rest on their own when writers wait,
-// and writers' fsyncs go on during its write-out, so the rest only spaces
-// the batches. (Before fsyncs could append during a write-out, a rest half
-// as long as the batch kept writers at 45-57% of idle through the
-// reservation at 1M; a full-length one at 75-80%, in twice the time.)
-func commitPaced(e *engine.Engine, fn func(tx *engine.Tx) error) error {
-	return commitBatch(e, 1, true, func(tx *engine.Tx, _, _ int) error { return fn(tx) })
-}
-
-// commitBatch runs fn on the items [from, to) of a batch of n, at most
-// updateChunk at a time, each part in an update of its own (writers run
-// between them; a commit may fall between them too, so each part must
-// stand on its own), then commits. Paced, it then rests as commitPaced
-// does.
-func commitBatch(e *engine.Engine, n int, paced bool, fn func(tx *engine.Tx, from, to int) error) error {
-	t := time.Now()
-	for from := 0; ; from += updateChunk {
-		to := min(n, from+updateChunk)
-		if err := e.Update(func(tx *engine.Tx) error { return fn(tx, from, to) }); err != nil {
-			return err
-		}
-		if to >= n {
-			break
-		}
-	}
-	if err := e.Sync(); err != nil {
-		return err
-	}
-	if paced {
-		time.Sleep(min(time.Since(t)/4, maxPace))
-	}
-	return nil
 }
 
 // rmapShadow is the shadow tree and the hook subscription feeding it.
@@ -347,7 +248,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	// keep pace with the scan, at most one ahead, rather than running back
 	// to back: at 10M extents, back to back, writers ran at 37% of idle
 	// through the scan.
-	rv := &reservation{}
+	rv := &reservation{tree: format.TreeRmap, itemSize: format.RmapItemSize}
 	expect := expectRecords(snap)
 	rctx, stopReserving := context.WithCancel(ctx)
 	var progress atomic.Uint64 // records scanned
@@ -458,7 +359,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	if plan.Blocks > uint64(len(reserved)) {
 		return nil, fmt.Errorf("the rmap tree outgrew its reservation (%d records need %d blocks, %d reserved); run the repair again", records, plan.Blocks, len(reserved))
 	}
-	stage, err := newStageStore(opts.TempDir, e.FSID(), gen, reserved)
+	stage, err := newStageStore(opts.TempDir, "rmap bulk load", e.FSID(), gen, reserved)
 	if err != nil {
 		return nil, err
 	}
@@ -589,34 +490,11 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	}
 	// Nothing changes the old tree's block set any more (unregistered).
 	old := oldList()
-	// 7. Reap the old tree and the reserved blocks the load did not use, a
-	// batch per transaction. The last batch also drops the logged
-	// operations (until then a crash leaves them to the mount, which frees
-	// what is left); it is committed without the rest that spaces the
-	// batches, since nothing follows it.
+	// 7. Reap the old tree and the reserved blocks the load did not use
+	// (reap.go).
 	res.phase(e, start, "reap")
-	reap := append(unused, old...)
-	for i := 0; ; i += reapBatch {
-		part := reap[min(i, len(reap)):min(len(reap), i+reapBatch)]
-		last := i+reapBatch >= len(reap)
-		err := commitBatch(e, len(part), !last, func(tx *engine.Tx, from, to int) error {
-			tx.FreeMeta(format.TreeRmap, part[from:to])
-			if !last || to < len(part) {
-				return nil
-			}
-			for _, op := range ops {
-				if err := tx.DropLoggedOp(op); err != nil {
-					return fmt.Errorf("drop the rebuild's logged operations: %w", err)
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("reap the old rmap tree: %w", err)
-		}
-		if last {
-			break
-		}
+	if err := reap(e, format.TreeRmap, append(unused, old...), ops); err != nil {
+		return nil, fmt.Errorf("reap the old rmap tree: %w", err)
 	}
 	res.phase(e, start, "")
 	res.holds = nil
@@ -626,68 +504,6 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	}
 	res.Duration = time.Since(start)
 	return res, nil
-}
-
-// inSorted reports whether b is in the sorted list.
-func inSorted(list []format.BlockNr, b format.BlockNr) bool {
-	_, ok := slices.BinarySearch(list, b)
-	return ok
-}
-
-// reservation holds the blocks reserved for the new tree, and the logged
-// operations that free them if the swap never happens (those that no tree
-// reaches when the operation is completed).
-type reservation struct {
-	blocks []format.BlockNr
-	ops    []uint64
-}
-
-// upTo makes sure the reservation holds a tree of records records, the
-// reserved blocks' own records included, with slack for the records
-// writers add before the load starts (a 32nd); it reserves in batches, one
-// commit each, so no single commit holds the writers back for long. pace,
-// if set, is called before each batch with the blocks reserved so far and
-// the number wanted, and may wait.
-func (r *reservation) upTo(ctx context.Context, e *engine.Engine, records uint64, fill float64, pace func(done, want int)) error {
-	plan, err := eb.PlanBulkFixed(records, format.RmapItemSize, fill)
-	for i := 0; err == nil && i < 4; i++ {
-		plan, err = eb.PlanBulkFixed(records+plan.Blocks, format.RmapItemSize, fill)
-	}
-	if err != nil {
-		return err
-	}
-	// Topping up only below a lower mark: a few hundred records gained
-	// since the first reservation fit in its slack.
-	if len(r.blocks) >= int(plan.Blocks+max(16, plan.Blocks/128)) {
-		return nil
-	}
-	want := int(plan.Blocks + max(16, plan.Blocks/32))
-	for len(r.blocks) < want {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if pace != nil {
-			pace(len(r.blocks), want)
-		}
-		k := min(reserveBatch, want-len(r.blocks))
-		err := commitBatch(e, k, true, func(tx *engine.Tx, from, to int) error {
-			got, err := tx.ReserveMeta(format.TreeRmap, to-from)
-			if err != nil {
-				return err
-			}
-			op, err := tx.LogFreeUnreachable(format.TreeRmap, got)
-			if err != nil {
-				return err
-			}
-			r.blocks = append(r.blocks, got...)
-			r.ops = append(r.ops, op)
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // expectRecords is how many rmap records generation s should hold: the
@@ -706,32 +522,6 @@ func expectRecords(s *engine.Snapshot) uint64 {
 		return allocs
 	}
 	return rmaps
-}
-
-// writeStaged writes the staged nodes nodes returns to their blocks and
-// flushes them: the rebuild carries its own writes rather than leaving
-// hundreds of megabytes for a writer's fsync, or the next commit under the
-// writer lock, to flush. The bulk write (behind) lets commits' write-outs
-// and fsyncs go first; the catch-up's small writes do not wait, or the
-// updates they follow would pile up meanwhile (at 1M, catch-up took 1.3 s
-// instead of 0.1 s when they waited).
-func writeStaged(e *engine.Engine, nodes func() ([]format.Node, error), behind bool) error {
-	ns, err := nodes()
-	if err != nil {
-		return fmt.Errorf("staged rmap nodes: %w", err)
-	}
-	if behind {
-		err = e.WriteMetaBehind(ns)
-	} else {
-		err = e.WriteMeta(ns)
-	}
-	if err == nil {
-		err = e.FlushMeta()
-	}
-	if err != nil {
-		return fmt.Errorf("write the new rmap tree: %w", err)
-	}
-	return nil
 }
 
 // applyDelta applies rmap events to tree t and keeps the set of the old
@@ -762,14 +552,6 @@ func applyDelta(t *eb.Tree, evs *xfile.Array, oldBlocks, gained map[format.Block
 		}
 		return nil
 	})
-}
-
-// treeRecords yields a tree's items in order; a read error lands in *err.
-// The values are only valid during the yield (Build copies them).
-func treeRecords(t *eb.Tree, err *error) iter.Seq2[format.Key, []byte] {
-	return func(yield func(format.Key, []byte) bool) {
-		*err = t.Ascend(format.Key{}, yield)
-	}
 }
 
 // scanRmap puts into shadow every rmap record generation s implies,
@@ -897,136 +679,4 @@ func scanRmap(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree, th *thro
 		}
 	}
 	return rmapBlocks, nil
-}
-
-// stageStore hands out the reserved blocks to the bulk loader, keeping the
-// node images in an xfile (not the Go heap) until they are written.
-type stageStore struct {
-	f        *xfile.File
-	fsid     format.FSID
-	gen      format.Gen
-	reserved []format.BlockNr
-	used     int
-	index    map[format.BlockNr]int // staged block -> slot
-	freed    []int                  // slots given back
-	dirty    map[int]bool           // slots changed since clean
-}
-
-func newStageStore(dir string, fsid format.FSID, gen format.Gen, reserved []format.BlockNr) (*stageStore, error) {
-	f, err := xfile.New(xfile.Options{Dir: dir, Name: "rmap bulk load", InitialSize: int64(len(reserved)) * format.BlockSize})
-	if err != nil {
-		return nil, err
-	}
-	return &stageStore{f: f, fsid: fsid, gen: gen, reserved: reserved, index: map[format.BlockNr]int{}, dirty: map[int]bool{}}, nil
-}
-
-func (s *stageStore) close() { s.f.Close() }
-
-func (s *stageStore) node(i int) (format.Node, error) {
-	b, err := s.f.Bytes(int64(i)*format.BlockSize, format.BlockSize)
-	return format.Node(b), err
-}
-
-func (s *stageStore) Read(tree format.TreeID, p eb.Ptr, level int) (format.Node, error) {
-	i, ok := s.index[p.Block]
-	if !ok {
-		return nil, fmt.Errorf("bulk load read of block %d it did not write", p.Block)
-	}
-	return s.node(i)
-}
-
-func (s *stageStore) Writable(tree format.TreeID, p eb.Ptr, level int) (format.Node, eb.Ptr, error) {
-	n, err := s.Read(tree, p, level)
-	if err == nil {
-		s.dirty[s.index[p.Block]] = true
-	}
-	return n, p, err
-}
-
-func (s *stageStore) Alloc(tree format.TreeID, level int) (format.Node, eb.Ptr, error) {
-	if n := len(s.freed); n > 0 {
-		i := s.freed[n-1]
-		s.freed = s.freed[:n-1]
-		b := s.reserved[i]
-		nd, err := s.node(i)
-		if err != nil {
-			return nil, eb.Ptr{}, err
-		}
-		format.InitNode(nd, s.fsid, b, s.gen, tree, level)
-		s.index[b] = i
-		s.dirty[i] = true
-		return nd, eb.Ptr{Block: b, Gen: s.gen}, nil
-	}
-	if s.used >= len(s.reserved) {
-		return nil, eb.Ptr{}, fmt.Errorf("bulk load needs more than the %d reserved blocks", len(s.reserved))
-	}
-	if err := s.f.Grow(int64(s.used+1) * format.BlockSize); err != nil {
-		return nil, eb.Ptr{}, err
-	}
-	b := s.reserved[s.used]
-	n, err := s.node(s.used)
-	if err != nil {
-		return nil, eb.Ptr{}, err
-	}
-	format.InitNode(n, s.fsid, b, s.gen, tree, level)
-	s.index[b] = s.used
-	s.dirty[s.used] = true
-	s.used++
-	return n, eb.Ptr{Block: b, Gen: s.gen}, nil
-}
-
-// Free gives a staged block back (catching up may merge nodes): it is
-// used again before the reserve's unused tail.
-func (s *stageStore) Free(_ format.TreeID, p eb.Ptr, _ int) error {
-	i, ok := s.index[p.Block]
-	if !ok {
-		return fmt.Errorf("bulk load free of block %d it did not allocate", p.Block)
-	}
-	delete(s.index, p.Block)
-	delete(s.dirty, i)
-	s.freed = append(s.freed, i)
-	return nil
-}
-
-// clean marks every staged node as written.
-func (s *stageStore) clean() { clear(s.dirty) }
-
-// dirtyNodes returns the staged nodes in use changed since clean, in slot
-// order.
-func (s *stageStore) dirtyNodes() ([]format.Node, error) {
-	slots := slices.Sorted(maps.Keys(s.dirty))
-	out := make([]format.Node, 0, len(slots))
-	for _, i := range slots {
-		n, err := s.node(i)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, n)
-	}
-	return out, nil
-}
-
-// nodes returns the staged nodes in use, in slot order.
-func (s *stageStore) nodes() ([]format.Node, error) {
-	out := make([]format.Node, 0, len(s.index))
-	for i := 0; i < s.used; i++ {
-		if _, live := s.index[s.reserved[i]]; !live {
-			continue
-		}
-		n, err := s.node(i)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, n)
-	}
-	return out, nil
-}
-
-// unused returns the reserved blocks the tree does not use.
-func (s *stageStore) unused() []format.BlockNr {
-	out := slices.Clone(s.reserved[s.used:])
-	for _, i := range s.freed {
-		out = append(out, s.reserved[i])
-	}
-	return out
 }
