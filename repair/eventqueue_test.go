@@ -1,6 +1,7 @@
 package repair
 
 import (
+	"encoding/binary"
 	"math/rand/v2"
 	"testing"
 
@@ -12,7 +13,7 @@ import (
 // TestEventQueue checks that events come back as pushed, in order, batch
 // by batch, with pushes into the other array while a batch is read.
 func TestEventQueue(t *testing.T) {
-	q, err := newEventQueue(xfile.Options{Name: "test events"})
+	q, err := newEventQueue(xfile.Options{Name: "test events"}, rmapEvents)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +53,7 @@ func TestEventQueue(t *testing.T) {
 			t.Fatal(err)
 		}
 		i := 0
-		if err := eachEvent(batch, func(ev engine.RmapEvent) error {
+		if err := rmapEvents.each(batch, func(ev engine.RmapEvent) error {
 			if i >= len(want) || ev != want[i] {
 				t.Fatalf("round %d event %d: got %+v", round, i, ev)
 			}
@@ -68,5 +69,57 @@ func TestEventQueue(t *testing.T) {
 			t.Fatal(err)
 		}
 		want = []engine.RmapEvent{next}
+	}
+}
+
+// TestEventQueueOtherEvents: the queue is generic; free-space events go
+// through it with a codec of their own.
+func TestEventQueueOtherEvents(t *testing.T) {
+	codec := eventCodec[engine.FreeEvent]{
+		size: 32,
+		put: func(b []byte, ev engine.FreeEvent) {
+			le := binary.LittleEndian
+			le.PutUint64(b[0:], uint64(ev.Gen))
+			le.PutUint64(b[8:], uint64(ev.Op))
+			le.PutUint64(b[16:], uint64(ev.Start))
+			le.PutUint64(b[24:], ev.Len)
+		},
+		get: func(b []byte) engine.FreeEvent {
+			le := binary.LittleEndian
+			return engine.FreeEvent{Gen: format.Gen(le.Uint64(b[0:])), Op: engine.Op(le.Uint64(b[8:])),
+				Start: format.BlockNr(le.Uint64(b[16:])), Len: le.Uint64(b[24:])}
+		},
+	}
+	q, err := newEventQueue(xfile.Options{Name: "test free events"}, codec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.close()
+	var want []engine.FreeEvent
+	for i := 0; i < 1000; i++ {
+		ev := engine.FreeEvent{Gen: format.Gen(i), Op: engine.OpInsert, Start: format.BlockNr(3 * i), Len: uint64(i%7 + 1)}
+		want = append(want, ev)
+		if err := q.push(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	batch, err := q.take()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []engine.FreeEvent
+	if err := codec.each(batch, func(ev engine.FreeEvent) error { got = append(got, ev); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d events back, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("event %d: %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	if _, err := newEventQueue(xfile.Options{}, eventCodec[engine.FreeEvent]{size: maxEventRec + 1}); err == nil {
+		t.Fatal("a codec of oversized records was accepted")
 	}
 }

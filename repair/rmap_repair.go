@@ -117,10 +117,10 @@ type rmapShadow struct {
 	mu        sync.Mutex
 	tree      *eb.Tree
 	store     *xfile.BTreeStore
-	buffering bool        // during the scan: events wait in q
-	deltaMode bool        // after the bulk load's snapshot: events wait in q
-	q         *eventQueue // the waiting events (xfile arrays, not heap)
-	qerr      error       // a failure to queue one (under mu: err is not)
+	buffering bool                          // during the scan: events wait in q
+	deltaMode bool                          // after the bulk load's snapshot: events wait in q
+	q         *eventQueue[engine.RmapEvent] // the waiting events (xfile arrays, not heap)
+	qerr      error                         // a failure to queue one (under mu: err is not)
 	after     format.Gen
 	events    uint64
 	err       error
@@ -214,7 +214,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	if err != nil {
 		return nil, err
 	}
-	q, err := newEventQueue(xfile.Options{Dir: opts.TempDir, Name: "rmap live updates"})
+	q, err := newEventQueue(xfile.Options{Dir: opts.TempDir, Name: "rmap live updates"}, rmapEvents)
 	if err != nil {
 		return nil, err
 	}
@@ -307,7 +307,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		}
 		if sh.err != nil || q.len() < 1024 {
 			if sh.err == nil {
-				sh.err = eachEvent(q.cur, apply)
+				sh.err = rmapEvents.each(q.cur, apply)
 			}
 			if sh.err == nil {
 				sh.err = q.cur.Truncate(0)
@@ -319,7 +319,7 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 		}
 		sh.mu.Unlock()
 		// apply works on the shadow, which nothing else touches now.
-		if _, err := sh.drain(func(a *xfile.Array) error { return eachEvent(a, apply) }); err != nil {
+		if _, err := sh.drain(func(a *xfile.Array) error { return rmapEvents.each(a, apply) }); err != nil {
 			return nil, fmt.Errorf("apply live updates to the shadow: %w", err)
 		}
 	}
@@ -528,7 +528,7 @@ func expectRecords(s *engine.Snapshot) uint64 {
 // tree's own blocks current, and the set of those it gained.
 func applyDelta(t *eb.Tree, evs *xfile.Array, oldBlocks, gained map[format.BlockNr]bool) error {
 	var val [format.RmapItemSize]byte
-	return eachEvent(evs, func(ev engine.RmapEvent) error {
+	return rmapEvents.each(evs, func(ev engine.RmapEvent) error {
 		k := format.RmapKey(ev.Start, ev.Owner)
 		own := !ev.Owner.IsData() && ev.Owner.Tree == format.TreeRmap
 		var err error
