@@ -268,3 +268,20 @@ func TestHelpSections(t *testing.T) {
 		t.Errorf("completion --help:\n%s", out)
 	}
 }
+
+// TestFreshImageDataScrub: a freshly made image, never mounted, has its
+// root directory: every command works on it, scrub --data included.
+func TestFreshImageDataScrub(t *testing.T) {
+	img := mkfs(t)
+	var rep struct {
+		Status    string `json:"status"`
+		Requested struct {
+			Data bool `json:"data"`
+		} `json:"requested"`
+	}
+	if err := json.Unmarshal([]byte(expect(t, 0, "scrub", img, "--data", "--json")), &rep); err != nil || rep.Status != "clean" || !rep.Requested.Data {
+		t.Fatalf("scrub --data of a fresh image: %v %+v", err, rep)
+	}
+	expect(t, 0, "scrub", img, "--repair", "--data")
+	expect(t, 0, "fsck", img)
+}
