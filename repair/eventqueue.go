@@ -1,11 +1,8 @@
 package repair
 
 import (
-	"encoding/binary"
 	"fmt"
 
-	"github.com/scrubd/scrubd/engine"
-	"github.com/scrubd/scrubd/engine/format"
 	"github.com/scrubd/scrubd/xfile"
 )
 
@@ -94,30 +91,4 @@ func (c eventCodec[E]) each(a *xfile.Array, fn func(E) error) error {
 		return err
 	}
 	return ferr
-}
-
-// rmapEvents encodes rmap events: generation, op, start, length, and the
-// owner's tree, inode and offset, 8 bytes each.
-var rmapEvents = eventCodec[engine.RmapEvent]{
-	size: 7 * 8,
-	put: func(b []byte, ev engine.RmapEvent) {
-		le := binary.LittleEndian
-		le.PutUint64(b[0:], uint64(ev.Gen))
-		le.PutUint64(b[8:], uint64(ev.Op))
-		le.PutUint64(b[16:], uint64(ev.Start))
-		le.PutUint64(b[24:], ev.Len)
-		le.PutUint64(b[32:], uint64(ev.Owner.Tree))
-		le.PutUint64(b[40:], ev.Owner.Inode)
-		le.PutUint64(b[48:], ev.Owner.Offset)
-	},
-	get: func(b []byte) engine.RmapEvent {
-		le := binary.LittleEndian
-		return engine.RmapEvent{
-			Gen:   format.Gen(le.Uint64(b[0:])),
-			Op:    engine.Op(le.Uint64(b[8:])),
-			Start: format.BlockNr(le.Uint64(b[16:])),
-			Len:   le.Uint64(b[24:]),
-			Owner: format.Owner{Tree: format.TreeID(le.Uint64(b[32:])), Inode: le.Uint64(b[40:]), Offset: le.Uint64(b[48:])},
-		}
-	},
 }

@@ -6,6 +6,8 @@ import (
 	"iter"
 	"maps"
 	"slices"
+	"sync/atomic"
+	"time"
 
 	"github.com/scrubd/scrubd/engine"
 	eb "github.com/scrubd/scrubd/engine/btree"
@@ -13,108 +15,412 @@ import (
 	"github.com/scrubd/scrubd/xfile"
 )
 
-// The new tree's blocks (the XFS newbt design), shared by every online
-// rebuild: a reservation of blocks for a tree of a given record count and
-// size, reserved in paced batches under logged operations that free them
-// should a crash come before the swap; a staging store that hands them to
-// the bulk loader and keeps the node images in an xfile until they are
-// written; and the write of the staged nodes outside any transaction (the
-// blocks are allocated and nothing points at them yet).
+// A new tree for an online rebuild: its blocks reserved, its bulk load
+// staged, committed or cancelled (XFS's newbt.c).
 //
-// For the free-space tree the reservation comes out of the very space the
-// tree describes: a repairer of it must reserve, recount the records the
-// reservation changed, and reserve again until the plan fits (allocating
-// from the start of a free extent never adds a record, so the count
-// shrinks or stays and the loop converges).
+// The blocks are reserved in ordinary transactions, in batches (one commit
+// each, its updates of updateChunk blocks), for the record count the
+// bulk-load plan gives (eb.PlanBulkFixed: the exact shape of a tree of n
+// fixed-size records at a fill factor), with slack for the records
+// writers add before the load. Each batch logs, in the same transaction,
+// an operation "free those of these blocks no tree reaches": a crash
+// before the swap leaves them unreachable, and the mount's logged_ops
+// pass frees them; after the swap the tree reaches those it uses and the
+// operation leaves them alone. So the reservation never leaks, whatever
+// happens.
+//
+// The bulk load builds the tree bottom-up into the reserved blocks, the
+// node images staged in an xfile (stageStore), not the Go heap, and
+// written to the device outside any transaction (writeStaged): the blocks
+// are allocated and nothing points at them, so no reader sees them. Later
+// changes to the staged tree (the delta the shadow gathered) go through
+// the same store, which rewrites only the nodes they dirtied.
+//
+// Commit is the swap (in the exclusive section, see swapIn) followed by
+// the reaping of the blocks the load did not use, together with the old
+// tree's (reapGroups hands them to reap with the operations that cover
+// them). Cancel, for a rebuild that fails before the swap, frees every
+// reserved block and drops the operations at once.
+//
+// Where the blocks come from. For every tree but one they come from the
+// allocator (Tx.ReserveMeta), and if the tree records its own blocks —
+// the rmap tree (an owner record per block) and the allocation tree (an
+// extent record per block) — the plan counts them as records too: a fixed
+// point of records+blocks(records), reached in a few rounds because a
+// block holds a hundred records. The free-space tree is the exception:
+// its new blocks come out of the very free space it describes, so
+// reserving changes what it must hold. Its repairer plugs in through
+// newTreeOptions.Take, taking the blocks from the ends of the largest
+// free extents of its shadow (and shortening those records, or dropping
+// one that is used up, so the record count never grows), then planning
+// again for the records left: the count of blocks needed only shrinks as
+// records go, the reservation only grows, and each round reserves at
+// least one block, so the loop ends — in practice after one or two rounds
+// (XFS's xrep_abt_reserve_space plays the same game).
 
-// inSorted reports whether b is in the sorted list.
-func inSorted(list []format.BlockNr, b format.BlockNr) bool {
-	_, ok := slices.BinarySearch(list, b)
-	return ok
+// newTreeOptions describe the tree a rebuild builds.
+type newTreeOptions struct {
+	Tree     format.TreeID
+	ItemSize int     // every record's value size (the plan is exact for fixed sizes)
+	Fill     float64 // bulk-load fill factor
+	TempDir  string  // for the staging xfile
+	Name     string  // for the staging xfile's name
+	// SelfRecords: the tree holds a record for each of its own blocks
+	// (rmap, alloc), so the reservation plans for those too.
+	SelfRecords bool
+	// Take, if set, supplies n blocks for the reservation instead of
+	// Tx.ReserveMeta: the hook for the free-space tree, whose blocks come
+	// out of the space it describes (see above). The blocks must be
+	// allocated to the tree in tx, as ReserveMeta does.
+	Take func(tx *engine.Tx, n int) ([]format.BlockNr, error)
 }
 
-// reservation holds the blocks reserved for the new tree, and the logged
-// operations that free them if the swap never happens (those that no tree
-// reaches when the operation is completed).
-type reservation struct {
-	tree     format.TreeID // the tree the blocks are for (their owner)
-	itemSize int           // the size of the tree's fixed-size records
-	blocks   []format.BlockNr
-	ops      []uint64
+// newTree is the tree being built: its reserved blocks, the logged
+// operations that free them after a crash, and, once loaded, the staged
+// tree.
+type newTree struct {
+	e    *engine.Engine
+	opts newTreeOptions
+
+	blocks []format.BlockNr // reserved, in order
+	ops    []reserveOp      // the logged operations covering blocks
+	sorted []format.BlockNr // blocks sorted, once the reservation is final
+
+	stage *stageStore
+	plan  *eb.BulkPlan
+	tree  *eb.Tree // the staged tree, once loaded
+
+	swapping bool // the swap was attempted: cancel must leave the blocks alone
 }
 
-// upTo makes sure the reservation holds a tree of records records, the
-// reserved blocks' own records included, with slack for the records
-// writers add before the load starts (a 32nd); it reserves in batches, one
-// commit each, so no single commit holds the writers back for long. pace,
-// if set, is called before each batch with the blocks reserved so far and
-// the number wanted, and may wait.
-func (r *reservation) upTo(ctx context.Context, e *engine.Engine, records uint64, fill float64, pace func(done, want int)) error {
-	plan, err := eb.PlanBulkFixed(records, r.itemSize, fill)
-	for i := 0; err == nil && i < 4; i++ {
-		plan, err = eb.PlanBulkFixed(records+plan.Blocks, r.itemSize, fill)
+// reserveOp is a logged operation covering blocks[from:to] of a
+// reservation.
+type reserveOp struct {
+	id       uint64
+	from, to int
+}
+
+func newNewTree(e *engine.Engine, opts newTreeOptions) *newTree {
+	if opts.Take == nil {
+		id := opts.Tree
+		opts.Take = func(tx *engine.Tx, n int) ([]format.BlockNr, error) { return tx.ReserveMeta(id, n) }
 	}
+	return &newTree{e: e, opts: opts}
+}
+
+// planFor returns the bulk-load plan of records records, plus, for a tree
+// holding its own blocks, the records of the plan's own blocks.
+func (nt *newTree) planFor(records uint64) (*eb.BulkPlan, error) {
+	plan, err := eb.PlanBulkFixed(records, nt.opts.ItemSize, nt.opts.Fill)
+	for i := 0; nt.opts.SelfRecords && err == nil && i < 4; i++ {
+		plan, err = eb.PlanBulkFixed(records+plan.Blocks, nt.opts.ItemSize, nt.opts.Fill)
+	}
+	return plan, err
+}
+
+// reserve makes sure the reservation holds a tree of records records (the
+// reserved blocks' own records not counted: planFor adds them), with
+// slack for the records writers add before the load starts (a 32nd); it
+// reserves in batches, one commit each, so no single commit holds the
+// writers back for long. pace, if set, is called before each batch with
+// the blocks reserved so far and the number wanted, and may wait.
+func (nt *newTree) reserve(ctx context.Context, records uint64, pace func(done, want int)) error {
+	plan, err := nt.planFor(records)
 	if err != nil {
 		return err
 	}
 	// Topping up only below a lower mark: a few hundred records gained
 	// since the first reservation fit in its slack.
-	if len(r.blocks) >= int(plan.Blocks+max(16, plan.Blocks/128)) {
+	if len(nt.blocks) >= int(plan.Blocks+max(16, plan.Blocks/128)) {
 		return nil
 	}
 	want := int(plan.Blocks + max(16, plan.Blocks/32))
-	for len(r.blocks) < want {
+	for len(nt.blocks) < want {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		if pace != nil {
-			pace(len(r.blocks), want)
+			pace(len(nt.blocks), want)
 		}
-		k := min(reserveBatch, want-len(r.blocks))
-		err := commitBatch(e, k, true, func(tx *engine.Tx, from, to int) error {
-			got, err := tx.ReserveMeta(r.tree, to-from)
+		k := min(reserveBatch, want-len(nt.blocks))
+		err := commitBatch(nt.e, k, true, func(tx *engine.Tx, from, to int) error {
+			got, err := nt.opts.Take(tx, to-from)
 			if err != nil {
 				return err
 			}
-			op, err := tx.LogFreeUnreachable(r.tree, got)
+			op, err := tx.LogFreeUnreachable(nt.opts.Tree, got)
 			if err != nil {
 				return err
 			}
-			r.blocks = append(r.blocks, got...)
-			r.ops = append(r.ops, op)
+			nt.ops = append(nt.ops, reserveOp{id: op, from: len(nt.blocks), to: len(nt.blocks) + len(got)})
+			nt.blocks = append(nt.blocks, got...)
 			return nil
 		})
 		if err != nil {
-			return err
+			return fmt.Errorf("reserve blocks for the new %s tree: %w", nt.opts.Tree, err)
 		}
 	}
 	return nil
 }
 
-// writeStaged writes the staged nodes nodes returns to their blocks and
-// flushes them: the rebuild carries its own writes rather than leaving
-// hundreds of megabytes for a writer's fsync, or the next commit under the
-// writer lock, to flush. The bulk write (behind) lets commits' write-outs
-// and fsyncs go first; the catch-up's small writes do not wait, or the
-// updates they follow would pile up meanwhile (at 1M, catch-up took 1.3 s
-// instead of 0.1 s when they waited).
-func writeStaged(e *engine.Engine, nodes func() ([]format.Node, error), behind bool) error {
-	ns, err := nodes()
+// topUp tops the reservation up to a tree of the records the shadow holds
+// (normally nothing: it was reserved during the scan). For a tree holding
+// its own blocks the shadow already holds the reserved blocks' records,
+// which planFor adds itself.
+func (nt *newTree) topUp(ctx context.Context, shadowItems uint64) error {
+	n := shadowItems
+	if nt.opts.SelfRecords {
+		n -= min(n, uint64(len(nt.blocks)))
+	}
+	return nt.reserve(ctx, n, nil)
+}
+
+// reserveAlongside runs scan (at the lowest CPU priority) while the
+// reservation for expect records is made beside it, in batches that keep
+// pace with the scan's progress (the records it counts in progress), at
+// most one ahead, rather than back to back: the reservation mostly waits
+// (its delayed refs are applied in slices that rest while writers wait,
+// its commits are written out) and the scan mostly computes. (At 10M
+// extents, back to back, writers ran at 37% of idle through the scan.)
+// What the scan finds beyond expect is reserved after it (topUp), what is
+// left over is freed at the reaping.
+func (nt *newTree) reserveAlongside(ctx context.Context, expect uint64, scan func(progress *atomic.Uint64) error) error {
+	rctx, stopReserving := context.WithCancel(ctx)
+	defer stopReserving()
+	var progress atomic.Uint64
+	scanDone := make(chan struct{})
+	keepPace := func(done, want int) {
+		for uint64(done)*max(expect, 1) > uint64(want)*progress.Load() {
+			select {
+			case <-scanDone:
+				return
+			case <-rctx.Done():
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+	reserving := make(chan error, 1)
+	go func() { reserving <- nt.reserve(rctx, expect, keepPace) }()
+	err := lowPriority(func() error { return scan(&progress) })
+	close(scanDone)
 	if err != nil {
-		return fmt.Errorf("staged nodes: %w", err)
+		stopReserving()
+		<-reserving
+		return err
 	}
-	if behind {
-		err = e.WriteMetaBehind(ns)
-	} else {
-		err = e.WriteMeta(ns)
-	}
-	if err == nil {
-		err = e.FlushMeta()
-	}
+	return <-reserving
+}
+
+// reserved reports whether b is one of the reserved blocks (after load).
+func (nt *newTree) reserved(b format.BlockNr) bool { return inSorted(nt.sorted, b) }
+
+// load bulk-loads records records (recs, in key order) into the reserved
+// blocks, the nodes stamped with generation gen, staged in an xfile. The
+// reservation is final from here on.
+func (nt *newTree) load(records uint64, gen format.Gen, recs iter.Seq2[format.Key, []byte]) error {
+	id := nt.opts.Tree
+	plan, err := eb.PlanBulkFixed(records, nt.opts.ItemSize, nt.opts.Fill)
 	if err != nil {
-		return fmt.Errorf("write the new tree: %w", err)
+		return err
+	}
+	if plan.Blocks > uint64(len(nt.blocks)) {
+		return fmt.Errorf("the %s tree outgrew its reservation (%d records need %d blocks, %d reserved); run the repair again", id, records, plan.Blocks, len(nt.blocks))
+	}
+	nt.plan = plan
+	// Sorted lists searched rather than sets of 100k blocks at 10M
+	// extents (the rebuild's heap alone went from 28.5 to 27.3-27.6 MiB).
+	nt.sorted = slices.Sorted(slices.Values(nt.blocks))
+	nt.stage, err = newStageStore(nt.opts.TempDir, nt.opts.Name+" bulk load", nt.e.FSID(), gen, nt.blocks)
+	if err != nil {
+		return err
+	}
+	nt.tree, err = plan.Build(nt.stage, id, recs, func(level int) (format.Node, eb.Ptr, error) {
+		return nt.stage.Alloc(id, level)
+	})
+	if err != nil {
+		return fmt.Errorf("bulk load: %w", err)
 	}
 	return nil
+}
+
+// writeStaged writes the staged nodes — all of them, or (dirtyOnly) those
+// changed since the last write — to their blocks and flushes them: the
+// rebuild carries its own writes rather than leaving hundreds of
+// megabytes for a writer's fsync, or the next commit under the writer
+// lock, to flush. The bulk write (all) lets commits' write-outs and
+// fsyncs go first; the catch-up's small writes do not wait, or the
+// updates they follow would pile up meanwhile (at 1M, catch-up took 1.3 s
+// instead of 0.1 s when they waited).
+func (nt *newTree) writeStaged(dirtyOnly bool) error {
+	nodes := nt.stage.nodes
+	if dirtyOnly {
+		nodes = nt.stage.dirtyNodes
+	}
+	ns, err := nodes()
+	if err != nil {
+		return fmt.Errorf("staged %s nodes: %w", nt.opts.Tree, err)
+	}
+	if dirtyOnly {
+		err = nt.e.WriteMeta(ns)
+	} else {
+		err = nt.e.WriteMetaBehind(ns)
+	}
+	if err == nil {
+		err = nt.e.FlushMeta()
+	}
+	if err != nil {
+		return fmt.Errorf("write the new %s tree: %w", nt.opts.Tree, err)
+	}
+	nt.stage.clean()
+	return nil
+}
+
+// reapGroups returns, for the reaping after the swap, the reserved blocks
+// the tree does not use, with the reservation's operations that cover
+// them (an operation whose blocks the tree uses entirely comes with none:
+// it is dropped at once). The reservation is committed with them.
+func (nt *newTree) reapGroups() []reapGroup {
+	unused := nt.stage.unusedSlots()
+	out := make([]reapGroup, 0, len(nt.ops))
+	for _, op := range nt.ops {
+		g := reapGroup{op: op.id}
+		for i := op.from; i < op.to; i++ {
+			if unused(i) {
+				g.blocks = append(g.blocks, nt.blocks[i])
+			}
+		}
+		out = append(out, g)
+	}
+	return out
+}
+
+// cancel gives the reservation back when the rebuild fails before the
+// swap: one batch of commits frees every reserved block and drops the
+// operations (and extra, operations the rebuild logged besides, such as
+// the old tree's reaping). Once the swap was attempted it does nothing:
+// whether the swap committed is then for the mount's logged_ops pass to
+// find out. Best effort: if the engine cannot commit, the logged
+// operations free the blocks at the next mount.
+func (nt *newTree) cancel(extra ...uint64) {
+	if nt.stage != nil {
+		nt.stage.close()
+		nt.stage = nil
+	}
+	if nt.swapping || len(nt.ops) == 0 && len(extra) == 0 {
+		return
+	}
+	groups := []reapGroup{{blocks: nt.blocks}}
+	for _, op := range nt.ops {
+		groups = append(groups, reapGroup{op: op.id})
+	}
+	for _, op := range extra {
+		groups = append(groups, reapGroup{op: op})
+	}
+	if _, err := reap(nt.e, nt.opts.Tree, groups); err == nil {
+		nt.blocks, nt.ops = nil, nil
+	}
+}
+
+// close frees the staging xfile.
+func (nt *newTree) close() {
+	if nt.stage != nil {
+		nt.stage.close()
+		nt.stage = nil
+	}
+}
+
+// bulkLoad freezes the shadow and bulk-loads it into the new tree's
+// reserved blocks, then writes them (phase "write"), at the lowest CPU
+// priority.
+func bulkLoad[E any](res *RebuildResult, sh *shadow[E], nt *newTree) error {
+	records, gen, err := sh.freeze(nt.e)
+	if err != nil {
+		return err
+	}
+	return lowPriority(func() error {
+		var readErr error
+		if err := nt.load(records, gen, treeRecords(sh.tree, &readErr)); err != nil {
+			return err
+		}
+		if readErr != nil {
+			return fmt.Errorf("bulk load: %w", readErr)
+		}
+		res.phase("write")
+		return nt.writeStaged(false)
+	})
+}
+
+// swapIn is the short exclusive section of a rebuild: it ends the
+// shadow's subscription (every change has been published), makes the
+// staged tree the live one, applies the last of the delta to it as the
+// swap's transaction sees it, runs then (the structure's own last steps,
+// such as logging the reaping of blocks the old tree gained), and commits
+// with the rest.
+func swapIn[E any](e *engine.Engine, res *RebuildResult, sh *shadow[E], nt *newTree, then func(x *engine.Exclusive) error) error {
+	id := nt.opts.Tree
+	nt.swapping = true
+	err := e.RunExclusive(func(x *engine.Exclusive) error {
+		n, err := sh.stop()
+		if err != nil {
+			return err
+		}
+		res.Events += n
+		x.ReplaceTree(id, nt.tree.Root, nt.tree.Level, nt.tree.Items)
+		t, _ := x.ReadTree(id)
+		if err := sh.applyPending(t); err != nil {
+			return fmt.Errorf("apply live updates to the new tree: %w", err)
+		}
+		if then != nil {
+			if err := then(x); err != nil {
+				return err
+			}
+		}
+		res.Gen = x.Gen()
+		res.ExclusivePause = x.Held()
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s rebuild: %w", id, err)
+	}
+	return nil
+}
+
+// catchUpStaged applies the delta to the staged tree, outside any lock,
+// rewriting the nodes that changed, until few updates are left for the
+// exclusive section, and returns how many it applied. Each round first
+// commits what writers queued, so its updates reach the delta now rather
+// than in the exclusive section's commit. Done when few are left, or when
+// a round no longer halves them: a busy writer queues as many updates per
+// round as a round takes (thousands a second), and the exclusive section
+// applies that many in a few milliseconds.
+func catchUpStaged[E any](e *engine.Engine, sh *shadow[E], nt *newTree) (uint64, error) {
+	var events uint64
+	prev := -1
+	for round := 0; round < 8; round++ {
+		if err := e.Sync(); err != nil {
+			return events, err
+		}
+		n, err := sh.drainTo(nt.tree)
+		if err != nil {
+			return events, fmt.Errorf("catch up on the staged tree: %w", err)
+		}
+		if err := nt.writeStaged(true); err != nil {
+			return events, err
+		}
+		events += uint64(n)
+		if n < 256 || prev >= 0 && n > prev/2 {
+			break
+		}
+		prev = n
+	}
+	return events, nil
+}
+
+// inSorted reports whether b is in the sorted list.
+func inSorted(list []format.BlockNr, b format.BlockNr) bool {
+	_, ok := slices.BinarySearch(list, b)
+	return ok
 }
 
 // treeRecords yields a tree's items in order; a read error lands in *err.
@@ -126,7 +432,8 @@ func treeRecords(t *eb.Tree, err *error) iter.Seq2[format.Key, []byte] {
 }
 
 // stageStore hands out the reserved blocks to the bulk loader, keeping the
-// node images in an xfile (not the Go heap) until they are written.
+// node images in an xfile (not the Go heap) until they are written. It
+// serves any tree: the tree id comes with each call.
 type stageStore struct {
 	f        *xfile.File
 	fsid     format.FSID
@@ -248,11 +555,15 @@ func (s *stageStore) nodes() ([]format.Node, error) {
 	return out, nil
 }
 
-// unused returns the reserved blocks the tree does not use.
-func (s *stageStore) unused() []format.BlockNr {
-	out := slices.Clone(s.reserved[s.used:])
-	for _, i := range s.freed {
-		out = append(out, s.reserved[i])
+// unusedSlots returns a predicate: whether slot i of the reservation holds
+// no node of the tree (past the used tail, or given back).
+func (s *stageStore) unusedSlots() func(i int) bool {
+	freed := slices.Sorted(slices.Values(s.freed))
+	return func(i int) bool {
+		if i >= s.used {
+			return true
+		}
+		_, ok := slices.BinarySearch(freed, i)
+		return ok
 	}
-	return out
 }

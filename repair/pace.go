@@ -4,12 +4,50 @@ import (
 	"time"
 
 	"github.com/scrubd/scrubd/engine"
+	"github.com/scrubd/scrubd/engine/format"
 )
 
-// Pacing, shared by every online rebuild: a scan that yields the CPU to
-// writers (throttle), and commits in batches of short updates that rest
-// between them (commitBatch, commitPaced), so writers keep running while a
-// rebuild reserves, loads and reaps.
+// Pacing and timing shared by every online rebuild.
+//
+// A rebuild runs beside the writers it protects, so it takes what they
+// leave: the scan and the bulk load run at the lowest CPU priority
+// (lowPriority) and sleep a share of their time (throttle); every change
+// it makes goes through ordinary transactions in updates of at most
+// updateChunk items, writers running between them (commitBatch), and its
+// commits are spaced by a rest (commitPaced). The numbers below were
+// measured on the rmap rebuild (docs/benchmarks.md); the other rebuilds
+// share them because what bounds them — how long an update holds the
+// writer lock, how much a commit writes out — does not depend on the tree.
+//
+// RebuildResult is what every rebuild reports, with the time and the
+// longest writer-lock hold of each of its phases.
+
+// RebuildOptions configure an online rebuild.
+type RebuildOptions struct {
+	TempDir string  // directory for the xfiles; "" means anonymous memory
+	Fill    float64 // bulk-load fill factor; 0 means 0.9
+	// Yield is the share of the scan's time spent sleeping, leaving the
+	// CPU to writers: 0 means DefaultYield, negative means none.
+	Yield float64
+}
+
+// withDefaults fills in the zero options.
+func (o RebuildOptions) withDefaults() RebuildOptions {
+	if o.Fill == 0 {
+		o.Fill = 0.9
+	}
+	if o.Yield == 0 {
+		o.Yield = DefaultYield
+	}
+	return o
+}
+
+// scanThrottle is the throttle for a scan under these options.
+func (o RebuildOptions) scanThrottle() *throttle { return &throttle{yield: min(o.Yield, 0.9)} }
+
+// DefaultYield lets the scan use about 80% of one core's time (it also runs
+// at the lowest CPU priority).
+const DefaultYield = 0.2
 
 // throttle sleeps for yield/(1-yield) of the time worked since the last
 // sleep, once at least yieldQuantum has been worked: fewer, longer sleeps,
@@ -106,4 +144,79 @@ func commitBatch(e *engine.Engine, n int, paced bool, fn func(tx *engine.Tx, fro
 		time.Sleep(min(time.Since(t)/4, maxPace))
 	}
 	return nil
+}
+
+// RebuildResult describes an online rebuild of one tree.
+type RebuildResult struct {
+	ScanGen        format.Gen    // the pinned generation scanned
+	Gen            format.Gen    // the generation that committed the new tree
+	Records        uint64        // records in the new tree when loaded
+	Events         uint64        // hook events applied to the shadow
+	NewBlocks      uint64        // blocks of the new tree
+	OldBlocks      uint64        // blocks of the old tree reaped
+	XfileBytes     int64         // size of the shadow's xfile
+	Duration       time.Duration // whole rebuild
+	ExclusivePause time.Duration // writers excluded
+	// LongestHold is the longest hold of the engine's writer lock while
+	// the rebuild ran, whoever held it (the rebuild's updates and
+	// commits, the writers' own, the exclusive section's two holds): the
+	// longest any writer could have waited for it.
+	LongestHold time.Duration
+	Phases      []PhaseTime // where the time went, in order
+
+	clock *phaseClock // while the rebuild runs
+}
+
+// PhaseTime is one phase of a rebuild: its start (from the rebuild's
+// start), its duration and the longest writer-lock hold in it.
+type PhaseTime struct {
+	Name        string
+	Start       time.Duration
+	Took        time.Duration
+	LongestHold time.Duration
+}
+
+// phaseClock times the running phase of a rebuild.
+type phaseClock struct {
+	e     *engine.Engine
+	start time.Time
+	holds *engine.HoldWatch // the running phase's
+}
+
+// startRebuild starts timing a rebuild on e with its first phase. The
+// caller defers stop, which ends the timing if an error ended the rebuild.
+func startRebuild(e *engine.Engine, first string) *RebuildResult {
+	r := &RebuildResult{clock: &phaseClock{e: e, start: time.Now()}}
+	r.phase(first)
+	return r
+}
+
+// phase closes the phase running since the last call and names the next
+// ("" for none: the rebuild is done, its duration set).
+func (r *RebuildResult) phase(next string) {
+	c := r.clock
+	now := time.Since(c.start)
+	if n := len(r.Phases); n > 0 && c.holds != nil {
+		p := &r.Phases[n-1]
+		p.Took = now - p.Start
+		p.LongestHold = c.holds.Stop()
+		c.holds = nil
+		r.LongestHold = max(r.LongestHold, p.LongestHold)
+	}
+	if next != "" {
+		r.Phases = append(r.Phases, PhaseTime{Name: next, Start: now})
+		c.holds = c.e.WatchHolds()
+		return
+	}
+	r.Duration = now
+	r.clock = nil
+}
+
+// stop stops the running phase's hold watch if an error ended the
+// rebuild before its last phase.
+func (r *RebuildResult) stop() {
+	if r.clock != nil && r.clock.holds != nil {
+		r.clock.holds.Stop()
+		r.clock.holds = nil
+	}
 }
