@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/scrubd/scrubd/engine"
 	eb "github.com/scrubd/scrubd/engine/btree"
@@ -336,7 +337,7 @@ func TestShadowFollowsLiveUpdates(t *testing.T) {
 			defer wg.Done()
 			r := rand.New(rand.NewPCG(uint64(w), 7))
 			m := model[w]
-			for {
+			for i := 1; ; i++ {
 				select {
 				case <-stop:
 					return
@@ -347,6 +348,11 @@ func TestShadowFollowsLiveUpdates(t *testing.T) {
 					// Already in the scan: must be skipped.
 					chain.Call(toyEvent{Gen: g - format.Gen(r.IntN(2)), Key: k, Val: 1 << 40})
 					continue
+				}
+				// Writers publish far slower than a shadow applies (the
+				// catch-up converges only then): a pause every 32 events.
+				if i%32 == 0 {
+					time.Sleep(time.Millisecond)
 				}
 				ev := toyEvent{Gen: g + 1 + format.Gen(r.IntN(3)), Key: k, Val: r.Uint64() >> 1, Del: r.IntN(3) == 0}
 				chain.Call(ev)
