@@ -65,6 +65,7 @@ const (
 	ErrFreeNotMerged   ErrorID = 52
 	ErrBlockCrossLink  ErrorID = 53
 	ErrRmapSick        ErrorID = 54 // the engine found the rmap damaged in use
+	ErrTreeUntrusted   ErrorID = 55 // a space tree the engine stopped maintaining after finding it damaged
 	ErrDataChecksum    ErrorID = 60 // a data block failed its checksum
 	ErrLogBlockBad     ErrorID = 80 // a block of the fsync log's chain is damaged
 )
@@ -84,7 +85,7 @@ var errorNames = map[ErrorID]string{
 	ErrNlink: "nlink_mismatch", ErrDirentDangling: "dirent_dangling", ErrDirentType: "dirent_type",
 	ErrDirentIndex: "dirent_index", ErrDirNotDir: "dirent_parent_not_dir",
 	ErrFreeOverlap: "free_overlap", ErrSpaceLost: "space_lost", ErrFreeNotMerged: "free_not_merged",
-	ErrBlockCrossLink: "block_cross_linked", ErrRmapSick: "rmap_sick", ErrDataChecksum: "data_checksum",
+	ErrBlockCrossLink: "block_cross_linked", ErrRmapSick: "rmap_sick", ErrTreeUntrusted: "tree_untrusted", ErrDataChecksum: "data_checksum",
 }
 
 // Name returns the stable name of the id.
@@ -204,8 +205,10 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 		FSID: s.v.super.FSID, Label: s.v.super.Label}
 	perTree := map[format.TreeID]*TreeCheck{}
 	broken := map[format.TreeID]bool{} // trees whose walk hit damage
+	reported := map[format.TreeID]int{}
 	report := func(f Finding) {
 		res.Findings++
+		reported[f.Tree]++
 		if tc := perTree[f.Tree]; tc != nil {
 			tc.Findings++
 		}
@@ -220,6 +223,18 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 		refs = append(refs, metaRef{lb, format.TreeLog})
 	}
 	s.checkSupers(report)
+	// A space tree the engine stopped maintaining (degraded.go) is stale
+	// by design: it is not compared with the others (every difference
+	// would be reported as damage of its own), and one finding says so,
+	// unless its walk finds the damage itself.
+	var untrusted []format.TreeID
+	for _, st := range []Structure{StructAlloc, StructRmap, StructFree} {
+		if s.v.super.RecoveryPasses&(1<<degradedPass[st]) != 0 {
+			id := format.TreeRoot + format.TreeID(st-StructRoot)
+			broken[id] = true
+			untrusted = append(untrusted, id)
+		}
+	}
 	if e.tolerant {
 		// Offline only: on a mounted image fsyncs append to the chain
 		// while it is read, and a block being written is no damage.
@@ -330,6 +345,11 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 			return res, err
 		}
 		res.Trees = append(res.Trees, *tc)
+	}
+	for _, id := range untrusted {
+		if reported[id] == 0 {
+			report(finding(ErrTreeUntrusted, id, 0, "the %s tree was found damaged in use and is no longer maintained: it must be rebuilt", id))
+		}
 	}
 	missing := false
 	for _, id := range format.KnownTrees[:4] { // root, alloc, rmap, free must exist

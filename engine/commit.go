@@ -106,6 +106,9 @@ func (e *Engine) prepareCommit() (*pendingCommit, error) {
 	if e.takeErrorCounts() {
 		t.superDirty = true
 	}
+	if e.degradedDirty.Swap(false) {
+		t.superDirty = true
+	}
 	if t.dirty.Len() == 0 && e.refs.len() == 0 && !t.superDirty {
 		return nil, nil
 	}
@@ -137,6 +140,7 @@ func (e *Engine) prepareCommit() (*pendingCommit, error) {
 	sb.Gen = t.gen
 	sb.Root = format.RootPtr{Block: root.Root.Block, Gen: root.Root.Gen, Level: uint8(root.Level)}
 	sb.FreeBlocks = e.freeCount
+	sb.RecoveryPasses = e.degradedBits(sb.RecoveryPasses)
 	sb.Errors = slices.Clone(e.super.Errors)
 	sb.Devices = slices.Clone(e.super.Devices)
 	if len(sb.Devices) > 0 {
@@ -157,12 +161,25 @@ func (e *Engine) prepareCommit() (*pendingCommit, error) {
 	// durable and no reader pins an older one; the fsync log's obsolete
 	// blocks once it is durable.
 	e.alloc.deferFree(t.gen, t.pendingFree)
-	if invariants && !e.replaying {
-		held := slices.Clone(logFree)
+	held := func() []extent {
+		h := slices.Clone(logFree)
 		for _, b := range e.flog.transient {
-			held = append(held, extent{b, 1})
+			h = append(h, extent{b, 1})
 		}
-		e.checkAllocator(held)
+		return h
+	}
+	if e.reconcileAlloc {
+		e.reconcileAlloc = false
+		gained, lost, err := e.reconcileAllocator(held())
+		if err != nil {
+			return nil, fail("reconcile the allocator with the free-space tree", err)
+		}
+		if gained+lost > 0 {
+			e.log.Warn("allocator reconciled with the rebuilt free-space tree", "gained_blocks", gained, "lost_blocks", lost)
+		}
+	}
+	if invariants && !e.replaying {
+		e.checkAllocator(held())
 	}
 	c := &pendingCommit{gen: t.gen, dirty: t.dirty, super: sb, roots: roots, logFree: logFree, newExtents: t.newExtents}
 	e.inflight.Store(c)

@@ -242,19 +242,9 @@ func cmpSign(v int64) int {
 func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 	t := e.txn
 	alloc, rmap := e.trees[format.TreeAlloc], e.trees[format.TreeRmap]
-	ek, ev, found, err := alloc.First(format.Key{Obj: uint64(r.start), Type: format.TypeExtentItem})
+	item, found, err := e.refTarget(r)
 	if err != nil {
 		return err
-	}
-	found = found && ek.Obj == uint64(r.start) && ek.Type == format.TypeExtentItem
-	var item format.ExtentItem
-	if found {
-		if item, err = format.DecodeExtentItem(ev); err != nil {
-			return err
-		}
-		if ek.Off != r.n {
-			return corruptf(format.TreeAlloc, r.start, "extent of %d blocks recorded, reference is for %d", ek.Off, r.n)
-		}
 	}
 	ne := t.newExtents[r.start]
 	if ne != nil && ne.n == r.n {
@@ -270,12 +260,12 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 			e.freeCount -= r.n
 		}
 		item.Refs += uint64(r.delta)
-		if err := alloc.Put(format.ExtentKey(r.start, r.n), item.Encode()); err != nil {
+		if err := e.allocUpdate(alloc, r.start, r.n, &item); err != nil {
 			return err
 		}
 		mods.Add(1)
 		e.hooks.Alloc.Call(AllocEvent{Gen: t.gen, Op: opFor(found, false), Start: r.start, Len: r.n, Refs: item.Refs, Flags: item.Flags})
-		if !e.Sick(StructRmap) {
+		if !e.Degraded(StructRmap) {
 			if err := rmap.Insert(r.key, format.RmapItem{Len: r.n}.Encode()); err != nil {
 				if !e.rmapDamaged(err) {
 					return fmt.Errorf("rmap insert %s: %w", r.key, err)
@@ -287,13 +277,7 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 		e.hooks.Rmap.Call(RmapEvent{Gen: t.gen, Op: OpInsert, Start: r.start, Len: r.n, Owner: r.owner})
 		return nil
 	}
-	if !found {
-		return corruptf(format.TreeAlloc, r.start, "dropping a reference of %s to an extent that is not allocated", r.owner)
-	}
-	if uint64(-r.delta) > item.Refs {
-		return corruptf(format.TreeAlloc, r.start, "dropping %d references of %d", -r.delta, item.Refs)
-	}
-	if !e.Sick(StructRmap) {
+	if !e.Degraded(StructRmap) {
 		ok, err := rmap.Delete(r.key)
 		if err == nil && !ok {
 			err = corruptf(format.TreeRmap, r.start, "no reverse mapping for %s", r.owner)
@@ -311,9 +295,9 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 	if item.Refs > 0 {
 		mods.Add(1)
 		e.hooks.Alloc.Call(AllocEvent{Gen: t.gen, Op: OpUpdate, Start: r.start, Len: r.n, Refs: item.Refs, Flags: item.Flags})
-		return alloc.Put(format.ExtentKey(r.start, r.n), item.Encode())
+		return e.allocUpdate(alloc, r.start, r.n, &item)
 	}
-	if _, err := alloc.Delete(format.ExtentKey(r.start, r.n)); err != nil {
+	if err := e.allocUpdate(alloc, r.start, r.n, nil); err != nil {
 		return err
 	}
 	mods.Add(1)
@@ -344,6 +328,49 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 		e.alloc.release(r.start, r.n)
 	}
 	return nil
+}
+
+// refTarget returns the record of the extent r changes, and whether it
+// exists, checked against r. A record of the alloc tree that contradicts
+// the change (another length, a reference dropped that it does not
+// count) is damage: the alloc tree is degraded and the record derived
+// from the rmap instead.
+func (e *Engine) refTarget(r refEntry) (format.ExtentItem, bool, error) {
+	for {
+		n, item, found, err := e.extentAt(r.start)
+		switch {
+		case err != nil:
+		case found && n != r.n:
+			err = corruptf(format.TreeAlloc, r.start, "extent of %d blocks recorded, reference is for %d", n, r.n)
+		case r.delta < 0 && !found:
+			err = corruptf(format.TreeAlloc, r.start, "dropping a reference of %s to an extent that is not allocated", r.owner)
+		case r.delta < 0 && uint64(-r.delta) > item.Refs:
+			err = corruptf(format.TreeAlloc, r.start, "dropping %d references of %d", -r.delta, item.Refs)
+		}
+		if err != nil && !e.Degraded(StructAlloc) && e.spaceDamaged(StructAlloc, err) {
+			continue // again, from the rmap
+		}
+		return item, found, err
+	}
+}
+
+// allocUpdate puts the alloc record of extent [start, start+n) (deletes
+// it when item is nil), unless the alloc tree is degraded; damage met
+// doing so degrades it.
+func (e *Engine) allocUpdate(alloc *eb.Tree, start format.BlockNr, n uint64, item *format.ExtentItem) error {
+	if e.Degraded(StructAlloc) {
+		return nil
+	}
+	var err error
+	if item != nil {
+		err = alloc.Put(format.ExtentKey(start, n), item.Encode())
+	} else {
+		_, err = alloc.Delete(format.ExtentKey(start, n))
+	}
+	if err != nil && e.spaceDamaged(StructAlloc, err) {
+		return nil
+	}
+	return err
 }
 
 func opFor(existed, deleted bool) Op {
@@ -382,10 +409,19 @@ func (e *Engine) freeFlush() error {
 		return nil
 	}
 	e.refs.free = freeRun{}
-	if f.alloc {
-		return e.freeTreeRemove(f.start, f.n)
+	if e.Degraded(StructFree) {
+		return nil
 	}
-	return e.freeTreeAdd(f.start, f.n)
+	var err error
+	if f.alloc {
+		err = e.freeTreeRemove(f.start, f.n)
+	} else {
+		err = e.freeTreeAdd(f.start, f.n)
+	}
+	if err != nil && e.spaceDamaged(StructFree, err) {
+		return nil
+	}
+	return err
 }
 
 // freeTreeRemove takes [start, start+n) out of the free-space tree; it must

@@ -99,9 +99,11 @@ type Engine struct {
 	hooks           Hooks
 	mount           MountInfo
 	health          health
-	openRepairsOnce sync.Mutex // guards mount.Rewritten for TakeOpenRepairs
-	tolerant        bool       // offline check: load what is readable, report the rest
-	replaying       bool       // log replay in progress (mount only)
+	degradedDirty   atomic.Bool // a space tree's degraded state changed since the last commit
+	reconcileAlloc  bool        // the next commit reconciles the allocator with the free-space tree (wmu)
+	openRepairsOnce sync.Mutex  // guards mount.Rewritten for TakeOpenRepairs
+	tolerant        bool        // offline check: load what is readable, report the rest
+	replaying       bool        // log replay in progress (mount only)
 
 	// cmu serializes commits (held from prepareCommit through writeOut)
 	// and fsync log appends; taken before wmu.
@@ -362,28 +364,24 @@ func (e *Engine) load() error {
 			e.recorded[id] = ri
 		}
 	}
+	e.markUntrusted(sb)
 	if e.opts.ReadOnly {
 		// A transaction that never commits, so View works.
 		e.txn = newTxn(sb.Gen + 1)
 		return nil
 	}
-	// The allocator's index is the free-space tree.
-	e.alloc = newAllocator(e.totalBlocks)
-	fr := roots[format.TreeFree]
-	ft := eb.Open(viewStore{e: e}, format.TreeFree, eb.Ptr{Block: fr.Root.Block, Gen: fr.Root.Gen}, int(fr.Root.Level), 0)
-	var free uint64
-	err = ft.Ascend(format.Key{}, func(k format.Key, _ []byte) bool {
-		if k.Type != format.TypeFreeExtent || k.Off == 0 || k.Obj+k.Off > e.totalBlocks || k.Obj+k.Off < k.Obj {
-			err = corruptf(format.TreeFree, format.BlockNr(k.Obj), "free extent %s out of range", k)
-			return false
-		}
-		e.alloc.release(format.BlockNr(k.Obj), k.Off)
-		free += k.Off
-		return true
-	})
+	// The allocator's index is the free-space tree (or, while that is
+	// untrusted, the alloc tree's gaps: degraded.go).
+	committed := map[format.TreeID]*eb.Tree{}
+	for _, id := range []format.TreeID{format.TreeFree, format.TreeAlloc, format.TreeRmap} {
+		r := roots[id]
+		committed[id] = eb.Open(viewStore{e: e}, id, eb.Ptr{Block: r.Root.Block, Gen: r.Root.Gen}, int(r.Root.Level), 0)
+	}
+	a, free, err := e.loadAllocator(committed)
 	if err != nil {
 		return fmt.Errorf("load free space: %w", err)
 	}
+	e.alloc = a
 	if free != sb.FreeBlocks {
 		e.log.Warn("free-space tree and superblock disagree", "tree", free, "super", sb.FreeBlocks)
 		e.freeCount = free

@@ -226,12 +226,12 @@ func (e *Engine) SetRmapSick(sick bool) {
 	if sick {
 		e.MarkSick(StructRmap, gen, ErrRmapSick)
 	} else {
-		e.MarkChecked(StructRmap, gen, nil)
+		e.MarkRepaired(StructRmap, gen)
 	}
 }
 
 // RmapSick reports whether the rmap tree is marked damaged.
-func (e *Engine) RmapSick() bool { return e.Sick(StructRmap) }
+func (e *Engine) RmapSick() bool { return e.Degraded(StructRmap) }
 
 // --- logged operations ---
 
@@ -441,24 +441,31 @@ func (e *Engine) unreachableMeta(cands map[format.BlockNr]format.TreeID) (map[fo
 			return nil, nil
 		}
 	}
-	at := e.trees[format.TreeAlloc]
 	out := map[format.TreeID][]format.BlockNr{}
 	for _, b := range slices.Sorted(maps.Keys(left)) {
-		v, ok, err := at.Get(format.ExtentKey(b, 1), nil)
+		n, it, ok, err := e.extentAt(b)
 		if err != nil {
 			return nil, fmt.Errorf("alloc record of block %d: %w", b, err)
 		}
 		if !ok {
 			continue // freed already
 		}
-		it, err := format.DecodeExtentItem(v)
-		if err != nil {
-			return nil, fmt.Errorf("alloc record of block %d: %w", b, err)
-		}
-		if it.Flags != format.ExtentMeta {
+		if n != 1 || it.Flags != format.ExtentMeta {
 			continue // reused for data
 		}
 		out[left[b]] = append(out[left[b]], b)
 	}
 	return out, nil
+}
+
+// FreeBlocks returns the engine's count of free blocks (what the next
+// commit writes into the superblock).
+func (x *Exclusive) FreeBlocks() uint64 { return x.e.freeCount }
+
+// CorrectFreeBlocks adds delta to the count of free blocks: a rebuilt
+// free-space tree knows the true count, which a count carried over from a
+// damaged tree may have missed.
+func (x *Exclusive) CorrectFreeBlocks(delta int64) {
+	x.e.freeCount = uint64(int64(x.e.freeCount) + delta)
+	x.e.txn.superDirty = true
 }

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -125,7 +126,10 @@ type health struct {
 	mu   sync.Mutex
 	s    [numStructures]StructureHealth
 	sick atomic.Uint32 // bit s: structure s is sick
-	gen  atomic.Uint64 // the last committed generation, for marks made in use
+	// degraded, bit s: the engine runs without s (found damaged, not
+	// updated until rebuilt); always a subset of sick.
+	degraded atomic.Uint32
+	gen      atomic.Uint64 // the last committed generation, for marks made in use
 }
 
 // committedGen is the last committed generation, without a lock (damage
@@ -166,20 +170,66 @@ func (e *Engine) MarkSick(s Structure, gen format.Gen, ids ...ErrorID) bool {
 	if s >= numStructures {
 		return false
 	}
-	return e.health.set(s, Sick, gen, ids)
+	was := e.health.set(s, Sick, gen, ids)
+	if degradable(s) && slices.ContainsFunc(ids, provesDamage) && e.health.degraded.Or(1<<s)&(1<<s) == 0 {
+		e.degradedDirty.Store(true) // the next commit persists it
+	}
+	return was
+}
+
+// provesDamage says whether a finding proves its own tree damaged (only
+// a tree whose blocks or items are bad produces it), as cross-reference
+// findings do not: those may blame either tree.
+func provesDamage(id ErrorID) bool {
+	switch id {
+	case ErrNodeBadMagic, ErrNodeBadChecksum, ErrNodeWrongFS, ErrNodeMisdirected,
+		ErrNodeWrongOwner, ErrNodeStale, ErrNodeBadLevel, ErrNodeBadLayout,
+		ErrNodeKeyOrder, ErrNodeUnreadable, ErrItemBad, ErrTreeItemCount,
+		ErrTreeMissing, ErrTreeUntrusted, ErrRmapSick:
+		return true
+	}
+	return false
+}
+
+// ProvesDamage says whether a finding proves the tree it names damaged:
+// only a tree whose own blocks or items are bad produces it. A
+// cross-reference finding (a record in one tree without its twin in
+// another) may be either tree's fault.
+func (id ErrorID) ProvesDamage() bool { return provesDamage(id) }
+
+// Degraded reports whether the engine runs without s: a space tree found
+// damaged, no longer updated until it is rebuilt (see degraded.go).
+func (e *Engine) Degraded(s Structure) bool { return e.health.degraded.Load()&(1<<s) != 0 }
+
+// MarkRepaired records that s was rebuilt at generation gen: it is
+// healthy, and, for a space tree the engine ran without, maintained again
+// from the next change on. Only a repairer calls it, in the exclusive
+// section of its swap.
+func (e *Engine) MarkRepaired(s Structure, gen format.Gen) {
+	if s >= numStructures {
+		return
+	}
+	e.health.set(s, Healthy, gen, nil)
+	if e.health.degraded.And(^uint32(1<<s))&(1<<s) != 0 {
+		e.degradedDirty.Store(true)
+	}
 }
 
 // MarkChecked records a check of s at generation gen: healthy when ids is
-// empty, sick otherwise.
+// empty, sick otherwise. A space tree the engine runs without stays sick
+// until its repairer says otherwise (see degraded.go).
 func (e *Engine) MarkChecked(s Structure, gen format.Gen, ids []ErrorID) {
 	if s >= numStructures {
 		return
 	}
-	st := Healthy
 	if len(ids) > 0 {
-		st = Sick
+		e.MarkSick(s, gen, ids...)
+		return
 	}
-	e.health.set(s, st, gen, ids)
+	if e.Degraded(s) {
+		return
+	}
+	e.health.set(s, Healthy, gen, ids)
 }
 
 // Sick reports whether s is marked sick.

@@ -25,13 +25,35 @@ func TestHealthStates(t *testing.T) {
 	if h.State != Sick || h.Gen != 7 || len(h.Findings) != 1 || h.Findings[0] != ErrAllocMissing || h.CheckedAt.IsZero() {
 		t.Fatalf("alloc after a check with a finding: %+v", h)
 	}
-	if was := e.MarkSick(StructAlloc, 8, ErrNodeBadChecksum); !was {
-		t.Fatal("MarkSick did not report alloc sick already")
+	if e.Degraded(StructAlloc) {
+		t.Fatal("a cross-reference finding degraded the alloc tree")
 	}
-	e.MarkChecked(StructAlloc, 9, nil)
+	e.MarkChecked(StructAlloc, 8, nil)
 	if e.Sick(StructAlloc) || e.Health()[StructAlloc].State != Healthy {
 		t.Fatal("alloc still sick after a clean check")
 	}
+	if was := e.MarkSick(StructAlloc, 8, ErrNodeBadChecksum); was {
+		t.Fatal("MarkSick reported alloc sick already")
+	}
+	if !e.Degraded(StructAlloc) {
+		t.Fatal("a bad block did not degrade the alloc tree")
+	}
+	// Degraded: only a repair makes it healthy again.
+	e.MarkChecked(StructAlloc, 9, nil)
+	if !e.Sick(StructAlloc) || !e.Degraded(StructAlloc) {
+		t.Fatal("a clean check ended the alloc tree's degraded mode")
+	}
+	e.MarkRepaired(StructAlloc, 10)
+	if e.Sick(StructAlloc) || e.Degraded(StructAlloc) || e.Health()[StructAlloc].State != Healthy {
+		t.Fatal("alloc still sick after its repair")
+	}
+	// Marking a degradable tree that is not one of the engine's changes
+	// nothing else: inode damage degrades nothing.
+	e.MarkSick(StructInode, 10, ErrNodeBadChecksum)
+	if e.Degraded(StructInode) {
+		t.Fatal("inode degraded")
+	}
+	e.MarkChecked(StructInode, 11, nil)
 	e.SetRmapSick(true)
 	if !e.RmapSick() || e.Health()[StructRmap].State != Sick {
 		t.Fatal("SetRmapSick(true)")
@@ -82,6 +104,9 @@ func TestHealthConcurrent(t *testing.T) {
 		}(g)
 	}
 	wg.Wait()
+	for _, s := range Structures() {
+		e.MarkRepaired(s, 1) // the engine's cleanup check expects trusted trees
+	}
 	for _, h := range e.Health() {
 		for _, id := range h.Findings {
 			if id == ErrNlink {

@@ -345,11 +345,7 @@ type LogStats struct {
 func (e *Engine) reloadAllocator() error {
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
-	a := newAllocator(e.totalBlocks)
-	err := e.trees[format.TreeFree].Ascend(format.Key{}, func(k format.Key, _ []byte) bool {
-		a.release(format.BlockNr(k.Obj), k.Off)
-		return true
-	})
+	a, _, err := e.loadAllocator(e.trees)
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,9 @@ type RecoveryPass struct {
 	ID     uint
 	Name   string
 	Always bool // runs at every read-write mount
+	// Marker: the bit is a state the mount reads (see degraded.go), not
+	// work to do; it is not run, and only a repair clears it.
+	Marker bool
 	run    func(ctx context.Context, e *Engine) error
 }
 
@@ -42,6 +45,9 @@ var recoveryPasses = []RecoveryPass{
 	{ID: PassReplayLog, Name: "replay_log", Always: true, run: func(_ context.Context, e *Engine) error { return passReplayLog(e) }},
 	{ID: PassLoggedOps, Name: "logged_ops", Always: true, run: passLoggedOps},
 	{ID: PassDeletedInodes, Name: "deleted_inodes", Always: true, run: passDeletedInodes},
+	{ID: PassFreeUntrusted, Name: "free_untrusted", Marker: true},
+	{ID: PassAllocUntrusted, Name: "alloc_untrusted", Marker: true},
+	{ID: PassRmapUntrusted, Name: "rmap_untrusted", Marker: true},
 }
 
 func passDeletedInodes(_ context.Context, e *Engine) error {
@@ -65,7 +71,7 @@ func (e *Engine) runRecovery() error {
 	known := uint64(0)
 	for _, p := range recoveryPasses {
 		known |= 1 << p.ID
-		if !p.Always && required&(1<<p.ID) == 0 {
+		if p.Marker || !p.Always && required&(1<<p.ID) == 0 {
 			continue
 		}
 		start := time.Now()

@@ -52,9 +52,48 @@ func populatedImage(t *testing.T) string {
 	return img
 }
 
+// repairOutcome repairs img offline, as fsck --repair does, when the ops
+// table has a repairer for tree, and says how it went (" -> corrected" and
+// so on, "" without a repairer). A repair that reports corrected must
+// leave an image an offline check finds clean; one that does not must not
+// leave more findings than it found.
+func repairOutcome(t *testing.T, img string, tree format.TreeID) string {
+	t.Helper()
+	if op := opOfTree(tree); op == nil || op.Repair == nil {
+		return ""
+	}
+	before, err := CheckOffline(context.Background(), img, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		return " -> cannot open"
+	}
+	rep, err := Scrub(context.Background(), f, img, ScrubOptions{Repair: true, Mode: "offline", TempDir: t.TempDir()})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatalf("repair of %s: %v", img, err)
+	}
+	after, err := CheckOffline(context.Background(), img, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case rep.Status == StatusCorrected && after.Found != 0:
+		t.Errorf("%s: repair said corrected, the check after it found %d: %+v", tree, after.Found, after.Structures)
+	case after.Found > before.Found:
+		t.Errorf("%s: repair made the image worse: %d findings before, %d after; notes %v", tree, before.Found, after.Found, rep.Notes)
+	}
+	return " -> " + rep.Status
+}
+
 // TestInjectMatrix damages every tree whose repair the ops table plans,
 // with every kind, at a leaf and at an interior node, and asserts the exact
-// finding ids an offline check reports (testdata/inject_matrix.golden,
+// finding ids an offline check reports and, for a tree with a repairer,
+// how an offline repair (fsck --repair) ends (testdata/inject_matrix.golden,
 // rewritten with -update). A kind that cannot apply must be refused with
 // ErrInject, not silently do something else.
 func TestInjectMatrix(t *testing.T) {
@@ -102,7 +141,7 @@ func TestInjectMatrix(t *testing.T) {
 				if len(ids) == 0 {
 					t.Errorf("%s %s: the check found nothing", line, res.Detail)
 				}
-				fmt.Fprintf(&got, "%s %s\n", line, strings.Join(ids, " "))
+				fmt.Fprintf(&got, "%s %s%s\n", line, strings.Join(ids, " "), repairOutcome(t, img, tree))
 			}
 		}
 	}

@@ -351,13 +351,26 @@ func bulkLoad[E any](res *RebuildResult, sh *shadow[E], nt *newTree) error {
 	})
 }
 
+// swapSteps are a structure's own steps in the exclusive section of its
+// swap.
+type swapSteps struct {
+	// Stopped runs once the shadow's subscription has ended, before the
+	// new tree is touched: every change so far has been published.
+	Stopped func(x *engine.Exclusive)
+	// Then runs after the last of the delta reached the new tree (such as
+	// logging the reaping of blocks the old tree gained).
+	Then func(x *engine.Exclusive) error
+}
+
 // swapIn is the short exclusive section of a rebuild: it ends the
 // shadow's subscription (every change has been published), makes the
-// staged tree the live one, applies the last of the delta to it as the
-// swap's transaction sees it, runs then (the structure's own last steps,
-// such as logging the reaping of blocks the old tree gained), and commits
+// staged tree the live one and the structure healthy (for a space tree
+// the engine ran without, maintained by the engine again: every change
+// from here on is one the shadow never saw, including the delayed refs
+// this very section queues), applies the last of the delta to it as the
+// swap's transaction sees it, runs the structure's own steps, and commits
 // with the rest.
-func swapIn[E any](e *engine.Engine, res *RebuildResult, sh *shadow[E], nt *newTree, then func(x *engine.Exclusive) error) error {
+func swapIn[E any](e *engine.Engine, res *RebuildResult, sh *shadow[E], nt *newTree, st engine.Structure, steps swapSteps) error {
 	id := nt.opts.Tree
 	nt.swapping = true
 	err := e.RunExclusive(func(x *engine.Exclusive) error {
@@ -366,13 +379,17 @@ func swapIn[E any](e *engine.Engine, res *RebuildResult, sh *shadow[E], nt *newT
 			return err
 		}
 		res.Events += n
+		if steps.Stopped != nil {
+			steps.Stopped(x)
+		}
 		x.ReplaceTree(id, nt.tree.Root, nt.tree.Level, nt.tree.Items)
+		e.MarkRepaired(st, x.Gen())
 		t, _ := x.ReadTree(id)
 		if err := sh.applyPending(t); err != nil {
 			return fmt.Errorf("apply live updates to the new tree: %w", err)
 		}
-		if then != nil {
-			if err := then(x); err != nil {
+		if steps.Then != nil {
+			if err := steps.Then(x); err != nil {
 				return err
 			}
 		}

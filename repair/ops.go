@@ -84,7 +84,14 @@ var opsTable = []Op{
 		Inputs: allTrees,
 	},
 	{Name: "alloc", Trees: []format.TreeID{format.TreeAlloc}, Inputs: []string{"rmap", "extent"}},
-	{Name: "free", Trees: []format.TreeID{format.TreeFree}, Inputs: []string{"alloc", "rmap"}},
+	{
+		Name:   "free",
+		Trees:  []format.TreeID{format.TreeFree},
+		Repair: repairFree,
+		Answers: []engine.ErrorID{engine.ErrSpaceLost, engine.ErrFreeOverlap, engine.ErrFreeNotMerged,
+			engine.ErrSuperFreeCount},
+		Inputs: []string{"alloc", "rmap"},
+	},
 	{Name: "data", Trees: []format.TreeID{format.OwnerData}},
 }
 
@@ -262,11 +269,22 @@ func repairSupers(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*Re
 // repairRmap is the rmap row's repairer.
 func repairRmap(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*RebuildReport, error) {
 	e.SetRmapSick(true)
-	rr, err := RebuildRmap(ctx, e, RmapRebuildOptions{TempDir: opts.TempDir})
-	if err != nil {
-		return nil, err
+	return rebuildReport("rmap")(RebuildRmap(ctx, e, RebuildOptions{TempDir: opts.TempDir}))
+}
+
+// repairFree is the free row's repairer.
+func repairFree(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*RebuildReport, error) {
+	return rebuildReport("free")(RebuildFree(ctx, e, RebuildOptions{TempDir: opts.TempDir}))
+}
+
+// rebuildReport turns a rebuild's result into the report's record of it.
+func rebuildReport(name string) func(*RebuildResult, error) (*RebuildReport, error) {
+	return func(rr *RebuildResult, err error) (*RebuildReport, error) {
+		if err != nil {
+			return nil, err
+		}
+		return &RebuildReport{Structure: name, Records: rr.Records, Events: rr.Events,
+			NewBlocks: rr.NewBlocks, OldBlocks: rr.OldBlocks, DurationS: rr.Duration.Seconds(),
+			PauseMs: float64(rr.ExclusivePause.Microseconds()) / 1000, XfileBytes: rr.XfileBytes, Gen: uint64(rr.Gen)}, nil
 	}
-	return &RebuildReport{Structure: "rmap", Records: rr.Records, Events: rr.Events,
-		NewBlocks: rr.NewBlocks, OldBlocks: rr.OldBlocks, DurationS: rr.Duration.Seconds(),
-		PauseMs: float64(rr.ExclusivePause.Microseconds()) / 1000, XfileBytes: rr.XfileBytes, Gen: uint64(rr.Gen)}, nil
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/scrubd/scrubd/engine"
 	eb "github.com/scrubd/scrubd/engine/btree"
 	"github.com/scrubd/scrubd/engine/format"
+	"github.com/scrubd/scrubd/hooks"
 )
 
 // Online rebuild of the reverse-mapping tree (the XFS design).
@@ -24,8 +25,9 @@ import (
 //     G; events of later generations are buffered while
 //  2. a scan of G collects every implied record into the shadow tree on an
 //     xfile (collect: scanRmap). The old rmap tree's own blocks are records
-//     too: found by walking it, or, if it is too damaged to walk, as the
-//     metadata extents no other owner claims; they are also kept in a set,
+//     too: found by walking it, or, if the walk meets any damage (a lost
+//     pointer hides a subtree that is still allocated), as the metadata
+//     extents no other owner claims; they are also kept in a set,
 //     the blocks to reap, which the rmap events keep current (the rmap
 //     tree is the one tree whose hook reports its own blocks). Alongside
 //     the scan, ordinary transactions reserve the blocks the bulk-load plan
@@ -63,86 +65,19 @@ type RmapRebuildResult = RebuildResult
 
 // RebuildRmap rebuilds the rmap tree of e online. Writers keep running
 // except for the short exclusive section.
-func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions) (_ *RmapRebuildResult, err error) {
-	opts = opts.withDefaults()
-	res := startRebuild(e, "subscribe")
-	defer res.stop()
+func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions) (*RmapRebuildResult, error) {
 	r := &rmapRebuild{}
-	sh, err := newShadow(opts.TempDir, "rmap", format.TreeRmap, rmapEvents, rmapGen, r.apply)
-	if err != nil {
-		return nil, err
-	}
-	defer sh.close()
-	snap, err := sh.subscribe(e, &e.Hooks().Rmap)
-	if err != nil {
-		return nil, err
-	}
-	res.ScanGen = snap.Gen()
-
-	res.phase("scan")
-	nt := newNewTree(e, newTreeOptions{Tree: format.TreeRmap, ItemSize: format.RmapItemSize,
-		Fill: opts.Fill, TempDir: opts.TempDir, Name: "rmap", SelfRecords: true})
-	defer func() {
-		if err != nil {
-			nt.cancel(r.oldOps()...)
-		}
-		nt.close()
-	}()
-	var scanned []format.BlockNr
-	err = nt.reserveAlongside(ctx, expectRecords(snap), func(progress *atomic.Uint64) (err error) {
-		defer snap.Release()
-		scanned, err = scanRmap(ctx, snap, sh.tree, opts.scanThrottle(), progress)
-		return err
+	return rebuild(ctx, e, opts, rebuildSpec[engine.RmapEvent]{
+		Name: "rmap", Tree: format.TreeRmap, Structure: engine.StructRmap,
+		ItemSize: format.RmapItemSize, SelfRecords: true,
+		Codec: rmapEvents, Gen: rmapGen, Apply: r.apply,
+		Chain:  func(e *engine.Engine) *hooks.Chain[engine.RmapEvent] { return &e.Hooks().Rmap },
+		Expect: expectRecords,
+		Scan: func(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree, th *throttle, progress *atomic.Uint64) ([]format.BlockNr, error) {
+			return scanRmap(ctx, s, shadow, th, progress)
+		},
+		Old: func(o *oldTree) { r.old = o },
 	})
-	if err != nil {
-		return nil, err
-	}
-	r.old = newOldTree(format.TreeRmap, scanned)
-
-	res.phase("top-up")
-	if err := sh.catchUp(); err != nil {
-		return nil, err
-	}
-	if err := nt.topUp(ctx, sh.items()); err != nil {
-		return nil, err
-	}
-
-	res.phase("load")
-	if err := bulkLoad(res, sh, nt); err != nil {
-		return nil, err
-	}
-	if err := r.old.logListed(e, nt.reserved); err != nil {
-		return nil, err
-	}
-
-	res.phase("catch-up")
-	n, err := catchUpStaged(e, sh, nt)
-	res.Events += n
-	if err != nil {
-		return nil, err
-	}
-
-	res.phase("swap")
-	err = swapIn(e, res, sh, nt, func(x *engine.Exclusive) error {
-		if err := r.old.logGained(x, nt.reserved); err != nil {
-			return err
-		}
-		e.SetRmapSick(false)
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-
-	res.phase("reap")
-	old, oldBlocks := r.old.reapGroups(nt.reserved)
-	if _, err := reap(e, format.TreeRmap, append(nt.reapGroups(), old...)); err != nil {
-		return nil, err
-	}
-	res.Records, res.NewBlocks, res.OldBlocks = nt.tree.Items, nt.plan.Blocks, oldBlocks
-	res.XfileBytes = sh.xfileBytes()
-	res.phase("")
-	return res, nil
 }
 
 // rmapRebuild is the rmap's own state in a rebuild: the old tree's blocks,
@@ -176,14 +111,6 @@ func (r *rmapRebuild) apply(t *eb.Tree, ev engine.RmapEvent) error {
 		return fmt.Errorf("%s of %s: %w", ev.Op, k, err)
 	}
 	return nil
-}
-
-// oldOps returns the operations logged for the old tree's reaping.
-func (r *rmapRebuild) oldOps() []uint64 {
-	if r.old == nil {
-		return nil
-	}
-	return r.old.opIDs()
 }
 
 // rmapEvents encodes an rmap event in 56 bytes: generation, op, start,
@@ -262,11 +189,10 @@ func scanRmap(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree, th *thro
 	rmapBroken := false
 	if err := rt.Check(eb.CheckVisitor{
 		Block: func(p eb.Ptr, _ int) { rmapBlocks = append(rmapBlocks, p.Block) },
-		Problem: func(p eb.Problem) {
-			if p.Kind != format.KindItemCount {
-				rmapBroken = true
-			}
-		},
+		// Any problem, a wrong item count included: a subtree whose
+		// pointer was lost is still allocated, and only the derivation
+		// finds its blocks.
+		Problem: func(eb.Problem) { rmapBroken = true },
 	}); err != nil {
 		return nil, err
 	}

@@ -428,7 +428,7 @@ func TestScrubOfflineRepairFlag(t *testing.T) {
 // TestScrubUnrepairableDamage: damage no repairer handles is reported as
 // uncorrected (4), also when it keeps the image from being opened.
 func TestScrubUnrepairableDamage(t *testing.T) {
-	for _, tree := range []string{"free", "inode"} {
+	for _, tree := range []string{"root", "inode"} {
 		t.Run(tree, func(t *testing.T) {
 			img := mkfs(t)
 			populate(t, img)
@@ -436,7 +436,7 @@ func TestScrubUnrepairableDamage(t *testing.T) {
 			before := parseReport(t, expect(t, 4, "fsck", img, "--json"))
 			expect(t, 4, "scrub", img)
 			out := expect(t, 4, "fsck", img, "--repair")
-			if tree == "free" && !strings.Contains(out, "could not be opened") {
+			if tree == "root" && !strings.Contains(out, "could not be opened") {
 				t.Errorf("fsck --repair of an image that cannot be opened:\n%s", out)
 			}
 			after := parseReport(t, expect(t, 4, "fsck", img, "--json"))

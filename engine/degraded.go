@@ -1,0 +1,348 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	eb "github.com/scrubd/scrubd/engine/btree"
+	"github.com/scrubd/scrubd/engine/format"
+)
+
+// Degraded modes of the space trees.
+//
+// The alloc, rmap and free-space trees are each derived from the others
+// and the trees they describe, so the engine can run without any one of
+// them: while one is sick it stops updating it (its contents are no longer
+// trusted, so changing them could only spread the damage) and answers
+// from the others, and goes on publishing the changes through the live
+// hooks so an online rebuild can follow. The mount stays read-write; only
+// damage to two of them at once leaves the engine without a source and
+// aborts the transaction.
+//
+//   - free sick: the free-space tree is not updated; the allocator (always
+//     an in-memory index) was loaded from it at mount, or, when it is
+//     untrusted at mount, from the gaps of the alloc tree (or of the rmap,
+//     when the alloc tree is untrusted too).
+//   - alloc sick: the alloc tree is not updated; what applying a delayed
+//     ref needs of it — does the extent exist, its length, its reference
+//     count — comes from the rmap records at the extent's start (one
+//     record per owner, so their count is the reference count).
+//   - rmap sick: the rmap tree is not updated (see rmapDamaged).
+//
+// A degraded tree stays stale after the commit that follows, so its
+// sickness is persisted: every commit mirrors it into the superblock's
+// recovery_passes_required (passes free_untrusted, alloc_untrusted and
+// rmap_untrusted), and a mount that finds the bit set marks the tree sick
+// again before it is read. Only the tree's repairer clears it, in the
+// exclusive section of its swap, so the commit that makes the new tree
+// live also clears the bit; a clean check does not (MarkChecked leaves a
+// degraded tree sick): a tree that was not updated for a while can look
+// consistent at the checked generation and be stale by the time the mark
+// is made.
+
+// Recovery pass ids of the degraded markers (stable on disk).
+const (
+	PassFreeUntrusted  uint = 4
+	PassAllocUntrusted uint = 5
+	PassRmapUntrusted  uint = 6
+)
+
+// degradedPass maps each structure the engine can run without to its
+// marker pass.
+var degradedPass = map[Structure]uint{StructFree: PassFreeUntrusted, StructAlloc: PassAllocUntrusted, StructRmap: PassRmapUntrusted}
+
+// degradable reports whether the engine stops maintaining s while it is
+// sick.
+func degradable(s Structure) bool { _, ok := degradedPass[s]; return ok }
+
+// degradedBits returns passes with the marker bits set to the space trees'
+// sickness.
+func (e *Engine) degradedBits(passes uint64) uint64 {
+	for s, id := range degradedPass {
+		if e.Degraded(s) {
+			passes |= 1 << id
+		} else {
+			passes &^= 1 << id
+		}
+	}
+	return passes
+}
+
+// markUntrusted marks sick the space trees the superblock says were
+// degraded when it was written.
+func (e *Engine) markUntrusted(sb *format.Super) {
+	for s, id := range degradedPass {
+		if sb.RecoveryPasses&(1<<id) != 0 {
+			e.MarkSick(s, sb.Gen, ErrTreeUntrusted)
+		}
+	}
+}
+
+// spaceDamaged handles an error met while updating the space tree of
+// structure s in a delayed-ref run: corruption there marks s sick (the
+// engine goes on without it) and reports true; any other error is the
+// caller's.
+func (e *Engine) spaceDamaged(s Structure, err error) bool {
+	if !errors.Is(err, format.ErrCorrupt) {
+		return false
+	}
+	if !e.MarkSick(s, e.committedGen(), ErrTreeUntrusted) {
+		e.log.Error("space tree is damaged: marked sick, running without it until it is rebuilt", "tree", s.Name(), "err", err)
+		e.CountError(ErrTreeUntrusted, 1)
+	}
+	return true
+}
+
+// extentAt returns what the engine knows of the extent starting at start:
+// its length and record, from the alloc tree, or, while that is sick, from
+// the rmap records at start. found is false when no extent starts there.
+func (e *Engine) extentAt(start format.BlockNr) (n uint64, item format.ExtentItem, found bool, err error) {
+	if !e.Degraded(StructAlloc) {
+		n, item, found, err = e.allocRecord(start)
+		if err == nil || !e.spaceDamaged(StructAlloc, err) {
+			return n, item, found, err
+		}
+	}
+	if e.Degraded(StructRmap) {
+		return 0, item, false, corruptf(format.TreeAlloc, start, "the alloc and rmap trees are both damaged: no record of the extent at %d can be trusted", start)
+	}
+	return rmapExtent(e.trees[format.TreeRmap], start)
+}
+
+// allocRecord reads the alloc tree's record of the extent at start.
+func (e *Engine) allocRecord(start format.BlockNr) (n uint64, item format.ExtentItem, found bool, err error) {
+	ek, ev, ok, err := e.trees[format.TreeAlloc].First(format.Key{Obj: uint64(start), Type: format.TypeExtentItem})
+	if err != nil || !ok || ek.Obj != uint64(start) || ek.Type != format.TypeExtentItem {
+		return 0, item, false, err
+	}
+	if item, err = format.DecodeExtentItem(ev); err != nil {
+		return 0, item, false, err
+	}
+	return ek.Off, item, true, nil
+}
+
+// rmapExtent derives the record of the extent at start from the rmap
+// records there: one per owner, the length in each.
+func rmapExtent(rmap *eb.Tree, start format.BlockNr) (n uint64, item format.ExtentItem, found bool, err error) {
+	var derr error
+	err = rmap.Ascend(format.Key{Obj: uint64(start)}, func(k format.Key, v []byte) bool {
+		if k.Obj != uint64(start) {
+			return false
+		}
+		it, err := format.DecodeRmapItem(v)
+		if err != nil {
+			derr = err
+			return false
+		}
+		if found && it.Len != n {
+			derr = corruptf(format.TreeRmap, start, "owners of the extent at %d disagree on its length (%d and %d)", start, n, it.Len)
+			return false
+		}
+		found, n = true, it.Len
+		item.Refs++
+		item.Flags = format.ExtentMeta
+		if k.Type == format.TypeRmapInode {
+			item.Flags = format.ExtentData
+		}
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
+	return n, item, found, err
+}
+
+// spaceSource walks the extents a tree says are in use, in order: the alloc
+// tree's records, or the rmap's (several owners of one extent come one
+// after another with the same start and length).
+type spaceSource func(fn func(start format.BlockNr, n uint64) error) error
+
+// allocSource walks the alloc tree t.
+func allocSource(t *eb.Tree) spaceSource {
+	return func(fn func(format.BlockNr, uint64) error) error {
+		var ferr error
+		err := t.Ascend(format.Key{}, func(k format.Key, _ []byte) bool {
+			if k.Type != format.TypeExtentItem {
+				return true
+			}
+			ferr = fn(format.BlockNr(k.Obj), k.Off)
+			return ferr == nil
+		})
+		if err == nil {
+			err = ferr
+		}
+		return err
+	}
+}
+
+// rmapSource walks the rmap tree t.
+func rmapSource(t *eb.Tree) spaceSource {
+	return func(fn func(format.BlockNr, uint64) error) error {
+		var ferr error
+		err := t.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+			it, err := format.DecodeRmapItem(v)
+			if err != nil {
+				ferr = err
+				return false
+			}
+			ferr = fn(format.BlockNr(k.Obj), it.Len)
+			return ferr == nil
+		})
+		if err == nil {
+			err = ferr
+		}
+		return err
+	}
+}
+
+// FreeGaps calls fn for every maximal run of blocks of a device of total
+// blocks that no extent of src covers, in order: the free space the
+// source implies.
+func freeGaps(total uint64, src spaceSource, fn func(start format.BlockNr, n uint64)) error {
+	var pos uint64
+	err := src(func(start format.BlockNr, n uint64) error {
+		s := uint64(start)
+		if n == 0 || s+n > total || s+n < s {
+			return corruptf(format.TreeAlloc, start, "extent %d+%d out of range", s, n)
+		}
+		if s+n <= pos {
+			return nil // another owner of an extent seen already
+		}
+		if s < pos {
+			return corruptf(format.TreeAlloc, start, "extent %d+%d overlaps the one before it", s, n)
+		}
+		if s > pos {
+			fn(format.BlockNr(pos), s-pos)
+		}
+		pos = s + n
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if pos < total {
+		fn(format.BlockNr(pos), total-pos)
+	}
+	return nil
+}
+
+// loadAllocator fills a new allocator from the committed free space: the
+// free-space tree, or, when that is sick, the gaps of the alloc tree (of
+// the rmap when the alloc tree is sick too). It returns the allocator and
+// the free blocks it holds.
+func (e *Engine) loadAllocator(trees map[format.TreeID]*eb.Tree) (*allocator, uint64, error) {
+	a := newAllocator(e.totalBlocks)
+	var free uint64
+	add := func(s format.BlockNr, n uint64) {
+		a.release(s, n)
+		free += n
+	}
+	if !e.Degraded(StructFree) {
+		var kerr error
+		err := trees[format.TreeFree].Ascend(format.Key{}, func(k format.Key, _ []byte) bool {
+			if k.Type != format.TypeFreeExtent || k.Off == 0 || k.Obj+k.Off > e.totalBlocks || k.Obj+k.Off < k.Obj {
+				kerr = corruptf(format.TreeFree, format.BlockNr(k.Obj), "free extent %s out of range", k)
+				return false
+			}
+			add(format.BlockNr(k.Obj), k.Off)
+			return true
+		})
+		if err == nil {
+			err = kerr
+		}
+		if err == nil {
+			return a, free, nil
+		}
+		if !errors.Is(err, format.ErrCorrupt) {
+			return nil, 0, err
+		}
+		e.MarkSick(StructFree, e.committedGen(), ErrTreeUntrusted)
+		e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("the free-space tree is damaged (%v): free space loaded from the alloc tree", err))
+		a, free = newAllocator(e.totalBlocks), 0
+	}
+	src, from := allocSource(trees[format.TreeAlloc]), "alloc"
+	if e.Degraded(StructAlloc) {
+		if e.Degraded(StructRmap) {
+			return nil, 0, fmt.Errorf("load free space: the free-space, alloc and rmap trees are all untrusted: %w", format.ErrCorrupt)
+		}
+		src, from = rmapSource(trees[format.TreeRmap]), "rmap"
+	}
+	if err := freeGaps(e.totalBlocks, src, add); err != nil {
+		return nil, 0, fmt.Errorf("load free space from the %s tree: %w", from, err)
+	}
+	return a, free, nil
+}
+
+// ReconcileAllocator asks the commit that ends the exclusive section to
+// bring the allocator in line with the free-space tree, once its delayed
+// refs are applied: the free-space repairer's last step. The allocator
+// was loaded from the old tree (or from the alloc tree's gaps) and kept
+// current since; what the rebuilt tree holds free that the allocator
+// never knew (space a damaged tree had lost) becomes allocatable, and
+// what the allocator holds free that the tree says is used (space a
+// damaged tree wrongly held free) is taken out of it.
+func (x *Exclusive) ReconcileAllocator() { x.e.reconcileAlloc = true }
+
+// reconcileAllocator does it; wmu held, delayed refs applied. held are
+// the extents the commit releases when it is durable (free in the tree,
+// not yet in the allocator). It returns how many blocks it gained and
+// lost.
+func (e *Engine) reconcileAllocator(held []extent) (gained, lost uint64, err error) {
+	var tree []extent
+	if err := e.trees[format.TreeFree].Ascend(format.Key{}, func(k format.Key, _ []byte) bool {
+		tree = append(tree, extent{format.BlockNr(k.Obj), k.Off})
+		return true
+	}); err != nil {
+		return 0, 0, err
+	}
+	var free, busy []extent // the allocator's free index; its pending and held extents
+	a := e.alloc
+	a.mu.Lock()
+	a.free.Scan(func(s format.BlockNr, n uint64) bool {
+		free = append(free, extent{s, n})
+		return true
+	})
+	for _, p := range a.pending {
+		busy = append(busy, p.extents...)
+	}
+	a.mu.Unlock()
+	busy = append(busy, held...)
+	tree, free, busy = normalize(tree), normalize(free), normalize(busy)
+	known := normalize(append(slices.Clone(free), busy...))
+	for _, x := range subtractExtents(tree, known) {
+		a.release(x.start, x.n)
+		gained += x.n
+	}
+	for _, x := range subtractExtents(free, tree) {
+		if err := a.claim(x.start, x.n); err != nil {
+			return gained, lost, err
+		}
+		lost += x.n
+	}
+	return gained, lost, nil
+}
+
+// subtractExtents returns the blocks of a (sorted, merged extents) that
+// are not in b (sorted, merged), as sorted extents.
+func subtractExtents(a, b []extent) []extent {
+	var out []extent
+	j := 0
+	for _, x := range a {
+		s, end := uint64(x.start), uint64(x.start)+x.n
+		for j < len(b) && uint64(b[j].start)+b[j].n <= s {
+			j++
+		}
+		for k := j; k < len(b) && uint64(b[k].start) < end && s < end; k++ {
+			bs, be := uint64(b[k].start), uint64(b[k].start)+b[k].n
+			if bs > s {
+				out = append(out, extent{format.BlockNr(s), bs - s})
+			}
+			s = max(s, be)
+		}
+		if s < end {
+			out = append(out, extent{format.BlockNr(s), end - s})
+		}
+	}
+	return out
+}
