@@ -83,7 +83,14 @@ var opsTable = []Op{
 			engine.ErrAllocRefcount, engine.ErrRmapDataOwner, engine.ErrExtentNoRmap, engine.ErrRmapSick},
 		Inputs: allTrees,
 	},
-	{Name: "alloc", Trees: []format.TreeID{format.TreeAlloc}, Inputs: []string{"rmap", "extent"}},
+	{
+		Name:   "alloc",
+		Trees:  []format.TreeID{format.TreeAlloc},
+		Repair: repairAlloc,
+		Answers: []engine.ErrorID{engine.ErrAllocMissing, engine.ErrAllocLeaked, engine.ErrAllocRefcount,
+			engine.ErrAllocOverlap, engine.ErrAllocKind, engine.ErrExtentNoAlloc, engine.ErrCsumOrphan},
+		Inputs: []string{"rmap", "extent"},
+	},
 	{
 		Name:   "free",
 		Trees:  []format.TreeID{format.TreeFree},
@@ -270,6 +277,11 @@ func repairSupers(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*Re
 func repairRmap(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*RebuildReport, error) {
 	e.SetRmapSick(true)
 	return rebuildReport("rmap")(RebuildRmap(ctx, e, RebuildOptions{TempDir: opts.TempDir}))
+}
+
+// repairAlloc is the alloc row's repairer.
+func repairAlloc(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*RebuildReport, error) {
+	return rebuildReport("alloc")(RebuildAlloc(ctx, e, RebuildOptions{TempDir: opts.TempDir}))
 }
 
 // repairFree is the free row's repairer.

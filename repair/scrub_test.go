@@ -19,7 +19,7 @@ import (
 
 // onlineMatrixTrees are the trees the online damage matrix covers: every
 // tree with an online repairer.
-var onlineMatrixTrees = []format.TreeID{format.TreeRmap, format.TreeFree}
+var onlineMatrixTrees = []format.TreeID{format.TreeRmap, format.TreeFree, format.TreeAlloc}
 
 // goldenIDs reads testdata/inject_matrix.golden: for each "tree kind
 // level=N", the finding ids an offline check reported.
