@@ -10,18 +10,6 @@ import (
 	"github.com/scrubd/scrubd/engine/format"
 )
 
-// needsRmapRebuild reports whether every finding is one the rmap row of the
-// ops table answers for (damage an rmap rebuild alone repairs).
-func needsRmapRebuild(fs []engine.Finding) bool {
-	op := opByName("rmap")
-	for _, f := range fs {
-		if !slices.Contains(op.Trees, f.Tree) && !slices.Contains(op.Answers, f.ID) {
-			return false
-		}
-	}
-	return len(fs) > 0
-}
-
 // TestOpsTableOrder: every structure the issue names has a row, names are
 // unique, every input names a row, and a row's inputs come before it except
 // for the pairs that read each other.
