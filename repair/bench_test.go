@@ -25,14 +25,30 @@ import (
 // the same writer idle (before and after). Reports wall time, peak Go heap growth, xfile size,
 // writer throughput during the rebuild as a share of idle, and the longest
 // writer operation (pause). Use -benchtime=1x; see docs/benchmarks.md.
-func BenchmarkRmapRebuild(b *testing.B) {
+func BenchmarkRmapRebuild(b *testing.B) { benchRebuild(b, "rmap") }
+
+// BenchmarkAllocRebuild is BenchmarkRmapRebuild for the alloc tree: N
+// extents, N alloc records.
+func BenchmarkAllocRebuild(b *testing.B) { benchRebuild(b, "alloc") }
+
+// BenchmarkFreeRebuild is BenchmarkRmapRebuild for the free-space tree:
+// 2N extents built and every other one freed again, so the free-space
+// tree holds N records.
+func BenchmarkFreeRebuild(b *testing.B) { benchRebuild(b, "free") }
+
+func benchRebuild(b *testing.B, tree string) {
 	n := 1_000_000
 	if s := os.Getenv("SCRUBD_BENCH_EXTENTS"); s != "" {
 		n, _ = strconv.Atoi(s)
 	}
-	b.Run(fmt.Sprintf("extents=%d", n), func(b *testing.B) {
+	run := rebuilders[tree].run
+	built := n
+	if tree == "free" {
+		built = 2 * n
+	}
+	b.Run(fmt.Sprintf("records=%d", n), func(b *testing.B) {
 		img := filepath.Join(b.TempDir(), "rebuild.img")
-		size := int64(n)*2*format.BlockSize + 1<<30
+		size := int64(built)*2*format.BlockSize + 1<<30
 		if err := engine.MkfsPath(img, size, false, engine.MkfsOptions{}); err != nil {
 			b.Fatal(err)
 		}
@@ -48,7 +64,7 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		// way the filesystem maps them (data blocks are not written).
 		t0 := time.Now()
 		const batch = 5000
-		for i := 0; i < n; i += batch {
+		for i := 0; i < built; i += batch {
 			err := e.Update(func(tx *engine.Tx) error {
 				et, err := tx.Tree(format.TreeExtent)
 				if err != nil {
@@ -58,7 +74,7 @@ func BenchmarkRmapRebuild(b *testing.B) {
 				if err != nil {
 					return err
 				}
-				for j := i; j < min(n, i+batch); j++ {
+				for j := i; j < min(built, i+batch); j++ {
 					ino, fb := uint64(1_000_000+j/1000), uint64(j%1000)
 					start, err := tx.AllocExtent(1, format.Owner{Inode: ino, Offset: fb})
 					if err != nil {
@@ -85,7 +101,13 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		if err := e.Sync(); err != nil {
 			b.Fatal(err)
 		}
-		b.Logf("built %d extents in %v", n, time.Since(t0))
+		if built > n {
+			// Every other extent freed: the free space in N pieces.
+			if err := freeEveryOther(e, built); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.Logf("built %d extents in %v", built, time.Since(t0))
 		// The writer: 4 KiB writes with an fsync every 16, timed one by one.
 		a, _ := f.Create(fs.RootIno, "writer", fs.NewInode{Mode: 0o644})
 		var worstAt time.Time  // when the longest writer operation started
@@ -169,9 +191,9 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		idleW, idleF, _ := split(time.Time{}, time.Now())
 		opEnds, opSplit = opEnds[:0], opSplit[:0]
 		growth := heapGrowth()
-		var res *RmapRebuildResult
-		// SCRUBD_BENCH_YIELD sets the scan's yield (RmapRebuildOptions.Yield).
-		var opts RmapRebuildOptions
+		var res *RebuildResult
+		// SCRUBD_BENCH_YIELD sets the scan's yield (RebuildOptions.Yield).
+		var opts RebuildOptions
 		if s := os.Getenv("SCRUBD_BENCH_YIELD"); s != "" {
 			opts.Yield, _ = strconv.ParseFloat(s, 64)
 		}
@@ -179,7 +201,7 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		rebuildStart := time.Now()
 		rate, worst := measure(0, func() {
 			var err error
-			res, err = RebuildRmap(context.Background(), e, opts)
+			res, err = run(context.Background(), e, opts)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -242,7 +264,7 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		b.ReportMetric(float64(idleWorst.Microseconds())/1000, "idle-longest-op-ms")
 		b.ReportMetric(100*rate/idleRate, "writer-%-of-idle")
 		// The rebuild's own time: a second rebuild with no writer running.
-		alone, err := RebuildRmap(context.Background(), e, opts)
+		alone, err := run(context.Background(), e, opts)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -254,7 +276,7 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		// that the already-live heap postpones).
 		old := debug.SetGCPercent(10)
 		growth = heapGrowth()
-		if _, err := RebuildRmap(context.Background(), e, opts); err != nil {
+		if _, err := run(context.Background(), e, opts); err != nil {
 			b.Fatal(err)
 		}
 		grown, live = growth()
@@ -263,6 +285,49 @@ func BenchmarkRmapRebuild(b *testing.B) {
 		b.ReportMetric(float64(live)/(1<<20), "alone-live-heap-growth-MiB")
 		logPhases()
 	})
+}
+
+// freeEveryOther frees every other extent the benchmark built (built of
+// them, owned by inode 1000000+j/1000 at block j%1000).
+func freeEveryOther(e *engine.Engine, built int) error {
+	const batch = 5000
+	for i := 0; i < built; i += 2 * batch {
+		err := e.Update(func(tx *engine.Tx) error {
+			et, err := tx.Tree(format.TreeExtent)
+			if err != nil {
+				return err
+			}
+			for j := i; j < min(built, i+2*batch); j += 2 {
+				ino, fb := uint64(1_000_000+j/1000), uint64(j%1000)
+				k := format.FileExtentKey(ino, fb)
+				v, ok, err := et.Get(k, nil)
+				if err != nil || !ok {
+					return fmt.Errorf("extent %d: %v %v", j, ok, err)
+				}
+				fe, err := format.DecodeFileExtent(v)
+				if err != nil {
+					return err
+				}
+				if _, err := et.Delete(k); err != nil {
+					return err
+				}
+				// (The extent's checksums go with its last reference.)
+				if err := tx.DropRef(fe.Start, fe.Len, format.Owner{Inode: ino, Offset: fb}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if i%(20*batch) == 0 {
+			if err := e.Sync(); err != nil {
+				return err
+			}
+		}
+	}
+	return e.Sync()
 }
 
 // BenchmarkScrub: a scrub of the metadata only, and with --data, of an

@@ -134,7 +134,11 @@ func (nt *newTree) reserve(ctx context.Context, records uint64, pace func(done, 
 	if len(nt.blocks) >= int(plan.Blocks+max(16, plan.Blocks/128)) {
 		return nil
 	}
-	want := int(plan.Blocks + max(16, plan.Blocks/32))
+	return nt.reserveTo(ctx, int(plan.Blocks+max(16, plan.Blocks/32)), pace)
+}
+
+// reserveTo reserves blocks until want are reserved, in batches.
+func (nt *newTree) reserveTo(ctx context.Context, want int, pace func(done, want int)) error {
 	for len(nt.blocks) < want {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -210,6 +214,28 @@ func (nt *newTree) reserveAlongside(ctx context.Context, expect uint64, scan fun
 		return err
 	}
 	return <-reserving
+}
+
+// spareFor makes sure the staged tree has room for events more updates
+// before they are applied to it (catch-up): writers that keep adding
+// records while a rebuild catches up can need more blocks than the
+// reservation's slack — an update in a full leaf splits it, so a stream
+// of inserts can take a new block per handful of records. It assumes the
+// worst of that (a new block per 16 updates, and 16 blocks besides) and
+// reserves the difference in ordinary transactions, covered by logged
+// operations like the rest; what goes unused is reaped with it.
+func (nt *newTree) spareFor(ctx context.Context, events uint64) error {
+	spare := len(nt.blocks) - nt.stage.used + len(nt.stage.freed)
+	need := int(events/16) + 16
+	if spare >= need {
+		return nil
+	}
+	if err := nt.reserveTo(ctx, len(nt.blocks)+need-spare, nil); err != nil {
+		return err
+	}
+	nt.stage.reserved = nt.blocks
+	nt.sorted = slices.Sorted(slices.Values(nt.blocks))
+	return nil
 }
 
 // reserved reports whether b is one of the reserved blocks (after load).
@@ -411,11 +437,14 @@ func swapIn[E any](e *engine.Engine, res *RebuildResult, sh *shadow[E], nt *newT
 // a round no longer halves them: a busy writer queues as many updates per
 // round as a round takes (thousands a second), and the exclusive section
 // applies that many in a few milliseconds.
-func catchUpStaged[E any](e *engine.Engine, sh *shadow[E], nt *newTree) (uint64, error) {
+func catchUpStaged[E any](ctx context.Context, e *engine.Engine, sh *shadow[E], nt *newTree) (uint64, error) {
 	var events uint64
 	prev := -1
 	for round := 0; round < 8; round++ {
 		if err := e.Sync(); err != nil {
+			return events, err
+		}
+		if err := nt.spareFor(ctx, sh.pending()); err != nil {
 			return events, err
 		}
 		n, err := sh.drainTo(nt.tree)

@@ -116,7 +116,7 @@ func rebuild[E any](ctx context.Context, e *engine.Engine, opts RebuildOptions, 
 	}
 
 	res.phase("catch-up")
-	n, err := catchUpStaged(e, sh, nt)
+	n, err := catchUpStaged(ctx, e, sh, nt)
 	res.Events += n
 	if err != nil {
 		return nil, err

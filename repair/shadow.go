@@ -242,6 +242,13 @@ func (s *shadow[E]) drainTo(t *eb.Tree) (int, error) {
 	})
 }
 
+// pending is how many events wait in the queue.
+func (s *shadow[E]) pending() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.q.len()
+}
+
 // stop ends the subscription (in the exclusive section: every change has
 // been published) and returns how many events the rebuild applied to the
 // shadow plus those still pending in the delta.
