@@ -47,29 +47,31 @@ const InfoVersion = 1
 // throughout. Version is the on-disk format version ("1.1"), kept under
 // that name for compatibility; InfoVersion versions the document.
 type InfoDoc struct {
-	InfoVersion    int                  `json:"info_version"`
-	UUID           string               `json:"uuid"`
-	Label          string               `json:"label"`
-	Generation     uint64               `json:"generation"`
-	BlockSize      uint32               `json:"block_size"`
-	Version        string               `json:"version"`
-	FormatVersion  string               `json:"format_version"`
-	TotalBlocks    uint64               `json:"total_blocks"`
-	FreeBlocks     uint64               `json:"free_blocks"`
-	TotalBytes     uint64               `json:"total_bytes"`
-	FreeBytes      uint64               `json:"free_bytes"`
-	Compat         uint64               `json:"compat"`
-	RoCompat       uint64               `json:"ro_compat"`
-	Incompat       uint64               `json:"incompat"`
-	RecoveryPasses uint64               `json:"recovery_passes_required"`
-	ErrorsSilent   [4]uint64            `json:"errors_silent"`
-	SuperBlock     uint64               `json:"superblock"`
-	FellBack       bool                 `json:"fell_back"`
-	Notes          []string             `json:"notes"`
-	Trees          []InfoTree           `json:"trees"`
-	Errors         []InfoError          `json:"errors"`
-	Devices        []format.DeviceStats `json:"devices"`
-	NextObjectID   uint64               `json:"next_object_id"`
+	InfoVersion    int    `json:"info_version"`
+	UUID           string `json:"uuid"`
+	Label          string `json:"label"`
+	Generation     uint64 `json:"generation"`
+	BlockSize      uint32 `json:"block_size"`
+	Version        string `json:"version"`
+	FormatVersion  string `json:"format_version"`
+	TotalBlocks    uint64 `json:"total_blocks"`
+	FreeBlocks     uint64 `json:"free_blocks"`
+	TotalBytes     uint64 `json:"total_bytes"`
+	FreeBytes      uint64 `json:"free_bytes"`
+	Compat         uint64 `json:"compat"`
+	RoCompat       uint64 `json:"ro_compat"`
+	Incompat       uint64 `json:"incompat"`
+	RecoveryPasses uint64 `json:"recovery_passes_required"`
+	// PassNames names the bits of RecoveryPasses this build knows.
+	PassNames    []string             `json:"recovery_pass_names"`
+	ErrorsSilent [4]uint64            `json:"errors_silent"`
+	SuperBlock   uint64               `json:"superblock"`
+	FellBack     bool                 `json:"fell_back"`
+	Notes        []string             `json:"notes"`
+	Trees        []InfoTree           `json:"trees"`
+	Errors       []InfoError          `json:"errors"`
+	Devices      []format.DeviceStats `json:"devices"`
+	NextObjectID uint64               `json:"next_object_id"`
 }
 
 // InfoTree is one tree in an InfoDoc.
@@ -105,6 +107,12 @@ func (in Info) Doc() InfoDoc {
 		SuperBlock: uint64(in.Mount.SuperBlock), FellBack: in.Mount.FellBack, Notes: in.Mount.Notes,
 		Devices: sb.Devices, NextObjectID: sb.NextObjectID,
 		Trees: []InfoTree{}, Errors: []InfoError{},
+	}
+	d.PassNames = []string{}
+	for _, p := range RecoveryPasses() {
+		if sb.RecoveryPasses&(1<<p.ID) != 0 {
+			d.PassNames = append(d.PassNames, p.Name)
+		}
 	}
 	if d.Notes == nil {
 		d.Notes = []string{}

@@ -57,7 +57,7 @@ EXIT STATUS
 				fmt.Fprintf(tw, "note\t%s\n", n)
 			}
 			if j.RecoveryPasses != 0 {
-				fmt.Fprintf(tw, "recovery\tpasses required: %#x\n", j.RecoveryPasses)
+				fmt.Fprintf(tw, "recovery\tpasses required: %#x %v\n", j.RecoveryPasses, j.PassNames)
 			}
 			tw.Flush()
 			fmt.Fprintln(out)
