@@ -878,13 +878,22 @@ func (e *Engine) writable() error {
 	return nil
 }
 
-func (e *Engine) abort(err error) {
-	if ce, ok := format.AsCorrupt(err); ok {
-		// Damage met in use: the structure it was met in is sick.
-		if s, ok := StructureOfTree(ce.Tree); ok {
-			e.MarkSick(s, e.committedGen(), kindID(ce.Kind))
-		}
+// NoteDamage marks sick the structure a corruption error (met in use)
+// names, and reports whether err was one.
+func (e *Engine) NoteDamage(err error) bool {
+	ce, ok := format.AsCorrupt(err)
+	if !ok {
+		return false
 	}
+	if s, ok := StructureOfTree(ce.Tree); ok {
+		e.MarkSick(s, e.committedGen(), kindID(ce.Kind))
+	}
+	return true
+}
+
+func (e *Engine) abort(err error) {
+	// Damage met in use: the structure it was met in is sick.
+	e.NoteDamage(err)
 	if e.aborted == nil {
 		e.aborted = err
 		e.log.Error("transaction aborted, engine is read-only", "gen", e.txn.gen, "err", err)

@@ -95,6 +95,26 @@ func (f *FS) purgeDeleted(tx *engine.Tx) error {
 	return nil
 }
 
+// probeExtents reads, before anything is changed, the file extent items
+// a change of file blocks [a, b) of ino will read again to change them.
+// Damage there fails the one operation (EIO), marks the extent tree sick,
+// and leaves the transaction untouched: the mount stays read-write and
+// every other file goes on as before. (Without the probe the damage would
+// be met halfway through the change and abort the transaction.)
+func (f *FS) probeExtents(tx *engine.Tx, ino, a, b uint64) error {
+	_, _, _, err := extentAt(tx, ino, a)
+	if err == nil {
+		tr, _ := tx.ReadTree(format.TreeExtent)
+		err = tr.Ascend(format.FileExtentKey(ino, a), func(k format.Key, _ []byte) bool {
+			return k.Obj == ino && k.Type == format.TypeFileExtent && k.Off < b
+		})
+	}
+	if err != nil && f.e.NoteDamage(err) {
+		return fmt.Errorf("inode %d blocks %d..%d: %w", ino, a, b, err)
+	}
+	return err
+}
+
 // extentAt returns the file extent item covering file block fb, if any.
 func extentAt(tx *engine.Tx, ino, fb uint64) (uint64, format.FileExtent, bool, error) {
 	tr, _ := tx.ReadTree(format.TreeExtent)
@@ -256,6 +276,9 @@ func (f *FS) Write(ino uint64, p []byte, off int64) (int, error) {
 		}
 		if !isReg(in) {
 			return syscall.EINVAL
+		}
+		if err := f.probeExtents(tx, ino, fb, lb); err != nil {
+			return err
 		}
 		if err := tx.ReserveData(lb - fb); err != nil {
 			return err
@@ -497,6 +520,9 @@ func (f *FS) Truncate(ino uint64, size uint64) error {
 
 func (f *FS) truncate(tx *engine.Tx, ino uint64, in *format.InodeItem, size uint64) error {
 	if size < in.Size {
+		if err := f.probeExtents(tx, ino, size/bs, ^uint64(0)>>12); err != nil {
+			return err
+		}
 		// Read the new last block before changing anything: its tail
 		// past the new size is zeroed, so a later extension reads zeros.
 		var last []byte
