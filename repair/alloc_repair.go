@@ -90,7 +90,7 @@ func (r *allocRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.
 		cur = format.ExtentItem{}
 	}
 	rt, _ := s.ScanTree(format.TreeRmap)
-	var bad *eb.Problem
+	var bad firstProblem
 	err := rt.Check(eb.CheckVisitor{
 		Item: func(k format.Key, v []byte) {
 			if perr != nil {
@@ -121,15 +121,10 @@ func (r *allocRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.
 				old = append(old, start)
 			}
 		},
-		Problem: func(p eb.Problem) {
-			if bad == nil {
-				pp := p
-				bad = &pp
-			}
-		},
+		Problem: bad.note,
 	})
-	if err == nil && bad != nil {
-		err = fmt.Errorf("cannot rebuild the alloc tree while the rmap is damaged (%s): %w", bad, format.ErrCorrupt)
+	if err == nil && bad.p != nil {
+		err = fmt.Errorf("cannot rebuild the alloc tree while the rmap is damaged (%s): %w", bad.p, format.ErrCorrupt)
 	}
 	if err == nil {
 		flush()

@@ -120,7 +120,7 @@ func (r *freeRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.T
 		}
 	}
 	at, _ := s.ScanTree(format.TreeAlloc)
-	var bad *eb.Problem
+	var bad firstProblem
 	err := at.Check(eb.CheckVisitor{
 		Item: func(k format.Key, _ []byte) {
 			if k.Type != format.TypeExtentItem || perr != nil {
@@ -134,15 +134,10 @@ func (r *freeRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.T
 			gap(start)
 			pos = start + n
 		},
-		Problem: func(p eb.Problem) {
-			if bad == nil {
-				pp := p
-				bad = &pp
-			}
-		},
+		Problem: bad.note,
 	})
-	if err == nil && bad != nil {
-		err = fmt.Errorf("cannot rebuild the free-space tree while the alloc tree is damaged (%s): %w", bad, format.ErrCorrupt)
+	if err == nil && bad.p != nil {
+		err = fmt.Errorf("cannot rebuild the free-space tree while the alloc tree is damaged (%s): %w", bad.p, format.ErrCorrupt)
 	}
 	if err == nil {
 		err = perr
@@ -166,13 +161,8 @@ func (r *freeRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.T
 // cannot be walked, by walking the tree itself.
 func oldTreeBlocks(s *engine.Snapshot, id format.TreeID, rmapOK bool) ([]format.BlockNr, error) {
 	var blocks []format.BlockNr
-	var bad *eb.Problem
-	problem := func(p eb.Problem) {
-		if bad == nil && p.Kind != format.KindItemCount {
-			pp := p
-			bad = &pp
-		}
-	}
+	count := format.KindItemCount
+	bad := firstProblem{skip: &count}
 	if rmapOK {
 		rt, _ := s.ScanTree(format.TreeRmap)
 		err := rt.Check(eb.CheckVisitor{
@@ -181,27 +171,27 @@ func oldTreeBlocks(s *engine.Snapshot, id format.TreeID, rmapOK bool) ([]format.
 					blocks = append(blocks, format.BlockNr(k.Obj))
 				}
 			},
-			Problem: problem,
+			Problem: bad.note,
 		})
 		if err != nil {
 			return nil, err
 		}
-		if bad == nil {
+		if bad.p == nil {
 			return blocks, nil
 		}
 	}
-	rbad := bad
-	blocks, bad = blocks[:0], nil
+	rbad := bad.p
+	blocks, bad.p = blocks[:0], nil
 	t, _ := s.ScanTree(id)
-	if err := t.Check(eb.CheckVisitor{Block: func(p eb.Ptr, _ int) { blocks = append(blocks, p.Block) }, Problem: problem}); err != nil {
+	if err := t.Check(eb.CheckVisitor{Block: func(p eb.Ptr, _ int) { blocks = append(blocks, p.Block) }, Problem: bad.note}); err != nil {
 		return nil, err
 	}
-	if bad != nil {
+	if bad.p != nil {
 		why := "the rmap is not trusted"
 		if rbad != nil {
 			why = "the rmap is damaged too (" + rbad.String() + ")"
 		}
-		return nil, fmt.Errorf("cannot list the old %s tree's blocks: it cannot be walked (%s) and %s: %w", id, bad, why, format.ErrCorrupt)
+		return nil, fmt.Errorf("cannot list the old %s tree's blocks: it cannot be walked (%s) and %s: %w", id, bad.p, why, format.ErrCorrupt)
 	}
 	return blocks, nil
 }

@@ -150,6 +150,20 @@ func rebuild[E any](ctx context.Context, e *engine.Engine, opts RebuildOptions, 
 	return res, nil
 }
 
+// firstProblem keeps the first problem a tree walk reports (those of kind
+// skip ignored, when skip is set).
+type firstProblem struct {
+	p    *eb.Problem
+	skip *format.Kind
+}
+
+func (f *firstProblem) note(p eb.Problem) {
+	if f.p == nil && (f.skip == nil || p.Kind != *f.skip) {
+		pp := p
+		f.p = &pp
+	}
+}
+
 // degrade marks s sick and no longer maintained by the engine, before a
 // rebuild subscribes: from the next commit on the old tree stands still
 // (its blocks are those of the pinned generation) and the engine answers

@@ -211,7 +211,9 @@ func scanRmap(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree, th *thro
 			return nil, err
 		}
 		t, _ := s.ScanTree(id)
-		var bad *eb.Problem
+		// Even a wrong item count disqualifies a source tree: it means a
+		// record went missing.
+		var bad firstProblem
 		var perr error
 		v := eb.CheckVisitor{
 			Block: func(p eb.Ptr, _ int) {
@@ -222,14 +224,7 @@ func scanRmap(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree, th *thro
 					perr = put(p.Block, format.Owner{Tree: id}, 1)
 				}
 			},
-			Problem: func(p eb.Problem) {
-				// Even a wrong item count disqualifies a source tree: it
-				// means a record went missing.
-				if bad == nil {
-					pp := p
-					bad = &pp
-				}
-			},
+			Problem: bad.note,
 		}
 		if id == format.TreeExtent {
 			v.Item = func(k format.Key, val []byte) {
@@ -250,8 +245,8 @@ func scanRmap(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree, th *thro
 		if perr != nil {
 			return nil, perr
 		}
-		if bad != nil {
-			return nil, fmt.Errorf("cannot rebuild the rmap tree while tree %s is damaged (%s): %w", id, bad, format.ErrCorrupt)
+		if bad.p != nil {
+			return nil, fmt.Errorf("cannot rebuild the rmap tree while tree %s is damaged (%s): %w", id, bad.p, format.ErrCorrupt)
 		}
 	}
 	if rmapBroken {

@@ -94,6 +94,33 @@ func (w *writer) run(seed uint64, stop <-chan struct{}, done *sync.WaitGroup) {
 	}
 }
 
+// startWriter runs a writer on f (seed seed) until the returned stop is
+// called, after it has completed at least min writes; stop waits for it
+// and fails the test if it failed.
+func startWriter(t *testing.T, f *fs.FS, seed uint64, min int) (*writer, func()) {
+	t.Helper()
+	w := &writer{f: f, files: map[uint64][]byte{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go w.run(seed, stop, &wg)
+	for w.count() < min {
+		time.Sleep(time.Millisecond)
+	}
+	stopped := false
+	return w, func() {
+		t.Helper()
+		if !stopped {
+			stopped = true
+			close(stop)
+			wg.Wait()
+		}
+		if w.err != nil {
+			t.Fatal(w.err)
+		}
+	}
+}
+
 func (w *writer) count() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -129,14 +156,7 @@ func TestRebuildRmapOnlineUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &writer{f: f, files: map[uint64][]byte{}}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go w.run(1, stop, &wg)
-	for w.count() < 50 {
-		time.Sleep(time.Millisecond)
-	}
+	w, stop := startWriter(t, f, 1, 50)
 	for i := 0; i < 3; i++ {
 		res, err := RebuildRmap(context.Background(), f.Engine(), RmapRebuildOptions{TempDir: t.TempDir()})
 		if err != nil {
@@ -144,11 +164,7 @@ func TestRebuildRmapOnlineUnderLoad(t *testing.T) {
 		}
 		t.Logf("rebuild %d: %+v", i, *res)
 	}
-	close(stop)
-	wg.Wait()
-	if w.err != nil {
-		t.Fatal(w.err)
-	}
+	stop()
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
@@ -167,16 +183,8 @@ func TestRebuildDamagedRmap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &writer{f: f, files: map[uint64][]byte{}}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go w.run(2, stop, &wg)
-	for w.count() < 100 {
-		time.Sleep(time.Millisecond)
-	}
-	close(stop)
-	wg.Wait()
+	w, stop := startWriter(t, f, 2, 100)
+	stop()
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -193,23 +201,13 @@ func TestRebuildDamagedRmap(t *testing.T) {
 		t.Fatalf("damage not found: %v", found)
 	}
 	e.SetRmapSick(true)
-	stop = make(chan struct{})
-	wg.Add(1)
-	w2 := &writer{f: f, files: map[uint64][]byte{}}
-	go w2.run(3, stop, &wg)
-	for w2.count() < 20 {
-		time.Sleep(time.Millisecond)
-	}
+	w2, stop2 := startWriter(t, f, 3, 20)
 	res, err := RebuildRmap(context.Background(), e, RmapRebuildOptions{TempDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("rebuild: %+v", *res)
-	close(stop)
-	wg.Wait()
-	if w2.err != nil {
-		t.Fatal(w2.err)
-	}
+	stop2()
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -102,22 +101,14 @@ func onlineDamageCase(t *testing.T, img string, tree format.TreeID, kind string,
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &writer{f: f, files: map[uint64][]byte{}}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go w.run(7, stop, &wg)
-	for w.count() < 150 {
-		time.Sleep(time.Millisecond)
-	}
+	w, stop := startWriter(t, f, 7, 150)
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
 	lv := level
 	inj, err := InjectOnline(f.Engine(), InjectOptions{Tree: tree, Kind: kind, Seed: 3, Level: &lv})
 	if err != nil {
-		close(stop)
-		wg.Wait()
+		stop()
 		f.Close()
 		if errors.Is(err, ErrInject) {
 			t.Skipf("not injectable here: %v", err)
@@ -165,11 +156,7 @@ func onlineDamageCase(t *testing.T, img string, tree format.TreeID, kind string,
 	if f.Engine().Degraded(engine.StructFree) || f.Engine().Degraded(engine.StructRmap) || f.Engine().Degraded(engine.StructAlloc) {
 		t.Fatal("a space tree is still degraded after the repair")
 	}
-	close(stop)
-	wg.Wait()
-	if w.err != nil {
-		t.Fatal(w.err)
-	}
+	stop()
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -194,11 +181,7 @@ func TestScrubNoFalsePositivesUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	w := &writer{f: f, files: map[uint64][]byte{}}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go w.run(8, stop, &wg)
+	w, stop := startWriter(t, f, 8, 0)
 	for i := 0; i < 40; i++ {
 		for w.count() < 2*i {
 			time.Sleep(time.Millisecond)
@@ -211,11 +194,7 @@ func TestScrubNoFalsePositivesUnderLoad(t *testing.T) {
 			t.Fatalf("scrub %d of a healthy filesystem under load found %d: %+v", i, rep.Found, rep.Structures)
 		}
 	}
-	close(stop)
-	wg.Wait()
-	if w.err != nil {
-		t.Fatal(w.err)
-	}
+	stop()
 }
 
 // TestRepairRefusesDamagedSources: damage to a tree the rmap is derived
