@@ -261,15 +261,23 @@ func (e *Engine) loadAllocator(trees map[format.TreeID]*eb.Tree) (*allocator, ui
 		e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("the free-space tree is damaged (%v): free space loaded from the alloc tree", err))
 		a, free = newAllocator(e.totalBlocks), 0
 	}
-	src, from := allocSource(trees[format.TreeAlloc]), "alloc"
-	if e.Degraded(StructAlloc) {
-		if e.Degraded(StructRmap) {
-			return nil, 0, fmt.Errorf("load free space: the free-space, alloc and rmap trees are all untrusted: %w", format.ErrCorrupt)
+	if !e.Degraded(StructAlloc) {
+		err := freeGaps(e.totalBlocks, allocSource(trees[format.TreeAlloc]), add)
+		if err == nil {
+			return a, free, nil
 		}
-		src, from = rmapSource(trees[format.TreeRmap]), "rmap"
+		if !errors.Is(err, format.ErrCorrupt) {
+			return nil, 0, fmt.Errorf("load free space from the alloc tree: %w", err)
+		}
+		e.MarkSick(StructAlloc, e.committedGen(), ErrTreeUntrusted)
+		e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("the alloc tree is damaged too (%v): free space loaded from the rmap", err))
+		a, free = newAllocator(e.totalBlocks), 0
 	}
-	if err := freeGaps(e.totalBlocks, src, add); err != nil {
-		return nil, 0, fmt.Errorf("load free space from the %s tree: %w", from, err)
+	if e.Degraded(StructRmap) {
+		return nil, 0, fmt.Errorf("load free space: the free-space, alloc and rmap trees are all untrusted: %w", format.ErrCorrupt)
+	}
+	if err := freeGaps(e.totalBlocks, rmapSource(trees[format.TreeRmap]), add); err != nil {
+		return nil, 0, fmt.Errorf("load free space from the rmap: %w", err)
 	}
 	return a, free, nil
 }

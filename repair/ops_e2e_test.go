@@ -48,6 +48,34 @@ func TestTwoDamagedStructures(t *testing.T) {
 			status:  StatusUncorrected,
 		},
 		{
+			// The free-space tree is rebuilt from the alloc tree, which
+			// is rebuilt from the rmap first; the mount loads its free
+			// space from the rmap meanwhile.
+			name: "alloc and free",
+			damage: []InjectOptions{{Tree: format.TreeAlloc, Kind: KindBitflip, Seed: 3, Level: &lv},
+				{Tree: format.TreeFree, Kind: KindZero, Seed: 4, Level: &lv}},
+			status: StatusCorrected,
+		},
+		{
+			// The alloc tree lost a record: rebuilt from the rmap;
+			// the free-space tree's stale block is rebuilt after it.
+			name: "alloc drop-record and free stale",
+			damage: []InjectOptions{{Tree: format.TreeAlloc, Kind: KindDropRecord, Seed: 3, Level: &lv},
+				{Tree: format.TreeFree, Kind: KindStaleGen, Seed: 4, Level: &lv}},
+			status: StatusCorrected,
+		},
+		{
+			// The rmap is rebuilt from every tree's blocks, the old
+			// free-space tree's blocks are listed from the rmap: each
+			// waits for the other, both are refused, the image is left
+			// as it was.
+			name: "rmap and free",
+			damage: []InjectOptions{{Tree: format.TreeRmap, Kind: KindBitflip, Seed: 3, Level: &lv},
+				{Tree: format.TreeFree, Kind: KindBitflip, Seed: 4, Level: &lv}},
+			refused: []string{"rmap not repaired", "free not repaired"},
+			status:  StatusUncorrected,
+		},
+		{
 			// A superblock copy and the rmap: both repaired.
 			name:      "superblock and rmap",
 			damage:    []InjectOptions{{Tree: format.TreeRmap, Kind: KindStaleGen, Seed: 3, Level: &lv}},
