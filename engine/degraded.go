@@ -282,6 +282,14 @@ func (e *Engine) loadAllocator(trees map[format.TreeID]*eb.Tree) (*allocator, ui
 	return a, free, nil
 }
 
+// DamagedFreeTree tells the engine that the free-space tree's committed
+// blocks were damaged behind its back (fault injection, repair.InjectOnline):
+// the invariants build, which compares the allocator with that tree at
+// every commit to catch the engine's own mistakes, stops doing so until
+// the tree is rebuilt — the damage is the point, not a bug. It changes
+// nothing else: the engine finds the damage as it would any other.
+func (e *Engine) DamagedFreeTree() { e.freeDamaged.Store(true) }
+
 // ReconcileAllocator asks the commit that ends the exclusive section to
 // bring the allocator in line with the free-space tree, once its delayed
 // refs are applied: the free-space repairer's last step. The allocator

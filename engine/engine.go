@@ -101,6 +101,7 @@ type Engine struct {
 	health          health
 	degradedDirty   atomic.Bool // a space tree's degraded state changed since the last commit
 	reconcileAlloc  bool        // the next commit reconciles the allocator with the free-space tree (wmu)
+	freeDamaged     atomic.Bool // the free-space tree was damaged on purpose: see DamagedFreeTree
 	openRepairsOnce sync.Mutex  // guards mount.Rewritten for TakeOpenRepairs
 	tolerant        bool        // offline check: load what is readable, report the rest
 	replaying       bool        // log replay in progress (mount only)
@@ -569,13 +570,23 @@ func (e *Engine) TakeOpenRepairs() []Finding {
 // generation in use: the superblock row's repair for a copy that is
 // invalid, stale or differs from the others.
 func (e *Engine) RewriteSupers() error {
+	// As commit: no other commit may be in flight while this one is
+	// prepared (its write-out's superblock and its blocks still to be
+	// released belong to it).
+	e.cmu.Lock()
+	defer e.cmu.Unlock()
 	e.wmu.Lock()
-	defer e.wmu.Unlock()
 	if err := e.writable(); err != nil {
+		e.wmu.Unlock()
 		return err
 	}
 	e.txn.superDirty = true
-	return e.commitLocked()
+	c, err := e.prepareCommit()
+	e.wmu.Unlock()
+	if err != nil || c == nil {
+		return err
+	}
+	return e.writeOut(c)
 }
 
 // FSID returns the filesystem UUID.

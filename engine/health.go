@@ -210,6 +210,9 @@ func (e *Engine) MarkRepaired(s Structure, gen format.Gen) {
 		return
 	}
 	e.health.set(s, Healthy, gen, nil)
+	if s == StructFree {
+		e.freeDamaged.Store(false)
+	}
 	if e.health.degraded.And(^uint32(1<<s))&(1<<s) != 0 {
 		e.degradedDirty.Store(true)
 	}

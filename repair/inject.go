@@ -95,6 +95,9 @@ func InjectOnline(e *engine.Engine, opts InjectOptions) (*InjectResult, error) {
 			return err
 		}
 		e.DropCached(format.BlockNr(r.Block))
+		if opts.Tree == format.TreeFree {
+			e.DamagedFreeTree()
+		}
 		res = r
 		return nil
 	})
