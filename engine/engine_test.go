@@ -277,6 +277,9 @@ func TestCrashAtEveryFlush(t *testing.T) {
 		if g, ok := durableAt[k]; ok {
 			lastDurable = g
 		}
+		if !checkBoundary(k, rec.Flushes()) {
+			continue
+		}
 		modes := []disk.CrashMode{disk.CrashDropAll, disk.CrashKeepAll, disk.CrashRandom, disk.CrashRandom}
 		for mi, mode := range modes {
 			img := rec.CrashImage(k, mode, rng)
@@ -521,6 +524,7 @@ func TestNoSpace(t *testing.T) {
 }
 
 func TestCorruptRootNamed(t *testing.T) {
+	skipShort(t)
 	for _, id := range format.KnownTrees {
 		t.Run(id.String(), func(t *testing.T) {
 			e, dev := newTestEngine(t, Options{})

@@ -61,6 +61,7 @@ func TestLogFreeUnreachable(t *testing.T) {
 // (at most maxWriteRun blocks), starts a new write at every gap or step
 // back, and every block ends up holding its own sealed node.
 func TestWriteMetaRuns(t *testing.T) {
+	skipShort(t)
 	dev := disk.NewMem(testBlocks * format.BlockSize)
 	if err := Mkfs(dev, MkfsOptions{}); err != nil {
 		t.Fatal(err)

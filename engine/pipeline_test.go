@@ -235,6 +235,9 @@ func TestConcurrentCommitCrashAtEveryFlush(t *testing.T) {
 			atLeast = marks[mi].steps
 			mi++
 		}
+		if !checkBoundary(k, rec.Flushes()) {
+			continue
+		}
 		for _, mode := range []disk.CrashMode{disk.CrashDropAll, disk.CrashKeepAll, disk.CrashRandom} {
 			name := fmt.Sprintf("flush %d mode %v", k, mode)
 			ce, err := Open(disk.NewMemFrom(rec.CrashImage(k, mode, rng)), Options{CommitInterval: -1})

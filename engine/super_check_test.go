@@ -15,6 +15,7 @@ import (
 // back to another for the primary) and that the offline check names the
 // copy with the exact finding id.
 func TestSuperCopyFields(t *testing.T) {
+	skipShort(t)
 	dev := disk.NewMem(testBlocks * format.BlockSize)
 	if err := Mkfs(dev, MkfsOptions{Label: "fields"}); err != nil {
 		t.Fatal(err)

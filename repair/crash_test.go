@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"strings"
 	"testing"
 
@@ -100,13 +99,10 @@ func crashDuringRebuild(t *testing.T, name string, damaged bool) {
 	f.Close()
 	rng := rand.New(rand.NewPCG(10, 10))
 	completed := 0 // mounts that completed logged operations, freeing blocks
-	// Under the race detector every fourth boundary (and the last); the
-	// suite runs this test without it too, at every boundary.
-	stride := 1
-	if raceEnabled && os.Getenv("SCRUBD_CRASH_ALL") == "" {
-		stride = 4
-	}
-	for k := startFlush; k <= endFlush; k = min(k+stride, max(endFlush, k+1)) {
+	for k := startFlush; k <= endFlush; k++ {
+		if !checkBoundary(k-startFlush, endFlush-startFlush) {
+			continue
+		}
 		for _, mode := range []disk.CrashMode{disk.CrashDropAll, disk.CrashKeepAll, disk.CrashRandom} {
 			name := fmt.Sprintf("%s: flush %d %v", name, k, mode)
 			img := rec.CrashImage(k, mode, rng)

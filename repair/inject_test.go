@@ -97,6 +97,7 @@ func repairOutcome(t *testing.T, img string, tree format.TreeID) string {
 // rewritten with -update). A kind that cannot apply must be refused with
 // ErrInject, not silently do something else.
 func TestInjectMatrix(t *testing.T) {
+	skipShort(t)
 	base := populatedImage(t)
 	pristine, err := os.ReadFile(base)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 // order; what cannot is refused with a note naming the damaged input, and
 // the image is left as it was for those structures (never worse).
 func TestTwoDamagedStructures(t *testing.T) {
+	skipShort(t)
 	base := populatedImage(t)
 	pristine, err := os.ReadFile(base)
 	if err != nil {

@@ -31,6 +31,9 @@ func offlineFindings(t *testing.T, img []byte) []string {
 // after the fsyncs) checks clean; a flipped byte in any block of the chain,
 // the head included, is the finding log_block_bad and nothing else.
 func TestCheckFindsDamagedLogBlocks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("single-goroutine and slow under the race detector: runs in the full pass")
+	}
 	dev := newDev(t)
 	f := mount(t, nopClose{dev}, Options{})
 	var chainBlocks int
