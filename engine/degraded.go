@@ -84,13 +84,19 @@ func (e *Engine) markUntrusted(sb *format.Super) {
 // engine goes on without it) and reports true; any other error is the
 // caller's.
 func (e *Engine) spaceDamaged(s Structure, err error) bool {
+	return e.spaceDamagedAs(s, ErrTreeUntrusted, err)
+}
+
+// spaceDamagedAs is spaceDamaged, counting the damage as id.
+func (e *Engine) spaceDamagedAs(s Structure, id ErrorID, err error) bool {
 	if !errors.Is(err, format.ErrCorrupt) {
 		return false
 	}
-	if !e.MarkSick(s, e.committedGen(), ErrTreeUntrusted) {
+	if !e.Degraded(s) {
 		e.log.Error("space tree is damaged: marked sick, running without it until it is rebuilt", "tree", s.Name(), "err", err)
-		e.CountError(ErrTreeUntrusted, 1)
+		e.CountError(id, 1)
 	}
+	e.MarkSick(s, e.committedGen(), id)
 	return true
 }
 
@@ -196,7 +202,7 @@ func rmapSource(t *eb.Tree) spaceSource {
 	}
 }
 
-// FreeGaps calls fn for every maximal run of blocks of a device of total
+// freeGaps calls fn for every maximal run of blocks of a device of total
 // blocks that no extent of src covers, in order: the free space the
 // source implies.
 func freeGaps(total uint64, src spaceSource, fn func(start format.BlockNr, n uint64)) error {

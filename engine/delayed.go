@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"sync/atomic"
@@ -520,12 +519,5 @@ func corruptf(tree format.TreeID, b format.BlockNr, f string, args ...any) error
 // events so an online rebuild can follow. It reports whether err was such
 // damage.
 func (e *Engine) rmapDamaged(err error) bool {
-	if !errors.Is(err, format.ErrCorrupt) {
-		return false
-	}
-	if !e.MarkSick(StructRmap, e.committedGen(), ErrRmapSick) {
-		e.log.Error("rmap tree is damaged: marked sick, running without it until it is rebuilt", "err", err)
-		e.CountError(ErrRmapSick, 1)
-	}
-	return true
+	return e.spaceDamagedAs(StructRmap, ErrRmapSick, err)
 }

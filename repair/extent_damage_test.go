@@ -14,7 +14,7 @@ import (
 
 // TestExtentDamageFailsOnlyItsFiles: with a leaf of the file-extent tree
 // damaged (no repairer exists for it yet), the files it maps fail reads,
-// writes and truncates with EIO, the extent tree is marked sick, and
+// writes, truncates and their unlink with EIO, the extent tree is marked sick, and
 // nothing else changes: the mount stays read-write, every other file reads
 // and writes, new files are made and fsync'd, and the image after unmount
 // has the damage and nothing more.
@@ -34,6 +34,7 @@ func TestExtentDamageFailsOnlyItsFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	var bad, good []uint64
+	var badName string
 	buf := make([]byte, 64<<10)
 	for i := 1; i < 600; i += 2 {
 		a, err := f.Lookup(fs.RootIno, fmt.Sprintf("f%04d", i))
@@ -43,6 +44,9 @@ func TestExtentDamageFailsOnlyItsFiles(t *testing.T) {
 		if _, err := f.Read(a.Ino, buf, 0); err != nil {
 			if !errors.Is(err, syscall.EIO) {
 				t.Fatalf("read of inode %d: %v, want EIO", a.Ino, err)
+			}
+			if bad == nil {
+				badName = fmt.Sprintf("f%04d", i)
 			}
 			bad = append(bad, a.Ino)
 		} else {
@@ -59,6 +63,9 @@ func TestExtentDamageFailsOnlyItsFiles(t *testing.T) {
 	}
 	if err := f.Truncate(bad[0], 0); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("truncate of a file whose extent records are damaged: %v, want EIO", err)
+	}
+	if err := f.Unlink(fs.RootIno, badName); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("unlink of a file whose extent records are damaged: %v, want EIO", err)
 	}
 	if !f.Engine().Sick(engine.StructExtent) {
 		t.Fatal("extent tree not marked sick")

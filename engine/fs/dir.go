@@ -422,6 +422,13 @@ func (f *FS) remove(dir uint64, name string, wantDir bool) error {
 				return syscall.ENOTEMPTY
 			}
 		}
+		if isReg(in) && in.Nlink <= 1 {
+			// The data goes with the last name: damaged extent records
+			// fail the unlink before anything changes.
+			if err := f.probeExtents(tx, de.Ino, 0, ^uint64(0)>>12); err != nil {
+				return err
+			}
+		}
 		victim, gen = de.Ino, tx.Gen()
 		return f.dropName(tx, dir, din, key, de, in)
 	})
