@@ -55,6 +55,9 @@ const (
 	ErrExtentNoAlloc   ErrorID = 45 // file extent item pointing at an unallocated extent
 	ErrCsumMissing     ErrorID = 46 // data extent without its checksum item
 	ErrCsumOrphan      ErrorID = 47 // checksum item for no data extent
+	ErrRmapMapping     ErrorID = 48 // data rmap record mapping another part of the extent than its file extent item
+	ErrExtentOverlap   ErrorID = 49 // two file extent items of one file map the same file block
+	ErrExtentPastEOF   ErrorID = 56 // a file extent item mapping blocks past its file's size
 	ErrNlink           ErrorID = 70 // inode link count differs from the entries naming it
 	ErrDirentDangling  ErrorID = 71 // directory entry naming a missing inode
 	ErrDirentType      ErrorID = 72 // directory entry's type differs from the inode's
@@ -80,7 +83,7 @@ var errorNames = map[ErrorID]string{
 	ErrTreeMissing: "tree_missing", ErrAllocMissing: "alloc_missing", ErrAllocLeaked: "alloc_leaked",
 	ErrAllocRefcount: "alloc_refcount", ErrAllocOverlap: "alloc_overlap", ErrAllocKind: "alloc_kind",
 	ErrRmapMissing: "rmap_missing", ErrRmapOrphan: "rmap_orphan", ErrRmapLength: "rmap_length",
-	ErrRmapDataOwner: "rmap_data_owner", ErrExtentNoRmap: "extent_no_rmap", ErrExtentNoAlloc: "extent_no_alloc",
+	ErrRmapDataOwner: "rmap_data_owner", ErrRmapMapping: "rmap_data_mapping", ErrExtentOverlap: "extent_overlap", ErrExtentPastEOF: "extent_past_eof", ErrExtentNoRmap: "extent_no_rmap", ErrExtentNoAlloc: "extent_no_alloc",
 	ErrCsumMissing: "csum_missing", ErrCsumOrphan: "csum_orphan",
 	ErrNlink: "nlink_mismatch", ErrDirentDangling: "dirent_dangling", ErrDirentType: "dirent_type",
 	ErrDirentIndex: "dirent_index", ErrDirNotDir: "dirent_parent_not_dir",
@@ -187,6 +190,7 @@ type rmapRec struct {
 	start format.BlockNr
 	n     uint64
 	owner format.Owner
+	m     format.RmapItem // the mapping of a file's record (format 1.2)
 }
 
 type fileExt struct {
@@ -241,6 +245,7 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 		s.checkLog(report)
 	}
 
+	maps := s.v.super.Incompat&format.IncompatRmapMaps != 0
 	var allocs []allocRec
 	var rmaps []rmapRec
 	var frees []extent
@@ -291,7 +296,17 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 						report(finding(ErrItemBad, id, format.BlockNr(k.Obj), "rmap item %s: bad key or value (%v)", k, err))
 						return
 					}
-					rmaps = append(rmaps, rmapRec{format.BlockNr(k.Obj), ri.Len, o})
+					// Format 1.2 records of files carry their mapping;
+					// no other record does.
+					if ri.Mapped() != (o.IsData() && maps) {
+						want := format.RmapItemSize
+						if o.IsData() && maps {
+							want = format.RmapMappedItemSize
+						}
+						report(finding(ErrItemBad, id, format.BlockNr(k.Obj), "rmap item %s of %d bytes: this format's records of %s are %d bytes", k, len(val), o, want))
+						return
+					}
+					rmaps = append(rmaps, rmapRec{format.BlockNr(k.Obj), ri.Len, o, ri})
 				case format.TreeInode:
 					if k.Type == format.TypeInodeItem {
 						in, err := format.DecodeInodeItem(val)
@@ -299,7 +314,7 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 							report(finding(ErrItemBad, id, tr.Root.Block, "inode item %d: %v", k.Obj, err))
 							return
 						}
-						ns.inodes[k.Obj] = nsInode{mode: in.Mode, nlink: in.Nlink}
+						ns.inodes[k.Obj] = nsInode{mode: in.Mode, nlink: in.Nlink, size: in.Size}
 					}
 				case format.TreeDeleted:
 					ns.deleted[k.Obj] = true
@@ -321,6 +336,12 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 					if err != nil || uint64(fe.Start)+fe.Len > total {
 						report(finding(ErrItemBad, id, format.BlockNr(k.Obj), "file extent %s: %v", k, err))
 						return
+					}
+					// Items come in key order: a file's items must not
+					// overlap, which only a damaged tree shows.
+					if n := len(fexts); n > 0 && fexts[n-1].ino == k.Obj && fexts[n-1].fb+fexts[n-1].fe.Count > k.Off {
+						p := fexts[n-1]
+						report(finding(ErrExtentOverlap, id, fe.Start, "inode %d: the item at block %d maps blocks up to %d, past the item at block %d", k.Obj, p.fb, p.fb+p.fe.Count, k.Off))
 					}
 					fexts = append(fexts, fileExt{ino: k.Obj, fb: k.Off, fe: fe})
 				case format.TreeCsum:
@@ -363,6 +384,9 @@ func (s *Snapshot) check(ctx context.Context, fn func(Finding)) (*CheckResult, e
 		s.crossCheckData(broken, allocs, rmaps, fexts, csums, report)
 		if !broken[format.TreeInode] && !broken[format.TreeDir] {
 			ns.check(report)
+		}
+		if !broken[format.TreeInode] && !broken[format.TreeExtent] {
+			ns.checkExtents(fexts, report)
 		}
 	}
 	// Per-tree finding counts include cross-reference findings.
@@ -656,8 +680,12 @@ func (s *Snapshot) crossCheckData(broken map[format.TreeID]bool, allocs []allocR
 			}
 			k := ownerKey{r.start, r.owner.Inode, r.owner.Offset}
 			have[k] = true
-			if _, ok := items[k]; !ok {
+			fe, ok := items[k]
+			switch {
+			case !ok:
 				report(finding(ErrRmapDataOwner, format.TreeRmap, r.start, "reverse mapping says inode %d block %d maps extent %d+%d, but no such file extent item exists", r.owner.Inode, r.owner.Offset, r.start, r.n))
+			case r.m.Mapped() && (r.m.Offset != fe.Offset || r.m.Count != fe.Count):
+				report(finding(ErrRmapMapping, format.TreeRmap, r.start, "reverse mapping says inode %d block %d maps blocks [%d,+%d) of extent %d+%d; its file extent item maps [%d,+%d)", r.owner.Inode, r.owner.Offset, r.m.Offset, r.m.Count, r.start, r.n, fe.Offset, fe.Count))
 			}
 		}
 		for _, x := range fexts {
@@ -696,6 +724,7 @@ func (s *Snapshot) crossCheckData(broken map[format.TreeID]bool, allocs []allocR
 type nsInode struct {
 	mode  uint32
 	nlink uint32
+	size  uint64
 }
 
 type nsDirent struct {
@@ -714,6 +743,23 @@ const (
 	modeType = 0o170000
 	modeDir  = 0o040000
 )
+
+// checkExtents reports file extent items mapping blocks past their file's
+// size: the write that extends a file sets its size in the same
+// transaction, and a truncate drops the blocks past the new size, so only
+// a damaged item (one moved to another file block) or a damaged size
+// shows it.
+func (ns *namespace) checkExtents(fexts []fileExt, report func(Finding)) {
+	for _, x := range fexts {
+		in, ok := ns.inodes[x.ino]
+		if !ok {
+			continue
+		}
+		if end := (in.size + format.BlockSize - 1) / format.BlockSize; x.fb+x.fe.Count > end {
+			report(finding(ErrExtentPastEOF, format.TreeExtent, x.fe.Start, "inode %d of %d bytes: the item at block %d maps blocks up to %d, past its last block %d", x.ino, in.size, x.fb, x.fb+x.fe.Count, end))
+		}
+	}
+}
 
 func (ns *namespace) check(report func(Finding)) {
 	if len(ns.inodes) == 0 {

@@ -48,6 +48,14 @@ type refEntry struct {
 	owner format.Owner
 	flags uint64
 	delta int64
+	// m is the part of the extent a file maps (format 1.2 rmap records):
+	// the latest one queued; Count 0 when none was.
+	m format.RmapItem
+	// created: the first change queued was an increment, so the record
+	// did not exist before. An entry whose changes cancel out is then
+	// dropped; otherwise (a decrement and an increment, or a remap) it
+	// stays, with delta 0, to rewrite the record's mapping.
+	created bool
 }
 
 // RefStats counts delayed-ref activity.
@@ -93,10 +101,12 @@ func (d *delayedRefs) snapshot() RefStats {
 	}
 }
 
-// add queues delta references to extent [start, start+n) by owner.
-func (d *delayedRefs) add(start format.BlockNr, n uint64, owner format.Owner, flags uint64, delta int64) {
+// add queues delta references to extent [start, start+n) by owner, and
+// (m.Count != 0) the part of it the owner maps. A delta of 0 only rewrites
+// the mapping of an existing record.
+func (d *delayedRefs) add(start format.BlockNr, n uint64, owner format.Owner, flags uint64, delta int64, m format.RmapItem) {
 	d.stats.queued.Add(1)
-	e := &refEntry{key: format.RmapKey(start, owner), start: start, n: n, owner: owner, flags: flags, delta: delta}
+	e := &refEntry{key: format.RmapKey(start, owner), start: start, n: n, owner: owner, flags: flags, delta: delta, m: m, created: delta > 0}
 	// One search when the key is new (the common case); a second one to
 	// merge with a queued entry.
 	old, ok := d.q.Set(e)
@@ -104,7 +114,10 @@ func (d *delayedRefs) add(start format.BlockNr, n uint64, owner format.Owner, fl
 		return
 	}
 	old.delta += delta
-	if old.delta == 0 {
+	if m.Mapped() {
+		old.m = m
+	}
+	if old.delta == 0 && (old.created || !old.m.Mapped()) {
 		d.q.Delete(old)
 		d.stats.merged.Add(2)
 		return
@@ -250,6 +263,9 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 		ne.applied = true
 	}
 	mods := &e.refs.stats.treeMods
+	if r.delta == 0 {
+		return e.remapRef(r)
+	}
 	if r.delta > 0 {
 		if !found {
 			item = format.ExtentItem{Refs: 0, Flags: r.flags}
@@ -265,7 +281,7 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 		mods.Add(1)
 		e.hooks.Alloc.Call(AllocEvent{Gen: t.gen, Op: opFor(found, false), Start: r.start, Len: r.n, Refs: item.Refs, Flags: item.Flags})
 		if !e.Degraded(StructRmap) {
-			if err := rmap.Insert(r.key, format.RmapItem{Len: r.n}.Encode()); err != nil {
+			if err := rmap.Insert(r.key, e.rmapValue(r)); err != nil {
 				if !e.rmapDamaged(err) {
 					return fmt.Errorf("rmap insert %s: %w", r.key, err)
 				}
@@ -273,7 +289,7 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 				mods.Add(1)
 			}
 		}
-		e.hooks.Rmap.Call(RmapEvent{Gen: t.gen, Op: OpInsert, Start: r.start, Len: r.n, Owner: r.owner})
+		e.hooks.Rmap.Call(RmapEvent{Gen: t.gen, Op: OpInsert, Start: r.start, Len: r.n, Owner: r.owner, Offset: r.m.Offset, Count: r.m.Count})
 		return nil
 	}
 	if !e.Degraded(StructRmap) {
@@ -326,6 +342,39 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 		ne.parked = false
 		e.alloc.release(r.start, r.n)
 	}
+	return nil
+}
+
+// rmapValue encodes the rmap record of r: with the mapping only on images
+// whose format has it (IncompatRmapMaps).
+func (e *Engine) rmapValue(r refEntry) []byte {
+	it := format.RmapItem{Len: r.n}
+	if r.owner.IsData() && e.super.Incompat&format.IncompatRmapMaps != 0 {
+		it.Offset, it.Count = r.m.Offset, r.m.Count
+	}
+	return it.Encode()
+}
+
+// remapRef rewrites the mapping of an existing file rmap record (the
+// file extent item kept its key and changed its range).
+func (e *Engine) remapRef(r refEntry) error {
+	if !e.Degraded(StructRmap) {
+		rmap := e.trees[format.TreeRmap]
+		found, err := rmap.Lookup(r.key, func([]byte) {})
+		if err == nil && found {
+			err = rmap.Put(r.key, e.rmapValue(r))
+		} else if err == nil {
+			err = corruptf(format.TreeRmap, r.start, "no reverse mapping for %s to remap", r.owner)
+		}
+		if err != nil {
+			if !e.rmapDamaged(err) {
+				return fmt.Errorf("rmap remap %s: %w", r.key, err)
+			}
+		} else {
+			e.refs.stats.treeMods.Add(1)
+		}
+	}
+	e.hooks.Rmap.Call(RmapEvent{Gen: e.txn.gen, Op: OpUpdate, Start: r.start, Len: r.n, Owner: r.owner, Offset: r.m.Offset, Count: r.m.Count})
 	return nil
 }
 

@@ -246,6 +246,11 @@ type MkfsOptions struct {
 	Preallocate bool
 	// Progress, if set, is told how much of a preallocation is done.
 	Progress func(done, total int64)
+	// NoRmapMaps makes a format 1.1 image: the reverse mappings of file
+	// data do not record the mapped range (format.IncompatRmapMaps), so
+	// the extent tree cannot be rebuilt from them. For images an older
+	// build must read, and for tests of such images.
+	NoRmapMaps bool
 }
 
 // Mkfs writes a new, empty filesystem onto dev, using all of it.
@@ -269,6 +274,10 @@ func Mkfs(dev disk.Device, mo MkfsOptions) error {
 		Major: format.VersionMajor, Minor: format.VersionMinor, FSID: e.fsid,
 		BlockSize: format.BlockSize, TotalBlocks: total, Label: mo.Label,
 		NextObjectID: 256, Devices: []format.DeviceStats{{ID: 1}},
+		Incompat: format.IncompatRmapMaps,
+	}
+	if mo.NoRmapMaps {
+		e.super.Minor, e.super.Incompat = 1, 0
 	}
 	// The allocator starts with every block but the superblocks free; the
 	// free-space tree starts with every block free, and the references the
@@ -695,7 +704,7 @@ func (tx *Tx) AllocExtent(n uint64, owner format.Owner) (format.BlockNr, error) 
 	tx.budget -= n
 	tx.touched = true
 	e.txn.newExtents[start] = &newExtent{n: n}
-	e.ref(start, n, owner, format.ExtentData, +1)
+	e.refMap(start, n, owner, format.ExtentData, +1, format.RmapItem{Len: n, Count: n})
 	return start, nil
 }
 
@@ -769,10 +778,27 @@ func (e *Engine) Durable(gen format.Gen) bool {
 	return gen <= e.committed.super.Gen
 }
 
-// AddRef adds a reference by owner to an allocated data extent.
-func (tx *Tx) AddRef(start format.BlockNr, n uint64, owner format.Owner) {
+// AddRef adds a reference by owner (a file at a file block) to the
+// allocated data extent of fe, mapping fe's part of it.
+func (tx *Tx) AddRef(owner format.Owner, fe format.FileExtent) {
 	tx.touched = true
-	tx.e.ref(start, n, owner, format.ExtentData, +1)
+	tx.e.refMap(fe.Start, fe.Len, owner, format.ExtentData, +1, mapOf(fe))
+}
+
+// RemapRef records that owner's reference to the data extent of fe now
+// maps fe's part of it (the file extent item under the same key changed
+// its range: a write or truncate cut it short).
+func (tx *Tx) RemapRef(owner format.Owner, fe format.FileExtent) {
+	if tx.e.super.Incompat&format.IncompatRmapMaps == 0 {
+		return // format 1.1: records carry no mapping
+	}
+	tx.touched = true
+	tx.e.refMap(fe.Start, fe.Len, owner, format.ExtentData, 0, mapOf(fe))
+}
+
+// mapOf is the rmap record of a file extent item.
+func mapOf(fe format.FileExtent) format.RmapItem {
+	return format.RmapItem{Len: fe.Len, Offset: fe.Offset, Count: fe.Count}
 }
 
 // DropRef drops owner's reference to a data extent; the extent is freed
@@ -801,8 +827,13 @@ func (tx *Tx) NextObjectID() uint64 {
 // this transaction whose references all went away.
 // It reports whether the extent was released.
 func (e *Engine) ref(start format.BlockNr, n uint64, owner format.Owner, flags uint64, delta int64) bool {
+	return e.refMap(start, n, owner, flags, delta, format.RmapItem{})
+}
+
+// refMap is ref with the part of the extent a file maps (see refEntry.m).
+func (e *Engine) refMap(start format.BlockNr, n uint64, owner format.Owner, flags uint64, delta int64, m format.RmapItem) bool {
 	released := false
-	if ne, ok := e.txn.newExtents[start]; ok {
+	if ne, ok := e.txn.newExtents[start]; ok && delta != 0 {
 		ne.refs += delta
 		if ne.refs == 0 {
 			switch {
@@ -819,7 +850,7 @@ func (e *Engine) ref(start format.BlockNr, n uint64, owner format.Owner, flags u
 			released = true
 		}
 	}
-	e.refs.add(start, n, owner, flags, delta)
+	e.refs.add(start, n, owner, flags, delta, m)
 	return released
 }
 

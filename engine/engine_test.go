@@ -133,16 +133,21 @@ func (w *workload) clone() map[format.Key]string {
 	return m
 }
 
+// Synthetic file extents are all of inode 1000, slot i at file block
+// 256·i: no two overlap (an extent is at most 224 blocks).
+func testExtentKey(i uint64) format.Key { return format.FileExtentKey(1000, 256*i) }
+func testOwner(i uint64) format.Owner   { return format.Owner{Inode: 1000, Offset: 256 * i} }
+
 // addDataExtent makes a data extent of n blocks as the filesystem does:
 // allocated for inode 1000 at offset off, mapped by a file extent item,
 // with its checksums.
 func addDataExtent(tx *Tx, off, n uint64) (format.BlockNr, error) {
-	start, err := tx.AllocExtent(n, format.Owner{Inode: 1000, Offset: off})
+	start, err := tx.AllocExtent(n, testOwner(off))
 	if err != nil {
 		return 0, err
 	}
 	et, _ := tx.Tree(format.TreeExtent)
-	if err := et.Insert(format.FileExtentKey(1000, off), format.FileExtent{Start: start, Len: n, Count: n}.Encode()); err != nil {
+	if err := et.Insert(testExtentKey(off), format.FileExtent{Start: start, Len: n, Count: n}.Encode()); err != nil {
 		return 0, err
 	}
 	ct, _ := tx.Tree(format.TreeCsum)
@@ -171,7 +176,7 @@ func (w *workload) step(tx *Tx) error {
 		// A data extent as the filesystem makes one: allocated, mapped by
 		// a file extent item, with its checksums.
 		n := 1 + w.r.Uint64N(8)
-		if _, ok, _ := tx.e.trees[format.TreeExtent].Get(format.FileExtentKey(1000, i), nil); ok {
+		if _, ok, _ := tx.e.trees[format.TreeExtent].Get(testExtentKey(i), nil); ok {
 			return nil
 		}
 		start, err := addDataExtent(tx, i, n)
@@ -182,10 +187,10 @@ func (w *workload) step(tx *Tx) error {
 	default:
 		for s, x := range w.extents {
 			et, _ := tx.Tree(format.TreeExtent)
-			if _, err := et.Delete(format.FileExtentKey(1000, x&0xffffffff)); err != nil {
+			if _, err := et.Delete(testExtentKey(x & 0xffffffff)); err != nil {
 				return err
 			}
-			if err := tx.DropRef(s, x>>32, format.Owner{Inode: 1000, Offset: x & 0xffffffff}); err != nil {
+			if err := tx.DropRef(s, x>>32, testOwner(x&0xffffffff)); err != nil {
 				return err
 			}
 			delete(w.extents, s)
@@ -622,16 +627,16 @@ func TestDelayedRefsInSlices(t *testing.T) {
 		if len(w.extents) > 200 || (r.IntN(3) == 0 && len(w.extents) > 0) {
 			for s, x := range w.extents {
 				et, _ := tx.Tree(format.TreeExtent)
-				if _, err := et.Delete(format.FileExtentKey(1000, x&0xffffffff)); err != nil {
+				if _, err := et.Delete(testExtentKey(x & 0xffffffff)); err != nil {
 					return err
 				}
 				delete(w.extents, s)
-				return tx.DropRef(s, x>>32, format.Owner{Inode: 1000, Offset: x & 0xffffffff})
+				return tx.DropRef(s, x>>32, testOwner(x&0xffffffff))
 			}
 		}
 		i := 3000 + r.Uint64N(3000)
 		et, _ := tx.Tree(format.TreeExtent)
-		if _, ok, _ := et.Get(format.FileExtentKey(1000, i), nil); ok {
+		if _, ok, _ := et.Get(testExtentKey(i), nil); ok {
 			return nil
 		}
 		n := 1 + r.Uint64N(8)

@@ -46,6 +46,9 @@ type RmapEvent struct {
 	Start format.BlockNr
 	Len   uint64
 	Owner format.Owner
+	// Offset and Count: the part of the extent a file owner maps (Count
+	// 0: not given). OpUpdate changes only these.
+	Offset, Count uint64
 }
 
 // FreeEvent is a change to the free-space tree.

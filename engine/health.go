@@ -185,7 +185,7 @@ func provesDamage(id ErrorID) bool {
 	case ErrNodeBadMagic, ErrNodeBadChecksum, ErrNodeWrongFS, ErrNodeMisdirected,
 		ErrNodeWrongOwner, ErrNodeStale, ErrNodeBadLevel, ErrNodeBadLayout,
 		ErrNodeKeyOrder, ErrNodeUnreadable, ErrItemBad, ErrTreeItemCount,
-		ErrTreeMissing, ErrTreeUntrusted, ErrRmapSick:
+		ErrTreeMissing, ErrTreeUntrusted, ErrRmapSick, ErrExtentOverlap, ErrExtentPastEOF:
 		return true
 	}
 	return false

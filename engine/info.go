@@ -44,7 +44,7 @@ func (s *Snapshot) Info() Info {
 const InfoVersion = 1
 
 // InfoDoc is Info as a JSON document ("scrubd info --json"): snake_case
-// throughout. Version is the on-disk format version ("1.1"), kept under
+// throughout. Version is the on-disk format version ("1.2"), kept under
 // that name for compatibility; InfoVersion versions the document.
 type InfoDoc struct {
 	InfoVersion    int    `json:"info_version"`

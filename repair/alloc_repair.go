@@ -142,6 +142,9 @@ func (r *allocRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.
 // apply applies an rmap event to t (the shadow, the staged tree or the
 // swapped-in one). The shadow serializes the calls.
 func (r *allocRebuild) apply(t *eb.Tree, ev engine.RmapEvent) error {
+	if ev.Op == engine.OpUpdate {
+		return nil // a file's mapping changed; its reference did not
+	}
 	k := format.ExtentKey(ev.Start, ev.Len)
 	v, ok, err := t.Get(k, r.buf[:0])
 	if err != nil {

@@ -28,7 +28,6 @@ func populatedImage(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	buf := bytes.Repeat([]byte("scrubd"), 2000)
 	for i := 0; i < 600; i++ {
 		a, err := f.Create(fs.RootIno, fmt.Sprintf("f%04d", i), fs.NewInode{Mode: 0o644})
 		if err != nil {
@@ -36,7 +35,7 @@ func populatedImage(t *testing.T) string {
 		}
 		// Writes at gaps make several extents per file.
 		for j := 0; j <= i%5; j++ {
-			if _, err := f.Write(a.Ino, buf[:4096+j*100], int64(j)*3*format.BlockSize); err != nil {
+			if _, err := f.Write(a.Ino, populatedBuf[:4096+j*100], int64(j)*3*format.BlockSize); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -50,6 +49,57 @@ func populatedImage(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return img
+}
+
+var populatedBuf = bytes.Repeat([]byte("scrubd"), 2000)
+
+// populatedWant is what file i of populatedImage holds.
+func populatedWant(i int) []byte {
+	var want []byte
+	for j := 0; j <= i%5; j++ {
+		at := j * 3 * format.BlockSize
+		if end := at + 4096 + j*100; end > len(want) {
+			want = append(want, make([]byte, end-len(want))...)
+		}
+		copy(want[at:], populatedBuf[:4096+j*100])
+	}
+	return want
+}
+
+// readPopulated reads every file populatedImage left (the odd ones): by
+// name, what a read returns (nil if it fails).
+func readPopulated(t *testing.T, f *fs.FS) map[string][]byte {
+	t.Helper()
+	out := map[string][]byte{}
+	for i := 1; i < 600; i += 2 {
+		name := fmt.Sprintf("f%04d", i)
+		a, err := f.Lookup(fs.RootIno, name)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got := make([]byte, a.Size)
+		if n, err := f.Read(a.Ino, got, 0); err == nil {
+			out[name] = got[:n]
+		}
+	}
+	return out
+}
+
+// verifyPopulated fails the test unless every file populatedImage left
+// holds exactly what was written (want nil), or what want holds.
+func verifyPopulated(t *testing.T, f *fs.FS, want map[string][]byte) {
+	t.Helper()
+	got := readPopulated(t, f)
+	for i := 1; i < 600; i += 2 {
+		name := fmt.Sprintf("f%04d", i)
+		w := populatedWant(i)
+		if want != nil {
+			w = want[name]
+		}
+		if g, ok := got[name]; !ok || !bytes.Equal(g, w) {
+			t.Fatalf("%s: read %d bytes (ok %v), want %d", name, len(g), ok, len(w))
+		}
+	}
 }
 
 // repairOutcome repairs img offline, as fsck --repair does, when the ops
@@ -71,6 +121,10 @@ func repairOutcome(t *testing.T, img string, tree format.TreeID) string {
 		return " -> cannot open"
 	}
 	rep, err := Scrub(context.Background(), f, img, ScrubOptions{Repair: true, Mode: "offline", TempDir: t.TempDir()})
+	if err == nil && rep.Status == StatusCorrected {
+		// Corrected means every file reads back as written.
+		verifyPopulated(t, f, nil)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

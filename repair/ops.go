@@ -67,7 +67,11 @@ var opsTable = []Op{
 	{Name: "root", Trees: []format.TreeID{format.TreeRoot}},
 	{Name: "inode", Trees: []format.TreeID{format.TreeInode}},
 	{Name: "dir", Trees: []format.TreeID{format.TreeDir}},
-	{Name: "extent", Trees: []format.TreeID{format.TreeExtent}},
+	// The extent row answers only damage proven in its own tree: an item
+	// and a record that disagree may be either one's fault, and the rmap
+	// row, rebuilding from the items, loses nothing either way — a file
+	// extent tree rebuilt from a wrong rmap would lose file data.
+	{Name: "extent", Trees: []format.TreeID{format.TreeExtent}, Repair: repairExtent, Inputs: []string{"rmap"}},
 	{Name: "csum", Trees: []format.TreeID{format.TreeCsum}},
 	{Name: "subvol", Trees: []format.TreeID{format.TreeSubvol}},
 	{Name: "snapshot", Trees: []format.TreeID{format.TreeSnapshot}},
@@ -80,7 +84,7 @@ var opsTable = []Op{
 		Trees:  []format.TreeID{format.TreeRmap},
 		Repair: repairRmap,
 		Answers: []engine.ErrorID{engine.ErrRmapMissing, engine.ErrRmapOrphan, engine.ErrRmapLength,
-			engine.ErrAllocRefcount, engine.ErrRmapDataOwner, engine.ErrExtentNoRmap, engine.ErrRmapSick},
+			engine.ErrAllocRefcount, engine.ErrRmapDataOwner, engine.ErrRmapMapping, engine.ErrExtentNoRmap, engine.ErrRmapSick},
 		Inputs: allTrees,
 	},
 	{
@@ -133,16 +137,34 @@ func walkDamage(id engine.ErrorID) bool {
 	case engine.ErrNodeBadMagic, engine.ErrNodeBadChecksum, engine.ErrNodeWrongFS, engine.ErrNodeMisdirected,
 		engine.ErrNodeWrongOwner, engine.ErrNodeStale, engine.ErrNodeBadLevel, engine.ErrNodeBadLayout,
 		engine.ErrNodeKeyOrder, engine.ErrNodeUnreadable, engine.ErrItemBad, engine.ErrTreeItemCount,
-		engine.ErrTreeMissing:
+		engine.ErrTreeMissing, engine.ErrExtentOverlap, engine.ErrExtentPastEOF:
 		return true
 	}
 	return false
 }
 
-// wants says whether the row has something to repair among fs.
+// wants says whether the row has something to repair among fs: a finding
+// it answers, or one in its own trees — unless that one is a
+// cross-reference finding another row answers (an extent_no_rmap is
+// reported in the extent tree, but the rmap row answers it: the extent
+// row rebuilding from the rmap would lose file data if the rmap were the
+// tree that is wrong).
 func (op *Op) wants(fs []engine.Finding) bool {
 	for _, f := range fs {
-		if slices.Contains(op.Trees, f.Tree) || slices.Contains(op.Answers, f.ID) {
+		if slices.Contains(op.Answers, f.ID) {
+			return true
+		}
+		if slices.Contains(op.Trees, f.Tree) && (walkDamage(f.ID) || !answeredElsewhere(op, f.ID)) {
+			return true
+		}
+	}
+	return false
+}
+
+// answeredElsewhere says whether a row other than op answers id.
+func answeredElsewhere(op *Op, id engine.ErrorID) bool {
+	for i := range opsTable {
+		if o := &opsTable[i]; o.Name != op.Name && o.Repair != nil && slices.Contains(o.Answers, id) {
 			return true
 		}
 	}
@@ -277,6 +299,11 @@ func repairSupers(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*Re
 func repairRmap(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*RebuildReport, error) {
 	e.SetRmapSick(true)
 	return rebuildReport("rmap")(RebuildRmap(ctx, e, RebuildOptions{TempDir: opts.TempDir}))
+}
+
+// repairExtent is the extent row's repairer.
+func repairExtent(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*RebuildReport, error) {
+	return rebuildReport("extent")(RebuildExtent(ctx, e, RebuildOptions{TempDir: opts.TempDir}))
 }
 
 // repairAlloc is the alloc row's repairer.

@@ -69,11 +69,13 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 	r := &rmapRebuild{}
 	return rebuild(ctx, e, opts, rebuildSpec[engine.RmapEvent]{
 		Name: "rmap", Tree: format.TreeRmap, Structure: engine.StructRmap,
-		ItemSize: format.RmapItemSize, SelfRecords: true,
+		ItemSize: format.RmapMappedItemSize, SelfRecords: true,
 		Codec: rmapEvents, Gen: rmapGen, Apply: r.apply,
 		Chain:  func(e *engine.Engine) *hooks.Chain[engine.RmapEvent] { return &e.Hooks().Rmap },
 		Expect: expectRecords,
 		Scan: func(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree, th *throttle, progress *atomic.Uint64) ([]format.BlockNr, error) {
+			// Before any event is applied: they wait for the scan.
+			r.maps = s.Super().Incompat&format.IncompatRmapMaps != 0
 			return scanRmap(ctx, s, shadow, th, progress)
 		},
 		Old: func(o *oldTree) { r.old = o },
@@ -83,8 +85,9 @@ func RebuildRmap(ctx context.Context, e *engine.Engine, opts RmapRebuildOptions)
 // rmapRebuild is the rmap's own state in a rebuild: the old tree's blocks,
 // which its events keep current.
 type rmapRebuild struct {
-	old *oldTree // set when the scan has listed them, before any apply
-	val [format.RmapItemSize]byte
+	old  *oldTree // set when the scan has listed them, before any apply
+	maps bool     // the image's file records carry their mapping (format 1.2)
+	val  []byte
 }
 
 // apply applies an rmap event to t (the shadow, the staged tree or the
@@ -95,10 +98,10 @@ func (r *rmapRebuild) apply(t *eb.Tree, ev engine.RmapEvent) error {
 	own := !ev.Owner.IsData() && ev.Owner.Tree == format.TreeRmap
 	var err error
 	switch ev.Op {
-	case engine.OpInsert:
-		binary.LittleEndian.PutUint64(r.val[:], ev.Len)
-		err = t.Put(k, r.val[:])
-		if own {
+	case engine.OpInsert, engine.OpUpdate:
+		r.val = rmapItem(r.maps, ev.Owner, ev.Len, ev.Offset, ev.Count).AppendTo(r.val[:0])
+		err = t.Put(k, r.val)
+		if own && ev.Op == engine.OpInsert {
 			r.old.add(ev.Start)
 		}
 	case engine.OpDelete:
@@ -113,10 +116,21 @@ func (r *rmapRebuild) apply(t *eb.Tree, ev engine.RmapEvent) error {
 	return nil
 }
 
-// rmapEvents encodes an rmap event in 56 bytes: generation, op, start,
-// length, and the owner's tree, inode and offset, 8 bytes each.
+// rmapItem is the record of owner for an extent of n blocks of which a file
+// maps count from offset: with the mapping only for files on images whose
+// format has it.
+func rmapItem(maps bool, owner format.Owner, n, offset, count uint64) format.RmapItem {
+	if !maps || !owner.IsData() {
+		return format.RmapItem{Len: n}
+	}
+	return format.RmapItem{Len: n, Offset: offset, Count: count}
+}
+
+// rmapEvents encodes an rmap event in 72 bytes: generation, op, start,
+// length, the owner's tree, inode and offset, and the mapped part, 8 bytes
+// each.
 var rmapEvents = eventCodec[engine.RmapEvent]{
-	size: 7 * 8,
+	size: 9 * 8,
 	put: func(b []byte, ev engine.RmapEvent) {
 		le := binary.LittleEndian
 		le.PutUint64(b[0:], uint64(ev.Gen))
@@ -126,15 +140,19 @@ var rmapEvents = eventCodec[engine.RmapEvent]{
 		le.PutUint64(b[32:], uint64(ev.Owner.Tree))
 		le.PutUint64(b[40:], ev.Owner.Inode)
 		le.PutUint64(b[48:], ev.Owner.Offset)
+		le.PutUint64(b[56:], ev.Offset)
+		le.PutUint64(b[64:], ev.Count)
 	},
 	get: func(b []byte) engine.RmapEvent {
 		le := binary.LittleEndian
 		return engine.RmapEvent{
-			Gen:   format.Gen(le.Uint64(b[0:])),
-			Op:    engine.Op(le.Uint64(b[8:])),
-			Start: format.BlockNr(le.Uint64(b[16:])),
-			Len:   le.Uint64(b[24:]),
-			Owner: format.Owner{Tree: format.TreeID(le.Uint64(b[32:])), Inode: le.Uint64(b[40:]), Offset: le.Uint64(b[48:])},
+			Gen:    format.Gen(le.Uint64(b[0:])),
+			Op:     engine.Op(le.Uint64(b[8:])),
+			Start:  format.BlockNr(le.Uint64(b[16:])),
+			Len:    le.Uint64(b[24:]),
+			Owner:  format.Owner{Tree: format.TreeID(le.Uint64(b[32:])), Inode: le.Uint64(b[40:]), Offset: le.Uint64(b[48:])},
+			Offset: le.Uint64(b[56:]),
+			Count:  le.Uint64(b[64:]),
 		}
 	},
 }
@@ -164,14 +182,18 @@ func expectRecords(s *engine.Snapshot) uint64 {
 // counting them in progress, and returns the blocks of the old rmap tree
 // (which are among them).
 func scanRmap(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree, th *throttle, progress *atomic.Uint64) ([]format.BlockNr, error) {
-	var val [format.RmapItemSize]byte
-	put := func(start format.BlockNr, o format.Owner, n uint64) error {
+	sb := s.Super()
+	maps := sb.Incompat&format.IncompatRmapMaps != 0
+	var val []byte
+	putMapped := func(start format.BlockNr, o format.Owner, n, offset, count uint64) error {
 		th.tick()
 		progress.Add(1)
-		binary.LittleEndian.PutUint64(val[:], n)
-		return shadow.Put(format.RmapKey(start, o), val[:])
+		val = rmapItem(maps, o, n, offset, count).AppendTo(val[:0])
+		return shadow.Put(format.RmapKey(start, o), val)
 	}
-	sb := s.Super()
+	put := func(start format.BlockNr, o format.Owner, n uint64) error {
+		return putMapped(start, o, n, 0, 0)
+	}
 	for _, b := range format.SuperBlocks(sb.TotalBlocks) {
 		if err := put(b, format.Owner{Tree: format.OwnerSuper}, 1); err != nil {
 			return nil, err
@@ -236,7 +258,7 @@ func scanRmap(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree, th *thro
 					perr = fmt.Errorf("file extent %s: %w", k, err)
 					return
 				}
-				perr = put(fe.Start, format.Owner{Inode: k.Obj, Offset: k.Off}, fe.Len)
+				perr = putMapped(fe.Start, format.Owner{Inode: k.Obj, Offset: k.Off}, fe.Len, fe.Offset, fe.Count)
 			}
 		}
 		if err := t.Check(v); err != nil {

@@ -131,7 +131,9 @@ func checkFill(fill float64) error {
 
 // PlanBulkFixed plans a tree of n records whose values are all valueSize
 // bytes long, at the given fill factor (0 < fill <= 1). It does not need
-// the records themselves.
+// the records themselves. Records with shorter values fit the plan too
+// (their leaves are then less full than fill): it is exact for fixed sizes
+// and an upper bound for values of at most valueSize bytes.
 func PlanBulkFixed(n uint64, valueSize int, fill float64) (*BulkPlan, error) {
 	if err := checkFill(fill); err != nil {
 		return nil, err
@@ -304,7 +306,7 @@ func (p *BulkPlan) Build(s Store, tree format.TreeID, recs iter.Seq2[format.Key,
 			return nil, b.errf("record %d: key %s after %s: %w", n, k, last, ErrUnsorted)
 		}
 		last = k
-		if len(v) > format.MaxValueSize || (p.valueSize >= 0 && len(v) != p.valueSize) {
+		if len(v) > format.MaxValueSize || (p.valueSize >= 0 && len(v) > p.valueSize) {
 			return nil, b.errf("record %d: %d-byte value, plan has %d: %w", n, len(v), p.valueSize, ErrPlanMismatch)
 		}
 		s := format.ItemSize(len(v))
@@ -339,7 +341,7 @@ func (p *BulkPlan) Build(s Store, tree format.TreeID, recs iter.Seq2[format.Key,
 		vbytes += uint64(len(v))
 		n++
 	}
-	if n != p.Records || vbytes != p.ValueBytes {
+	if n != p.Records || (p.valueSize < 0 && vbytes != p.ValueBytes) {
 		return nil, b.errf("%d records of %d value bytes, planned %d of %d: %w", n, vbytes, p.Records, p.ValueBytes, ErrPlanMismatch)
 	}
 	if n == 0 {

@@ -113,3 +113,28 @@ func TestSuperLogChain(t *testing.T) {
 		}
 	}
 }
+
+func TestRmapItemSizes(t *testing.T) {
+	for _, c := range []struct {
+		v    []byte
+		ok   bool
+		name string
+	}{
+		{RmapItem{Len: 8}.Encode(), true, "unmapped"},
+		{RmapItem{Len: 8, Offset: 2, Count: 6}.Encode(), true, "mapped to the end"},
+		{RmapItem{Len: 8, Offset: 0, Count: 9}.Encode(), false, "count past the end"},
+		{RmapItem{Len: 8, Offset: 8, Count: 1}.Encode(), false, "offset at the end"},
+		{RmapItem{Len: 8, Offset: 1<<64 - 1, Count: 2}.Encode(), false, "offset wraps"},
+		{append(RmapItem{Len: 8}.Encode(), make([]byte, 16)...), false, "mapped, count 0"},
+		{make([]byte, 16), false, "16 bytes"},
+		{nil, false, "empty"},
+	} {
+		_, err := DecodeRmapItem(c.v)
+		if (err == nil) != c.ok || (err != nil && !errors.Is(err, ErrCorrupt)) {
+			t.Errorf("%s: %v", c.name, err)
+		}
+	}
+	if n := len(RmapItem{Len: 3, Count: 3}.Encode()); n != RmapMappedItemSize {
+		t.Errorf("mapped record of %d bytes", n)
+	}
+}

@@ -125,12 +125,16 @@ func FuzzDecodeExtentItem(f *testing.F) {
 
 func FuzzDecodeRmapItem(f *testing.F) {
 	f.Add(RmapItem{Len: 3}.Encode())
+	f.Add(RmapItem{Len: 16, Offset: 10, Count: 6}.Encode())
 	f.Fuzz(func(t *testing.T, v []byte) {
 		r, err := DecodeRmapItem(v)
 		if err != nil {
 			return
 		}
-		if r2, err := DecodeRmapItem(r.Encode()); err != nil || r2 != r {
+		if r.Mapped() && (r.Offset+r.Count > r.Len || r.Offset+r.Count < r.Offset) {
+			t.Fatalf("accepted mapping %+v", r)
+		}
+		if r2, err := DecodeRmapItem(r.Encode()); err != nil || r2 != r || len(r.Encode()) != len(v) {
 			t.Fatalf("round trip: %v %v", r2, err)
 		}
 	})

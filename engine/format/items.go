@@ -72,26 +72,54 @@ func DecodeExtentItem(v []byte) (ExtentItem, error) {
 	return e, nil
 }
 
-// RmapItem is the value of a reverse mapping: the extent's length in blocks.
+// RmapItem is the value of a reverse mapping: the extent's length in
+// blocks and, for a file's reference on an image with IncompatRmapMaps, the
+// part of the extent the file maps there (Count blocks from block Offset of
+// the extent: the file extent item's own Offset and Count). A record with
+// its mapping names everything the file extent item holds, so the extent
+// tree can be rebuilt from the rmap tree.
 type RmapItem struct {
-	Len uint64
+	Len    uint64
+	Offset uint64 // first mapped block within the extent (mapped records)
+	Count  uint64 // mapped blocks; 0: the record carries no mapping
 }
 
-const RmapItemSize = 8
+const (
+	RmapItemSize       = 8  // a record without its mapping
+	RmapMappedItemSize = 24 // a record with it
+)
 
+// Mapped reports whether the record carries the mapped range.
+func (r RmapItem) Mapped() bool { return r.Count != 0 }
+
+// Encode encodes the record: 24 bytes when it carries a mapping, else 8.
 func (r RmapItem) Encode() []byte {
-	b := make([]byte, RmapItemSize)
-	le.PutUint64(b, r.Len)
+	return r.AppendTo(make([]byte, 0, RmapMappedItemSize))
+}
+
+// AppendTo appends the record's encoding to b.
+func (r RmapItem) AppendTo(b []byte) []byte {
+	b = le.AppendUint64(b, r.Len)
+	if r.Mapped() {
+		b = le.AppendUint64(b, r.Offset)
+		b = le.AppendUint64(b, r.Count)
+	}
 	return b
 }
 
 func DecodeRmapItem(v []byte) (RmapItem, error) {
-	if len(v) != RmapItemSize {
-		return RmapItem{}, corrupt(KindBadItem, TreeRmap, 0, "rmap item of %d bytes, want %d", len(v), RmapItemSize)
+	if len(v) != RmapItemSize && len(v) != RmapMappedItemSize {
+		return RmapItem{}, corrupt(KindBadItem, TreeRmap, 0, "rmap item of %d bytes, want %d or %d", len(v), RmapItemSize, RmapMappedItemSize)
 	}
 	r := RmapItem{Len: le.Uint64(v)}
 	if r.Len == 0 || r.Len > 1<<48 {
 		return RmapItem{}, corrupt(KindBadItem, TreeRmap, 0, "rmap length %d", r.Len)
+	}
+	if len(v) == RmapMappedItemSize {
+		r.Offset, r.Count = le.Uint64(v[8:]), le.Uint64(v[16:])
+		if r.Count == 0 || r.Offset >= r.Len || r.Count > r.Len-r.Offset {
+			return RmapItem{}, corrupt(KindBadItem, TreeRmap, 0, "rmap mapping [%d,+%d) of a %d-block extent", r.Offset, r.Count, r.Len)
+		}
 	}
 	return r, nil
 }

@@ -61,8 +61,13 @@ const (
 	// (LogStart, LogSeq, LogTag) instead of the log starting at the head
 	// block with the superblock's generation as its tag.
 	IncompatLogChain uint64 = 1 << 0
+	// IncompatRmapMaps (format 1.2): a file's reverse mapping records the
+	// part of the extent it maps (RmapItem.Offset and Count), so the
+	// extent tree can be rebuilt from the rmap tree. Records are 24 bytes
+	// for files, 8 for trees; an older build would reject them.
+	IncompatRmapMaps uint64 = 1 << 1
 
-	IncompatSupported        = IncompatLogChain
+	IncompatSupported        = IncompatLogChain | IncompatRmapMaps
 	RoCompatSupported uint64 = 0
 )
 

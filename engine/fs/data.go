@@ -454,19 +454,21 @@ func punch(tx *engine.Tx, ino, a, b uint64) (uint64, error) {
 			if err := putExtent(tx, etr, ino, it.at, left, engine.OpUpdate); err != nil {
 				return 0, err
 			}
+			tx.RemapRef(owner, left)
 			right := it.fe
 			right.Offset += b - it.at
 			right.Count = end - b
 			if err := putExtent(tx, etr, ino, b, right, engine.OpInsert); err != nil {
 				return 0, err
 			}
-			tx.AddRef(it.fe.Start, it.fe.Len, format.Owner{Inode: ino, Offset: b})
+			tx.AddRef(format.Owner{Inode: ino, Offset: b}, right)
 		case it.at < a: // tail covered
 			left := it.fe
 			left.Count = a - it.at
 			if err := putExtent(tx, etr, ino, it.at, left, engine.OpUpdate); err != nil {
 				return 0, err
 			}
+			tx.RemapRef(owner, left)
 		default: // head covered: the rest moves to b
 			if err := delExtent(tx, etr, ino, it.at); err != nil {
 				return 0, err
@@ -479,7 +481,7 @@ func punch(tx *engine.Tx, ino, a, b uint64) (uint64, error) {
 			}
 			// Add the new reference before dropping the old one, so an
 			// extent of this transaction never looks unreferenced.
-			tx.AddRef(it.fe.Start, it.fe.Len, format.Owner{Inode: ino, Offset: b})
+			tx.AddRef(format.Owner{Inode: ino, Offset: b}, right)
 			if err := tx.DropRef(it.fe.Start, it.fe.Len, owner); err != nil {
 				return 0, err
 			}

@@ -292,7 +292,7 @@ func (f *FS) replayItem(tx *engine.Tx, it engine.LogItem) error {
 		if err := putExtent(tx, etr, it.Key.Obj, it.Key.Off, fe, engine.OpInsert); err != nil {
 			return err
 		}
-		tx.AddRef(fe.Start, fe.Len, format.Owner{Inode: it.Key.Obj, Offset: it.Key.Off})
+		tx.AddRef(format.Owner{Inode: it.Key.Obj, Offset: it.Key.Off}, fe)
 		return nil
 	case it.Tree == format.TreeCsum && it.Key.Type == format.TypeCsum:
 		if _, err := format.DecodeCsums(it.Value); err != nil {
