@@ -36,6 +36,11 @@ func BenchmarkAllocRebuild(b *testing.B) { benchRebuild(b, "alloc") }
 // tree holds N records.
 func BenchmarkFreeRebuild(b *testing.B) { benchRebuild(b, "free") }
 
+// BenchmarkExtentRebuild is BenchmarkRmapRebuild for the file extent
+// tree: N file extent items, rebuilt from the rmap's N file records while
+// the writer's overwrites keep changing them.
+func BenchmarkExtentRebuild(b *testing.B) { benchRebuild(b, "extent") }
+
 func benchRebuild(b *testing.B, tree string) {
 	n := 1_000_000
 	if s := os.Getenv("SCRUBD_BENCH_EXTENTS"); s != "" {
