@@ -76,6 +76,42 @@ func (c *Client) Scrub(ctx context.Context, repairIt, data bool) (*repair.Report
 	return r.Report, nil
 }
 
+// ScrubBackground starts a scrub that runs on after the call returns
+// (until it ends, is cancelled, or the mount stops) and returns the
+// status just after it started.
+func (c *Client) ScrubBackground(ctx context.Context, repairIt, data bool) (*Status, error) {
+	return c.statusCall(ctx, Request{Op: OpScrub, Repair: repairIt, Data: data, Background: true})
+}
+
+// Pause pauses the running scrub; Resume resumes it; Cancel stops it.
+// Each returns the status after it; with no scrub running (or, for
+// Resume, none paused) the error is a *RemoteError with code CodeIdle.
+func (c *Client) Pause(ctx context.Context) (*Status, error) {
+	return c.statusCall(ctx, Request{Op: OpPause})
+}
+
+// Resume resumes a paused scrub (see Pause).
+func (c *Client) Resume(ctx context.Context) (*Status, error) {
+	return c.statusCall(ctx, Request{Op: OpResume})
+}
+
+// Cancel stops the running scrub (see Pause); its partial report becomes
+// the status's last scrub.
+func (c *Client) Cancel(ctx context.Context) (*Status, error) {
+	return c.statusCall(ctx, Request{Op: OpCancel})
+}
+
+func (c *Client) statusCall(ctx context.Context, req Request) (*Status, error) {
+	r, err := c.call(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if r.Status == nil {
+		return nil, fmt.Errorf("control socket %s: %s answer without a status", c.path, req.Op)
+	}
+	return r.Status, nil
+}
+
 // Inject damages one block of the mount's committed tree (see
 // repair.InjectOnline).
 func (c *Client) Inject(ctx context.Context, tree, kind string, seed uint64) (*repair.InjectResult, error) {

@@ -23,6 +23,9 @@ const (
 	OpStatus = "status"
 	OpScrub  = "scrub"
 	OpInject = "inject"
+	OpPause  = "pause"  // pause the running scrub
+	OpResume = "resume" // resume a paused scrub
+	OpCancel = "cancel" // stop the running scrub (its partial report is kept as the last run)
 )
 
 // Request is one line a client sends.
@@ -31,6 +34,9 @@ type Request struct {
 	// scrub
 	Repair bool `json:"repair,omitempty"`
 	Data   bool `json:"data,omitempty"`
+	// Background starts the scrub and answers at once with the status;
+	// status, pause, resume and cancel follow it.
+	Background bool `json:"background,omitempty"`
 	// inject
 	Tree string `json:"tree,omitempty"`
 	Kind string `json:"kind,omitempty"`
@@ -55,6 +61,7 @@ const (
 	CodeFailed     = "failed"      // the operation ran and failed
 	CodeDenied     = "denied"      // the peer is another user
 	CodeClosing    = "closing"     // the server is shutting down
+	CodeIdle       = "idle"        // pause, resume or cancel with no scrub running (or resume of one not paused)
 )
 
 // Status describes the mount a server controls.
@@ -87,15 +94,19 @@ type Status struct {
 	ReadOnly bool              `json:"read_only"`
 	// Aborted says why the engine refuses writes, if it aborted a
 	// transaction.
-	Aborted      string `json:"aborted,omitempty"`
-	ReadErrors   uint64 `json:"read_errors"`
-	WriteErrors  uint64 `json:"write_errors"`
-	CsumErrors   uint64 `json:"csum_errors"`
-	FsyncLogged  uint64 `json:"fsync_logged"`
-	FsyncFull    uint64 `json:"fsync_full"`
-	Running      string `json:"running,omitempty"` // "scrub" or "inject" while one runs
-	LastScrub    *Last  `json:"last_scrub,omitempty"`
-	ScrubsServed uint64 `json:"scrubs"`
+	Aborted     string `json:"aborted,omitempty"`
+	ReadErrors  uint64 `json:"read_errors"`
+	WriteErrors uint64 `json:"write_errors"`
+	CsumErrors  uint64 `json:"csum_errors"`
+	FsyncLogged uint64 `json:"fsync_logged"`
+	FsyncFull   uint64 `json:"fsync_full"`
+	Running     string `json:"running,omitempty"` // "scrub" or "inject" while one runs
+	// State is the scrub's: "idle", "running" or "paused".
+	State string `json:"state"`
+	// Progress is the running scrub's (absent when idle).
+	Progress     *repair.ScrubProgress `json:"progress,omitempty"`
+	LastScrub    *Last                 `json:"last_scrub,omitempty"`
+	ScrubsServed uint64                `json:"scrubs"`
 }
 
 // StructureHealth is one structure's health in Status.
@@ -120,6 +131,11 @@ type Last struct {
 	Repaired  int       `json:"repaired"`
 	DurationS float64   `json:"duration_s"`
 	Error     string    `json:"error,omitempty"`
+	// Interrupted: the run was cancelled; Found counts what it saw.
+	Interrupted bool `json:"interrupted,omitempty"`
+	// Report is the last run's full report (absent if it failed before
+	// making one).
+	Report *repair.Report `json:"report,omitempty"`
 }
 
 // ErrBusy is matched (errors.Is) by a RemoteError refused because another

@@ -65,6 +65,8 @@ type Server struct {
 	running string // "scrub" or "inject" while one runs
 	last    *Last
 	scrubs  uint64
+	ctl     *repair.ScrubControl // the running scrub's
+	bg      sync.WaitGroup       // the background scrub
 
 	closeOnce sync.Once
 	closeErr  error
@@ -153,6 +155,14 @@ func (s *Server) shutdown() {
 		s.closed = true
 		s.mu.Unlock()
 		lerr := s.ln.Close()
+		// A background scrub ends with the cancelled context (resumed
+		// first, if paused).
+		s.mu.Lock()
+		if s.ctl != nil {
+			s.ctl.Cancel()
+		}
+		s.mu.Unlock()
+		s.bg.Wait()
 		// Connections are closed by their handlers, which the cancelled
 		// context wakes; a handler blocked reading is woken by closing.
 		s.mu.Lock()
@@ -415,8 +425,11 @@ func (s *Server) do(ctx context.Context, b []byte) Response {
 		resp = s.scrub(ctx, req)
 	case OpInject:
 		resp = s.inject(req)
+	case OpPause, OpResume, OpCancel:
+		resp = s.control(req)
 	default:
-		return errResponse(CodeBadRequest, fmt.Sprintf("unknown op %q (ops: %s, %s, %s)", req.Op, OpStatus, OpScrub, OpInject))
+		return errResponse(CodeBadRequest, fmt.Sprintf("unknown op %q (ops: %s, %s, %s, %s, %s, %s)", req.Op,
+			OpStatus, OpScrub, OpInject, OpPause, OpResume, OpCancel))
 	}
 	lvl := slog.LevelInfo
 	if req.Op == OpStatus {
@@ -446,30 +459,98 @@ func (s *Server) end() {
 
 func (s *Server) scrub(ctx context.Context, req Request) Response {
 	if req.Tree != "" || req.Kind != "" || req.Seed != 0 || req.Level != nil {
-		return errResponse(CodeBadRequest, "scrub takes repair and data only")
+		return errResponse(CodeBadRequest, "scrub takes repair, data and background only")
 	}
 	if err := s.begin(OpScrub); err != nil {
 		return errResponse(CodeBusy, err.Error())
 	}
+	if req.Background {
+		// The run belongs to the server, not to this connection: it
+		// ends with Close (or cancel), not when the client hangs up.
+		rctx, cancel := context.WithCancel(s.ctx)
+		ctl := repair.NewScrubControl(cancel)
+		s.mu.Lock()
+		s.ctl = ctl
+		s.mu.Unlock()
+		s.bg.Add(1)
+		go func() {
+			defer s.bg.Done()
+			defer cancel()
+			s.runScrub(rctx, req, ctl)
+		}()
+		st := s.Status()
+		return Response{Status: &st}
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ctl := repair.NewScrubControl(cancel)
+	s.mu.Lock()
+	s.ctl = ctl
+	s.mu.Unlock()
+	rep, err := s.runScrub(rctx, req, ctl)
+	if err != nil {
+		if rep != nil && rep.Interrupted && ctx.Err() == nil {
+			// Cancelled from another connection: the partial report.
+			return Response{Report: rep}
+		}
+		return errResponse(CodeFailed, "scrub: "+err.Error())
+	}
+	return Response{Report: rep}
+}
+
+// runScrub runs one scrub under ctl, records it as the last run, and
+// frees the maintenance slot.
+func (s *Server) runScrub(ctx context.Context, req Request, ctl *repair.ScrubControl) (*repair.Report, error) {
 	defer s.end()
 	started := time.Now()
 	rep, err := repair.Scrub(ctx, s.fsys, s.mountpoint, repair.ScrubOptions{
-		Repair: req.Repair, Data: req.Data, TempDir: s.opts.TempDir, Logger: s.log, Mode: "online",
+		Repair: req.Repair, Data: req.Data, TempDir: s.opts.TempDir, Logger: s.log, Mode: "online", Control: ctl,
 	})
-	last := &Last{Finished: time.Now(), Repair: req.Repair, Data: req.Data, DurationS: time.Since(started).Seconds()}
-	if err != nil {
+	last := &Last{Finished: time.Now(), Repair: req.Repair, Data: req.Data, DurationS: time.Since(started).Seconds(), Report: rep}
+	switch {
+	case rep != nil && rep.Interrupted:
+		last.Status, last.Interrupted, last.Found, last.Repaired = "interrupted", true, rep.Found, rep.Repaired
+	case err != nil:
 		last.Status, last.Error = "failed", err.Error()
-	} else {
+	default:
 		last.Status, last.Found, last.Repaired = rep.Status, rep.Found, rep.Repaired
 	}
 	s.mu.Lock()
 	s.last = last
 	s.scrubs++
+	s.ctl = nil
 	s.mu.Unlock()
-	if err != nil {
-		return errResponse(CodeFailed, "scrub: "+err.Error())
+	s.log.Info("scrub finished", "status", last.Status, "found", last.Found, "repaired", last.Repaired,
+		"background", req.Background, "took", time.Since(started), "err", last.Error)
+	return rep, err
+}
+
+// control pauses, resumes or cancels the running scrub.
+func (s *Server) control(req Request) Response {
+	if req.Repair || req.Data || req.Background || req.Tree != "" || req.Kind != "" || req.Seed != 0 || req.Level != nil {
+		return errResponse(CodeBadRequest, req.Op+" takes no arguments")
 	}
-	return Response{Report: rep}
+	s.mu.Lock()
+	ctl := s.ctl
+	s.mu.Unlock()
+	if ctl == nil {
+		return errResponse(CodeIdle, "no scrub is running")
+	}
+	switch req.Op {
+	case OpPause:
+		if !ctl.Pause() {
+			return errResponse(CodeIdle, "the scrub is paused already")
+		}
+	case OpResume:
+		if !ctl.Resume() {
+			return errResponse(CodeIdle, "the scrub is not paused")
+		}
+	case OpCancel:
+		ctl.Cancel()
+	}
+	s.log.Info("scrub "+req.Op, "by", "request")
+	st := s.Status()
+	return Response{Status: &st}
 }
 
 func (s *Server) inject(req Request) Response {
@@ -530,6 +611,15 @@ func (s *Server) Status() Status {
 	}
 	s.mu.Lock()
 	st.Running = s.running
+	st.State = "idle"
+	if s.ctl != nil {
+		p := s.ctl.Progress()
+		st.Progress = &p
+		st.State = "running"
+		if p.Paused {
+			st.State = "paused"
+		}
+	}
 	if s.last != nil {
 		l := *s.last
 		st.LastScrub = &l

@@ -276,7 +276,7 @@ func TestServeBadRequests(t *testing.T) {
 		{`not json`, "bad request"},
 		{`{"op":"status","verbose":true}`, `unknown field "verbose"`},
 		{`{"op":"status"} {"op":"status"}`, "more than one JSON value"},
-		{`{"op":"scrub","tree":"rmap"}`, "scrub takes repair and data only"},
+		{`{"op":"scrub","tree":"rmap"}`, "scrub takes repair, data and background only"},
 		{`{"op":"inject","tree":"rmap","kind":"bitflip","repair":true}`, "inject takes tree, kind and seed only"},
 		{`[]`, "bad request"},
 	} {
@@ -679,4 +679,115 @@ func healthOf(t *testing.T, st *Status, name string) StructureHealth {
 	}
 	t.Fatalf("no health for %s", name)
 	return StructureHealth{}
+}
+
+// TestServeBackgroundScrub: a background scrub answers at once; status
+// follows it (state, progress within 0–100 and never backwards); pause
+// holds it (done stands still), resume lets it finish, and the last run's
+// report is in the status; cancel ends a run with its partial report;
+// pause, resume and cancel with nothing running answer "idle".
+func TestServeBackgroundScrub(t *testing.T) {
+	runtimeDir(t)
+	fsys, img := openFS(t)
+	// Enough data that the scrub outlives a request or two.
+	a, err := fsys.Create(sfs.RootIno, "big", sfs.NewInode{Mode: 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := []byte(strings.Repeat("background", 100_000))
+	for off := 0; off < 24<<20; off += len(chunk) {
+		if _, err := fsys.Write(a.Ino, chunk, int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fsys.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	_, mnt := serve(t, fsys, img, Options{})
+	c := dial(t, mnt)
+	ctx := context.Background()
+
+	for _, op := range []func(context.Context) (*Status, error){c.Pause, c.Resume, c.Cancel} {
+		var re *RemoteError
+		if _, err := op(ctx); !errors.As(err, &re) || re.Code != CodeIdle {
+			t.Fatalf("control with nothing running: %v", err)
+		}
+	}
+	// Start and pause at once; a run that finished first is started
+	// again (a fast machine), a few times at most.
+	var st *Status
+	for try := 0; ; try++ {
+		if _, err := c.ScrubBackground(ctx, false, true); err != nil {
+			t.Fatal(err)
+		}
+		st, err = c.Pause(ctx)
+		var re *RemoteError
+		if errors.As(err, &re) && re.Code == CodeIdle && try < 5 {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		break
+	}
+	if st.State != "paused" || st.Progress == nil || !st.Progress.Paused {
+		t.Fatalf("after pause: %+v", st)
+	}
+	if _, err := c.ScrubBackground(ctx, false, false); !errors.Is(err, ErrBusy) {
+		t.Fatalf("second scrub while one runs: %v", err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	st2, err := c.Status(ctx)
+	if err != nil || st2.Progress == nil || st2.Progress.Done != st.Progress.Done {
+		t.Fatalf("paused scrub moved: %+v then %+v (%v)", st.Progress, st2.Progress, err)
+	}
+	if _, err := c.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	last := -1.0
+	for {
+		st, err = c.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.State == "idle" {
+			break
+		}
+		if p := st.Progress; p.Percent < last || p.Percent > 100 {
+			t.Fatalf("progress from %.1f%% to %+v", last, p)
+		} else {
+			last = p.Percent
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if st.LastScrub == nil || st.LastScrub.Status != repair.StatusClean || st.LastScrub.Report == nil || st.LastScrub.Report.BytesVerified < 24<<20 {
+		t.Fatalf("last scrub after the background run: %+v", st.LastScrub)
+	}
+	// Cancel: the run ends with its partial report.
+	for try := 0; ; try++ {
+		if _, err := c.ScrubBackground(ctx, false, true); err != nil {
+			t.Fatal(err)
+		}
+		if _, err = c.Pause(ctx); err == nil {
+			break
+		}
+		if try == 5 {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Cancel(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if st, err = c.Status(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if st.State == "idle" {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if l := st.LastScrub; l == nil || !l.Interrupted || l.Status != "interrupted" || l.Report == nil || l.Report.Complete {
+		t.Fatalf("last scrub after cancel: %+v", st.LastScrub)
+	}
 }

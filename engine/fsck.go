@@ -53,6 +53,6 @@ func CheckImage(dev disk.Device, opts CheckOptions) (*CheckResult, []Finding, er
 		return &CheckResult{Findings: 1}, fs, nil
 	}
 	s := &Snapshot{e: e, v: e.committed}
-	res, err := s.check(ctx, emit)
+	res, err := s.check(ctx, emit, nil)
 	return res, fs, err
 }

@@ -116,7 +116,7 @@ func passCheckAllocations(ctx context.Context, e *Engine) error {
 		if f.ID >= ErrAllocMissing {
 			n++
 		}
-	})
+	}, nil)
 	if err != nil {
 		return err
 	}

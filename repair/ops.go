@@ -262,6 +262,7 @@ func (r *repairRun) refuse(op *Op, why string) {
 // repairOne runs a row's repairer and records the outcome.
 func (r *repairRun) repairOne(ctx context.Context, op *Op) error {
 	r.done[op.Name] = true
+	r.opts.Control.phaseStart("repair "+op.Name, 0)
 	rb, err := op.Repair(ctx, r.e, r.opts)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -33,6 +33,9 @@ type ScrubOptions struct {
 	Logger  *slog.Logger
 	// Mode names the run in the report: "online" or "offline".
 	Mode string
+	// Control, if set, receives the run's progress and can pause it
+	// (cancel it through the context).
+	Control *ScrubControl
 }
 
 // Scrub checks fsys (and repairs it with opts.Repair) and returns the report.
@@ -47,14 +50,33 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 	}
 	e := fsys.Engine()
 	var verified uint64
-	check := func() (*engine.CheckResult, []engine.Finding, error) {
-		res, found, err := checkEngine(ctx, e)
-		if err != nil || !opts.Data {
-			return res, found, err
+	ctl := opts.Control
+	first := true // the first pass counts progress; the checks after repairs do not
+	if ctl != nil {
+		// The whole first pass's units, known before it starts, so the
+		// percentage never goes back when the data scrub begins.
+		pin := e.Pin()
+		units := pin.ItemCount()
+		pin.Release()
+		if opts.Data {
+			units += dataBlocks(e)
 		}
-		df, n, err := scrubData(ctx, fsys)
-		verified += n
-		return res, append(found, df...), err
+		ctl.phaseStart("check", units)
+	}
+	check := func() (*engine.CheckResult, []engine.Finding, error) {
+		res, found, err := checkEngineTicked(ctx, e, ctl, first)
+		if err == nil && opts.Data {
+			var df []engine.Finding
+			var n uint64
+			df, n, err = scrubData(ctx, fsys, ctl, first)
+			verified += n
+			found = append(found, df...)
+		}
+		if first && err == nil {
+			ctl.finishPass()
+		}
+		first = false
+		return res, found, err
 	}
 	// What opening the image read-write repaired already (superblock
 	// copies rewritten): found, and repaired, in this report.
@@ -135,17 +157,67 @@ func interrupted(ctx context.Context, err error, opts ScrubOptions, target strin
 }
 
 func checkEngine(ctx context.Context, e *engine.Engine) (*engine.CheckResult, []engine.Finding, error) {
+	return checkEngineTicked(ctx, e, nil, false)
+}
+
+// checkEngineTicked is checkEngine reporting to c (if set), where it can
+// be paused: the first pass counts one unit per item (and the blocks
+// walked as bytes read), a check after a repair only its phase.
+func checkEngineTicked(ctx context.Context, e *engine.Engine, c *ScrubControl, first bool) (*engine.CheckResult, []engine.Finding, error) {
 	s := e.Pin()
 	defer s.Release()
 	var out []engine.Finding
-	res, err := s.Check(ctx, func(f engine.Finding) { out = append(out, f) })
+	var tick func()
+	if c != nil {
+		if first {
+			c.phaseStart("check", 0)
+		} else {
+			c.phaseStart("recheck", 0)
+		}
+		tick = func() { c.tick(0) }
+	}
+	res, err := s.CheckTicked(ctx, func(f engine.Finding) { out = append(out, f) }, tick)
+	if res != nil && c != nil {
+		var blocks uint64
+		for _, t := range res.Trees {
+			blocks += t.Blocks
+		}
+		c.addBytes(blocks * format.BlockSize)
+	}
 	return res, out, err
+}
+
+// dataBlocks is how many 4 KiB blocks the regular files of e hold (their
+// sizes, rounded up), as its last commit records them.
+func dataBlocks(e *engine.Engine) uint64 {
+	s := e.Pin()
+	defer s.Release()
+	t, ok := s.ScanTree(format.TreeInode)
+	if !ok {
+		return 0
+	}
+	var n uint64
+	t.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+		if k.Type != format.TypeInodeItem {
+			return true
+		}
+		if in, err := format.DecodeInodeItem(v); err == nil && in.Mode&syscall.S_IFMT == syscall.S_IFREG {
+			n += (in.Size + format.BlockSize - 1) / format.BlockSize
+		}
+		return true
+	})
+	return n
 }
 
 // scrubData reads every regular file and reports each block that fails its
 // checksum, by path, offset, inode and disk block. It returns the findings
 // and the bytes of file data it read and verified.
-func scrubData(ctx context.Context, fsys *fs.FS) ([]engine.Finding, uint64, error) {
+func scrubData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool) ([]engine.Finding, uint64, error) {
+	if first {
+		c.phaseStart("data", 0)
+	} else {
+		c.phaseStart("recheck data", 0)
+	}
 	var out []engine.Finding
 	var verified uint64
 	seen := map[uint64]bool{}
@@ -185,6 +257,7 @@ func scrubData(ctx context.Context, fsys *fs.FS) ([]engine.Finding, uint64, erro
 						}
 					}
 					n, err := fsys.Read(de.Ino, buf, int64(off))
+					c.tick(uint64(n))
 					if err == nil {
 						verified += uint64(n)
 						continue

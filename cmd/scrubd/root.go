@@ -55,7 +55,8 @@ EXIT STATUS
 	root.PersistentFlags().StringVar(&global.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&global.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&global.tmpDir, "tmpdir", "", "directory for repairs' temporary files (default: anonymous memory, swappable)")
-	root.AddCommand(newMkfsCmd(), newInfoCmd(), newFsckCmd(), newDemoCmd(), newMountCmd(), newScrubCmd(), newInjectCmd(), newVersionCmd())
+	root.AddCommand(newMkfsCmd(), newInfoCmd(), newFsckCmd(), newDemoCmd(), newMountCmd(), newScrubCmd(), newInjectCmd(), newVersionCmd(),
+		newStatusCmd(), newPauseCmd(), newResumeCmd(), newCancelCmd())
 	root.InitDefaultHelpCmd()
 	root.InitDefaultCompletionCmd()
 	for _, c := range root.Commands() {

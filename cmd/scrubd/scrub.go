@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 
@@ -16,15 +17,16 @@ import (
 )
 
 type scrubOptions struct {
-	repair bool
-	data   bool
-	asJSON bool
+	repair     bool
+	data       bool
+	asJSON     bool
+	background bool
 }
 
 func newScrubCmd() *cobra.Command {
 	var o scrubOptions
 	c := &cobra.Command{
-		Use:   "scrub TARGET [--repair] [--data] [--json]",
+		Use:   "scrub TARGET [--repair] [--data] [--background] [--json]",
 		Short: "Check (and repair) a mounted filesystem or an unmounted image",
 		Long: `Check every structure of TARGET at its last committed generation, and with
 --repair rebuild what is damaged and check again; the second check is what
@@ -38,9 +40,13 @@ is refused: scrub its mountpoint instead. An image too damaged to be
 opened at all gets the read-only check fsck does, and a note saying so.
 
 Only damage a repairer exists for is repaired (the ops table lists them:
-today the reverse-mapping tree, and the cross-references it answers for);
-the rest is reported, and the report says why each structure was not
-repaired.
+today the superblock and the reverse-mapping, allocation, free-space and
+file extent trees, and the cross-references they answer for); the rest is
+reported, and the report says why each structure was not repaired.
+
+--background (a mountpoint only) starts the scrub on the mount and returns
+at once; "scrubd status" follows it, "scrubd pause", "resume" and "cancel"
+control it, and its report becomes the status's last scrub.
 
 --data also reads every file and verifies every block's checksum, naming
 the file and offset of each bad one.
@@ -51,7 +57,8 @@ incomplete ("complete": false, "interrupted": true in JSON).
 ` + fsckExitStatus,
 		Example: `  scrubd scrub /mnt/fs
   scrubd scrub /mnt/fs --repair --data
-  scrubd scrub fs.img --json > report.json`,
+  scrubd scrub fs.img --json > report.json
+  scrubd scrub /mnt/fs --data --background && scrubd status /mnt/fs`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := logger()
@@ -60,6 +67,17 @@ incomplete ("complete": false, "interrupted": true in JSON).
 			}
 			target := args[0]
 			var rep *repair.Report
+			if o.background {
+				mnt, ok := daemon.Discover(target)
+				if !ok {
+					return usageError(fmt.Errorf("--background needs a mountpoint a scrubd mount serves; %s is not one", target))
+				}
+				return withClient(cmd.Context(), mnt, func(ctx context.Context, cl *daemon.Client) (*daemon.Status, error) {
+					return cl.ScrubBackground(ctx, o.repair, o.data)
+				}, func(w io.Writer, st *daemon.Status) {
+					fmt.Fprintf(w, "%s: scrub started in the background; follow it with: scrubd status %s\n", st.Mountpoint, st.Mountpoint)
+				}, o.asJSON, cmd.OutOrStdout())
+			}
 			if mnt, ok := daemon.Discover(target); ok {
 				rep, err = scrubOnline(cmd.Context(), mnt, o)
 			} else {
@@ -71,6 +89,7 @@ incomplete ("complete": false, "interrupted": true in JSON).
 	c.Flags().BoolVar(&o.repair, "repair", false, "rebuild damaged structures, then check again")
 	c.Flags().BoolVar(&o.data, "data", false, "also read every file and verify data checksums")
 	c.Flags().BoolVar(&o.asJSON, "json", false, "print the versioned JSON report")
+	c.Flags().BoolVar(&o.background, "background", false, "start the scrub on the mount and return at once (see scrubd status)")
 	return c
 }
 

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/scrubd/scrubd/daemon"
+)
+
+// statusOf runs "scrubd status DIR --json".
+func statusOf(t *testing.T, dir string) statusDoc {
+	t.Helper()
+	var st statusDoc
+	out := expect(t, 0, "status", dir, "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Status == nil || st.Version != jsonVersion {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	return st
+}
+
+// TestScrubBackgroundControl, through the CLI and a real FUSE mount: a
+// background data scrub returns at once; pause holds it (status says
+// paused, its progress stands still), resume lets it finish (percent
+// never backwards, ≤ 100), and status shows the last run clean; cancel
+// ends a run with its partial report; pause, resume and cancel with
+// nothing running exit 1 naming why; --background on an image is a usage
+// error; status prints people's text too.
+func TestScrubBackgroundControl(t *testing.T) {
+	needFuse(t)
+	privateRuntimeDir(t)
+	img := filepath.Join(t.TempDir(), "fs.img")
+	expect(t, 0, "mkfs", img, "--size", "128M")
+	dir := t.TempDir()
+	startMount(t, img, dir, "--commit-interval", "-1s")
+	writeSynced(t, filepath.Join(dir, "big"), bytes.Repeat([]byte("0123456789abcdef"), 2<<20), 0) // 32 MiB
+
+	for _, verb := range []string{"pause", "resume", "cancel"} {
+		_, errs, code := run(t, verb, dir)
+		if code != 1 || !strings.Contains(errs, "no scrub is running") {
+			t.Fatalf("%s with nothing running: exit %d, %q", verb, code, errs)
+		}
+	}
+	expect(t, 16, "scrub", img, "--background")
+
+	paused := false
+	for try := 0; try < 5 && !paused; try++ {
+		out := expect(t, 0, "scrub", dir, "--data", "--background")
+		if !strings.Contains(out, "scrub started in the background") {
+			t.Fatalf("scrub --background printed %q", out)
+		}
+		_, _, code := run(t, "pause", dir)
+		paused = code == 0
+		if !paused {
+			// It finished first: wait for idle and try again.
+			for statusOf(t, dir).State != "idle" {
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	}
+	if !paused {
+		t.Fatal("could not pause a background scrub in 5 tries")
+	}
+	st := statusOf(t, dir)
+	if st.State != "paused" || st.Progress == nil {
+		t.Fatalf("status after pause: %+v", st.Status)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if st2 := statusOf(t, dir); st2.Progress == nil || st2.Progress.Done != st.Progress.Done {
+		t.Fatalf("paused scrub moved: %+v then %+v", st.Progress, st2.Progress)
+	}
+	out := expect(t, 0, "status", dir)
+	if !strings.Contains(out, "scrub       paused:") || !strings.Contains(out, "STRUCTURE") {
+		t.Fatalf("status:\n%s", out)
+	}
+	t.Logf("status of a paused scrub:\n%s", out)
+	expect(t, 0, "resume", dir)
+	last := -1.0
+	for {
+		st = statusOf(t, dir)
+		if st.State == "idle" {
+			break
+		}
+		if p := st.Progress; p.Percent < last || p.Percent > 100 {
+			t.Fatalf("progress from %.1f%% to %+v", last, p)
+		} else {
+			last = p.Percent
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if l := st.LastScrub; l == nil || l.Status != "clean" || !l.Data || l.Report == nil || l.Report.BytesVerified < 32<<20 {
+		t.Fatalf("last scrub: %+v", st.LastScrub)
+	}
+
+	// Cancel a running scrub.
+	cancelled := false
+	for try := 0; try < 5 && !cancelled; try++ {
+		expect(t, 0, "scrub", dir, "--data", "--background")
+		_, _, code := run(t, "cancel", dir)
+		cancelled = code == 0
+	}
+	if !cancelled {
+		t.Fatal("could not cancel a background scrub in 5 tries")
+	}
+	for st = statusOf(t, dir); st.State != "idle"; st = statusOf(t, dir) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if l := st.LastScrub; l == nil || !l.Interrupted || l.Report == nil || l.Report.Complete {
+		t.Fatalf("last scrub after cancel: %+v", st.LastScrub)
+	}
+	if !daemon.IsServed(dir) {
+		t.Fatal("the mount went away")
+	}
+	expect(t, 0, "scrub", dir, "--data")
+}

@@ -1,0 +1,201 @@
+package repair
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Progress of a scrub, and its pause and cancel switches.
+//
+// Work is counted in units: one per metadata item the check walks, one per
+// 4 KiB block of file data the data scrub reads. The total is known before
+// each part starts (the items the root tree records, the blocks of the
+// regular files' sizes), so the percentage is done/total of the first
+// pass over the filesystem — the check, and with --data the data scrub.
+// Repairs and the checks after them come after 100%: the phase says what
+// runs then (the checks after repairs can be paused too; the repairs
+// themselves run to their end). Done never exceeds the total (a file that grew meanwhile is
+// not counted past it) and never goes backwards, so neither does the
+// percentage.
+//
+// Bytes counts what was read (metadata blocks and file data), for the
+// rate.
+//
+// A ScrubControl is safe for concurrent use: the scrub ticks it from its
+// goroutine, any other reads it, pauses, resumes or cancels.
+type ScrubControl struct {
+	mu       sync.Mutex
+	resumed  *sync.Cond
+	phase    string
+	done     uint64
+	total    uint64
+	bytes    uint64
+	started  time.Time
+	paused   bool
+	pausedAt time.Time
+	pausedD  time.Duration // time spent paused so far
+	// The current phase's start: its time (less pauses before it) and
+	// the units done then, for the phase's own rate.
+	phaseAt   time.Duration
+	phaseDone uint64
+	cancel    context.CancelFunc
+	now       func() time.Time
+}
+
+// NewScrubControl returns a control for one scrub run; cancel, if set, is
+// what Cancel calls (the run's context).
+func NewScrubControl(cancel context.CancelFunc) *ScrubControl {
+	c := &ScrubControl{cancel: cancel, now: time.Now}
+	c.resumed = sync.NewCond(&c.mu)
+	c.started = c.now()
+	return c
+}
+
+// ScrubProgress is a snapshot of a run's progress.
+type ScrubProgress struct {
+	Phase   string  `json:"phase"`
+	Paused  bool    `json:"paused"`
+	Done    uint64  `json:"done"`
+	Total   uint64  `json:"total"`
+	Percent float64 `json:"percent"`
+	// ETAS is the estimated seconds left of the first pass (-1 while
+	// unknown: too early to say, or paused).
+	ETAS        float64 `json:"eta_s"`
+	RateBytesS  float64 `json:"rate_bytes_s"`
+	BytesRead   uint64  `json:"bytes_read"`
+	ElapsedS    float64 `json:"elapsed_s"`
+	PausedForS  float64 `json:"paused_for_s"`
+	UnitsDetail string  `json:"units"`
+}
+
+// unitsDetail says what done and total count.
+const unitsDetail = "metadata items checked plus 4 KiB blocks of file data read"
+
+// phaseStart begins a part of the first pass that adds n units (or, n 0,
+// a phase after it).
+func (c *ScrubControl) phaseStart(name string, n uint64) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.phase = name
+	c.total += n
+	c.phaseAt, c.phaseDone = c.activeLocked(c.now()), c.done
+	c.mu.Unlock()
+}
+
+// finishPass marks the first pass complete: done = total.
+func (c *ScrubControl) finishPass() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.done = c.total
+	c.mu.Unlock()
+}
+
+// tick counts one unit of work done and bytes read, waiting first while
+// the run is paused (the unit it counts is then done after the pause).
+func (c *ScrubControl) tick(bytes uint64) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	for c.paused {
+		c.resumed.Wait()
+	}
+	if c.done < c.total {
+		c.done++
+	}
+	c.bytes += bytes
+	c.mu.Unlock()
+}
+
+// addBytes counts bytes read without a unit of work.
+func (c *ScrubControl) addBytes(n uint64) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.bytes += n
+	c.mu.Unlock()
+}
+
+// Pause makes the run stop at its next unit of work until Resume. It
+// reports false if the run was paused already.
+func (c *ScrubControl) Pause() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.paused {
+		return false
+	}
+	c.paused, c.pausedAt = true, c.now()
+	return true
+}
+
+// Resume lets a paused run go on. It reports false if it was not paused.
+func (c *ScrubControl) Resume() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.paused {
+		return false
+	}
+	c.paused = false
+	c.pausedD += c.now().Sub(c.pausedAt)
+	c.resumed.Broadcast()
+	return true
+}
+
+// Cancel stops the run (resuming it first if paused): it returns its
+// partial report, marked interrupted.
+func (c *ScrubControl) Cancel() {
+	c.Resume()
+	if c.cancel != nil {
+		c.cancel()
+	}
+}
+
+// activeLocked is the time the run has been working (not paused) at now.
+func (c *ScrubControl) activeLocked(now time.Time) time.Duration {
+	paused := c.pausedD
+	if c.paused {
+		paused += now.Sub(c.pausedAt)
+	}
+	return now.Sub(c.started) - paused
+}
+
+// Progress returns the run's progress now.
+func (c *ScrubControl) Progress() ScrubProgress {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	paused := c.pausedD
+	if c.paused {
+		paused += now.Sub(c.pausedAt)
+	}
+	active := now.Sub(c.started) - paused
+	p := ScrubProgress{Phase: c.phase, Paused: c.paused, Done: c.done, Total: c.total,
+		BytesRead: c.bytes, ElapsedS: now.Sub(c.started).Seconds(), PausedForS: paused.Seconds(),
+		ETAS: -1, UnitsDetail: unitsDetail}
+	if c.total > 0 {
+		p.Percent = 100 * float64(c.done) / float64(c.total)
+	}
+	if active > 0 {
+		p.RateBytesS = float64(c.bytes) / active.Seconds()
+	}
+	// The estimate: the units left at the current phase's own rate (a
+	// metadata item and a block of file data cost very different times;
+	// the units left are mostly of the current phase's kind, all of them
+	// in the data scrub, which is last), or the whole run's while the
+	// phase is too young to say. Said once a twentieth of the work is
+	// done (earlier figures mostly measure start-up).
+	if !c.paused && c.total > 0 && c.done*20 >= c.total && c.done > 0 {
+		rate := float64(c.done) / active.Seconds()
+		if pd, pt := c.done-c.phaseDone, (active - c.phaseAt).Seconds(); pd*50 >= c.total && pt > 0 {
+			rate = float64(pd) / pt
+		}
+		p.ETAS = float64(c.total-c.done) / rate
+	}
+	return p
+}
