@@ -104,9 +104,13 @@ type Status struct {
 	// State is the scrub's: "idle", "running" or "paused".
 	State string `json:"state"`
 	// Progress is the running scrub's (absent when idle).
-	Progress     *repair.ScrubProgress `json:"progress,omitempty"`
-	LastScrub    *Last                 `json:"last_scrub,omitempty"`
-	ScrubsServed uint64                `json:"scrubs"`
+	Progress  *repair.ScrubProgress `json:"progress,omitempty"`
+	LastScrub *Last                 `json:"last_scrub,omitempty"`
+	// Schedules are the mount's scheduled scrubs, soonest first;
+	// NextScrub is the soonest's next run (absent without schedules).
+	Schedules    []ScheduleStatus `json:"schedules,omitempty"`
+	NextScrub    *time.Time       `json:"next_scrub,omitempty"`
+	ScrubsServed uint64           `json:"scrubs"`
 }
 
 // StructureHealth is one structure's health in Status.
@@ -131,6 +135,8 @@ type Last struct {
 	Repaired  int       `json:"repaired"`
 	DurationS float64   `json:"duration_s"`
 	Error     string    `json:"error,omitempty"`
+	// Trigger says who started the run: "request" or "schedule SPEC".
+	Trigger string `json:"trigger,omitempty"`
 	// Interrupted: the run was cancelled; Found counts what it saw.
 	Interrupted bool `json:"interrupted,omitempty"`
 	// Report is the last run's full report (absent if it failed before

@@ -37,6 +37,11 @@ type Options struct {
 	// MaxConns bounds the connections served at once (0: 16); more are
 	// answered "busy" and closed.
 	MaxConns int
+	// Schedules start background scrubs at their times (see
+	// schedule.go); Serve refuses one that does not parse.
+	Schedules []Schedule
+	// Clock is the scheduler's time (nil: the system's).
+	Clock Clock
 }
 
 // writeTimeout bounds writing one response: a client that stops reading
@@ -67,6 +72,7 @@ type Server struct {
 	scrubs  uint64
 	ctl     *repair.ScrubControl // the running scrub's
 	bg      sync.WaitGroup       // the background scrub
+	scheds  []*scheduled
 
 	closeOnce sync.Once
 	closeErr  error
@@ -84,6 +90,17 @@ func Serve(ctx context.Context, fsys *sfs.FS, mountpoint string, opts Options) (
 	}
 	if opts.MaxConns <= 0 {
 		opts.MaxConns = 16
+	}
+	if opts.Clock == nil {
+		opts.Clock = realClock{}
+	}
+	var scheds []*scheduled
+	for _, sc := range opts.Schedules {
+		cs, err := ParseSchedule(sc.Spec)
+		if err != nil {
+			return nil, err
+		}
+		scheds = append(scheds, &scheduled{ScheduleStatus: ScheduleStatus{Schedule: sc, Next: cs.Next(opts.Clock.Now())}, sched: cs})
 	}
 	mnt, err := resolve(mountpoint)
 	if err != nil {
@@ -119,11 +136,15 @@ func Serve(ctx context.Context, fsys *sfs.FS, mountpoint string, opts Options) (
 	s := &Server{
 		fsys: fsys, mountpoint: mnt, path: path, opts: opts, log: opts.Logger,
 		ln: ln, lnInfo: fi, started: time.Now(), uid: os.Geteuid(),
-		conns: map[net.Conn]struct{}{},
+		conns: map[net.Conn]struct{}{}, scheds: scheds,
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	s.wg.Add(1)
 	go s.acceptLoop()
+	if len(scheds) > 0 {
+		s.wg.Add(1)
+		go s.runSchedules()
+	}
 	go func() {
 		<-s.ctx.Done()
 		s.shutdown()
@@ -461,25 +482,15 @@ func (s *Server) scrub(ctx context.Context, req Request) Response {
 	if req.Tree != "" || req.Kind != "" || req.Seed != 0 || req.Level != nil {
 		return errResponse(CodeBadRequest, "scrub takes repair, data and background only")
 	}
+	if req.Background {
+		st, err := s.startBackground(req, "request")
+		if err != nil {
+			return errResponse(CodeBusy, err.Error())
+		}
+		return Response{Status: st}
+	}
 	if err := s.begin(OpScrub); err != nil {
 		return errResponse(CodeBusy, err.Error())
-	}
-	if req.Background {
-		// The run belongs to the server, not to this connection: it
-		// ends with Close (or cancel), not when the client hangs up.
-		rctx, cancel := context.WithCancel(s.ctx)
-		ctl := repair.NewScrubControl(cancel)
-		s.mu.Lock()
-		s.ctl = ctl
-		s.mu.Unlock()
-		s.bg.Add(1)
-		go func() {
-			defer s.bg.Done()
-			defer cancel()
-			s.runScrub(rctx, req, ctl)
-		}()
-		st := s.Status()
-		return Response{Status: &st}
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -487,7 +498,7 @@ func (s *Server) scrub(ctx context.Context, req Request) Response {
 	s.mu.Lock()
 	s.ctl = ctl
 	s.mu.Unlock()
-	rep, err := s.runScrub(rctx, req, ctl)
+	rep, err := s.runScrub(rctx, req, ctl, "request")
 	if err != nil {
 		if rep != nil && rep.Interrupted && ctx.Err() == nil {
 			// Cancelled from another connection: the partial report.
@@ -498,15 +509,37 @@ func (s *Server) scrub(ctx context.Context, req Request) Response {
 	return Response{Report: rep}
 }
 
+// startBackground starts a scrub that belongs to the server, not to a
+// connection: it ends with Close (or cancel), not when a client hangs
+// up. It fails (busy) if a scrub or injection runs.
+func (s *Server) startBackground(req Request, trigger string) (*Status, error) {
+	if err := s.begin(OpScrub); err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithCancel(s.ctx)
+	ctl := repair.NewScrubControl(cancel)
+	s.mu.Lock()
+	s.ctl = ctl
+	s.mu.Unlock()
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		defer cancel()
+		s.runScrub(rctx, req, ctl, trigger)
+	}()
+	st := s.Status()
+	return &st, nil
+}
+
 // runScrub runs one scrub under ctl, records it as the last run, and
 // frees the maintenance slot.
-func (s *Server) runScrub(ctx context.Context, req Request, ctl *repair.ScrubControl) (*repair.Report, error) {
+func (s *Server) runScrub(ctx context.Context, req Request, ctl *repair.ScrubControl, trigger string) (*repair.Report, error) {
 	defer s.end()
 	started := time.Now()
 	rep, err := repair.Scrub(ctx, s.fsys, s.mountpoint, repair.ScrubOptions{
 		Repair: req.Repair, Data: req.Data, TempDir: s.opts.TempDir, Logger: s.log, Mode: "online", Control: ctl,
 	})
-	last := &Last{Finished: time.Now(), Repair: req.Repair, Data: req.Data, DurationS: time.Since(started).Seconds(), Report: rep}
+	last := &Last{Finished: time.Now(), Repair: req.Repair, Data: req.Data, DurationS: time.Since(started).Seconds(), Report: rep, Trigger: trigger}
 	switch {
 	case rep != nil && rep.Interrupted:
 		last.Status, last.Interrupted, last.Found, last.Repaired = "interrupted", true, rep.Found, rep.Repaired
@@ -624,6 +657,7 @@ func (s *Server) Status() Status {
 		l := *s.last
 		st.LastScrub = &l
 	}
+	st.Schedules, st.NextScrub = s.scheduleStatus()
 	st.ScrubsServed = s.scrubs
 	s.mu.Unlock()
 	return st

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -789,5 +790,166 @@ func TestServeBackgroundScrub(t *testing.T) {
 	}
 	if l := st.LastScrub; l == nil || !l.Interrupted || l.Status != "interrupted" || l.Report == nil || l.Report.Complete {
 		t.Fatalf("last scrub after cancel: %+v", st.LastScrub)
+	}
+}
+
+// fakeClock is a Clock that moves only when told.
+type fakeClock struct {
+	mu      sync.Mutex
+	now     time.Time
+	waiters []fakeWaiter
+}
+
+type fakeWaiter struct {
+	at time.Time
+	ch chan time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan time.Time, 1)
+	if d <= 0 {
+		ch <- c.now
+		return ch
+	}
+	c.waiters = append(c.waiters, fakeWaiter{c.now.Add(d), ch})
+	return ch
+}
+
+// advance moves the clock to t, firing the waiters it passes.
+func (c *fakeClock) advance(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = t
+	keep := c.waiters[:0]
+	for _, w := range c.waiters {
+		if !w.at.After(t) {
+			w.ch <- t
+		} else {
+			keep = append(keep, w)
+		}
+	}
+	c.waiters = keep
+}
+
+// waiting reports how many waiters the clock has.
+func (c *fakeClock) waiting() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.waiters)
+}
+
+// TestServeSchedules: with an injected clock, a weekly schedule names its
+// next run in status, fires a background data scrub when the clock passes
+// it (the last run says it came from the schedule), moves to the next
+// week; a run due while another scrub runs is skipped and counted; a bad
+// expression is refused by Serve.
+func TestServeSchedules(t *testing.T) {
+	runtimeDir(t)
+	fsys, img := openFS(t)
+	if _, err := Serve(context.Background(), fsys, t.TempDir(), Options{Schedules: []Schedule{{Spec: "61 * * * *"}}}); err == nil || !strings.Contains(err.Error(), "61 * * * *") {
+		t.Fatalf("bad schedule: %v", err)
+	}
+	start := time.Date(2026, 12, 5, 10, 0, 0, 0, time.Local) // a Saturday
+	clock := &fakeClock{now: start}
+	_, mnt := serve(t, fsys, img, Options{Clock: clock, Schedules: []Schedule{{Spec: "0 3 * * 0", Data: true}, {Spec: "@every 1h"}}})
+	c := dial(t, mnt)
+	ctx := context.Background()
+	st, err := c.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sunday := time.Date(2026, 12, 6, 3, 0, 0, 0, time.Local)
+	if len(st.Schedules) != 2 || st.NextScrub == nil || !st.NextScrub.Equal(start.Add(time.Hour)) ||
+		!st.Schedules[1].Next.Equal(sunday) || st.Schedules[1].Spec != "0 3 * * 0" || !st.Schedules[1].Data {
+		t.Fatalf("schedules: %+v next %v", st.Schedules, st.NextScrub)
+	}
+	waitIdle := func() *Status {
+		t.Helper()
+		for {
+			st, err := c.Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.State == "idle" {
+				return st
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitClock := func() {
+		t.Helper()
+		for clock.waiting() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// The hourly one fires first.
+	waitClock()
+	clock.advance(start.Add(time.Hour))
+	for {
+		st, _ = c.Status(ctx)
+		if st.LastScrub != nil {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	st = waitIdle()
+	if st.LastScrub.Trigger != "schedule @every 1h" || st.LastScrub.Data || st.LastScrub.Status != repair.StatusClean {
+		t.Fatalf("last scrub: %+v", st.LastScrub)
+	}
+	// A run due while another is running is skipped. Hold one paused
+	// (started again if it finished before the pause arrived).
+	for try := 0; ; try++ {
+		if _, err := c.ScrubBackground(ctx, false, true); err != nil {
+			t.Fatal(err)
+		}
+		_, err := c.Pause(ctx)
+		if err == nil {
+			break
+		}
+		if try == 20 {
+			t.Fatal(err)
+		}
+		waitIdle()
+	}
+	waitClock()
+	clock.advance(sunday)
+	for {
+		st, _ = c.Status(ctx)
+		if st.Schedules[0].Skipped+st.Schedules[1].Skipped == 2 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := c.Cancel(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle()
+	// Next Sunday's run goes ahead, with data.
+	waitClock()
+	nextSunday := sunday.AddDate(0, 0, 7)
+	clock.advance(nextSunday)
+	for {
+		st, _ = c.Status(ctx)
+		if st.LastScrub != nil && strings.HasPrefix(st.LastScrub.Trigger, "schedule 0 3") {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	st = waitIdle()
+	if !st.LastScrub.Data || st.LastScrub.Report == nil || st.LastScrub.Report.BytesVerified == 0 {
+		t.Fatalf("scheduled data scrub: %+v", st.LastScrub)
+	}
+	for _, sc := range st.Schedules {
+		if !sc.Next.After(nextSunday) {
+			t.Fatalf("schedule %s did not move on: next %v", sc.Spec, sc.Next)
+		}
 	}
 }

@@ -167,6 +167,20 @@ func printStatus(w io.Writer, st *daemon.Status) {
 	} else {
 		fmt.Fprintf(tw, "last scrub\tnone since mount\n")
 	}
+	for _, sc := range st.Schedules {
+		what := "metadata"
+		if sc.Data {
+			what += " and data"
+		}
+		if sc.Repair {
+			what += ", repair"
+		}
+		line := fmt.Sprintf("%q (%s): next %s (%s)", sc.Spec, what, sc.Next.Local().Format("Mon 2006-01-02 15:04 MST"), humanize.Time(sc.Next))
+		if sc.Skipped > 0 {
+			line += fmt.Sprintf(", %d runs skipped (another was running)", sc.Skipped)
+		}
+		fmt.Fprintf(tw, "schedule\t%s\n", line)
+	}
 	tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

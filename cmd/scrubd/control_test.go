@@ -116,3 +116,39 @@ func TestScrubBackgroundControl(t *testing.T) {
 	}
 	expect(t, 0, "scrub", dir, "--data")
 }
+
+// TestMountSchedules: the schedule flags reach the daemon (status names
+// each schedule and the next run); a bad expression, and --repair without
+// a schedule, are usage errors naming the flag, before anything is
+// mounted.
+func TestMountSchedules(t *testing.T) {
+	needFuse(t)
+	privateRuntimeDir(t)
+	img := mkfs(t)
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--schedule", "61 * * * *"}, "--schedule"},
+		{[]string{"--schedule-data", "@sometimes"}, "--schedule-data"},
+		{[]string{"--repair"}, "--repair applies to scheduled scrubs"},
+	} {
+		_, errs, code := run(t, append([]string{"mount", img, dir}, c.args...)...)
+		if code != 2 || !strings.Contains(errs, c.msg) {
+			t.Fatalf("mount %v: exit %d, %q", c.args, code, errs)
+		}
+	}
+	startMount(t, img, dir, "--schedule", "@every 1h", "--schedule-data", "0 3 * * 0", "--repair")
+	st := statusOf(t, dir)
+	if len(st.Schedules) != 2 || st.NextScrub == nil || !st.Schedules[0].Repair || st.Schedules[1].Spec != "0 3 * * 0" || !st.Schedules[1].Data {
+		t.Fatalf("schedules in status: %+v", st.Schedules)
+	}
+	if d := time.Until(*st.NextScrub); d <= 0 || d > time.Hour+time.Minute {
+		t.Fatalf("next scrub in %v", d)
+	}
+	out := expect(t, 0, "status", dir)
+	if !strings.Contains(out, `schedule    "@every 1h" (metadata, repair): next`) {
+		t.Fatalf("status:\n%s", out)
+	}
+}

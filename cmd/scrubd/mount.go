@@ -18,12 +18,37 @@ type mountOptions struct {
 	commitInterval time.Duration
 	allowOther     bool
 	debug          bool
+	schedule       []string
+	scheduleData   []string
+	repair         bool
+}
+
+// schedules turns the schedule flags into the daemon's schedules; a bad
+// expression is a usage error naming the flag.
+func (o *mountOptions) schedules() ([]daemon.Schedule, error) {
+	var out []daemon.Schedule
+	for _, f := range []struct {
+		name  string
+		specs []string
+		data  bool
+	}{{"--schedule", o.schedule, false}, {"--schedule-data", o.scheduleData, true}} {
+		for _, spec := range f.specs {
+			if _, err := daemon.ParseSchedule(spec); err != nil {
+				return nil, usageError(fmt.Errorf("%s: %w", f.name, err))
+			}
+			out = append(out, daemon.Schedule{Spec: spec, Data: f.data, Repair: o.repair})
+		}
+	}
+	if o.repair && len(out) == 0 {
+		return nil, usageError(errors.New("--repair applies to scheduled scrubs: give --schedule or --schedule-data"))
+	}
+	return out, nil
 }
 
 func newMountCmd() *cobra.Command {
 	var o mountOptions
 	c := &cobra.Command{
-		Use:   "mount IMAGE MOUNTPOINT [--notreelog]",
+		Use:   "mount IMAGE MOUNTPOINT [--schedule SPEC] [--schedule-data SPEC] [--repair] [--notreelog]",
 		Short: "Serve an image through FUSE until it is unmounted",
 		Long: `Mount IMAGE on MOUNTPOINT through FUSE and serve it in the foreground, so
 any program can use it. "mounted IMAGE on MOUNTPOINT" is printed once the
@@ -38,7 +63,17 @@ loses nothing that was fsync'd; the next mount replays the log.
 
 While mounted, the process serves a control socket (owner-only, under
 $XDG_RUNTIME_DIR/scrubd or /run/scrubd) through which "scrubd scrub
-MOUNTPOINT" and "scrubd inject MOUNTPOINT" work on the mounted image.
+MOUNTPOINT", "scrubd status MOUNTPOINT" and the other control verbs work
+on the mounted image.
+
+--schedule SPEC runs a background scrub of the metadata at the times of a
+cron expression (five fields: minute hour day-of-month month day-of-week,
+e.g. "0 3 * * 0" for Sundays at 03:00 local time; or @hourly, @daily,
+@weekly, @monthly, @every 6h); --schedule-data SPEC one that also
+verifies every file's data. Both may be given, each more than once. With
+--repair, scheduled runs repair what they find. A run due while another
+scrub runs is skipped (status counts it). "scrubd status" shows the next
+run.
 
 Mounting needs FUSE: the fuse3 package (fusermount3), /dev/fuse, and root
 or an unprivileged-FUSE setup (user_allow_other in /etc/fuse.conf for
@@ -49,10 +84,15 @@ EXIT STATUS
   committed (the reason is printed); 2 usage error.`,
 		Example: `  scrubd mount fs.img /mnt/fs
   scrubd mount fs.img /mnt/fs --commit-interval 5s --allow-other &
+  scrubd mount fs.img /mnt/fs --schedule @daily --schedule-data "0 3 * * 0" --repair &
   umount /mnt/fs    # or Ctrl-C: unmounts and commits`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			img, mountpoint := args[0], args[1]
+			schedules, err := o.schedules()
+			if err != nil {
+				return err
+			}
 			if o.debug && !cmd.Flag("log-level").Changed {
 				global.logLevel = "debug"
 			}
@@ -78,7 +118,7 @@ EXIT STATUS
 			// after an umount from outside, when Run returns: always
 			// before the filesystem is closed. Without it the mount still
 			// serves files, so a failure to start it only warns.
-			ctl, cerr := daemon.Serve(cmd.Context(), fsys, mountpoint, daemon.Options{Image: source, Logger: log, TempDir: global.tmpDir})
+			ctl, cerr := daemon.Serve(cmd.Context(), fsys, mountpoint, daemon.Options{Image: source, Logger: log, TempDir: global.tmpDir, Schedules: schedules})
 			if cerr != nil {
 				log.Warn("no control socket: scrub and inject cannot reach this mount", "err", cerr)
 			}
@@ -101,5 +141,8 @@ EXIT STATUS
 	c.Flags().DurationVar(&o.commitInterval, "commit-interval", 0, "commit this often (0: the engine's default, negative: only on fsync, sync and unmount)")
 	c.Flags().BoolVar(&o.allowOther, "allow-other", false, "let other users use the mount (non-root needs user_allow_other in /etc/fuse.conf)")
 	c.Flags().BoolVar(&o.debug, "debug", false, "log every FUSE request (implies --log-level debug)")
+	c.Flags().StringArrayVar(&o.schedule, "schedule", nil, "scrub the metadata on this cron schedule (e.g. \"0 3 * * 0\", @daily)")
+	c.Flags().StringArrayVar(&o.scheduleData, "schedule-data", nil, "scrub metadata and file data on this cron schedule")
+	c.Flags().BoolVar(&o.repair, "repair", false, "scheduled scrubs repair what they find")
 	return c
 }
