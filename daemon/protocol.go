@@ -70,6 +70,7 @@ type Status struct {
 	PID        int       `json:"pid"`
 	Image      string    `json:"image"`
 	Mountpoint string    `json:"mountpoint"`
+	UUID       string    `json:"uuid"` // the filesystem's
 	Started    time.Time `json:"started"`
 	// Generation is the last committed generation.
 	Generation  uint64 `json:"generation"`
@@ -135,6 +136,8 @@ type Last struct {
 	Repaired  int       `json:"repaired"`
 	DurationS float64   `json:"duration_s"`
 	Error     string    `json:"error,omitempty"`
+	// ReportID is the run's id in the history ("scrubd report --id").
+	ReportID string `json:"report_id,omitempty"`
 	// Trigger says who started the run: "request" or "schedule SPEC".
 	Trigger string `json:"trigger,omitempty"`
 	// Interrupted: the run was cancelled; Found counts what it saw.

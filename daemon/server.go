@@ -22,6 +22,7 @@ import (
 	"github.com/scrubd/scrubd/engine"
 	"github.com/scrubd/scrubd/engine/format"
 	sfs "github.com/scrubd/scrubd/engine/fs"
+	"github.com/scrubd/scrubd/history"
 	"github.com/scrubd/scrubd/repair"
 )
 
@@ -42,6 +43,13 @@ type Options struct {
 	Schedules []Schedule
 	// Clock is the scheduler's time (nil: the system's).
 	Clock Clock
+	// HistoryDir is where every run's report is kept (history.Open's
+	// root; "": history.DefaultDir()); NoHistory keeps none.
+	// HistoryKeep and HistoryMaxAge rotate it (0: the defaults).
+	HistoryDir    string
+	NoHistory     bool
+	HistoryKeep   int
+	HistoryMaxAge time.Duration
 }
 
 // writeTimeout bounds writing one response: a client that stops reading
@@ -540,6 +548,9 @@ func (s *Server) runScrub(ctx context.Context, req Request, ctl *repair.ScrubCon
 		Repair: req.Repair, Data: req.Data, TempDir: s.opts.TempDir, Logger: s.log, Mode: "online", Control: ctl,
 	})
 	last := &Last{Finished: time.Now(), Repair: req.Repair, Data: req.Data, DurationS: time.Since(started).Seconds(), Report: rep, Trigger: trigger}
+	if rep != nil {
+		last.ReportID = s.keep(rep)
+	}
 	switch {
 	case rep != nil && rep.Interrupted:
 		last.Status, last.Interrupted, last.Found, last.Repaired = "interrupted", true, rep.Found, rep.Repaired
@@ -556,6 +567,24 @@ func (s *Server) runScrub(ctx context.Context, req Request, ctl *repair.ScrubCon
 	s.log.Info("scrub finished", "status", last.Status, "found", last.Found, "repaired", last.Repaired,
 		"background", req.Background, "took", time.Since(started), "err", last.Error)
 	return rep, err
+}
+
+// keep saves rep in the history and returns its id ("" if not kept: no
+// history, or saving failed, which is logged).
+func (s *Server) keep(rep *repair.Report) string {
+	if s.opts.NoHistory {
+		return ""
+	}
+	st, err := history.Open(s.opts.HistoryDir, rep.UUID)
+	if err == nil {
+		st.Keep, st.MaxAge = s.opts.HistoryKeep, s.opts.HistoryMaxAge
+		var id string
+		if id, err = st.Save(rep); err == nil {
+			return id
+		}
+	}
+	s.log.Warn("scrub report not kept in the history", "err", err)
+	return ""
 }
 
 // control pauses, resumes or cancels the running scrub.
@@ -614,12 +643,13 @@ func (s *Server) Status() Status {
 	e := s.fsys.Engine()
 	snap := e.Pin()
 	gen := uint64(snap.Gen())
+	uuid := snap.Super().FSID.String()
 	snap.Release()
 	es := e.Stats()
 	fst := s.fsys.Stats()
 	ro, aborted := e.ReadOnly()
 	st := Status{
-		Protocol: ProtocolVersion, PID: os.Getpid(), Image: s.opts.Image, Mountpoint: s.mountpoint,
+		Protocol: ProtocolVersion, PID: os.Getpid(), Image: s.opts.Image, Mountpoint: s.mountpoint, UUID: uuid,
 		Started: s.started, Generation: gen, TotalBlocks: e.TotalBlocks(), FreeBlocks: es.FreeBlocks,
 		Commits: es.Commits, RmapSick: e.RmapSick(), ReadOnly: ro,
 		ReadErrors: es.ReadErrors, WriteErrors: es.WriteErrors, CsumErrors: es.CsumErrors,

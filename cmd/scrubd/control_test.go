@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -150,5 +151,73 @@ func TestMountSchedules(t *testing.T) {
 	out := expect(t, 0, "status", dir)
 	if !strings.Contains(out, `schedule    "@every 1h" (metadata, repair): next`) {
 		t.Fatalf("status:\n%s", out)
+	}
+}
+
+// TestReportHistory: every run a mount makes is kept and survives the
+// remount; the mount rotates by --history-keep; offline runs are kept
+// too; report --list --json lists them newest first, --last and --id
+// show one; a TARGET may be the mountpoint, the image or the UUID.
+func TestReportHistory(t *testing.T) {
+	needFuse(t)
+	privateRuntimeDir(t)
+	t.Setenv("SCRUBD_STATE_DIR", t.TempDir())
+	img := mkfs(t)
+	dir := t.TempDir()
+	p := startMount(t, img, dir, "--history-keep", "3")
+	for i := 0; i < 4; i++ {
+		args := []string{"scrub", dir}
+		if i == 3 {
+			args = append(args, "--data")
+		}
+		expect(t, 0, args...)
+	}
+	var list struct {
+		Version int    `json:"version"`
+		UUID    string `json:"uuid"`
+		Reports []struct {
+			ID     string `json:"id"`
+			Mode   string `json:"mode"`
+			Data   bool   `json:"data"`
+			Status string `json:"status"`
+		} `json:"reports"`
+	}
+	if err := json.Unmarshal([]byte(expect(t, 0, "report", dir, "--list", "--json")), &list); err != nil {
+		t.Fatal(err)
+	}
+	if list.Version != 1 || len(list.Reports) != 3 || !list.Reports[0].Data || list.Reports[1].Data || list.Reports[0].Mode != "online" {
+		t.Fatalf("list after 4 runs, keep 3: %+v", list)
+	}
+	newest := list.Reports[0].ID
+	if rep := parseReport(t, expect(t, 0, "report", dir, "--json")); rep.Status != "clean" || rep.Mode != "online" {
+		t.Fatalf("report --json (last): %+v", rep)
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(); code != 0 {
+		t.Fatalf("mount exit %d", code)
+	}
+	// Unmounted: by image and by UUID; an offline fsck joins the list.
+	if out := expect(t, 0, "report", img, "--id", newest); !strings.Contains(out, "run "+newest) {
+		t.Fatalf("report --id:\n%s", out)
+	}
+	expect(t, 0, "fsck", img)
+	if err := json.Unmarshal([]byte(expect(t, 0, "report", list.UUID, "--list", "--json")), &list); err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Reports) != 4 || list.Reports[0].Mode != "offline" || list.Reports[1].ID != newest {
+		t.Fatalf("list after an offline fsck: %+v", list)
+	}
+	if out := expect(t, 0, "report", img, "--list"); !strings.Contains(out, "STATUS") || !strings.Contains(out, newest) {
+		t.Fatalf("report --list:\n%s", out)
+	}
+	_, errs, code := run(t, "report", img, "--id", "20200101T000000.000000000Z")
+	if code != 1 || !strings.Contains(errs, "no such report") {
+		t.Fatalf("unknown id: %d %q", code, errs)
+	}
+	if _, _, code := run(t, "report", img, "--list", "--last"); code != 2 {
+		t.Fatalf("--list --last: exit %d, want 2", code)
+	}
+	if _, _, code := run(t, "mount", img, dir, "--history-keep", "0"); code != 2 {
+		t.Fatalf("--history-keep 0: exit %d, want 2", code)
 	}
 }

@@ -75,6 +75,9 @@ func finishReport(cmd *cobra.Command, rep *repair.Report, err error, asJSON bool
 	if err != nil && (rep == nil || !errors.Is(err, context.Canceled)) {
 		return withCode(repair.ExitOperational, err)
 	}
+	if rep.Mode == "offline" {
+		keepOffline(cmd, rep) // online runs are kept by the mount
+	}
 	out := cmd.OutOrStdout()
 	if asJSON {
 		if perr := printJSON(out, rep); perr != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/scrubd/scrubd/daemon"
 	"github.com/scrubd/scrubd/engine/fs"
 	"github.com/scrubd/scrubd/engine/fuse"
+	"github.com/scrubd/scrubd/history"
 )
 
 type mountOptions struct {
@@ -21,6 +22,8 @@ type mountOptions struct {
 	schedule       []string
 	scheduleData   []string
 	repair         bool
+	historyKeep    int
+	historyMaxAge  time.Duration
 }
 
 // schedules turns the schedule flags into the daemon's schedules; a bad
@@ -38,6 +41,12 @@ func (o *mountOptions) schedules() ([]daemon.Schedule, error) {
 			}
 			out = append(out, daemon.Schedule{Spec: spec, Data: f.data, Repair: o.repair})
 		}
+	}
+	if o.historyKeep < 1 {
+		return nil, usageError(fmt.Errorf("--history-keep %d: keep at least 1", o.historyKeep))
+	}
+	if o.historyMaxAge <= 0 {
+		return nil, usageError(fmt.Errorf("--history-max-age %v: must be positive", o.historyMaxAge))
 	}
 	if o.repair && len(out) == 0 {
 		return nil, usageError(errors.New("--repair applies to scheduled scrubs: give --schedule or --schedule-data"))
@@ -60,6 +69,10 @@ commits everything, and exits. If files are still open at a signal, the
 mount is detached lazily (as umount -l) and those files are served until
 they are closed. fsync(2) on the mount is durable: a crash, even kill -9,
 loses nothing that was fsync'd; the next mount replays the log.
+
+Every scrub the mount runs (asked for or scheduled) is kept in the report
+history ("scrubd report"), rotated by --history-keep and
+--history-max-age.
 
 While mounted, the process serves a control socket (owner-only, under
 $XDG_RUNTIME_DIR/scrubd or /run/scrubd) through which "scrubd scrub
@@ -118,7 +131,8 @@ EXIT STATUS
 			// after an umount from outside, when Run returns: always
 			// before the filesystem is closed. Without it the mount still
 			// serves files, so a failure to start it only warns.
-			ctl, cerr := daemon.Serve(cmd.Context(), fsys, mountpoint, daemon.Options{Image: source, Logger: log, TempDir: global.tmpDir, Schedules: schedules})
+			ctl, cerr := daemon.Serve(cmd.Context(), fsys, mountpoint, daemon.Options{Image: source, Logger: log, TempDir: global.tmpDir, Schedules: schedules,
+				HistoryDir: global.stateDir, HistoryKeep: o.historyKeep, HistoryMaxAge: o.historyMaxAge})
 			if cerr != nil {
 				log.Warn("no control socket: scrub and inject cannot reach this mount", "err", cerr)
 			}
@@ -144,5 +158,7 @@ EXIT STATUS
 	c.Flags().StringArrayVar(&o.schedule, "schedule", nil, "scrub the metadata on this cron schedule (e.g. \"0 3 * * 0\", @daily)")
 	c.Flags().StringArrayVar(&o.scheduleData, "schedule-data", nil, "scrub metadata and file data on this cron schedule")
 	c.Flags().BoolVar(&o.repair, "repair", false, "scheduled scrubs repair what they find")
+	c.Flags().IntVar(&o.historyKeep, "history-keep", history.DefaultKeep, "keep at most this many run reports (scrubd report)")
+	c.Flags().DurationVar(&o.historyMaxAge, "history-max-age", history.DefaultMaxAge, "remove run reports older than this")
 	return c
 }

@@ -17,6 +17,7 @@ type globalOptions struct {
 	logLevel  string
 	logFormat string
 	tmpDir    string
+	stateDir  string
 }
 
 var global globalOptions
@@ -55,8 +56,9 @@ EXIT STATUS
 	root.PersistentFlags().StringVar(&global.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&global.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&global.tmpDir, "tmpdir", "", "directory for repairs' temporary files (default: anonymous memory, swappable)")
+	root.PersistentFlags().StringVar(&global.stateDir, "state-dir", "", "where run reports are kept (default: $SCRUBD_STATE_DIR, /var/lib/scrubd for root, else $XDG_STATE_HOME/scrubd)")
 	root.AddCommand(newMkfsCmd(), newInfoCmd(), newFsckCmd(), newDemoCmd(), newMountCmd(), newScrubCmd(), newInjectCmd(), newVersionCmd(),
-		newStatusCmd(), newPauseCmd(), newResumeCmd(), newCancelCmd())
+		newStatusCmd(), newPauseCmd(), newResumeCmd(), newCancelCmd(), newReportCmd())
 	root.InitDefaultHelpCmd()
 	root.InitDefaultCompletionCmd()
 	for _, c := range root.Commands() {
