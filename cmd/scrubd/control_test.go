@@ -192,6 +192,10 @@ func TestReportHistory(t *testing.T) {
 	if rep := parseReport(t, expect(t, 0, "report", dir, "--json")); rep.Status != "clean" || rep.Mode != "online" {
 		t.Fatalf("report --json (last): %+v", rep)
 	}
+	var h healthDoc
+	if err := json.Unmarshal([]byte(expect(t, 0, "health", dir, "--json")), &h); err != nil || h.Source != "mount" || len(h.Structures) < 13 || h.Structures[0].State != "healthy" {
+		t.Fatalf("health of the mount: %v %+v", err, h)
+	}
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(); code != 0 {
 		t.Fatalf("mount exit %d", code)
@@ -213,6 +217,26 @@ func TestReportHistory(t *testing.T) {
 	_, errs, code := run(t, "report", img, "--id", "20200101T000000.000000000Z")
 	if code != 1 || !strings.Contains(errs, "no such report") {
 		t.Fatalf("unknown id: %d %q", code, errs)
+	}
+	// Health of the unmounted image, from its newest report: damage an
+	// unrepaired fsck found makes a structure sick (exit 4).
+	if out := expect(t, 0, "health", img); !strings.Contains(out, "from the report of run") {
+		t.Fatalf("health of the image:\n%s", out)
+	}
+	expect(t, 0, "inject", img, "--tree", "csum", "--kind", "bitflip")
+	expect(t, 4, "fsck", img)
+	h = healthDoc{}
+	if err := json.Unmarshal([]byte(expect(t, 4, "health", img, "--json")), &h); err != nil || h.Source != "report" {
+		t.Fatalf("health after damage: %v %+v", err, h)
+	}
+	sick := ""
+	for _, s := range h.Structures {
+		if s.State == "sick" {
+			sick += s.Name
+		}
+	}
+	if sick != "csum" {
+		t.Fatalf("sick structures %q, want csum: %+v", sick, h.Structures)
 	}
 	if _, _, code := run(t, "report", img, "--list", "--last"); code != 2 {
 		t.Fatalf("--list --last: exit %d, want 2", code)
