@@ -245,3 +245,31 @@ func TestReportHistory(t *testing.T) {
 		t.Fatalf("--history-keep 0: exit %d, want 2", code)
 	}
 }
+
+// TestScrubProgressLines: a foreground scrub whose stderr is not a
+// terminal prints plain progress lines (phase, percent, counts) every
+// --progress-interval, online and offline, and nothing but the report
+// with --json.
+func TestScrubProgressLines(t *testing.T) {
+	needFuse(t)
+	privateRuntimeDir(t)
+	img := filepath.Join(t.TempDir(), "fs.img")
+	expect(t, 0, "mkfs", img, "--size", "128M")
+	dir := t.TempDir()
+	p := startMount(t, img, dir, "--commit-interval", "-1s")
+	writeSynced(t, filepath.Join(dir, "big"), bytes.Repeat([]byte("0123456789abcdef"), 2<<20), 0) // 32 MiB
+	out, errs, code := run(t, "scrub", dir, "--data", "--progress-interval", "1ms")
+	if code != 0 || !strings.Contains(errs, "scrubd: scrub ") || !strings.Contains(errs, "%") || strings.Contains(out, "scrubd: scrub ") {
+		t.Fatalf("online scrub with progress: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	_, errs, code = run(t, "scrub", dir, "--data", "--json", "--progress-interval", "1ms")
+	if code != 0 || errs != "" {
+		t.Fatalf("scrub --json printed on stderr: %q", errs)
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait()
+	_, errs, code = run(t, "scrub", img, "--data", "--progress-interval", "1ms")
+	if code != 0 || !strings.Contains(errs, "scrubd: scrub data") {
+		t.Fatalf("offline scrub with progress: exit %d\nstderr:\n%s", code, errs)
+	}
+}

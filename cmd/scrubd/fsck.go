@@ -57,7 +57,7 @@ incomplete ("complete": false, "interrupted": true in JSON).
 			}
 			var rep *repair.Report
 			if o.repair {
-				rep, err = scrubImage(cmd.Context(), args[0], true, false, log)
+				rep, err = scrubImage(cmd.Context(), args[0], scrubOptions{repair: true, noProgress: true}, log)
 			} else if err = checkOffline(args[0]); err == nil {
 				rep, err = repair.CheckOffline(cmd.Context(), args[0], repair.Options{Logger: log})
 			}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -21,7 +22,14 @@ type scrubOptions struct {
 	data       bool
 	asJSON     bool
 	background bool
+	// progressEvery spaces the progress lines when stderr is not a
+	// terminal; noProgress shows none (fsck).
+	progressEvery time.Duration
+	noProgress    bool
 }
+
+// progress says whether the run shows its progress.
+func (o scrubOptions) progress() bool { return !o.asJSON && !o.noProgress }
 
 func newScrubCmd() *cobra.Command {
 	var o scrubOptions
@@ -50,6 +58,11 @@ control it, and its report becomes the status's last scrub.
 
 --data also reads every file and verifies every block's checksum, naming
 the file and offset of each bad one.
+
+While it runs, a progress bar on stderr shows the phase, the work done,
+the rate and the time left when stderr is a terminal; otherwise a plain
+progress line is printed every --progress-interval; with --json nothing
+but the report is printed.
 
 Interrupted (Ctrl-C), it prints what it checked until then, marked
 incomplete ("complete": false, "interrupted": true in JSON).
@@ -81,7 +94,7 @@ incomplete ("complete": false, "interrupted": true in JSON).
 			if mnt, ok := daemon.Discover(target); ok {
 				rep, err = scrubOnline(cmd.Context(), mnt, o)
 			} else {
-				rep, err = scrubImage(cmd.Context(), target, o.repair, o.data, log)
+				rep, err = scrubImage(cmd.Context(), target, o, log)
 			}
 			return finishReport(cmd, rep, err, o.asJSON)
 		},
@@ -90,6 +103,7 @@ incomplete ("complete": false, "interrupted": true in JSON).
 	c.Flags().BoolVar(&o.data, "data", false, "also read every file and verify data checksums")
 	c.Flags().BoolVar(&o.asJSON, "json", false, "print the versioned JSON report")
 	c.Flags().BoolVar(&o.background, "background", false, "start the scrub on the mount and return at once (see scrubd status)")
+	c.Flags().DurationVar(&o.progressEvery, "progress-interval", 10*time.Second, "when stderr is not a terminal, print a progress line this often")
 	return c
 }
 
@@ -99,12 +113,27 @@ func scrubOnline(ctx context.Context, mnt string, o scrubOptions) (*repair.Repor
 		return nil, err
 	}
 	defer cl.Close()
+	if o.progress() {
+		// A second connection follows the run while the first waits.
+		if pcl, err := daemon.Dial(mnt); err == nil {
+			defer pcl.Close()
+			stop := showProgress(os.Stderr, o.progressEvery, func() (repair.ScrubProgress, bool) {
+				st, err := pcl.Status(ctx)
+				if err != nil || st.Progress == nil {
+					return repair.ScrubProgress{}, false
+				}
+				return *st.Progress, true
+			})
+			defer stop()
+		}
+	}
 	return cl.Scrub(ctx, o.repair, o.data)
 }
 
 // scrubImage checks an unmounted image through a private mount of it:
 // read-only unless repairIt.
-func scrubImage(ctx context.Context, img string, repairIt, data bool, log *slog.Logger) (*repair.Report, error) {
+func scrubImage(ctx context.Context, img string, o scrubOptions, log *slog.Logger) (*repair.Report, error) {
+	repairIt, data := o.repair, o.data
 	if err := checkOffline(img); err != nil {
 		return nil, err
 	}
@@ -122,7 +151,13 @@ func scrubImage(ctx context.Context, img string, repairIt, data bool, log *slog.
 	if err != nil {
 		return nil, err
 	}
-	rep, err := repair.Scrub(ctx, fsys, img, repair.ScrubOptions{Repair: repairIt, Data: data, Logger: log, Mode: "offline", TempDir: global.tmpDir})
+	var ctl *repair.ScrubControl
+	if o.progress() {
+		ctl = repair.NewScrubControl(nil)
+		stop := showProgress(os.Stderr, o.progressEvery, func() (repair.ScrubProgress, bool) { return ctl.Progress(), true })
+		defer stop()
+	}
+	rep, err := repair.Scrub(ctx, fsys, img, repair.ScrubOptions{Repair: repairIt, Data: data, Logger: log, Mode: "offline", TempDir: global.tmpDir, Control: ctl})
 	if cerr := fsys.Close(); cerr != nil {
 		return nil, errors.Join(err, fmt.Errorf("close %s: %w", img, cerr))
 	}
