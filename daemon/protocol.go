@@ -109,9 +109,11 @@ type Status struct {
 	LastScrub *Last                 `json:"last_scrub,omitempty"`
 	// Schedules are the mount's scheduled scrubs, soonest first;
 	// NextScrub is the soonest's next run (absent without schedules).
-	Schedules    []ScheduleStatus `json:"schedules,omitempty"`
-	NextScrub    *time.Time       `json:"next_scrub,omitempty"`
-	ScrubsServed uint64           `json:"scrubs"`
+	Schedules []ScheduleStatus `json:"schedules,omitempty"`
+	NextScrub *time.Time       `json:"next_scrub,omitempty"`
+	// Notify counts the notifications (absent when none are set up).
+	Notify       *NotifyStats `json:"notify,omitempty"`
+	ScrubsServed uint64       `json:"scrubs"`
 }
 
 // StructureHealth is one structure's health in Status.

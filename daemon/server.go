@@ -23,6 +23,7 @@ import (
 	"github.com/scrubd/scrubd/engine/format"
 	sfs "github.com/scrubd/scrubd/engine/fs"
 	"github.com/scrubd/scrubd/history"
+	"github.com/scrubd/scrubd/hooks"
 	"github.com/scrubd/scrubd/repair"
 )
 
@@ -50,6 +51,9 @@ type Options struct {
 	NoHistory     bool
 	HistoryKeep   int
 	HistoryMaxAge time.Duration
+	// Notify says where to tell of damage found or repaired, failed runs
+	// and structures going sick (none if both are empty).
+	Notify NotifyOptions
 }
 
 // writeTimeout bounds writing one response: a client that stops reading
@@ -81,6 +85,9 @@ type Server struct {
 	ctl     *repair.ScrubControl // the running scrub's
 	bg      sync.WaitGroup       // the background scrub
 	scheds  []*scheduled
+	notify  *notifier
+	uuid    string
+	sickH   *hooks.Handle
 
 	closeOnce sync.Once
 	closeErr  error
@@ -147,6 +154,17 @@ func Serve(ctx context.Context, fsys *sfs.FS, mountpoint string, opts Options) (
 		conns: map[net.Conn]struct{}{}, scheds: scheds,
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)
+	pin := fsys.Engine().Pin()
+	s.uuid = pin.Super().FSID.String()
+	pin.Release()
+	if opts.Notify.Exec != "" || opts.Notify.Webhook != "" {
+		s.notify = newNotifier(opts.Notify, s.log)
+		s.notify.start(s.ctx)
+		s.sickH = fsys.Engine().Hooks().Health.Register(func(ev engine.HealthEvent) {
+			s.notify.send(Event{Version: 1, Event: "sick", Time: time.Now().UTC(), UUID: s.uuid, Mountpoint: s.mountpoint,
+				Image: s.opts.Image, Structure: ev.Structure.Name(), Generation: uint64(ev.Gen), Findings: findingNames(ev.Findings)})
+		})
+	}
 	s.wg.Add(1)
 	go s.acceptLoop()
 	if len(scheds) > 0 {
@@ -192,6 +210,10 @@ func (s *Server) shutdown() {
 		}
 		s.mu.Unlock()
 		s.bg.Wait()
+		if s.notify != nil {
+			s.fsys.Engine().Hooks().Health.Unregister(s.sickH)
+			s.notify.wg.Wait()
+		}
 		// Connections are closed by their handlers, which the cancelled
 		// context wakes; a handler blocked reading is woken by closing.
 		s.mu.Lock()
@@ -564,6 +586,10 @@ func (s *Server) runScrub(ctx context.Context, req Request, ctl *repair.ScrubCon
 	s.scrubs++
 	s.ctl = nil
 	s.mu.Unlock()
+	if s.notify != nil && !last.Interrupted && (last.Error != "" || last.Found > 0 || last.Repaired > 0) {
+		s.notify.send(Event{Version: 1, Event: "scrub", Time: time.Now().UTC(), UUID: s.uuid, Mountpoint: s.mountpoint,
+			Image: s.opts.Image, Status: last.Status, Trigger: trigger, Report: rep, Error: last.Error})
+	}
 	s.log.Info("scrub finished", "status", last.Status, "found", last.Found, "repaired", last.Repaired,
 		"background", req.Background, "took", time.Since(started), "err", last.Error)
 	return rep, err
@@ -688,6 +714,10 @@ func (s *Server) Status() Status {
 		st.LastScrub = &l
 	}
 	st.Schedules, st.NextScrub = s.scheduleStatus()
+	if s.notify != nil {
+		ns := s.notify.stats()
+		st.Notify = &ns
+	}
 	st.ScrubsServed = s.scrubs
 	s.mu.Unlock()
 	return st

@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -951,5 +953,93 @@ func TestServeSchedules(t *testing.T) {
 		if !sc.Next.After(nextSunday) {
 			t.Fatalf("schedule %s did not move on: next %v", sc.Spec, sc.Next)
 		}
+	}
+}
+
+// TestServeNotify: a scrub that finds damage, and the structure it marks
+// sick, are told to a command (the event's JSON on its stdin) and to a
+// webhook on loopback, which fails the first delivery (retried); a clean
+// scrub tells nothing; status counts the deliveries.
+func TestServeNotify(t *testing.T) {
+	runtimeDir(t)
+	fsys, img := openFS(t)
+	var mu sync.Mutex
+	var posted []Event
+	fails := 1
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if fails > 0 {
+			fails--
+			http.Error(w, "try again", http.StatusServiceUnavailable)
+			return
+		}
+		var ev Event
+		if err := json.NewDecoder(r.Body).Decode(&ev); err != nil || r.Header.Get("Content-Type") != "application/json" {
+			http.Error(w, "bad", http.StatusBadRequest)
+			return
+		}
+		posted = append(posted, ev)
+	}))
+	defer hs.Close()
+	out := t.TempDir()
+	_, mnt := serve(t, fsys, img, Options{Notify: NotifyOptions{
+		Exec:    `cat > "` + out + `/$SCRUBD_EVENT.$(date +%s%N).json"`,
+		Webhook: hs.URL, Backoff: 10 * time.Millisecond,
+	}})
+	c := dial(t, mnt)
+	ctx := context.Background()
+	if _, err := c.Scrub(ctx, false, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Inject(ctx, "rmap", "bitflip", 1); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := c.Scrub(ctx, false, false)
+	if err != nil || rep.Found == 0 {
+		t.Fatalf("scrub after damage: %v %+v", err, rep)
+	}
+	var st *Status
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if st, err = c.Status(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if st.Notify != nil && st.Notify.Delivered+st.Notify.Failed >= 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st.Notify == nil || st.Notify.Delivered != 2 || st.Notify.Failed != 0 {
+		t.Fatalf("notify stats: %+v", st.Notify)
+	}
+	mu.Lock()
+	got := map[string]Event{}
+	for _, ev := range posted {
+		got[ev.Event] = ev
+	}
+	mu.Unlock()
+	if sick, scrub := got["sick"], got["scrub"]; sick.Structure != "rmap" || len(sick.Findings) == 0 || sick.UUID == "" ||
+		scrub.Status != repair.StatusUncorrected || scrub.Report == nil || scrub.Report.Found == 0 || scrub.Trigger != "request" {
+		t.Fatalf("webhook got %+v", got)
+	}
+	files, _ := filepath.Glob(filepath.Join(out, "*.json"))
+	kinds := map[string]bool{}
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		var ev Event
+		if err := json.Unmarshal(b, &ev); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		kinds[ev.Event] = true
+		if !strings.HasPrefix(filepath.Base(f), ev.Event+".") {
+			t.Fatalf("%s holds a %s event: SCRUBD_EVENT not set", f, ev.Event)
+		}
+	}
+	if !kinds["sick"] || !kinds["scrub"] {
+		t.Fatalf("command got %v", files)
+	}
+	// Leave the image clean for the check at cleanup.
+	if rep, err := c.Scrub(ctx, true, false); err != nil || rep.Status != repair.StatusCorrected {
+		t.Fatalf("repair: %v %+v", err, rep)
 	}
 }

@@ -100,4 +100,15 @@ type Hooks struct {
 	Inode  hooks.Chain[InodeEvent]
 	Dirent hooks.Chain[DirentEvent]
 	Extent hooks.Chain[ExtentEvent]
+	// Health is called when a structure goes sick (it was not before):
+	// damage met in use, or a scrub's finding. It may be called with
+	// the writer lock held: a subscriber must not block.
+	Health hooks.Chain[HealthEvent]
+}
+
+// HealthEvent is a structure going sick.
+type HealthEvent struct {
+	Structure Structure
+	Gen       format.Gen
+	Findings  []ErrorID
 }

@@ -174,6 +174,9 @@ func (e *Engine) MarkSick(s Structure, gen format.Gen, ids ...ErrorID) bool {
 	if degradable(s) && slices.ContainsFunc(ids, provesDamage) && e.health.degraded.Or(1<<s)&(1<<s) == 0 {
 		e.degradedDirty.Store(true) // the next commit persists it
 	}
+	if !was {
+		e.hooks.Health.Call(HealthEvent{Structure: s, Gen: gen, Findings: append([]ErrorID(nil), ids...)})
+	}
 	return was
 }
 

@@ -134,6 +134,7 @@ func TestMountSchedules(t *testing.T) {
 		{[]string{"--schedule", "61 * * * *"}, "--schedule"},
 		{[]string{"--schedule-data", "@sometimes"}, "--schedule-data"},
 		{[]string{"--repair"}, "--repair applies to scheduled scrubs"},
+		{[]string{"--notify-webhook", "ftp://example.com/x"}, "--notify-webhook"},
 	} {
 		_, errs, code := run(t, append([]string{"mount", img, dir}, c.args...)...)
 		if code != 2 || !strings.Contains(errs, c.msg) {

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"path/filepath"
 	"time"
 
@@ -24,6 +25,8 @@ type mountOptions struct {
 	repair         bool
 	historyKeep    int
 	historyMaxAge  time.Duration
+	notifyExec     string
+	notifyWebhook  string
 }
 
 // schedules turns the schedule flags into the daemon's schedules; a bad
@@ -48,6 +51,12 @@ func (o *mountOptions) schedules() ([]daemon.Schedule, error) {
 	if o.historyMaxAge <= 0 {
 		return nil, usageError(fmt.Errorf("--history-max-age %v: must be positive", o.historyMaxAge))
 	}
+	if o.notifyWebhook != "" {
+		u, err := url.Parse(o.notifyWebhook)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, usageError(fmt.Errorf("--notify-webhook %q: want an http:// or https:// URL", o.notifyWebhook))
+		}
+	}
 	if o.repair && len(out) == 0 {
 		return nil, usageError(errors.New("--repair applies to scheduled scrubs: give --schedule or --schedule-data"))
 	}
@@ -69,6 +78,13 @@ commits everything, and exits. If files are still open at a signal, the
 mount is detached lazily (as umount -l) and those files are served until
 they are closed. fsync(2) on the mount is durable: a crash, even kill -9,
 loses nothing that was fsync'd; the next mount replays the log.
+
+--notify-exec CMD and --notify-webhook URL tell of a scrub that found
+damage, repaired some or failed, and of a structure going sick (damage met
+in use, or found by a scrub): CMD runs with /bin/sh -c, the event's JSON
+on its standard input and its kind in $SCRUBD_EVENT ("scrub" or "sick");
+the webhook receives the JSON in a POST, retried with backoff on a network
+error or a 5xx answer. Delivery never holds up the mount.
 
 Every scrub the mount runs (asked for or scheduled) is kept in the report
 history ("scrubd report"), rotated by --history-keep and
@@ -132,7 +148,8 @@ EXIT STATUS
 			// before the filesystem is closed. Without it the mount still
 			// serves files, so a failure to start it only warns.
 			ctl, cerr := daemon.Serve(cmd.Context(), fsys, mountpoint, daemon.Options{Image: source, Logger: log, TempDir: global.tmpDir, Schedules: schedules,
-				HistoryDir: global.stateDir, HistoryKeep: o.historyKeep, HistoryMaxAge: o.historyMaxAge})
+				HistoryDir: global.stateDir, HistoryKeep: o.historyKeep, HistoryMaxAge: o.historyMaxAge,
+				Notify: daemon.NotifyOptions{Exec: o.notifyExec, Webhook: o.notifyWebhook}})
 			if cerr != nil {
 				log.Warn("no control socket: scrub and inject cannot reach this mount", "err", cerr)
 			}
@@ -158,6 +175,8 @@ EXIT STATUS
 	c.Flags().StringArrayVar(&o.schedule, "schedule", nil, "scrub the metadata on this cron schedule (e.g. \"0 3 * * 0\", @daily)")
 	c.Flags().StringArrayVar(&o.scheduleData, "schedule-data", nil, "scrub metadata and file data on this cron schedule")
 	c.Flags().BoolVar(&o.repair, "repair", false, "scheduled scrubs repair what they find")
+	c.Flags().StringVar(&o.notifyExec, "notify-exec", "", "run this shell command on findings, repairs, failed runs and structures going sick (event JSON on stdin, $SCRUBD_EVENT)")
+	c.Flags().StringVar(&o.notifyWebhook, "notify-webhook", "", "POST the event JSON to this URL on the same events (retried with backoff)")
 	c.Flags().IntVar(&o.historyKeep, "history-keep", history.DefaultKeep, "keep at most this many run reports (scrubd report)")
 	c.Flags().DurationVar(&o.historyMaxAge, "history-max-age", history.DefaultMaxAge, "remove run reports older than this")
 	return c
