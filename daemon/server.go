@@ -54,6 +54,9 @@ type Options struct {
 	// Notify says where to tell of damage found or repaired, failed runs
 	// and structures going sick (none if both are empty).
 	Notify NotifyOptions
+	// MetricsAddr, if set, is where /metrics is served (Prometheus text
+	// format), e.g. "127.0.0.1:9417"; Serve fails if it cannot listen.
+	MetricsAddr string
 }
 
 // writeTimeout bounds writing one response: a client that stops reading
@@ -86,6 +89,7 @@ type Server struct {
 	bg      sync.WaitGroup       // the background scrub
 	scheds  []*scheduled
 	notify  *notifier
+	metrics *metrics
 	uuid    string
 	sickH   *hooks.Handle
 
@@ -165,6 +169,20 @@ func Serve(ctx context.Context, fsys *sfs.FS, mountpoint string, opts Options) (
 				Image: s.opts.Image, Structure: ev.Structure.Name(), Generation: uint64(ev.Gen), Findings: findingNames(ev.Findings)})
 		})
 	}
+	if opts.MetricsAddr != "" {
+		s.metrics = newMetrics(s)
+		if err := s.metrics.serve(opts.MetricsAddr, s.log); err != nil {
+			s.cancel()
+			if s.notify != nil {
+				fsys.Engine().Hooks().Health.Unregister(s.sickH)
+				s.notify.wg.Wait()
+			}
+			ln.Close()
+			os.Remove(path)
+			return nil, err
+		}
+		s.log.Info("metrics served", "addr", s.metrics.ln.Addr().String())
+	}
 	s.wg.Add(1)
 	go s.acceptLoop()
 	if len(scheds) > 0 {
@@ -177,6 +195,14 @@ func Serve(ctx context.Context, fsys *sfs.FS, mountpoint string, opts Options) (
 	}()
 	s.log.Info("control socket ready", "socket", path, "mountpoint", mnt)
 	return s, nil
+}
+
+// MetricsAddr returns the address /metrics is served on ("" if none).
+func (s *Server) MetricsAddr() string {
+	if s.metrics == nil || s.metrics.ln == nil {
+		return ""
+	}
+	return s.metrics.ln.Addr().String()
 }
 
 // SocketPath returns the socket the server listens on.
@@ -210,6 +236,9 @@ func (s *Server) shutdown() {
 		}
 		s.mu.Unlock()
 		s.bg.Wait()
+		if s.metrics != nil {
+			s.metrics.close()
+		}
 		if s.notify != nil {
 			s.fsys.Engine().Hooks().Health.Unregister(s.sickH)
 			s.notify.wg.Wait()
@@ -586,6 +615,9 @@ func (s *Server) runScrub(ctx context.Context, req Request, ctl *repair.ScrubCon
 	s.scrubs++
 	s.ctl = nil
 	s.mu.Unlock()
+	if s.metrics != nil {
+		s.metrics.observe(last)
+	}
 	if s.notify != nil && !last.Interrupted && (last.Error != "" || last.Found > 0 || last.Repaired > 0) {
 		s.notify.send(Event{Version: 1, Event: "scrub", Time: time.Now().UTC(), UUID: s.uuid, Mountpoint: s.mountpoint,
 			Image: s.opts.Image, Status: last.Status, Trigger: trigger, Report: rep, Error: last.Error})

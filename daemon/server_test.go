@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/scrubd/scrubd/engine"
 	sfs "github.com/scrubd/scrubd/engine/fs"
 	"github.com/scrubd/scrubd/engine/fuse"
@@ -1041,5 +1044,94 @@ func TestServeNotify(t *testing.T) {
 	// Leave the image clean for the check at cleanup.
 	if rep, err := c.Scrub(ctx, true, false); err != nil || rep.Status != repair.StatusCorrected {
 		t.Fatalf("repair: %v %+v", err, rep)
+	}
+}
+
+// TestServeMetrics: /metrics on loopback parses with the Prometheus text
+// parser and carries the scrub runs by result, findings and repairs by
+// structure, health per structure, progress, fsync and delayed-ref
+// counters and the superblock's error counters; a bad address fails
+// Serve.
+func TestServeMetrics(t *testing.T) {
+	runtimeDir(t)
+	fsys, img := openFS(t)
+	if _, err := Serve(context.Background(), fsys, t.TempDir(), Options{MetricsAddr: "256.0.0.1:99999"}); err == nil || !strings.Contains(err.Error(), "metrics") {
+		t.Fatalf("bad metrics address: %v", err)
+	}
+	s, mnt := serve(t, fsys, img, Options{MetricsAddr: "127.0.0.1:0"})
+	c := dial(t, mnt)
+	ctx := context.Background()
+	if _, err := c.Inject(ctx, "rmap", "bitflip", 1); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := c.Scrub(ctx, true, true); err != nil || rep.Status != repair.StatusCorrected {
+		t.Fatalf("repair: %v %+v", err, rep)
+	}
+	resp, err := http.Get("http://" + s.MetricsAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics does not parse: %v", err)
+	}
+	value := func(name string, labels map[string]string) (float64, bool) {
+		f := fams[name]
+		if f == nil {
+			return 0, false
+		}
+	next:
+		for _, m := range f.Metric {
+			have := map[string]string{}
+			for _, l := range m.Label {
+				have[l.GetName()] = l.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue next
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				return m.Counter.GetValue(), true
+			case m.Gauge != nil:
+				return m.Gauge.GetValue(), true
+			case m.Histogram != nil:
+				return float64(m.Histogram.GetSampleCount()), true
+			}
+		}
+		return 0, false
+	}
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		min    float64
+	}{
+		{"scrubd_scrub_runs_total", map[string]string{"result": "corrected"}, 1},
+		{"scrubd_scrub_runs_total", map[string]string{"result": "clean"}, 0},
+		{"scrubd_scrub_findings_total", map[string]string{"structure": "rmap", "name": "node_bad_checksum"}, 1},
+		{"scrubd_scrub_repairs_total", map[string]string{"structure": "rmap", "name": "node_bad_checksum"}, 1},
+		{"scrubd_scrub_duration_seconds", nil, 1},
+		{"scrubd_scrub_data_bytes_verified_total", nil, 150_000},
+		{"scrubd_structure_health", map[string]string{"structure": "rmap", "state": "healthy"}, 1},
+		{"scrubd_scrub_running", nil, 0},
+		{"scrubd_commits_total", nil, 1},
+		{"scrubd_fsync_logged_total", nil, 0},
+		{"scrubd_delayed_refs_applied_total", nil, 1},
+		{"scrubd_error_counter", map[string]string{"name": "node_bad_checksum"}, 1},
+		{"scrubd_free_blocks", nil, 1},
+	} {
+		v, ok := value(c.name, c.labels)
+		if !ok || v < c.min {
+			t.Errorf("%s%v = %v (present %v), want at least %v", c.name, c.labels, v, ok, c.min)
+		}
+	}
+	pin := fsys.Engine().Pin()
+	uuid := pin.Super().FSID.String()
+	pin.Release()
+	if u, _ := value("scrubd_commits_total", map[string]string{"uuid": uuid}); u == 0 {
+		t.Error("series without the filesystem's uuid label")
 	}
 }

@@ -141,6 +141,11 @@ func TestMountSchedules(t *testing.T) {
 			t.Fatalf("mount %v: exit %d, %q", c.args, code, errs)
 		}
 	}
+	// A metrics address that cannot be listened on fails the mount,
+	// which leaves nothing mounted.
+	if _, errs, code := run(t, "mount", img, dir, "--metrics", "256.1.1.1:1"); code != 1 || !strings.Contains(errs, "metrics") || isMountpoint(t, dir) {
+		t.Fatalf("mount --metrics on a bad address: exit %d, %q", code, errs)
+	}
 	startMount(t, img, dir, "--schedule", "@every 1h", "--schedule-data", "0 3 * * 0", "--repair")
 	st := statusOf(t, dir)
 	if len(st.Schedules) != 2 || st.NextScrub == nil || !st.Schedules[0].Repair || st.Schedules[1].Spec != "0 3 * * 0" || !st.Schedules[1].Data {
