@@ -112,8 +112,11 @@ type Status struct {
 	Schedules []ScheduleStatus `json:"schedules,omitempty"`
 	NextScrub *time.Time       `json:"next_scrub,omitempty"`
 	// Notify counts the notifications (absent when none are set up).
-	Notify       *NotifyStats `json:"notify,omitempty"`
-	ScrubsServed uint64       `json:"scrubs"`
+	Notify *NotifyStats `json:"notify,omitempty"`
+	// AutoRepairs counts the repairs AutoRepair started (absent
+	// without it).
+	AutoRepairs  *uint64 `json:"auto_repairs,omitempty"`
+	ScrubsServed uint64  `json:"scrubs"`
 }
 
 // StructureHealth is one structure's health in Status.

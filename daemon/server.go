@@ -57,6 +57,9 @@ type Options struct {
 	// MetricsAddr, if set, is where /metrics is served (Prometheus text
 	// format), e.g. "127.0.0.1:9417"; Serve fails if it cannot listen.
 	MetricsAddr string
+	// AutoRepair runs a scrub with repair as soon as a structure goes
+	// sick outside a repairing scrub (see autorepair.go).
+	AutoRepair bool
 }
 
 // writeTimeout bounds writing one response: a client that stops reading
@@ -86,12 +89,16 @@ type Server struct {
 	last    *Last
 	scrubs  uint64
 	ctl     *repair.ScrubControl // the running scrub's
-	bg      sync.WaitGroup       // the background scrub
-	scheds  []*scheduled
-	notify  *notifier
-	metrics *metrics
-	uuid    string
-	sickH   *hooks.Handle
+	// repairing: the running scrub repairs (its own findings' health
+	// events need no auto-repair).
+	repairing bool
+	bg        sync.WaitGroup // the background scrub
+	scheds    []*scheduled
+	notify    *notifier
+	metrics   *metrics
+	auto      *autoRepair
+	uuid      string
+	sickH     *hooks.Handle
 
 	closeOnce sync.Once
 	closeErr  error
@@ -169,6 +176,9 @@ func Serve(ctx context.Context, fsys *sfs.FS, mountpoint string, opts Options) (
 				Image: s.opts.Image, Structure: ev.Structure.Name(), Generation: uint64(ev.Gen), Findings: findingNames(ev.Findings)})
 		})
 	}
+	if opts.AutoRepair {
+		s.startAutoRepair()
+	}
 	if opts.MetricsAddr != "" {
 		s.metrics = newMetrics(s)
 		if err := s.metrics.serve(opts.MetricsAddr, s.log); err != nil {
@@ -177,6 +187,7 @@ func Serve(ctx context.Context, fsys *sfs.FS, mountpoint string, opts Options) (
 				fsys.Engine().Hooks().Health.Unregister(s.sickH)
 				s.notify.wg.Wait()
 			}
+			s.stopAutoRepair()
 			ln.Close()
 			os.Remove(path)
 			return nil, err
@@ -235,6 +246,7 @@ func (s *Server) shutdown() {
 			s.ctl.Cancel()
 		}
 		s.mu.Unlock()
+		s.stopAutoRepair()
 		s.bg.Wait()
 		if s.metrics != nil {
 			s.metrics.close()
@@ -555,7 +567,7 @@ func (s *Server) scrub(ctx context.Context, req Request) Response {
 	defer cancel()
 	ctl := repair.NewScrubControl(cancel)
 	s.mu.Lock()
-	s.ctl = ctl
+	s.ctl, s.repairing = ctl, req.Repair
 	s.mu.Unlock()
 	rep, err := s.runScrub(rctx, req, ctl, "request")
 	if err != nil {
@@ -578,7 +590,7 @@ func (s *Server) startBackground(req Request, trigger string) (*Status, error) {
 	rctx, cancel := context.WithCancel(s.ctx)
 	ctl := repair.NewScrubControl(cancel)
 	s.mu.Lock()
-	s.ctl = ctl
+	s.ctl, s.repairing = ctl, req.Repair
 	s.mu.Unlock()
 	s.bg.Add(1)
 	go func() {
@@ -613,7 +625,7 @@ func (s *Server) runScrub(ctx context.Context, req Request, ctl *repair.ScrubCon
 	s.mu.Lock()
 	s.last = last
 	s.scrubs++
-	s.ctl = nil
+	s.ctl, s.repairing = nil, false
 	s.mu.Unlock()
 	if s.metrics != nil {
 		s.metrics.observe(last)
@@ -749,6 +761,12 @@ func (s *Server) Status() Status {
 	if s.notify != nil {
 		ns := s.notify.stats()
 		st.Notify = &ns
+	}
+	if s.auto != nil {
+		s.auto.mu.Lock()
+		n := s.auto.runs
+		s.auto.mu.Unlock()
+		st.AutoRepairs = &n
 	}
 	st.ScrubsServed = s.scrubs
 	s.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -1133,5 +1134,70 @@ func TestServeMetrics(t *testing.T) {
 	pin.Release()
 	if u, _ := value("scrubd_commits_total", map[string]string{"uuid": uuid}); u == 0 {
 		t.Error("series without the filesystem's uuid label")
+	}
+}
+
+// TestServeAutoRepair: with AutoRepair, damage met by normal I/O (a write
+// whose references reach a damaged rmap block) starts a repairing scrub at
+// once, which leaves every structure healthy; a plain scrub that finds
+// damage is followed by one too.
+func TestServeAutoRepair(t *testing.T) {
+	runtimeDir(t)
+	fsys, img := openFS(t)
+	_, mnt := serve(t, fsys, img, Options{AutoRepair: true})
+	c := dial(t, mnt)
+	ctx := context.Background()
+	waitRepair := func(n uint64) *Status {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			st, err := c.Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.AutoRepairs != nil && *st.AutoRepairs >= n && st.State == "idle" && st.LastScrub != nil &&
+				strings.HasPrefix(st.LastScrub.Trigger, "auto-repair") {
+				return st
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no auto-repair: %+v", st)
+			}
+		}
+	}
+	if _, err := c.Inject(ctx, "rmap", "bitflip", 1); err != nil {
+		t.Fatal(err)
+	}
+	// Normal I/O meets the damage: the commit applies references to the
+	// rmap.
+	for i := 0; i < 20 && !fsys.Engine().Sick(engine.StructRmap); i++ {
+		a, err := fsys.Create(sfs.RootIno, fmt.Sprintf("n%d", i), sfs.NewInode{Mode: 0o644})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fsys.Write(a.Ino, make([]byte, 100_000), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := fsys.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := waitRepair(1)
+	if st.LastScrub.Status != repair.StatusCorrected || !strings.Contains(st.LastScrub.Trigger, "rmap sick") {
+		t.Fatalf("auto-repair: %+v", st.LastScrub)
+	}
+	for _, h := range st.Health {
+		if h.State == "sick" {
+			t.Fatalf("%s still sick after the auto-repair", h.Name)
+		}
+	}
+	// A plain scrub that finds damage: repaired after it.
+	if _, err := c.Inject(ctx, "free", "bitflip", 2); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := c.Scrub(ctx, false, false); err != nil || rep.Found == 0 {
+		t.Fatalf("scrub: %v %+v", err, rep)
+	}
+	st = waitRepair(2)
+	if st.LastScrub.Status != repair.StatusCorrected {
+		t.Fatalf("second auto-repair: %+v", st.LastScrub)
 	}
 }

@@ -28,6 +28,7 @@ type mountOptions struct {
 	notifyExec     string
 	notifyWebhook  string
 	metrics        string
+	autoRepair     bool
 }
 
 // schedules turns the schedule flags into the daemon's schedules; a bad
@@ -86,6 +87,11 @@ in use, or found by a scrub): CMD runs with /bin/sh -c, the event's JSON
 on its standard input and its kind in $SCRUBD_EVENT ("scrub" or "sick");
 the webhook receives the JSON in a POST, retried with backoff on a network
 error or a 5xx answer. Delivery never holds up the mount.
+
+--auto-repair runs a scrub with repair as soon as a structure goes sick:
+damage met by normal I/O, or found by a scrub that does not repair. It
+waits for a running scrub to end; a structure that stays sick after the
+repair is not retried in a loop.
 
 --metrics ADDR serves Prometheus metrics at http://ADDR/metrics: scrub
 runs by result, findings and repairs by structure, bytes and items
@@ -155,8 +161,8 @@ EXIT STATUS
 			// serves files, so a failure to start it only warns.
 			ctl, cerr := daemon.Serve(cmd.Context(), fsys, mountpoint, daemon.Options{Image: source, Logger: log, TempDir: global.tmpDir, Schedules: schedules,
 				HistoryDir: global.stateDir, HistoryKeep: o.historyKeep, HistoryMaxAge: o.historyMaxAge,
-				Notify: daemon.NotifyOptions{Exec: o.notifyExec, Webhook: o.notifyWebhook}, MetricsAddr: o.metrics})
-			if cerr != nil && (o.metrics != "" || len(schedules) > 0 || o.notifyExec != "" || o.notifyWebhook != "") {
+				Notify: daemon.NotifyOptions{Exec: o.notifyExec, Webhook: o.notifyWebhook}, MetricsAddr: o.metrics, AutoRepair: o.autoRepair})
+			if cerr != nil && (o.metrics != "" || o.autoRepair || len(schedules) > 0 || o.notifyExec != "" || o.notifyWebhook != "") {
 				// What was asked for (metrics, schedules, notifications)
 				// cannot run without it: refuse rather than serve
 				// without them.
@@ -191,6 +197,7 @@ EXIT STATUS
 	c.Flags().BoolVar(&o.repair, "repair", false, "scheduled scrubs repair what they find")
 	c.Flags().StringVar(&o.notifyExec, "notify-exec", "", "run this shell command on findings, repairs, failed runs and structures going sick (event JSON on stdin, $SCRUBD_EVENT)")
 	c.Flags().StringVar(&o.notifyWebhook, "notify-webhook", "", "POST the event JSON to this URL on the same events (retried with backoff)")
+	c.Flags().BoolVar(&o.autoRepair, "auto-repair", false, "repair at once when a structure goes sick (damage met in use, or found by a scrub that does not repair)")
 	c.Flags().StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on this address at /metrics (e.g. 127.0.0.1:9417)")
 	c.Flags().IntVar(&o.historyKeep, "history-keep", history.DefaultKeep, "keep at most this many run reports (scrubd report)")
 	c.Flags().DurationVar(&o.historyMaxAge, "history-max-age", history.DefaultMaxAge, "remove run reports older than this")
