@@ -29,6 +29,7 @@ type mountOptions struct {
 	notifyWebhook  string
 	metrics        string
 	autoRepair     bool
+	config         string
 }
 
 // schedules turns the schedule flags into the daemon's schedules; a bad
@@ -68,7 +69,7 @@ func (o *mountOptions) schedules() ([]daemon.Schedule, error) {
 func newMountCmd() *cobra.Command {
 	var o mountOptions
 	c := &cobra.Command{
-		Use:   "mount IMAGE MOUNTPOINT [--schedule SPEC] [--schedule-data SPEC] [--repair] [--notreelog]",
+		Use:   "mount IMAGE MOUNTPOINT [--config FILE] [--schedule SPEC] [--schedule-data SPEC] [--repair] [--notreelog]",
 		Short: "Serve an image through FUSE until it is unmounted",
 		Long: `Mount IMAGE on MOUNTPOINT through FUSE and serve it in the foreground, so
 any program can use it. "mounted IMAGE on MOUNTPOINT" is printed once the
@@ -87,6 +88,22 @@ in use, or found by a scrub): CMD runs with /bin/sh -c, the event's JSON
 on its standard input and its kind in $SCRUBD_EVENT ("scrub" or "sick");
 the webhook receives the JSON in a POST, retried with backoff on a network
 error or a 5xx answer. Delivery never holds up the mount.
+
+--config FILE reads the settings from a YAML file whose keys are this
+command's flags without the dashes (and the global ones: log-level,
+state-dir, …), plus image and mountpoint; a flag on the command line wins
+over the file; an unknown key or a bad value is an error naming the key
+and its line. For example:
+
+    image: /srv/images/data.img
+    mountpoint: /mnt/data
+    schedule: ["@daily"]
+    schedule-data: ["0 3 * * 0"]
+    repair: true
+    auto-repair: true
+    metrics: 127.0.0.1:9417
+    history-keep: 200
+    log-level: info
 
 --auto-repair runs a scrub with repair as soon as a structure goes sick:
 damage met by normal I/O, or found by a scrub that does not repair. It
@@ -127,9 +144,24 @@ EXIT STATUS
   scrubd mount fs.img /mnt/fs --commit-interval 5s --allow-other &
   scrubd mount fs.img /mnt/fs --schedule @daily --schedule-data "0 3 * * 0" --repair &
   umount /mnt/fs    # or Ctrl-C: unmounts and commits`,
-		Args: cobra.ExactArgs(2),
+		Args: cobra.RangeArgs(0, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			img, mountpoint := args[0], args[1]
+			var img, mountpoint string
+			if o.config != "" {
+				var err error
+				if img, mountpoint, err = applyConfig(cmd, o.config); err != nil {
+					return err
+				}
+			}
+			if len(args) > 0 {
+				img = args[0]
+			}
+			if len(args) > 1 {
+				mountpoint = args[1]
+			}
+			if img == "" || mountpoint == "" {
+				return usageError(fmt.Errorf("mount needs IMAGE and MOUNTPOINT, as arguments or as image and mountpoint in --config"))
+			}
 			schedules, err := o.schedules()
 			if err != nil {
 				return err
@@ -197,6 +229,7 @@ EXIT STATUS
 	c.Flags().BoolVar(&o.repair, "repair", false, "scheduled scrubs repair what they find")
 	c.Flags().StringVar(&o.notifyExec, "notify-exec", "", "run this shell command on findings, repairs, failed runs and structures going sick (event JSON on stdin, $SCRUBD_EVENT)")
 	c.Flags().StringVar(&o.notifyWebhook, "notify-webhook", "", "POST the event JSON to this URL on the same events (retried with backoff)")
+	c.Flags().StringVar(&o.config, "config", "", "read settings from this YAML file (keys: the flags' names, image, mountpoint; the command line wins)")
 	c.Flags().BoolVar(&o.autoRepair, "auto-repair", false, "repair at once when a structure goes sick (damage met in use, or found by a scrub that does not repair)")
 	c.Flags().StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on this address at /metrics (e.g. 127.0.0.1:9417)")
 	c.Flags().IntVar(&o.historyKeep, "history-keep", history.DefaultKeep, "keep at most this many run reports (scrubd report)")
