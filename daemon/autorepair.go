@@ -59,7 +59,7 @@ func (s *Server) startAutoRepair() {
 			case why = <-a.kick:
 			}
 			for {
-				_, err := s.startBackground(Request{Op: OpScrub, Repair: true, Background: true}, fmt.Sprintf("auto-repair (%s sick)", why))
+				_, err := s.startBackground(Request{Op: OpScrub, Repair: true, Background: true, Rate: s.opts.ScheduleRate}, fmt.Sprintf("auto-repair (%s sick)", why))
 				if err == nil {
 					a.mu.Lock()
 					a.runs++

@@ -76,6 +76,27 @@ func (c *Client) Scrub(ctx context.Context, repairIt, data bool) (*repair.Report
 	return r.Report, nil
 }
 
+// RunScrub runs the scrub req describes (Op is set to scrub; Background
+// must be false) and returns its report.
+func (c *Client) RunScrub(ctx context.Context, req Request) (*repair.Report, error) {
+	req.Op, req.Background = OpScrub, false
+	r, err := c.call(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if r.Report == nil {
+		return nil, fmt.Errorf("control socket %s: scrub answer without a report", c.path)
+	}
+	return r.Report, nil
+}
+
+// StartScrub starts the scrub req describes in the background (see
+// ScrubBackground).
+func (c *Client) StartScrub(ctx context.Context, req Request) (*Status, error) {
+	req.Op, req.Background = OpScrub, true
+	return c.statusCall(ctx, req)
+}
+
 // ScrubBackground starts a scrub that runs on after the call returns
 // (until it ends, is cancelled, or the mount stops) and returns the
 // status just after it started.

@@ -34,6 +34,9 @@ type Request struct {
 	// scrub
 	Repair bool `json:"repair,omitempty"`
 	Data   bool `json:"data,omitempty"`
+	// Rate limits the scrub's data reads (repair.ParseRate: "auto",
+	// "200M", "auto,200M"; "": none).
+	Rate string `json:"rate,omitempty"`
 	// Background starts the scrub and answers at once with the status;
 	// status, pause, resume and cancel follow it.
 	Background bool `json:"background,omitempty"`

@@ -103,7 +103,7 @@ func (s *Server) fire(sc *scheduled) {
 	if s.ctx.Err() != nil {
 		return
 	}
-	_, err := s.startBackground(Request{Op: OpScrub, Repair: sc.Repair, Data: sc.Data, Background: true}, "schedule "+sc.Spec)
+	_, err := s.startBackground(Request{Op: OpScrub, Repair: sc.Repair, Data: sc.Data, Background: true, Rate: s.opts.ScheduleRate}, "schedule "+sc.Spec)
 	s.mu.Lock()
 	if err != nil {
 		sc.Skipped++

@@ -60,6 +60,9 @@ type Options struct {
 	// AutoRepair runs a scrub with repair as soon as a structure goes
 	// sick outside a repairing scrub (see autorepair.go).
 	AutoRepair bool
+	// ScheduleRate limits the data reads of the runs the server starts
+	// itself (scheduled and auto-repair; repair.ParseRate; "": "auto").
+	ScheduleRate string
 }
 
 // writeTimeout bounds writing one response: a client that stops reading
@@ -119,6 +122,12 @@ func Serve(ctx context.Context, fsys *sfs.FS, mountpoint string, opts Options) (
 	}
 	if opts.Clock == nil {
 		opts.Clock = realClock{}
+	}
+	if opts.ScheduleRate == "" {
+		opts.ScheduleRate = "auto"
+	}
+	if _, err := repair.ParseRate(opts.ScheduleRate); err != nil {
+		return nil, err
 	}
 	var scheds []*scheduled
 	for _, sc := range opts.Schedules {
@@ -551,7 +560,10 @@ func (s *Server) end() {
 
 func (s *Server) scrub(ctx context.Context, req Request) Response {
 	if req.Tree != "" || req.Kind != "" || req.Seed != 0 || req.Level != nil {
-		return errResponse(CodeBadRequest, "scrub takes repair, data and background only")
+		return errResponse(CodeBadRequest, "scrub takes repair, data, rate and background only")
+	}
+	if _, err := repair.ParseRate(req.Rate); err != nil {
+		return errResponse(CodeBadRequest, "scrub: "+err.Error())
 	}
 	if req.Background {
 		st, err := s.startBackground(req, "request")
@@ -606,6 +618,10 @@ func (s *Server) startBackground(req Request, trigger string) (*Status, error) {
 // frees the maintenance slot.
 func (s *Server) runScrub(ctx context.Context, req Request, ctl *repair.ScrubControl, trigger string) (*repair.Report, error) {
 	defer s.end()
+	if r, err := repair.ParseRate(req.Rate); err == nil {
+		r.Activity = s.fsys.Activity
+		ctl.SetRate(r)
+	}
 	started := time.Now()
 	rep, err := repair.Scrub(ctx, s.fsys, s.mountpoint, repair.ScrubOptions{
 		Repair: req.Repair, Data: req.Data, TempDir: s.opts.TempDir, Logger: s.log, Mode: "online", Control: ctl,
@@ -659,7 +675,7 @@ func (s *Server) keep(rep *repair.Report) string {
 
 // control pauses, resumes or cancels the running scrub.
 func (s *Server) control(req Request) Response {
-	if req.Repair || req.Data || req.Background || req.Tree != "" || req.Kind != "" || req.Seed != 0 || req.Level != nil {
+	if req.Repair || req.Data || req.Background || req.Rate != "" || req.Tree != "" || req.Kind != "" || req.Seed != 0 || req.Level != nil {
 		return errResponse(CodeBadRequest, req.Op+" takes no arguments")
 	}
 	s.mu.Lock()
@@ -686,7 +702,7 @@ func (s *Server) control(req Request) Response {
 }
 
 func (s *Server) inject(req Request) Response {
-	if req.Repair || req.Data {
+	if req.Repair || req.Data || req.Rate != "" || req.Background {
 		return errResponse(CodeBadRequest, "inject takes tree, kind and seed only")
 	}
 	tree, ok := format.TreeByName(req.Tree)

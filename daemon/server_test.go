@@ -283,7 +283,9 @@ func TestServeBadRequests(t *testing.T) {
 		{`not json`, "bad request"},
 		{`{"op":"status","verbose":true}`, `unknown field "verbose"`},
 		{`{"op":"status"} {"op":"status"}`, "more than one JSON value"},
-		{`{"op":"scrub","tree":"rmap"}`, "scrub takes repair, data and background only"},
+		{`{"op":"scrub","tree":"rmap"}`, "scrub takes repair, data, rate and background only"},
+		{`{"op":"scrub","rate":"fast"}`, `rate "fast"`},
+		{`{"op":"pause","data":true}`, "pause takes no arguments"},
 		{`{"op":"inject","tree":"rmap","kind":"bitflip","repair":true}`, "inject takes tree, kind and seed only"},
 		{`[]`, "bad request"},
 	} {

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -406,6 +407,120 @@ func BenchmarkScrub(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkScrubForegroundFsync: a writer doing 4 KiB writes, each
+// followed by an fsync, 1 ms apart, on the same filesystem as a data scrub
+// of SCRUBD_BENCH_SCRUB_MB MiB (default 128): its fsync latency (p50, p99)
+// while idle, during a scrub in adaptive mode (--rate auto) and during an
+// unlimited one, and how long each scrub took. Target: p99 during the
+// adaptive scrub at most 1.5x idle, the scrub finishing. Use
+// -benchtime=1x; see docs/benchmarks.md.
+func BenchmarkScrubForegroundFsync(b *testing.B) {
+	mb := 128
+	if v := os.Getenv("SCRUBD_BENCH_SCRUB_MB"); v != "" {
+		mb, _ = strconv.Atoi(v)
+	}
+	img := filepath.Join(b.TempDir(), "fg.img")
+	if err := engine.MkfsPath(img, int64(mb)<<20+512<<20, false, engine.MkfsOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	f, err := fs.OpenPath(img, fs.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i * 7)
+	}
+	for i := 0; i < (mb+15)/16; i++ {
+		a, err := f.Create(fs.RootIno, fmt.Sprintf("d%03d", i), fs.NewInode{Mode: 0o644})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for off := 0; off < 16<<20; off += len(buf) {
+			if _, err := f.Write(a.Ino, buf, int64(off)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	if err := f.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	w, _ := f.Create(fs.RootIno, "writer", fs.NewInode{Mode: 0o644})
+	block := make([]byte, 4096)
+	// measure runs the writer until during returns (or for d) and
+	// returns its fsync latencies, sorted.
+	measure := func(d time.Duration, during func()) []time.Duration {
+		var lat []time.Duration
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				f.Write(w.Ino, block, int64(i%2048)*4096)
+				t := time.Now()
+				f.Fsync(w.Ino)
+				lat = append(lat, time.Since(t))
+				time.Sleep(time.Millisecond)
+			}
+		}()
+		if during != nil {
+			during()
+		} else {
+			time.Sleep(d)
+		}
+		close(stop)
+		<-done
+		slices.Sort(lat)
+		return lat
+	}
+	pct := func(lat []time.Duration, p float64) time.Duration {
+		if len(lat) == 0 {
+			return 0
+		}
+		return lat[min(len(lat)-1, int(p*float64(len(lat))))]
+	}
+	measure(2*time.Second, nil) // warm up
+	idle := measure(3*time.Second, nil)
+	scrub := func(r Rate) func() {
+		return func() {
+			ctl := NewScrubControl(nil)
+			ctl.SetRate(r)
+			t := time.Now()
+			rep, err := Scrub(context.Background(), f, "bench", ScrubOptions{Data: true, Control: ctl})
+			if err != nil || rep.Found != 0 {
+				b.Fatalf("scrub: %v %+v", err, rep)
+			}
+			b.Logf("scrub %q: %.2f s, %.1f MiB/s, throttled %.2f s", r.String(), time.Since(t).Seconds(),
+				float64(rep.BytesVerified)/time.Since(t).Seconds()/(1<<20), ctl.Progress().ThrottledS)
+			b.ReportMetric(time.Since(t).Seconds(), map[bool]string{true: "auto-scrub-s", false: "unlimited-scrub-s"}[r.Auto])
+		}
+	}
+	b.ResetTimer()
+	auto := measure(0, scrub(Rate{Auto: true, Activity: f.Activity}))
+	unlimited := measure(0, scrub(Rate{}))
+	idle2 := measure(3*time.Second, nil)
+	idle = append(idle, idle2...)
+	slices.Sort(idle)
+	b.StopTimer()
+	for _, x := range []struct {
+		name string
+		lat  []time.Duration
+	}{{"idle", idle}, {"auto", auto}, {"unlimited", unlimited}} {
+		b.Logf("%-9s fsyncs %5d  p50 %v  p99 %v", x.name, len(x.lat), pct(x.lat, 0.5), pct(x.lat, 0.99))
+	}
+	b.ReportMetric(float64(pct(idle, 0.99).Microseconds())/1000, "idle-p99-ms")
+	b.ReportMetric(float64(pct(auto, 0.99).Microseconds())/1000, "auto-p99-ms")
+	b.ReportMetric(float64(pct(unlimited, 0.99).Microseconds())/1000, "unlimited-p99-ms")
+	b.ReportMetric(float64(pct(auto, 0.99))/float64(pct(idle, 0.99)), "auto-p99-x-idle")
+	b.ReportMetric(float64(pct(unlimited, 0.99))/float64(pct(idle, 0.99)), "unlimited-p99-x-idle")
 }
 
 // heapGrowth starts sampling the Go heap every 2 ms from a level taken after

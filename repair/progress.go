@@ -2,8 +2,12 @@ package repair
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/dustin/go-humanize"
 )
 
 // Progress of a scrub, and its pause and cancel switches.
@@ -41,6 +45,103 @@ type ScrubControl struct {
 	phaseDone uint64
 	cancel    context.CancelFunc
 	now       func() time.Time
+
+	// Pacing of the data scrub (SetRate).
+	rate      Rate
+	tokens    float64   // bytes that may be read now
+	refilled  time.Time // when tokens was last refilled
+	busySeen  uint64    // the activity counter last seen
+	busyUntil time.Time // foreground activity seen: back off until then
+	throttled time.Duration
+}
+
+// Rate limits the data a scrub reads.
+type Rate struct {
+	// BytesPerSec caps the rate (0: no cap).
+	BytesPerSec float64
+	// Auto backs off while Activity moves: the scrub then reads at most
+	// AutoFloor bytes a second (so it still finishes), and at full speed
+	// (or BytesPerSec) once Activity has stood still for AutoQuiet.
+	Auto     bool
+	Activity func() uint64
+}
+
+// Adaptive mode's parameters.
+const (
+	AutoFloor = 8 << 20                // bytes a second while programs write
+	AutoQuiet = 200 * time.Millisecond // how long the activity must stand still
+	rateBurst = 256 << 10              // bytes read at once before pacing starts
+)
+
+// ParseRate parses a rate: "" (no limit), "auto" (adaptive), a rate of
+// bytes a second ("200M", "1.5GiB", "200MB/s": SI or binary units, as
+// go-humanize reads them), or "auto," and a rate (adaptive, capped).
+func ParseRate(s string) (Rate, error) {
+	var r Rate
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return r, nil
+	}
+	if rest, ok := strings.CutPrefix(s, "auto"); ok {
+		r.Auto = true
+		s = strings.TrimSpace(strings.TrimPrefix(rest, ","))
+		if s == "" {
+			return r, nil
+		}
+	}
+	n, err := humanize.ParseBytes(strings.TrimSuffix(s, "/s"))
+	if err != nil || n == 0 {
+		return Rate{}, fmt.Errorf("rate %q: want auto, a rate such as 200M (bytes a second), or auto,200M", s)
+	}
+	r.BytesPerSec = float64(n)
+	return r, nil
+}
+
+// SetRate sets the rate limit of the run's data scrub.
+func (c *ScrubControl) SetRate(r Rate) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.rate = r
+	c.tokens, c.refilled = rateBurst, c.now()
+}
+
+// pace sleeps as long as reading n more bytes needs to keep to the rate.
+func (c *ScrubControl) pace(n uint64) {
+	if c == nil || n == 0 {
+		return
+	}
+	c.mu.Lock()
+	r := c.rate
+	if r.BytesPerSec == 0 && !r.Auto {
+		c.mu.Unlock()
+		return
+	}
+	now := c.now()
+	limit := r.BytesPerSec
+	if r.Auto && r.Activity != nil {
+		if a := r.Activity(); a != c.busySeen {
+			c.busySeen, c.busyUntil = a, now.Add(AutoQuiet)
+		}
+		if now.Before(c.busyUntil) && (limit == 0 || limit > AutoFloor) {
+			limit = AutoFloor
+		}
+	}
+	if limit == 0 {
+		c.mu.Unlock()
+		return
+	}
+	c.tokens = min(rateBurst, c.tokens+now.Sub(c.refilled).Seconds()*limit)
+	c.refilled = now
+	c.tokens -= float64(n)
+	var wait time.Duration
+	if c.tokens < 0 {
+		wait = time.Duration(-c.tokens / limit * float64(time.Second))
+		c.throttled += wait
+	}
+	c.mu.Unlock()
+	if wait > 0 {
+		time.Sleep(wait)
+	}
 }
 
 // NewScrubControl returns a control for one scrub run; cancel, if set, is
@@ -61,12 +162,17 @@ type ScrubProgress struct {
 	Percent float64 `json:"percent"`
 	// ETAS is the estimated seconds left of the first pass (-1 while
 	// unknown: too early to say, or paused).
-	ETAS        float64 `json:"eta_s"`
-	RateBytesS  float64 `json:"rate_bytes_s"`
-	BytesRead   uint64  `json:"bytes_read"`
-	ElapsedS    float64 `json:"elapsed_s"`
-	PausedForS  float64 `json:"paused_for_s"`
-	UnitsDetail string  `json:"units"`
+	ETAS       float64 `json:"eta_s"`
+	RateBytesS float64 `json:"rate_bytes_s"`
+	BytesRead  uint64  `json:"bytes_read"`
+	ElapsedS   float64 `json:"elapsed_s"`
+	PausedForS float64 `json:"paused_for_s"`
+	// ThrottledS is the time the rate limit made the run wait.
+	ThrottledS float64 `json:"throttled_s"`
+	// Rate is the limit: "" (none), "auto", a rate in bytes a second,
+	// or "auto" with a cap ("auto, 200 MiB/s").
+	RateLimit   string `json:"rate_limit,omitempty"`
+	UnitsDetail string `json:"units"`
 }
 
 // unitsDetail says what done and total count.
@@ -120,6 +226,21 @@ func (c *ScrubControl) addBytes(n uint64) {
 	c.mu.Lock()
 	c.bytes += n
 	c.mu.Unlock()
+}
+
+// String describes the limit ("" for none).
+func (r Rate) String() string {
+	var s string
+	if r.BytesPerSec > 0 {
+		s = fmt.Sprintf("%.0f bytes/s", r.BytesPerSec)
+	}
+	if r.Auto {
+		if s != "" {
+			return "auto, at most " + s
+		}
+		return "auto"
+	}
+	return s
 }
 
 // Pause makes the run stop at its next unit of work until Resume. It
@@ -177,7 +298,7 @@ func (c *ScrubControl) Progress() ScrubProgress {
 	active := now.Sub(c.started) - paused
 	p := ScrubProgress{Phase: c.phase, Paused: c.paused, Done: c.done, Total: c.total,
 		BytesRead: c.bytes, ElapsedS: now.Sub(c.started).Seconds(), PausedForS: paused.Seconds(),
-		ETAS: -1, UnitsDetail: unitsDetail}
+		ETAS: -1, UnitsDetail: unitsDetail, ThrottledS: c.throttled.Seconds(), RateLimit: c.rate.String()}
 	if c.total > 0 {
 		p.Percent = 100 * float64(c.done) / float64(c.total)
 	}

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -133,5 +134,75 @@ func TestScrubProgressPauseCancel(t *testing.T) {
 	<-done
 	if !errors.Is(serr, context.Canceled) || rep == nil || !rep.Interrupted || rep.Complete {
 		t.Fatalf("cancelled scrub: %v %+v", serr, rep)
+	}
+}
+
+// TestScrubRate: a data scrub limited to a rate reads no faster than it
+// (bytes read over the run's time), and in adaptive mode reads at the
+// floor while the activity counter moves; ParseRate reads the forms the
+// flags take and refuses the rest.
+func TestScrubRate(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want Rate
+		ok   bool
+	}{
+		{"", Rate{}, true}, {"auto", Rate{Auto: true}, true}, {"200M", Rate{BytesPerSec: 200e6}, true},
+		{"1GiB/s", Rate{BytesPerSec: 1 << 30}, true}, {"auto,64MiB", Rate{Auto: true, BytesPerSec: 64 << 20}, true},
+		{"fast", Rate{}, false}, {"0", Rate{}, false}, {"auto,", Rate{Auto: true}, true}, {"-5M", Rate{}, false},
+	} {
+		r, err := ParseRate(c.in)
+		if (err == nil) != c.ok || (c.ok && (r.BytesPerSec != c.want.BytesPerSec || r.Auto != c.want.Auto)) {
+			t.Errorf("ParseRate(%q) = %+v, %v", c.in, r, err)
+		}
+	}
+	img := newImage(t)
+	f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	a, err := f.Create(fs.RootIno, "big", fs.NewInode{Mode: 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte("rate"), 1<<18)
+	for off := 0; off < 12<<20; off += len(chunk) {
+		if _, err := f.Write(a.Ino, chunk, int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	run := func(r Rate) (float64, ScrubProgress) {
+		ctl := NewScrubControl(nil)
+		ctl.SetRate(r)
+		start := time.Now()
+		rep, err := Scrub(context.Background(), f, img, ScrubOptions{Data: true, Control: ctl})
+		if err != nil || rep.BytesVerified < 12<<20 {
+			t.Fatalf("scrub: %v %+v", err, rep)
+		}
+		return float64(rep.BytesVerified) / time.Since(start).Seconds(), ctl.Progress()
+	}
+	limit := 16e6
+	got, p := run(Rate{BytesPerSec: limit})
+	t.Logf("limited to %.0f B/s: read at %.0f B/s, throttled %.2f s", limit, got, p.ThrottledS)
+	if got > 1.1*limit || p.ThrottledS == 0 || p.RateLimit == "" {
+		t.Errorf("rate %.0f B/s over the limit %.0f (throttled %.2f s, limit %q)", got, limit, p.ThrottledS, p.RateLimit)
+	}
+	// Adaptive, with programs writing all along (the counter moves at
+	// every look): the floor.
+	var n atomic.Uint64
+	got, _ = run(Rate{Auto: true, Activity: func() uint64 { return n.Add(1) }})
+	t.Logf("adaptive under writes: %.0f B/s (floor %d)", got, AutoFloor)
+	if got > 1.1*AutoFloor {
+		t.Errorf("adaptive mode under writes read at %.0f B/s, over the floor %d", got, AutoFloor)
+	}
+	// Adaptive with nothing writing: no limit.
+	quiet, _ := run(Rate{Auto: true, Activity: func() uint64 { return 7 }})
+	t.Logf("adaptive, quiet: %.0f B/s", quiet)
+	if quiet < 1.5*got && !raceEnabled { // under the race detector the scrub may not reach the floor at all
+		t.Errorf("a quiet adaptive scrub read at %.0f B/s, hardly faster than under writes (%.0f)", quiet, got)
 	}
 }

@@ -258,6 +258,7 @@ func scrubData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool) ([
 					}
 					n, err := fsys.Read(de.Ino, buf, int64(off))
 					c.tick(uint64(n))
+					c.pace(uint64(n))
 					if err == nil {
 						verified += uint64(n)
 						continue

@@ -46,6 +46,7 @@ func TestScrubBackgroundControl(t *testing.T) {
 		}
 	}
 	expect(t, 16, "scrub", img, "--background")
+	expect(t, 16, "scrub", dir, "--rate", "fast")
 
 	paused := false
 	for try := 0; try < 5 && !paused; try++ {
@@ -135,6 +136,7 @@ func TestMountSchedules(t *testing.T) {
 		{[]string{"--schedule-data", "@sometimes"}, "--schedule-data"},
 		{[]string{"--repair"}, "--repair applies to scheduled scrubs"},
 		{[]string{"--notify-webhook", "ftp://example.com/x"}, "--notify-webhook"},
+		{[]string{"--rate", "fast"}, "--rate"},
 	} {
 		_, errs, code := run(t, append([]string{"mount", img, dir}, c.args...)...)
 		if code != 2 || !strings.Contains(errs, c.msg) {

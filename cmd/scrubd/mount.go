@@ -13,6 +13,7 @@ import (
 	"github.com/scrubd/scrubd/engine/fs"
 	"github.com/scrubd/scrubd/engine/fuse"
 	"github.com/scrubd/scrubd/history"
+	"github.com/scrubd/scrubd/repair"
 )
 
 type mountOptions struct {
@@ -30,6 +31,7 @@ type mountOptions struct {
 	metrics        string
 	autoRepair     bool
 	config         string
+	rate           string
 }
 
 // schedules turns the schedule flags into the daemon's schedules; a bad
@@ -47,6 +49,9 @@ func (o *mountOptions) schedules() ([]daemon.Schedule, error) {
 			}
 			out = append(out, daemon.Schedule{Spec: spec, Data: f.data, Repair: o.repair})
 		}
+	}
+	if _, err := repair.ParseRate(o.rate); err != nil {
+		return nil, usageError(fmt.Errorf("--rate: %w", err))
 	}
 	if o.historyKeep < 1 {
 		return nil, usageError(fmt.Errorf("--history-keep %d: keep at least 1", o.historyKeep))
@@ -104,6 +109,12 @@ and its line. For example:
     metrics: 127.0.0.1:9417
     history-keep: 200
     log-level: info
+
+--rate limits the data reads of the scrubs the mount starts itself
+(scheduled and auto-repair): auto (the default) reads at full speed while
+no program writes and at 8 MiB/s while they do; a rate such as 200M caps
+it; auto,200M does both. A scrub asked for with "scrubd scrub --rate"
+uses its own.
 
 --auto-repair runs a scrub with repair as soon as a structure goes sick:
 damage met by normal I/O, or found by a scrub that does not repair. It
@@ -193,7 +204,7 @@ EXIT STATUS
 			// serves files, so a failure to start it only warns.
 			ctl, cerr := daemon.Serve(cmd.Context(), fsys, mountpoint, daemon.Options{Image: source, Logger: log, TempDir: global.tmpDir, Schedules: schedules,
 				HistoryDir: global.stateDir, HistoryKeep: o.historyKeep, HistoryMaxAge: o.historyMaxAge,
-				Notify: daemon.NotifyOptions{Exec: o.notifyExec, Webhook: o.notifyWebhook}, MetricsAddr: o.metrics, AutoRepair: o.autoRepair})
+				Notify: daemon.NotifyOptions{Exec: o.notifyExec, Webhook: o.notifyWebhook}, MetricsAddr: o.metrics, AutoRepair: o.autoRepair, ScheduleRate: o.rate})
 			if cerr != nil && (o.metrics != "" || o.autoRepair || len(schedules) > 0 || o.notifyExec != "" || o.notifyWebhook != "") {
 				// What was asked for (metrics, schedules, notifications)
 				// cannot run without it: refuse rather than serve
@@ -230,6 +241,7 @@ EXIT STATUS
 	c.Flags().StringVar(&o.notifyExec, "notify-exec", "", "run this shell command on findings, repairs, failed runs and structures going sick (event JSON on stdin, $SCRUBD_EVENT)")
 	c.Flags().StringVar(&o.notifyWebhook, "notify-webhook", "", "POST the event JSON to this URL on the same events (retried with backoff)")
 	c.Flags().StringVar(&o.config, "config", "", "read settings from this YAML file (keys: the flags' names, image, mountpoint; the command line wins)")
+	c.Flags().StringVar(&o.rate, "rate", "auto", "limit the data reads of scheduled and auto-repair scrubs: auto, a rate such as 200M, or auto,200M")
 	c.Flags().BoolVar(&o.autoRepair, "auto-repair", false, "repair at once when a structure goes sick (damage met in use, or found by a scrub that does not repair)")
 	c.Flags().StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on this address at /metrics (e.g. 127.0.0.1:9417)")
 	c.Flags().IntVar(&o.historyKeep, "history-keep", history.DefaultKeep, "keep at most this many run reports (scrubd report)")

@@ -26,6 +26,7 @@ type scrubOptions struct {
 	// terminal; noProgress shows none (fsck).
 	progressEvery time.Duration
 	noProgress    bool
+	rate          string
 }
 
 // progress says whether the run shows its progress.
@@ -59,6 +60,11 @@ control it, and its report becomes the status's last scrub.
 --data also reads every file and verifies every block's checksum, naming
 the file and offset of each bad one.
 
+--rate limits the data reads of --data: a rate in bytes a second (200M,
+1.5GiB), auto — read at full speed while no program writes to the mount,
+at 8 MiB/s while they do (a scrub that runs under a constant write load
+still finishes) — or both (auto,200M). Metadata checks are not limited.
+
 While it runs, a progress bar on stderr shows the phase, the work done,
 the rate and the time left when stderr is a terminal; otherwise a plain
 progress line is printed every --progress-interval; with --json nothing
@@ -79,6 +85,9 @@ incomplete ("complete": false, "interrupted": true in JSON).
 				return err
 			}
 			target := args[0]
+			if _, err := repair.ParseRate(o.rate); err != nil {
+				return usageError(fmt.Errorf("--rate: %w", err))
+			}
 			var rep *repair.Report
 			if o.background {
 				mnt, ok := daemon.Discover(target)
@@ -86,7 +95,7 @@ incomplete ("complete": false, "interrupted": true in JSON).
 					return usageError(fmt.Errorf("--background needs a mountpoint a scrubd mount serves; %s is not one", target))
 				}
 				return withClient(cmd.Context(), mnt, func(ctx context.Context, cl *daemon.Client) (*daemon.Status, error) {
-					return cl.ScrubBackground(ctx, o.repair, o.data)
+					return cl.StartScrub(ctx, daemon.Request{Repair: o.repair, Data: o.data, Rate: o.rate})
 				}, func(w io.Writer, st *daemon.Status) {
 					fmt.Fprintf(w, "%s: scrub started in the background; follow it with: scrubd status %s\n", st.Mountpoint, st.Mountpoint)
 				}, o.asJSON, cmd.OutOrStdout())
@@ -103,6 +112,7 @@ incomplete ("complete": false, "interrupted": true in JSON).
 	c.Flags().BoolVar(&o.data, "data", false, "also read every file and verify data checksums")
 	c.Flags().BoolVar(&o.asJSON, "json", false, "print the versioned JSON report")
 	c.Flags().BoolVar(&o.background, "background", false, "start the scrub on the mount and return at once (see scrubd status)")
+	c.Flags().StringVar(&o.rate, "rate", "", "limit the data reads: a rate such as 200M (bytes a second), auto (back off while programs write), or auto,200M")
 	c.Flags().DurationVar(&o.progressEvery, "progress-interval", 10*time.Second, "when stderr is not a terminal, print a progress line this often")
 	return c
 }
@@ -127,7 +137,7 @@ func scrubOnline(ctx context.Context, mnt string, o scrubOptions) (*repair.Repor
 			defer stop()
 		}
 	}
-	return cl.Scrub(ctx, o.repair, o.data)
+	return cl.RunScrub(ctx, daemon.Request{Repair: o.repair, Data: o.data, Rate: o.rate})
 }
 
 // scrubImage checks an unmounted image through a private mount of it:
@@ -152,8 +162,15 @@ func scrubImage(ctx context.Context, img string, o scrubOptions, log *slog.Logge
 		return nil, err
 	}
 	var ctl *repair.ScrubControl
-	if o.progress() {
+	if o.progress() || o.rate != "" {
 		ctl = repair.NewScrubControl(nil)
+		r, err := repair.ParseRate(o.rate)
+		if err != nil {
+			return nil, usageError(fmt.Errorf("--rate: %w", err))
+		}
+		ctl.SetRate(r) // offline: nothing writes, so auto means no limit
+	}
+	if o.progress() {
 		stop := showProgress(os.Stderr, o.progressEvery, func() (repair.ScrubProgress, bool) { return ctl.Progress(), true })
 		defer stop()
 	}

@@ -259,6 +259,7 @@ func (f *FS) Read(ino uint64, p []byte, off int64) (int, error) {
 // partial block) is checked before the first change, so a failed write
 // changes nothing; an error after a change would abort the transaction.
 func (f *FS) Write(ino uint64, p []byte, off int64) (int, error) {
+	f.writes.Add(1)
 	if off < 0 || uint64(off)+uint64(len(p)) > 1<<50 {
 		return 0, syscall.EFBIG
 	}
@@ -493,6 +494,7 @@ func punch(tx *engine.Tx, ino, a, b uint64) (uint64, error) {
 // Truncate sets the file's size. Growing leaves a hole; shrinking drops the
 // blocks past the end and zeroes the tail of the last partial block.
 func (f *FS) Truncate(ino uint64, size uint64) error {
+	f.writes.Add(1)
 	if size > 1<<50 {
 		return syscall.EFBIG
 	}

@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,7 +45,14 @@ type FS struct {
 	opens  map[uint64]int         // open handles per inode
 	caches map[uint64]*inodeCache // extent-map caches of inodes written
 	stats  Stats
+	// writes counts writes, truncates and fsyncs: foreground activity a
+	// scrub in adaptive mode backs off from (see Activity).
+	writes atomic.Uint64
 }
+
+// Activity returns a counter of the writes, truncates and fsyncs made so
+// far: when it moves, programs are writing.
+func (f *FS) Activity() uint64 { return f.writes.Load() }
 
 // Stats counts filesystem activity.
 type Stats struct {

@@ -39,6 +39,7 @@ const typeLogDropRange uint8 = 61 // (ino, 61, start block, end block)
 
 // Fsync makes ino's data and attributes durable.
 func (f *FS) Fsync(ino uint64) error {
+	f.writes.Add(1)
 	full, logged := false, false
 	err := f.e.FsyncView(func(tx *engine.Tx) error {
 		f.mu.Lock()
