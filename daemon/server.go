@@ -188,6 +188,12 @@ func Serve(ctx context.Context, fsys *sfs.FS, mountpoint string, opts Options) (
 	if opts.AutoRepair {
 		s.startAutoRepair()
 	}
+	var resume *engine.ScrubCursor
+	if c, ok, err := fsys.Engine().ScrubCursor(); err != nil {
+		s.log.Warn("scrub cursor unreadable: not resuming", "err", err)
+	} else if ok && c.Data {
+		resume = &c
+	}
 	if opts.MetricsAddr != "" {
 		s.metrics = newMetrics(s)
 		if err := s.metrics.serve(opts.MetricsAddr, s.log); err != nil {
@@ -214,6 +220,16 @@ func Serve(ctx context.Context, fsys *sfs.FS, mountpoint string, opts Options) (
 		s.shutdown()
 	}()
 	s.log.Info("control socket ready", "socket", path, "mountpoint", mnt)
+	if resume != nil {
+		// The interrupted run goes on, now that the server serves.
+		started := time.Unix(0, resume.Run).UTC().Format(time.RFC3339)
+		if _, err := s.startBackgroundFrom(Request{Op: OpScrub, Repair: resume.Repair, Data: true, Background: true, Rate: s.opts.ScheduleRate},
+			"resume (run of "+started+")", resume); err != nil {
+			s.log.Warn("interrupted scrub not resumed", "err", err)
+		} else {
+			s.log.Info("resuming an interrupted scrub", "run", started, "from_inode", resume.NextIno)
+		}
+	}
 	return s, nil
 }
 
@@ -596,6 +612,11 @@ func (s *Server) scrub(ctx context.Context, req Request) Response {
 // connection: it ends with Close (or cancel), not when a client hangs
 // up. It fails (busy) if a scrub or injection runs.
 func (s *Server) startBackground(req Request, trigger string) (*Status, error) {
+	return s.startBackgroundFrom(req, trigger, nil)
+}
+
+// startBackgroundFrom is startBackground resuming from a cursor.
+func (s *Server) startBackgroundFrom(req Request, trigger string, resume *engine.ScrubCursor) (*Status, error) {
 	if err := s.begin(OpScrub); err != nil {
 		return nil, err
 	}
@@ -608,7 +629,7 @@ func (s *Server) startBackground(req Request, trigger string) (*Status, error) {
 	go func() {
 		defer s.bg.Done()
 		defer cancel()
-		s.runScrub(rctx, req, ctl, trigger)
+		s.runScrubFrom(rctx, req, ctl, trigger, resume)
 	}()
 	st := s.Status()
 	return &st, nil
@@ -617,15 +638,56 @@ func (s *Server) startBackground(req Request, trigger string) (*Status, error) {
 // runScrub runs one scrub under ctl, records it as the last run, and
 // frees the maintenance slot.
 func (s *Server) runScrub(ctx context.Context, req Request, ctl *repair.ScrubControl, trigger string) (*repair.Report, error) {
+	return s.runScrubFrom(ctx, req, ctl, trigger, nil)
+}
+
+// cursorEvery spaces the scrub cursor's updates.
+const cursorEvery = 2 * time.Second
+
+// runScrubFrom is runScrub resuming the data scrub of an interrupted run
+// from its cursor (nil: from the start).
+func (s *Server) runScrubFrom(ctx context.Context, req Request, ctl *repair.ScrubControl, trigger string, resume *engine.ScrubCursor) (*repair.Report, error) {
 	defer s.end()
 	if r, err := repair.ParseRate(req.Rate); err == nil {
 		r.Activity = s.fsys.Activity
 		ctl.SetRate(r)
 	}
 	started := time.Now()
-	rep, err := repair.Scrub(ctx, s.fsys, s.mountpoint, repair.ScrubOptions{
+	e := s.fsys.Engine()
+	run := started.UnixNano()
+	if resume != nil {
+		run = resume.Run
+	}
+	var lastCP time.Time
+	checkpoint := func(c engine.ScrubCursor) {
+		// Into the running transaction, every 2 s: the next commit makes
+		// it durable (a kill loses at most the files read since).
+		if time.Since(lastCP) < cursorEvery {
+			return
+		}
+		lastCP = time.Now()
+		c.Run, c.Repair, c.Data = run, req.Repair, req.Data
+		if err := e.Update(func(tx *engine.Tx) error { return tx.SetScrubCursor(c) }); err != nil && !errors.Is(err, engine.ErrNoCursorFormat) {
+			s.log.Warn("scrub cursor not saved", "err", err)
+		}
+	}
+	opts := repair.ScrubOptions{
 		Repair: req.Repair, Data: req.Data, TempDir: s.opts.TempDir, Logger: s.log, Mode: "online", Control: ctl,
-	})
+		Resume: resume,
+	}
+	if req.Data {
+		opts.Checkpoint = checkpoint
+	}
+	rep, err := repair.Scrub(ctx, s.fsys, s.mountpoint, opts)
+	if req.Data && s.ctx.Err() == nil {
+		// The run ended (or was cancelled on request): nothing to resume.
+		// At shutdown the cursor stays, for the next mount.
+		if _, ok, _ := e.ScrubCursor(); ok || resume != nil {
+			if cerr := e.Update(func(tx *engine.Tx) error { return tx.ClearScrubCursor() }); cerr != nil {
+				s.log.Warn("scrub cursor not cleared", "err", cerr)
+			}
+		}
+	}
 	last := &Last{Finished: time.Now(), Repair: req.Repair, Data: req.Data, DurationS: time.Since(started).Seconds(), Report: rep, Trigger: trigger}
 	if rep != nil {
 		last.ReportID = s.keep(rep)

@@ -120,6 +120,17 @@ type Report struct {
 	// Interrupted says the run was canceled before it finished: the
 	// report holds what was checked until then, and Complete is false.
 	Interrupted bool `json:"interrupted,omitempty"`
+	// Resumed says the run continued the data scrub of an interrupted one
+	// (whose start it names) from its cursor: the files before it were
+	// not read again, and their bad blocks are reported again.
+	Resumed *Resumed `json:"resumed,omitempty"`
+}
+
+// Resumed describes the interrupted run a scrub continued.
+type Resumed struct {
+	RunStarted     time.Time `json:"run_started"`
+	FromInode      uint64    `json:"from_inode"`
+	VerifiedBefore uint64    `json:"verified_before"`
 }
 
 // markRepaired compares the findings before repair with those the second

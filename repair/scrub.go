@@ -1,10 +1,12 @@
 package repair
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"syscall"
 	"time"
 
@@ -36,6 +38,13 @@ type ScrubOptions struct {
 	// Control, if set, receives the run's progress and can pause it
 	// (cancel it through the context).
 	Control *ScrubControl
+	// Resume continues the data scrub of an interrupted run from its
+	// cursor (the metadata is checked again in full); Checkpoint, if set,
+	// is told the data scrub's position after each file (its NextIno,
+	// Verified, Found and Bad; the caller keeps it, see
+	// engine.ScrubCursor).
+	Resume     *engine.ScrubCursor
+	Checkpoint func(engine.ScrubCursor)
 }
 
 // Scrub checks fsys (and repairs it with opts.Repair) and returns the report.
@@ -68,7 +77,12 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 		if err == nil && opts.Data {
 			var df []engine.Finding
 			var n uint64
-			df, n, err = scrubData(ctx, fsys, ctl, first)
+			var res *engine.ScrubCursor
+			var cp func(engine.ScrubCursor)
+			if first {
+				res, cp = opts.Resume, opts.Checkpoint
+			}
+			df, n, err = scrubData(ctx, fsys, ctl, first, res, cp)
 			verified += n
 			found = append(found, df...)
 		}
@@ -90,6 +104,11 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 	}
 	rep := newReport(opts.Mode, target, started, res, append(opened, found...))
 	describe(rep, e, opts, verified)
+	if r := opts.Resume; r != nil && opts.Data {
+		rep.Resumed = &Resumed{RunStarted: time.Unix(0, r.Run).UTC(), FromInode: r.NextIno, VerifiedBefore: r.Verified}
+		rep.Notes = append(rep.Notes, fmt.Sprintf("resumed the data scrub of the run started %s, interrupted before inode %d: %d bytes verified then were not read again; its %d bad blocks are reported again",
+			rep.Resumed.RunStarted.Format(time.RFC3339), r.NextIno, r.Verified, len(r.Bad)))
+	}
 	if len(opened) > 0 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("opening the image rewrote %d superblock copies that were invalid or stale", len(opened)))
 	}
@@ -212,14 +231,24 @@ func dataBlocks(e *engine.Engine) uint64 {
 // scrubData reads every regular file and reports each block that fails its
 // checksum, by path, offset, inode and disk block. It returns the findings
 // and the bytes of file data it read and verified.
-func scrubData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool) ([]engine.Finding, uint64, error) {
+//
+// Files are read in inode order (the directory tree is walked first, for
+// their paths), so a position in the run is one inode number: with res
+// set, the files below res.NextIno are not read again — their bad blocks
+// are res.Bad, reported again — and checkpoint, if set, is told the
+// position after each file (inode numbers are never reused, so files made
+// since an interruption are all above it, and none is read twice).
+func scrubData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool, res *engine.ScrubCursor, checkpoint func(engine.ScrubCursor)) ([]engine.Finding, uint64, error) {
 	if first {
 		c.phaseStart("data", 0)
 	} else {
 		c.phaseStart("recheck data", 0)
 	}
-	var out []engine.Finding
-	var verified uint64
+	type file struct {
+		ino  uint64
+		path string
+	}
+	var files []file
 	seen := map[uint64]bool{}
 	var walk func(dir uint64, path string) error
 	walk = func(dir uint64, path string) error {
@@ -230,7 +259,6 @@ func scrubData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool) ([
 		}); err != nil {
 			return err
 		}
-		buf := make([]byte, format.BlockSize)
 		for _, de := range ents {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -242,48 +270,87 @@ func scrubData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool) ([
 					return err
 				}
 			case syscall.S_IFREG:
-				if seen[de.Ino] {
-					continue
-				}
-				seen[de.Ino] = true
-				a, err := fsys.GetAttr(de.Ino)
-				if err != nil {
-					continue // removed meanwhile
-				}
-				for off := uint64(0); off < a.Size; off += format.BlockSize {
-					if off%(1<<20) == 0 {
-						if err := ctx.Err(); err != nil {
-							return err
-						}
-					}
-					n, err := fsys.Read(de.Ino, buf, int64(off))
-					c.tick(uint64(n))
-					c.pace(uint64(n))
-					if err == nil {
-						verified += uint64(n)
-						continue
-					}
-					var ce *fs.ChecksumError
-					if errors.As(err, &ce) {
-						out = append(out, engine.Finding{ID: engine.ErrDataChecksum, Name: engine.ErrDataChecksum.Name(),
-							Tree: format.OwnerData, Block: ce.Disk, Detail: "data checksum mismatch",
-							File: &engine.FileRef{Path: p, Inode: de.Ino, Offset: off, DiskBlock: ce.Disk}})
-						continue
-					}
-					if fs.Errno(err) == syscall.EIO {
-						// A block that cannot be read or checked at all (its
-						// checksum item is gone, the device failed).
-						out = append(out, engine.Finding{ID: engine.ErrDataChecksum, Name: engine.ErrDataChecksum.Name(),
-							Tree: format.OwnerData, Detail: fmt.Sprintf("%s offset %d: %v", p, off, err),
-							File: &engine.FileRef{Path: p, Inode: de.Ino, Offset: off}})
-						continue
-					}
-					break // truncated or removed meanwhile
+				if !seen[de.Ino] {
+					seen[de.Ino] = true
+					files = append(files, file{de.Ino, p})
 				}
 			}
 		}
 		return nil
 	}
-	err := walk(fs.RootIno, "")
-	return out, verified, err
+	if err := walk(fs.RootIno, ""); err != nil {
+		return nil, 0, err
+	}
+	slices.SortFunc(files, func(a, b file) int { return cmp.Compare(a.ino, b.ino) })
+	pathOf := map[uint64]string{}
+	var out []engine.Finding
+	var verified uint64
+	var cur engine.ScrubCursor
+	bad := func(ino, off uint64, disk format.BlockNr, path string, detail string) {
+		out = append(out, engine.Finding{ID: engine.ErrDataChecksum, Name: engine.ErrDataChecksum.Name(),
+			Tree: format.OwnerData, Block: disk, Detail: detail,
+			File: &engine.FileRef{Path: path, Inode: ino, Offset: off, DiskBlock: disk}})
+		cur.Bad = append(cur.Bad, engine.BadBlock{Ino: ino, Offset: off, Disk: disk})
+	}
+	if res != nil {
+		for _, f := range files {
+			pathOf[f.ino] = f.path
+		}
+		for _, b := range res.Bad {
+			bad(b.Ino, b.Offset, b.Disk, pathOf[b.Ino], "data checksum mismatch (found before the interruption)")
+		}
+		verified = res.Verified
+		// The units of the files already read count as done.
+		for _, f := range files {
+			if f.ino >= res.NextIno {
+				break
+			}
+			if a, err := fsys.GetAttr(f.ino); err == nil {
+				for off := uint64(0); off < a.Size; off += format.BlockSize {
+					c.tick(0)
+				}
+			}
+		}
+	}
+	buf := make([]byte, format.BlockSize)
+	for _, f := range files {
+		if res != nil && f.ino < res.NextIno {
+			continue
+		}
+		a, err := fsys.GetAttr(f.ino)
+		if err != nil {
+			continue // removed meanwhile
+		}
+		for off := uint64(0); off < a.Size; off += format.BlockSize {
+			if off%(1<<20) == 0 {
+				if err := ctx.Err(); err != nil {
+					return out, verified, err
+				}
+			}
+			n, err := fsys.Read(f.ino, buf, int64(off))
+			c.tick(uint64(n))
+			c.pace(uint64(n))
+			if err == nil {
+				verified += uint64(n)
+				continue
+			}
+			var ce *fs.ChecksumError
+			if errors.As(err, &ce) {
+				bad(f.ino, off, ce.Disk, f.path, "data checksum mismatch")
+				continue
+			}
+			if fs.Errno(err) == syscall.EIO {
+				// A block that cannot be read or checked at all (its
+				// checksum item is gone, the device failed).
+				bad(f.ino, off, 0, f.path, fmt.Sprintf("%s offset %d: %v", f.path, off, err))
+				continue
+			}
+			break // truncated or removed meanwhile
+		}
+		if checkpoint != nil {
+			cur.NextIno, cur.Verified, cur.Found = f.ino+1, verified, uint64(len(out))
+			checkpoint(cur)
+		}
+	}
+	return out, verified, nil
 }
