@@ -37,6 +37,12 @@ type Request struct {
 	// Rate limits the scrub's data reads (repair.ParseRate: "auto",
 	// "200M", "auto,200M"; "": none).
 	Rate string `json:"rate,omitempty"`
+	// Since reads only the data written after that generation;
+	// Incremental since the last complete data scrub; Errors only the
+	// blocks the last data scrub found bad. With Data only.
+	Since       uint64 `json:"since,omitempty"`
+	Incremental bool   `json:"incremental,omitempty"`
+	Errors      bool   `json:"errors,omitempty"`
 	// Background starts the scrub and answers at once with the status;
 	// status, pause, resume and cancel follow it.
 	Background bool `json:"background,omitempty"`

@@ -581,6 +581,9 @@ func (s *Server) scrub(ctx context.Context, req Request) Response {
 	if _, err := repair.ParseRate(req.Rate); err != nil {
 		return errResponse(CodeBadRequest, "scrub: "+err.Error())
 	}
+	if n := btoi(req.Since != 0) + btoi(req.Incremental) + btoi(req.Errors); n > 1 || (n == 1 && !req.Data) {
+		return errResponse(CodeBadRequest, "scrub: since, incremental and errors limit the data scrub: give one of them, with data")
+	}
 	if req.Background {
 		st, err := s.startBackground(req, "request")
 		if err != nil {
@@ -673,12 +676,27 @@ func (s *Server) runScrubFrom(ctx context.Context, req Request, ctl *repair.Scru
 	}
 	opts := repair.ScrubOptions{
 		Repair: req.Repair, Data: req.Data, TempDir: s.opts.TempDir, Logger: s.log, Mode: "online", Control: ctl,
-		Resume: resume,
+		Resume: resume, Since: req.Since,
 	}
+	var scopeNote string
+	if req.Incremental || req.Errors {
+		hs, err := history.Open(s.opts.HistoryDir, s.uuid)
+		if err == nil {
+			opts.Since, opts.Errors, opts.OnlyErrors, scopeNote, err = hs.Scope(req.Incremental, req.Errors)
+		}
+		if err != nil {
+			s.log.Warn("history unreadable: the scrub reads all the data", "err", err)
+			scopeNote = "the history could not be read (" + err.Error() + "): this scrub reads all the data"
+		}
+	}
+
 	if req.Data {
 		opts.Checkpoint = checkpoint
 	}
 	rep, err := repair.Scrub(ctx, s.fsys, s.mountpoint, opts)
+	if rep != nil && scopeNote != "" {
+		rep.Notes = append(rep.Notes, scopeNote)
+	}
 	if req.Data && s.ctx.Err() == nil {
 		// The run ended (or was cancelled on request): nothing to resume.
 		// At shutdown the cursor stays, for the next mount.
@@ -737,7 +755,8 @@ func (s *Server) keep(rep *repair.Report) string {
 
 // control pauses, resumes or cancels the running scrub.
 func (s *Server) control(req Request) Response {
-	if req.Repair || req.Data || req.Background || req.Rate != "" || req.Tree != "" || req.Kind != "" || req.Seed != 0 || req.Level != nil {
+	if req.Repair || req.Data || req.Background || req.Rate != "" || req.Since != 0 || req.Incremental || req.Errors ||
+		req.Tree != "" || req.Kind != "" || req.Seed != 0 || req.Level != nil {
 		return errResponse(CodeBadRequest, req.Op+" takes no arguments")
 	}
 	s.mu.Lock()
@@ -764,7 +783,7 @@ func (s *Server) control(req Request) Response {
 }
 
 func (s *Server) inject(req Request) Response {
-	if req.Repair || req.Data || req.Rate != "" || req.Background {
+	if req.Repair || req.Data || req.Rate != "" || req.Background || req.Since != 0 || req.Incremental || req.Errors {
 		return errResponse(CodeBadRequest, "inject takes tree, kind and seed only")
 	}
 	tree, ok := format.TreeByName(req.Tree)
@@ -849,6 +868,14 @@ func (s *Server) Status() Status {
 	st.ScrubsServed = s.scrubs
 	s.mu.Unlock()
 	return st
+}
+
+// btoi is 1 for true.
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // ms is d in milliseconds.

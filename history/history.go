@@ -23,6 +23,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/scrubd/scrubd/engine"
+	"github.com/scrubd/scrubd/engine/format"
 	"github.com/scrubd/scrubd/repair"
 )
 
@@ -244,4 +246,81 @@ func (s *Store) List() ([]Summary, int, error) {
 		out = append(out, summarize(ids[i], rep))
 	}
 	return out, bad, nil
+}
+
+// LastComplete returns the generation the newest complete run checked
+// (for an incremental scrub: what was written since needs reading) and
+// that run's id; ok false if no run completed.
+func (s *Store) LastComplete() (gen uint64, id string, ok bool, err error) {
+	ids, err := s.ids()
+	if err != nil {
+		return 0, "", false, err
+	}
+	for i := len(ids) - 1; i >= 0; i-- {
+		rep, _, err := s.Get(ids[i])
+		if err != nil {
+			continue
+		}
+		if rep.Complete && !rep.Interrupted && rep.Requested.Data && rep.Requested.Since == 0 && !rep.Requested.Errors {
+			return rep.Generation, ids[i], true, nil
+		}
+	}
+	return 0, "", false, nil
+}
+
+// LastBadBlocks returns the data blocks the newest run that read data
+// found bad, and that run's id; ok false if no run read data.
+func (s *Store) LastBadBlocks() ([]engine.BadBlock, string, bool, error) {
+	ids, err := s.ids()
+	if err != nil {
+		return nil, "", false, err
+	}
+	for i := len(ids) - 1; i >= 0; i-- {
+		rep, _, err := s.Get(ids[i])
+		if err != nil || !rep.Requested.Data {
+			continue
+		}
+		var bad []engine.BadBlock
+		for _, st := range rep.Structures {
+			for _, f := range st.Findings {
+				if f.Name == engine.ErrDataChecksum.Name() && f.Inode != 0 && f.Offset != nil {
+					b := engine.BadBlock{Ino: f.Inode, Offset: *f.Offset}
+					if f.DiskBlock != nil {
+						b.Disk = format.BlockNr(*f.DiskBlock)
+					}
+					bad = append(bad, b)
+				}
+			}
+		}
+		return bad, ids[i], true, nil
+	}
+	return nil, "", false, nil
+}
+
+// Scope resolves an incremental (since the last complete data scrub) or
+// errors-only (the last data scrub's bad blocks) request against the
+// kept runs: the generation to read since (0: everything), or the blocks
+// to re-read (onlyErrors), and a note for the report.
+func (s *Store) Scope(incremental, errors bool) (since uint64, bad []engine.BadBlock, onlyErrors bool, note string, err error) {
+	switch {
+	case incremental:
+		gen, id, ok, err := s.LastComplete()
+		if err != nil {
+			return 0, nil, false, "", err
+		}
+		if !ok {
+			return 0, nil, false, "incremental: no complete data scrub is kept, so this one reads everything", nil
+		}
+		return gen, nil, false, fmt.Sprintf("incremental: the data written since run %s (generation %d)", id, gen), nil
+	case errors:
+		bad, id, ok, err := s.LastBadBlocks()
+		if err != nil {
+			return 0, nil, false, "", err
+		}
+		if !ok {
+			return 0, nil, true, "errors: no data scrub is kept, so there is nothing to re-read", nil
+		}
+		return 0, bad, true, fmt.Sprintf("errors: the %d bad blocks of run %s", len(bad), id), nil
+	}
+	return 0, nil, false, "", nil
 }

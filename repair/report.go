@@ -67,6 +67,10 @@ func findingReport(f engine.Finding) FindingReport {
 type Requested struct {
 	Repair bool `json:"repair"`
 	Data   bool `json:"data"`
+	// Since: only the data written after this generation was read.
+	Since uint64 `json:"since,omitempty"`
+	// Errors: only the blocks the last run found bad were read.
+	Errors bool `json:"errors,omitempty"`
 }
 
 // RebuildReport describes one online rebuild.
@@ -120,6 +124,9 @@ type Report struct {
 	// Interrupted says the run was canceled before it finished: the
 	// report holds what was checked until then, and Complete is false.
 	Interrupted bool `json:"interrupted,omitempty"`
+	// Scope says what part of the file data the run read, when not all
+	// of it (--since, --incremental, --errors).
+	Scope string `json:"scope,omitempty"`
 	// Resumed says the run continued the data scrub of an interrupted one
 	// (whose start it names) from its cursor: the files before it were
 	// not read again, and their bad blocks are reported again.

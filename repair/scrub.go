@@ -45,6 +45,13 @@ type ScrubOptions struct {
 	// engine.ScrubCursor).
 	Resume     *engine.ScrubCursor
 	Checkpoint func(engine.ScrubCursor)
+	// Since, with Data, reads only the file data written after this
+	// generation (see scope.go); the metadata is checked in full.
+	Since uint64
+	// OnlyErrors, with Data, reads only the blocks of Errors (the last
+	// run's bad blocks: zpool scrub -e).
+	OnlyErrors bool
+	Errors     []engine.BadBlock
 }
 
 // Scrub checks fsys (and repairs it with opts.Repair) and returns the report.
@@ -61,13 +68,28 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 	var verified uint64
 	ctl := opts.Control
 	first := true // the first pass counts progress; the checks after repairs do not
+	var scope *dataScope
+	if opts.Data && opts.OnlyErrors {
+		scope = scopeBlocks(opts.Errors)
+	} else if opts.Data && opts.Since > 0 {
+		pin := e.Pin()
+		var err error
+		scope, err = scopeSince(pin, format.Gen(opts.Since))
+		pin.Release()
+		if err != nil {
+			return nil, fmt.Errorf("the data written since generation %d: %w", opts.Since, err)
+		}
+	}
 	if ctl != nil {
 		// The whole first pass's units, known before it starts, so the
 		// percentage never goes back when the data scrub begins.
 		pin := e.Pin()
 		units := pin.ItemCount()
 		pin.Release()
-		if opts.Data {
+		switch {
+		case scope != nil:
+			units += scope.blocks
+		case opts.Data:
 			units += dataBlocks(e)
 		}
 		ctl.phaseStart("check", units)
@@ -82,7 +104,7 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 			if first {
 				res, cp = opts.Resume, opts.Checkpoint
 			}
-			df, n, err = scrubData(ctx, fsys, ctl, first, res, cp)
+			df, n, err = scrubData(ctx, fsys, ctl, first, res, cp, scope)
 			verified += n
 			found = append(found, df...)
 		}
@@ -104,6 +126,10 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 	}
 	rep := newReport(opts.Mode, target, started, res, append(opened, found...))
 	describe(rep, e, opts, verified)
+	if scope != nil {
+		rep.Scope = scope.what
+		rep.Notes = append(rep.Notes, fmt.Sprintf("the data scrub read only %s (%d blocks); the metadata was checked in full", scope.what, scope.blocks))
+	}
 	if r := opts.Resume; r != nil && opts.Data {
 		rep.Resumed = &Resumed{RunStarted: time.Unix(0, r.Run).UTC(), FromInode: r.NextIno, VerifiedBefore: r.Verified}
 		rep.Notes = append(rep.Notes, fmt.Sprintf("resumed the data scrub of the run started %s, interrupted before inode %d: %d bytes verified then were not read again; its %d bad blocks are reported again",
@@ -158,7 +184,7 @@ func describe(rep *Report, e *engine.Engine, opts ScrubOptions, verified uint64)
 	sb := s.Super()
 	s.Release()
 	rep.UUID, rep.Label = sb.FSID.String(), sb.Label
-	rep.Requested = Requested{Repair: opts.Repair, Data: opts.Data}
+	rep.Requested = Requested{Repair: opts.Repair, Data: opts.Data, Since: opts.Since, Errors: opts.OnlyErrors}
 	rep.BytesVerified = verified
 }
 
@@ -238,7 +264,7 @@ func dataBlocks(e *engine.Engine) uint64 {
 // are res.Bad, reported again — and checkpoint, if set, is told the
 // position after each file (inode numbers are never reused, so files made
 // since an interruption are all above it, and none is read twice).
-func scrubData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool, res *engine.ScrubCursor, checkpoint func(engine.ScrubCursor)) ([]engine.Finding, uint64, error) {
+func scrubData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool, res *engine.ScrubCursor, checkpoint func(engine.ScrubCursor), scope *dataScope) ([]engine.Finding, uint64, error) {
 	if first {
 		c.phaseStart("data", 0)
 	} else {
@@ -270,6 +296,9 @@ func scrubData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool, re
 					return err
 				}
 			case syscall.S_IFREG:
+				if scope != nil && len(scope.files[de.Ino]) == 0 {
+					continue
+				}
 				if !seen[de.Ino] {
 					seen[de.Ino] = true
 					files = append(files, file{de.Ino, p})
@@ -307,7 +336,9 @@ func scrubData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool, re
 			}
 			if a, err := fsys.GetAttr(f.ino); err == nil {
 				for off := uint64(0); off < a.Size; off += format.BlockSize {
-					c.tick(0)
+					if scope == nil || scope.has(f.ino, off/format.BlockSize) {
+						c.tick(0)
+					}
 				}
 			}
 		}
@@ -326,6 +357,9 @@ func scrubData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool, re
 				if err := ctx.Err(); err != nil {
 					return out, verified, err
 				}
+			}
+			if scope != nil && !scope.has(f.ino, off/format.BlockSize) {
+				continue
 			}
 			n, err := fsys.Read(f.ino, buf, int64(off))
 			c.tick(uint64(n))

@@ -348,3 +348,48 @@ func TestScrubResumesAfterKill(t *testing.T) {
 		t.Fatalf("a scrub ran after a complete one: %+v", st.Status)
 	}
 }
+
+// TestScrubIncremental: after a complete data scrub, --incremental reads
+// only what was written since (the report names the scope and the
+// generation), --errors re-reads only the last run's bad blocks (none
+// here), and the three flags are usage errors without --data or together.
+func TestScrubIncremental(t *testing.T) {
+	needFuse(t)
+	privateRuntimeDir(t)
+	t.Setenv("SCRUBD_STATE_DIR", t.TempDir())
+	img := filepath.Join(t.TempDir(), "fs.img")
+	expect(t, 0, "mkfs", img, "--size", "128M")
+	dir := t.TempDir()
+	startMount(t, img, dir, "--commit-interval", "-1s")
+	for i := 0; i < 300; i++ {
+		writeSynced(t, filepath.Join(dir, fmt.Sprintf("f%03d", i)), bytes.Repeat([]byte{byte(i)}, 64<<10), 0)
+	}
+	full := parseReport(t, expect(t, 0, "scrub", dir, "--data", "--json"))
+	writeSynced(t, filepath.Join(dir, "zz-new"), bytes.Repeat([]byte("n"), 1<<20), 0)
+	var inc struct {
+		Requested struct {
+			Since  uint64 `json:"since"`
+			Errors bool   `json:"errors"`
+		} `json:"requested"`
+		Scope         string   `json:"scope"`
+		BytesVerified uint64   `json:"bytes_verified"`
+		Notes         []string `json:"notes"`
+		Status        string   `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(expect(t, 0, "scrub", dir, "--data", "--incremental", "--json")), &inc); err != nil {
+		t.Fatal(err)
+	}
+	if inc.Requested.Since == 0 || inc.Scope == "" || inc.BytesVerified < 1<<20 || inc.BytesVerified >= full.BytesVerified/2 {
+		t.Fatalf("incremental after a full scrub of %d bytes: %+v", full.BytesVerified, inc)
+	}
+	inc.Scope, inc.BytesVerified = "", 1
+	if err := json.Unmarshal([]byte(expect(t, 0, "scrub", dir, "--data", "--errors", "--json")), &inc); err != nil {
+		t.Fatal(err)
+	}
+	if !inc.Requested.Errors || inc.BytesVerified != 0 || inc.Status != "clean" {
+		t.Fatalf("--errors with no bad block: %+v", inc)
+	}
+	for _, a := range [][]string{{"--since", "5"}, {"--incremental"}, {"--data", "--incremental", "--errors"}} {
+		expect(t, 16, append([]string{"scrub", dir}, a...)...)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/scrubd/scrubd/daemon"
 	"github.com/scrubd/scrubd/engine/format"
 	"github.com/scrubd/scrubd/engine/fs"
+	"github.com/scrubd/scrubd/history"
 	"github.com/scrubd/scrubd/repair"
 )
 
@@ -27,6 +28,9 @@ type scrubOptions struct {
 	progressEvery time.Duration
 	noProgress    bool
 	rate          string
+	since         uint64
+	incremental   bool
+	errors        bool
 }
 
 // progress says whether the run shows its progress.
@@ -60,6 +64,13 @@ control it, and its report becomes the status's last scrub.
 --data also reads every file and verifies every block's checksum, naming
 the file and offset of each bad one.
 
+--since GEN, --incremental and --errors limit what --data reads: the data
+written after generation GEN (every block carries the generation that
+wrote it; extent-tree leaves written since name the data mapped since),
+the data written since the last complete data scrub kept in the history
+("scrubd report"), or only the blocks the last data scrub found bad
+(zpool scrub -e). The metadata is always checked in full.
+
 --rate limits the data reads of --data: a rate in bytes a second (200M,
 1.5GiB), auto — read at full speed while no program writes to the mount,
 at 8 MiB/s while they do (a scrub that runs under a constant write load
@@ -88,6 +99,15 @@ incomplete ("complete": false, "interrupted": true in JSON).
 			if _, err := repair.ParseRate(o.rate); err != nil {
 				return usageError(fmt.Errorf("--rate: %w", err))
 			}
+			n := 0
+			for _, b := range []bool{o.since != 0, o.incremental, o.errors} {
+				if b {
+					n++
+				}
+			}
+			if n > 1 || (n == 1 && !o.data) {
+				return usageError(fmt.Errorf("--since, --incremental and --errors limit the data scrub: give one of them, with --data"))
+			}
 			var rep *repair.Report
 			if o.background {
 				mnt, ok := daemon.Discover(target)
@@ -95,7 +115,7 @@ incomplete ("complete": false, "interrupted": true in JSON).
 					return usageError(fmt.Errorf("--background needs a mountpoint a scrubd mount serves; %s is not one", target))
 				}
 				return withClient(cmd.Context(), mnt, func(ctx context.Context, cl *daemon.Client) (*daemon.Status, error) {
-					return cl.StartScrub(ctx, daemon.Request{Repair: o.repair, Data: o.data, Rate: o.rate})
+					return cl.StartScrub(ctx, o.request())
 				}, func(w io.Writer, st *daemon.Status) {
 					fmt.Fprintf(w, "%s: scrub started in the background; follow it with: scrubd status %s\n", st.Mountpoint, st.Mountpoint)
 				}, o.asJSON, cmd.OutOrStdout())
@@ -113,6 +133,9 @@ incomplete ("complete": false, "interrupted": true in JSON).
 	c.Flags().BoolVar(&o.asJSON, "json", false, "print the versioned JSON report")
 	c.Flags().BoolVar(&o.background, "background", false, "start the scrub on the mount and return at once (see scrubd status)")
 	c.Flags().StringVar(&o.rate, "rate", "", "limit the data reads: a rate such as 200M (bytes a second), auto (back off while programs write), or auto,200M")
+	c.Flags().Uint64Var(&o.since, "since", 0, "with --data, read only the data written after this generation")
+	c.Flags().BoolVar(&o.incremental, "incremental", false, "with --data, read only the data written since the last complete data scrub")
+	c.Flags().BoolVar(&o.errors, "errors", false, "with --data, re-read only the blocks the last data scrub found bad")
 	c.Flags().DurationVar(&o.progressEvery, "progress-interval", 10*time.Second, "when stderr is not a terminal, print a progress line this often")
 	return c
 }
@@ -137,7 +160,12 @@ func scrubOnline(ctx context.Context, mnt string, o scrubOptions) (*repair.Repor
 			defer stop()
 		}
 	}
-	return cl.RunScrub(ctx, daemon.Request{Repair: o.repair, Data: o.data, Rate: o.rate})
+	return cl.RunScrub(ctx, o.request())
+}
+
+// request is the control request of o.
+func (o scrubOptions) request() daemon.Request {
+	return daemon.Request{Repair: o.repair, Data: o.data, Rate: o.rate, Since: o.since, Incremental: o.incremental, Errors: o.errors}
 }
 
 // scrubImage checks an unmounted image through a private mount of it:
@@ -174,7 +202,25 @@ func scrubImage(ctx context.Context, img string, o scrubOptions, log *slog.Logge
 		stop := showProgress(os.Stderr, o.progressEvery, func() (repair.ScrubProgress, bool) { return ctl.Progress(), true })
 		defer stop()
 	}
-	rep, err := repair.Scrub(ctx, fsys, img, repair.ScrubOptions{Repair: repairIt, Data: data, Logger: log, Mode: "offline", TempDir: global.tmpDir, Control: ctl})
+	sopts := repair.ScrubOptions{Repair: repairIt, Data: data, Logger: log, Mode: "offline", TempDir: global.tmpDir, Control: ctl, Since: o.since}
+	var scopeNote string
+	if o.incremental || o.errors {
+		pin := fsys.Engine().Pin()
+		uuid := pin.Super().FSID.String()
+		pin.Release()
+		hs, err := history.Open(global.stateDir, uuid)
+		if err == nil {
+			sopts.Since, sopts.Errors, sopts.OnlyErrors, scopeNote, err = hs.Scope(o.incremental, o.errors)
+		}
+		if err != nil {
+			fsys.Close()
+			return nil, fmt.Errorf("the run history: %w", err)
+		}
+	}
+	rep, err := repair.Scrub(ctx, fsys, img, sopts)
+	if rep != nil && scopeNote != "" {
+		rep.Notes = append(rep.Notes, scopeNote)
+	}
 	if cerr := fsys.Close(); cerr != nil {
 		return nil, errors.Join(err, fmt.Errorf("close %s: %w", img, cerr))
 	}

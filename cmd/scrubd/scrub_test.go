@@ -33,11 +33,12 @@ func privateRuntimeDir(t *testing.T) string {
 
 // scrubReport is the part of the JSON report the tests look at.
 type scrubReport struct {
-	Mode       string `json:"mode"`
-	Status     string `json:"status"`
-	Found      int    `json:"found"`
-	Repaired   int    `json:"repaired"`
-	Structures []struct {
+	Mode          string `json:"mode"`
+	Status        string `json:"status"`
+	Found         int    `json:"found"`
+	BytesVerified uint64 `json:"bytes_verified"`
+	Repaired      int    `json:"repaired"`
+	Structures    []struct {
 		Name     string `json:"name"`
 		Found    int    `json:"found"`
 		Repaired int    `json:"repaired"`
