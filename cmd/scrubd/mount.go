@@ -4,14 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/scrubd/scrubd/daemon"
 	"github.com/scrubd/scrubd/engine/fs"
-	"github.com/scrubd/scrubd/engine/fuse"
 	"github.com/scrubd/scrubd/history"
 	"github.com/scrubd/scrubd/repair"
 )
@@ -184,47 +182,18 @@ EXIT STATUS
 			if err != nil {
 				return err
 			}
-			fsys, err := fs.OpenPath(img, fs.Options{NoTreeLog: o.noTreeLog, CommitInterval: o.commitInterval, Logger: log})
-			if err != nil {
-				return err
-			}
-			source := img
-			if abs, err := filepath.Abs(img); err == nil {
-				source = abs
-			}
-			srv, err := fuse.Mount(fsys, mountpoint, fuse.Options{AllowOther: o.allowOther, FsName: source, Debug: o.debug, Logger: log})
-			if err != nil {
-				return errors.Join(err, fsys.Close())
-			}
-			// The control socket (scrubd scrub/inject MOUNTPOINT) is up
-			// before "mounted" is printed. It closes, cancelling a running
-			// scrub, as soon as a signal arrives (the context ends) or,
-			// after an umount from outside, when Run returns: always
-			// before the filesystem is closed. Without it the mount still
-			// serves files, so a failure to start it only warns.
-			ctl, cerr := daemon.Serve(cmd.Context(), fsys, mountpoint, daemon.Options{Image: source, Logger: log, TempDir: global.tmpDir, Schedules: schedules,
-				HistoryDir: global.stateDir, HistoryKeep: o.historyKeep, HistoryMaxAge: o.historyMaxAge,
-				Notify: daemon.NotifyOptions{Exec: o.notifyExec, Webhook: o.notifyWebhook}, MetricsAddr: o.metrics, AutoRepair: o.autoRepair, ScheduleRate: o.rate})
-			if cerr != nil && (o.metrics != "" || o.autoRepair || len(schedules) > 0 || o.notifyExec != "" || o.notifyWebhook != "") {
-				// What was asked for (metrics, schedules, notifications)
-				// cannot run without it: refuse rather than serve
-				// without them.
-				uerr := srv.Unmount()
-				srv.Wait()
-				return errors.Join(cerr, uerr, fsys.Close())
-			}
-			if cerr != nil {
-				log.Warn("no control socket: scrub and inject cannot reach this mount", "err", cerr)
-			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "mounted %s on %s\n", img, mountpoint)
-			runErr := srv.Run(cmd.Context())
-			if ctl != nil {
-				if err := ctl.Close(); err != nil {
-					log.Warn("closing the control socket", "err", err)
-				}
-			}
-			if err := errors.Join(runErr, fsys.Close()); err != nil {
+			err = daemon.Mount(cmd.Context(), daemon.MountOptions{
+				Image: img, Mountpoint: mountpoint, Logger: log,
+				FS:         fs.Options{NoTreeLog: o.noTreeLog, CommitInterval: o.commitInterval},
+				AllowOther: o.allowOther, Debug: o.debug,
+				Server: daemon.Options{TempDir: global.tmpDir, Schedules: schedules,
+					HistoryDir: global.stateDir, HistoryKeep: o.historyKeep, HistoryMaxAge: o.historyMaxAge,
+					Notify:      daemon.NotifyOptions{Exec: o.notifyExec, Webhook: o.notifyWebhook},
+					MetricsAddr: o.metrics, AutoRepair: o.autoRepair, ScheduleRate: o.rate},
+				Ready: func() { fmt.Fprintf(out, "mounted %s on %s\n", img, mountpoint) },
+			})
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(out, "unmounted %s; committed %s\n", mountpoint, img)
