@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/scrubd/scrubd/inject"
 	"github.com/scrubd/scrubd/repair"
 )
 
@@ -134,13 +135,13 @@ func (c *Client) statusCall(ctx context.Context, req Request) (*Status, error) {
 }
 
 // Inject damages one block of the mount's committed tree (see
-// repair.InjectOnline).
-func (c *Client) Inject(ctx context.Context, tree, kind string, seed uint64) (*repair.InjectResult, error) {
+// inject.Online).
+func (c *Client) Inject(ctx context.Context, tree, kind string, seed uint64) (*inject.Result, error) {
 	return c.InjectLevel(ctx, tree, kind, seed, nil)
 }
 
 // InjectLevel is Inject restricted to the nodes of one level (nil: any).
-func (c *Client) InjectLevel(ctx context.Context, tree, kind string, seed uint64, level *int) (*repair.InjectResult, error) {
+func (c *Client) InjectLevel(ctx context.Context, tree, kind string, seed uint64, level *int) (*inject.Result, error) {
 	r, err := c.call(ctx, Request{Op: OpInject, Tree: tree, Kind: kind, Seed: seed, Level: level})
 	if err != nil {
 		return nil, err

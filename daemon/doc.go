@@ -34,7 +34,7 @@
 //	anything that fails                                  → {"error":"…","code":"…"}
 //
 // The report is repair.Report (its JSON is versioned); inject answers
-// repair.InjectResult; status answers Status.
+// inject.Result; status answers Status.
 //
 // One maintenance operation runs at a time: a scrub or inject that
 // arrives while a scrub (or inject) is running is refused at once with

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/scrubd/scrubd/inject"
 	"github.com/scrubd/scrubd/repair"
 )
 
@@ -56,11 +57,11 @@ type Request struct {
 
 // Response is one line the server answers; exactly one field is set.
 type Response struct {
-	Report *repair.Report       `json:"report,omitempty"`
-	Inject *repair.InjectResult `json:"inject,omitempty"`
-	Status *Status              `json:"status,omitempty"`
-	Error  string               `json:"error,omitempty"`
-	Code   string               `json:"code,omitempty"`
+	Report *repair.Report `json:"report,omitempty"`
+	Inject *inject.Result `json:"inject,omitempty"`
+	Status *Status        `json:"status,omitempty"`
+	Error  string         `json:"error,omitempty"`
+	Code   string         `json:"code,omitempty"`
 }
 
 // Error codes of a Response.

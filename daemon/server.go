@@ -24,6 +24,7 @@ import (
 	sfs "github.com/scrubd/scrubd/engine/fs"
 	"github.com/scrubd/scrubd/history"
 	"github.com/scrubd/scrubd/hooks"
+	"github.com/scrubd/scrubd/inject"
 	"github.com/scrubd/scrubd/repair"
 )
 
@@ -790,14 +791,14 @@ func (s *Server) inject(req Request) Response {
 	if !ok {
 		return errResponse(CodeBadRequest, fmt.Sprintf("inject: unknown tree %q", req.Tree))
 	}
-	if !slices.Contains(repair.InjectKinds, req.Kind) {
-		return errResponse(CodeBadRequest, fmt.Sprintf("inject: unknown kind %q (kinds: %v)", req.Kind, repair.InjectKinds))
+	if !slices.Contains(inject.Kinds, req.Kind) {
+		return errResponse(CodeBadRequest, fmt.Sprintf("inject: unknown kind %q (kinds: %v)", req.Kind, inject.Kinds))
 	}
 	if err := s.begin(OpInject); err != nil {
 		return errResponse(CodeBusy, err.Error())
 	}
 	defer s.end()
-	res, err := repair.InjectOnline(s.fsys.Engine(), repair.InjectOptions{Tree: tree, Kind: req.Kind, Seed: req.Seed, Level: req.Level})
+	res, err := inject.Online(s.fsys.Engine(), inject.Options{Tree: tree, Kind: req.Kind, Seed: req.Seed, Level: req.Level})
 	if err != nil {
 		return errResponse(CodeFailed, "inject: "+err.Error())
 	}

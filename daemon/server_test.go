@@ -26,6 +26,7 @@ import (
 	"github.com/scrubd/scrubd/engine"
 	sfs "github.com/scrubd/scrubd/engine/fs"
 	"github.com/scrubd/scrubd/engine/fuse"
+	"github.com/scrubd/scrubd/inject"
 	"github.com/scrubd/scrubd/repair"
 )
 
@@ -164,8 +165,8 @@ func TestServeProtocol(t *testing.T) {
 	if err != nil || rep.Status != repair.StatusClean || rep.Mode != "online" || rep.Target != dir {
 		t.Fatalf("scrub of a healthy fs: %v %+v", err, rep)
 	}
-	inj, err := c.Inject(ctx, "rmap", repair.KindZero, 7)
-	if err != nil || inj.Tree != "rmap" || inj.Kind != repair.KindZero {
+	inj, err := c.Inject(ctx, "rmap", inject.Zero, 7)
+	if err != nil || inj.Tree != "rmap" || inj.Kind != inject.Zero {
 		t.Fatalf("inject: %v %+v", err, inj)
 	}
 	rep, err = c.Scrub(ctx, false, false)
@@ -211,7 +212,7 @@ func TestServeProtocol(t *testing.T) {
 			t.Errorf("inject %v: %v", args, err)
 		}
 	}
-	_, err = c.Inject(ctx, "subvol", repair.KindDropRecord, 1)
+	_, err = c.Inject(ctx, "subvol", inject.DropRecord, 1)
 	var re *RemoteError
 	if !errors.As(err, &re) || re.Code != CodeFailed || !strings.Contains(err.Error(), "no block that drop-record can damage") {
 		t.Errorf("inject drop-record into the empty subvolume tree: %v", err)

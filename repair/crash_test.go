@@ -11,6 +11,7 @@ import (
 	"github.com/scrubd/scrubd/engine/disk"
 	"github.com/scrubd/scrubd/engine/format"
 	"github.com/scrubd/scrubd/engine/fs"
+	"github.com/scrubd/scrubd/inject"
 )
 
 type nopClose struct{ disk.Device }
@@ -93,7 +94,7 @@ func crashDuringRebuild(t *testing.T, name string, damaged bool) {
 		t.Fatal(err)
 	}
 	if damaged {
-		if _, err := InjectOnline(f.Engine(), InjectOptions{Tree: rb.tree, Kind: KindBitflip, Seed: 5}); err != nil {
+		if _, err := inject.Online(f.Engine(), inject.Options{Tree: rb.tree, Kind: inject.Bitflip, Seed: 5}); err != nil {
 			t.Fatal(err)
 		}
 		f.Engine().MarkSick(rb.st, 0, engine.ErrNodeBadChecksum)

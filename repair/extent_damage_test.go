@@ -10,6 +10,7 @@ import (
 	"github.com/scrubd/scrubd/engine"
 	"github.com/scrubd/scrubd/engine/format"
 	"github.com/scrubd/scrubd/engine/fs"
+	"github.com/scrubd/scrubd/inject"
 )
 
 // TestExtentDamageFailsOnlyItsFiles: with a leaf of the file-extent tree
@@ -21,7 +22,7 @@ import (
 func TestExtentDamageFailsOnlyItsFiles(t *testing.T) {
 	img := populatedImage(t)
 	lv := 0
-	inj, err := InjectOffline(img, InjectOptions{Tree: format.TreeExtent, Kind: KindBitflip, Seed: 2, Level: &lv})
+	inj, err := inject.Offline(img, inject.Options{Tree: format.TreeExtent, Kind: inject.Bitflip, Seed: 2, Level: &lv})
 	if err != nil {
 		t.Fatal(err)
 	}

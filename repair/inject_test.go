@@ -14,6 +14,7 @@ import (
 
 	"github.com/scrubd/scrubd/engine/format"
 	"github.com/scrubd/scrubd/engine/fs"
+	"github.com/scrubd/scrubd/inject"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata")
@@ -149,7 +150,7 @@ func repairOutcome(t *testing.T, img string, tree format.TreeID) string {
 // finding ids an offline check reports and, for a tree with a repairer,
 // how an offline repair (fsck --repair) ends (testdata/inject_matrix.golden,
 // rewritten with -update). A kind that cannot apply must be refused with
-// ErrInject, not silently do something else.
+// inject.ErrRefused, not silently do something else.
 func TestInjectMatrix(t *testing.T) {
 	skipShort(t)
 	base := populatedImage(t)
@@ -162,16 +163,16 @@ func TestInjectMatrix(t *testing.T) {
 	var got strings.Builder
 	img := filepath.Join(t.TempDir(), "case.img")
 	for _, tree := range trees {
-		for _, kind := range InjectKinds {
+		for _, kind := range inject.Kinds {
 			for level := 0; level <= 1; level++ {
 				if err := os.WriteFile(img, pristine, 0o600); err != nil {
 					t.Fatal(err)
 				}
 				lv := level
-				res, err := InjectOffline(img, InjectOptions{Tree: tree, Kind: kind, Seed: 5, Level: &lv})
+				res, err := inject.Offline(img, inject.Options{Tree: tree, Kind: kind, Seed: 5, Level: &lv})
 				line := fmt.Sprintf("%s %s level=%d:", tree, kind, level)
 				if err != nil {
-					if !errors.Is(err, ErrInject) {
+					if !errors.Is(err, inject.ErrRefused) {
 						t.Fatalf("%s %v", line, err)
 					}
 					fmt.Fprintf(&got, "%s refused\n", line)

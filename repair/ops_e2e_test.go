@@ -8,6 +8,7 @@ import (
 
 	"github.com/scrubd/scrubd/engine/format"
 	"github.com/scrubd/scrubd/engine/fs"
+	"github.com/scrubd/scrubd/inject"
 )
 
 // TestTwoDamagedStructures damages two trees of one image and repairs it
@@ -24,7 +25,7 @@ func TestTwoDamagedStructures(t *testing.T) {
 	lv := 0
 	for _, c := range []struct {
 		name      string
-		damage    []InjectOptions
+		damage    []inject.Options
 		refused   []string // rows the notes must say were not repaired
 		zeroSuper bool     // also destroy superblock copy 16
 		status    string
@@ -34,8 +35,8 @@ func TestTwoDamagedStructures(t *testing.T) {
 			// damage (no repairer yet) makes it refuse, not rebuild
 			// from what is left.
 			name: "rmap and extent",
-			damage: []InjectOptions{{Tree: format.TreeRmap, Kind: KindBitflip, Seed: 3, Level: &lv},
-				{Tree: format.TreeExtent, Kind: KindDropRecord, Seed: 4, Level: &lv}},
+			damage: []inject.Options{{Tree: format.TreeRmap, Kind: inject.Bitflip, Seed: 3, Level: &lv},
+				{Tree: format.TreeExtent, Kind: inject.DropRecord, Seed: 4, Level: &lv}},
 			refused: []string{"rmap not repaired: it is rebuilt from extent"},
 			status:  StatusUncorrected,
 		},
@@ -43,8 +44,8 @@ func TestTwoDamagedStructures(t *testing.T) {
 			// The allocation tree cannot be read: the rmap rebuild,
 			// which reads every tree, refuses.
 			name: "rmap and alloc",
-			damage: []InjectOptions{{Tree: format.TreeRmap, Kind: KindZero, Seed: 3, Level: &lv},
-				{Tree: format.TreeAlloc, Kind: KindBitflip, Seed: 4, Level: &lv}},
+			damage: []inject.Options{{Tree: format.TreeRmap, Kind: inject.Zero, Seed: 3, Level: &lv},
+				{Tree: format.TreeAlloc, Kind: inject.Bitflip, Seed: 4, Level: &lv}},
 			refused: []string{"rmap not repaired: it is rebuilt from alloc"},
 			status:  StatusUncorrected,
 		},
@@ -53,16 +54,16 @@ func TestTwoDamagedStructures(t *testing.T) {
 			// is rebuilt from the rmap first; the mount loads its free
 			// space from the rmap meanwhile.
 			name: "alloc and free",
-			damage: []InjectOptions{{Tree: format.TreeAlloc, Kind: KindBitflip, Seed: 3, Level: &lv},
-				{Tree: format.TreeFree, Kind: KindZero, Seed: 4, Level: &lv}},
+			damage: []inject.Options{{Tree: format.TreeAlloc, Kind: inject.Bitflip, Seed: 3, Level: &lv},
+				{Tree: format.TreeFree, Kind: inject.Zero, Seed: 4, Level: &lv}},
 			status: StatusCorrected,
 		},
 		{
 			// The alloc tree lost a record: rebuilt from the rmap;
 			// the free-space tree's stale block is rebuilt after it.
 			name: "alloc drop-record and free stale",
-			damage: []InjectOptions{{Tree: format.TreeAlloc, Kind: KindDropRecord, Seed: 3, Level: &lv},
-				{Tree: format.TreeFree, Kind: KindStaleGen, Seed: 4, Level: &lv}},
+			damage: []inject.Options{{Tree: format.TreeAlloc, Kind: inject.DropRecord, Seed: 3, Level: &lv},
+				{Tree: format.TreeFree, Kind: inject.StaleGen, Seed: 4, Level: &lv}},
 			status: StatusCorrected,
 		},
 		{
@@ -71,15 +72,15 @@ func TestTwoDamagedStructures(t *testing.T) {
 			// waits for the other, both are refused, the image is left
 			// as it was.
 			name: "rmap and free",
-			damage: []InjectOptions{{Tree: format.TreeRmap, Kind: KindBitflip, Seed: 3, Level: &lv},
-				{Tree: format.TreeFree, Kind: KindBitflip, Seed: 4, Level: &lv}},
+			damage: []inject.Options{{Tree: format.TreeRmap, Kind: inject.Bitflip, Seed: 3, Level: &lv},
+				{Tree: format.TreeFree, Kind: inject.Bitflip, Seed: 4, Level: &lv}},
 			refused: []string{"rmap not repaired", "free not repaired"},
 			status:  StatusUncorrected,
 		},
 		{
 			// A superblock copy and the rmap: both repaired.
 			name:      "superblock and rmap",
-			damage:    []InjectOptions{{Tree: format.TreeRmap, Kind: KindStaleGen, Seed: 3, Level: &lv}},
+			damage:    []inject.Options{{Tree: format.TreeRmap, Kind: inject.StaleGen, Seed: 3, Level: &lv}},
 			zeroSuper: true,
 			status:    StatusCorrected,
 		},
@@ -90,7 +91,7 @@ func TestTwoDamagedStructures(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, d := range c.damage {
-				if _, err := InjectOffline(img, d); err != nil {
+				if _, err := inject.Offline(img, d); err != nil {
 					t.Fatalf("inject %+v: %v", d, err)
 				}
 			}

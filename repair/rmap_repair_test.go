@@ -16,6 +16,7 @@ import (
 	"github.com/scrubd/scrubd/engine"
 	"github.com/scrubd/scrubd/engine/format"
 	"github.com/scrubd/scrubd/engine/fs"
+	"github.com/scrubd/scrubd/inject"
 )
 
 func checkFindings(t *testing.T, e *engine.Engine) []engine.Finding {
@@ -216,7 +217,7 @@ func TestRebuildDamagedRmap(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := flipRootByte(img, format.TreeRmap); err != nil {
+	if _, err := inject.FlipRoot(img, format.TreeRmap); err != nil {
 		t.Fatal(err)
 	}
 	f, err = fs.OpenPath(img, fs.Options{CommitInterval: -1})
@@ -259,7 +260,7 @@ func TestDegradedMountKeepsWriting(t *testing.T) {
 	a, _ := f.Create(fs.RootIno, "before", fs.NewInode{Mode: 0o644})
 	f.Write(a.Ino, bytes.Repeat([]byte("x"), 100000), 0)
 	f.Close()
-	if _, err := flipRootByte(img, format.TreeRmap); err != nil {
+	if _, err := inject.FlipRoot(img, format.TreeRmap); err != nil {
 		t.Fatal(err)
 	}
 	f, err = fs.OpenPath(img, fs.Options{CommitInterval: -1})

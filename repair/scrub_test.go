@@ -16,6 +16,7 @@ import (
 	"github.com/scrubd/scrubd/engine"
 	"github.com/scrubd/scrubd/engine/format"
 	"github.com/scrubd/scrubd/engine/fs"
+	"github.com/scrubd/scrubd/inject"
 )
 
 // onlineMatrixTrees are the trees the online damage matrix covers: every
@@ -46,13 +47,13 @@ func goldenIDs(t *testing.T) map[string][]string {
 // the damaged tree itself, whatever else it causes.
 func primaryID(kind string, level int, tree format.TreeID) string {
 	switch kind {
-	case KindBitflip:
+	case inject.Bitflip:
 		return "node_bad_checksum"
-	case KindZero:
+	case inject.Zero:
 		return "node_bad_magic"
-	case KindStaleGen:
+	case inject.StaleGen:
 		return "node_stale"
-	case KindWrongOwner:
+	case inject.WrongOwner:
 		if level == 0 && (tree == format.TreeRmap || tree == format.TreeExtent) {
 			return "" // a record's owner: only cross-references see it
 		}
@@ -79,7 +80,7 @@ func TestScrubRepairDamageOnline(t *testing.T) {
 	}
 	n := 0
 	for _, tree := range onlineMatrixTrees {
-		for _, kind := range InjectKinds {
+		for _, kind := range inject.Kinds {
 			for level := 0; level <= 1; level++ {
 				n++
 				if (raceEnabled || testing.Short()) && os.Getenv("SCRUBD_MATRIX_ALL") == "" && n%3 != 0 {
@@ -123,11 +124,11 @@ func onlineDamageCase(t *testing.T, img string, tree format.TreeID, kind string,
 		t.Fatal(err)
 	}
 	lv := level
-	inj, err := InjectOnline(f.Engine(), InjectOptions{Tree: tree, Kind: kind, Seed: 3, Level: &lv})
+	inj, err := inject.Online(f.Engine(), inject.Options{Tree: tree, Kind: kind, Seed: 3, Level: &lv})
 	if err != nil {
 		stop()
 		f.Close()
-		if errors.Is(err, ErrInject) {
+		if errors.Is(err, inject.ErrRefused) {
 			t.Skipf("not injectable here: %v", err)
 		}
 		t.Fatal(err)
@@ -142,13 +143,13 @@ func onlineDamageCase(t *testing.T, img string, tree format.TreeID, kind string,
 	// the repair then keeps what the files read (it rebuilds the rmap).
 	// Any other damage is repaired to what was written.
 	var wantFiles map[string][]byte
-	if tree == format.TreeExtent && kind == KindWrongOwner && level == 0 && !hasFinding(rep, "extent_past_eof", "extent_overlap") {
+	if tree == format.TreeExtent && kind == inject.WrongOwner && level == 0 && !hasFinding(rep, "extent_past_eof", "extent_overlap") {
 		wantFiles = readPopulated(t, f)
 	}
 	if rep.Status != StatusUncorrected || rep.ExitCode() != ExitUncorrected {
 		t.Fatalf("scrub after the damage: status %s: %+v", rep.Status, rep.Structures)
 	}
-	if kind == KindWrongOwner && level == 0 && tree == format.TreeRmap {
+	if kind == inject.WrongOwner && level == 0 && tree == format.TreeRmap {
 		// The record given another owner may be a tree's (the offline
 		// matrix's image had a file's there): its blocks then have a
 		// record of the wrong tree and none of their own.
@@ -269,7 +270,7 @@ func TestRepairRefusesDamagedSources(t *testing.T) {
 				want[a.Ino] = data
 			}
 			f.Close()
-			if _, err := InjectOffline(img, InjectOptions{Tree: format.TreeExtent, Kind: KindDropRecord, Seed: 1}); err != nil {
+			if _, err := inject.Offline(img, inject.Options{Tree: format.TreeExtent, Kind: inject.DropRecord, Seed: 1}); err != nil {
 				t.Fatal(err)
 			}
 			before, err := CheckOffline(context.Background(), img, Options{})

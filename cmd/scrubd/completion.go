@@ -4,7 +4,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/scrubd/scrubd/engine/format"
-	"github.com/scrubd/scrubd/repair"
+	"github.com/scrubd/scrubd/inject"
 )
 
 // registerCompletions completes flag values in the shell completions
@@ -28,7 +28,7 @@ func registerCompletions(root *cobra.Command) {
 		switch c.Name() {
 		case "inject":
 			c.RegisterFlagCompletionFunc("tree", fixed(trees...))
-			c.RegisterFlagCompletionFunc("kind", fixed(repair.InjectKinds...))
+			c.RegisterFlagCompletionFunc("kind", fixed(inject.Kinds...))
 			c.RegisterFlagCompletionFunc("level", fixed("0", "1", "2", "3"))
 		case "mkfs":
 			c.RegisterFlagCompletionFunc("size", fixed("256M", "1G", "4G", "16G", "64G"))

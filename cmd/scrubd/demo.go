@@ -3,9 +3,8 @@ package main
 import (
 	"fmt"
 
+	"github.com/scrubd/scrubd/demo"
 	"github.com/spf13/cobra"
-
-	"github.com/scrubd/scrubd/repair"
 )
 
 func newDemoCmd() *cobra.Command {
@@ -35,9 +34,9 @@ EXIT STATUS
 				return err
 			}
 			out := cmd.OutOrStdout()
-			var progress func(repair.DemoStep)
+			var progress func(demo.Step)
 			if !asJSON {
-				progress = func(s repair.DemoStep) {
+				progress = func(s demo.Step) {
 					mark := "ok  "
 					if !s.OK {
 						mark = "FAIL"
@@ -45,7 +44,7 @@ EXIT STATUS
 					fmt.Fprintf(out, "[%s] %-20s %6.2fs  %s\n", mark, s.Name, s.TookS, s.Detail)
 				}
 			}
-			res, err := repair.Demo(cmd.Context(), dir, repair.DemoOptions{Logger: log, Keep: keep}, progress)
+			res, err := demo.Run(cmd.Context(), dir, demo.Options{Logger: log, Keep: keep}, progress)
 			if err != nil {
 				return err
 			}

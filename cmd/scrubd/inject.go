@@ -9,7 +9,7 @@ import (
 
 	"github.com/scrubd/scrubd/daemon"
 	"github.com/scrubd/scrubd/engine/format"
-	"github.com/scrubd/scrubd/repair"
+	"github.com/scrubd/scrubd/inject"
 )
 
 type injectOptions struct {
@@ -36,7 +36,7 @@ On a busy mount the next commit may copy-on-write the damaged block away
 (writing the intact copy it already holds in memory), and then there is
 rightly nothing left for scrub to find.
 
-Kinds: ` + strings.Join(repair.InjectKinds, ", ") + `.
+Kinds: ` + strings.Join(inject.Kinds, ", ") + `.
   bitflip      flip a few bits after the header (a checksum mismatch)
   zero         zero the whole block
   drop-record  remove one record of a leaf, checksum kept valid
@@ -67,8 +67,8 @@ EXIT STATUS
 			if !ok {
 				return usageError(fmt.Errorf("--tree %q: no such tree", o.tree))
 			}
-			if !slices.Contains(repair.InjectKinds, o.kind) {
-				return usageError(fmt.Errorf("--kind %q: want one of %s", o.kind, strings.Join(repair.InjectKinds, ", ")))
+			if !slices.Contains(inject.Kinds, o.kind) {
+				return usageError(fmt.Errorf("--kind %q: want one of %s", o.kind, strings.Join(inject.Kinds, ", ")))
 			}
 			var level *int
 			if cmd.Flags().Changed("level") {
@@ -78,7 +78,7 @@ EXIT STATUS
 				level = &o.level
 			}
 			target := args[0]
-			var res *repair.InjectResult
+			var res *inject.Result
 			var err error
 			if mnt, served := daemon.Discover(target); served {
 				var cl *daemon.Client
@@ -87,7 +87,7 @@ EXIT STATUS
 					cl.Close()
 				}
 			} else if err = checkOffline(target); err == nil {
-				res, err = repair.InjectOffline(target, repair.InjectOptions{Tree: tree, Kind: o.kind, Seed: o.seed, Level: level})
+				res, err = inject.Offline(target, inject.Options{Tree: tree, Kind: o.kind, Seed: o.seed, Level: level})
 			}
 			if err != nil {
 				return err
@@ -105,7 +105,7 @@ EXIT STATUS
 		},
 	}
 	c.Flags().StringVar(&o.tree, "tree", "", "tree to damage: rmap, alloc, inode, … (see scrubd info)")
-	c.Flags().StringVar(&o.kind, "kind", repair.KindBitflip, "kind of damage")
+	c.Flags().StringVar(&o.kind, "kind", inject.Bitflip, "kind of damage")
 	c.Flags().Uint64Var(&o.seed, "seed", 1, "seed choosing the block and the damage")
 	c.Flags().IntVar(&o.level, "level", 0, "damage a node of this level only (0: a leaf; default: any level)")
 	c.Flags().BoolVar(&o.asJSON, "json", false, "print what was done as JSON")

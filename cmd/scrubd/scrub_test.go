@@ -14,7 +14,7 @@ import (
 
 	"github.com/scrubd/scrubd/daemon"
 	"github.com/scrubd/scrubd/engine/fs"
-	"github.com/scrubd/scrubd/repair"
+	"github.com/scrubd/scrubd/inject"
 )
 
 // privateRuntimeDir points XDG_RUNTIME_DIR (inherited by the mount and
@@ -170,7 +170,7 @@ func TestScrubOnline(t *testing.T) {
 	expect(t, 0, "scrub", dir, "--data")
 
 	out = expect(t, 0, "inject", dir, "--tree", "rmap", "--kind", "bitflip", "--json")
-	var inj repair.InjectResult
+	var inj inject.Result
 	if err := json.Unmarshal([]byte(out), &inj); err != nil || inj.Tree != "rmap" || inj.Kind != "bitflip" || inj.Block == 0 {
 		t.Fatalf("inject --json: %v\n%s", err, out)
 	}
@@ -238,7 +238,7 @@ func TestScrubOnline(t *testing.T) {
 			writes.Add(1)
 		}
 	}()
-	for i, kind := range repair.InjectKinds {
+	for i, kind := range inject.Kinds {
 		expect(t, 0, "scrub", dir) // no false positives under load
 		pause.Lock()
 		out := expect(t, 0, "inject", dir, "--tree", "rmap", "--kind", kind, "--seed", strconv.Itoa(10+i))
@@ -353,7 +353,7 @@ func TestScrubSocketGoneAfterExternalUnmount(t *testing.T) {
 // the rmap tree is found by fsck, repaired by fsck --repair, and gone
 // afterwards; the files are intact.
 func TestScrubOfflineEveryKind(t *testing.T) {
-	for i, kind := range repair.InjectKinds {
+	for i, kind := range inject.Kinds {
 		t.Run(kind, func(t *testing.T) {
 			img := mkfs(t)
 			want := populate(t, img)

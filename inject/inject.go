@@ -1,9 +1,10 @@
-package repair
+package inject
 
 import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
 
 	"github.com/scrubd/scrubd/engine"
@@ -17,18 +18,18 @@ import (
 
 // Injection kinds.
 const (
-	KindBitflip    = "bitflip"     // flip bits in a block (checksum mismatch)
-	KindZero       = "zero"        // zero a whole block
-	KindDropRecord = "drop-record" // remove one record, checksum kept valid
-	KindWrongOwner = "wrong-owner" // another owner: an rmap or file extent record's, or the block header's
-	KindStaleGen   = "stale-gen"   // a block claiming an older generation
+	Bitflip    = "bitflip"     // flip bits in a block (checksum mismatch)
+	Zero       = "zero"        // zero a whole block
+	DropRecord = "drop-record" // remove one record, checksum kept valid
+	WrongOwner = "wrong-owner" // another owner: an rmap or file extent record's, or the block header's
+	StaleGen   = "stale-gen"   // a block claiming an older generation
 )
 
-// InjectKinds lists the kinds in a stable order.
-var InjectKinds = []string{KindBitflip, KindZero, KindDropRecord, KindWrongOwner, KindStaleGen}
+// Kinds lists the kinds in a stable order.
+var Kinds = []string{Bitflip, Zero, DropRecord, WrongOwner, StaleGen}
 
-// InjectOptions say what damage to do.
-type InjectOptions struct {
+// Options say what damage to do.
+type Options struct {
 	Tree format.TreeID
 	Kind string
 	Seed uint64
@@ -38,8 +39,8 @@ type InjectOptions struct {
 	Level *int
 }
 
-// InjectResult says what was done.
-type InjectResult struct {
+// Result says what was done.
+type Result struct {
 	Version    int    `json:"version"` // of this document (1)
 	Tree       string `json:"tree"`
 	Kind       string `json:"kind"`
@@ -49,11 +50,11 @@ type InjectResult struct {
 	Detail     string `json:"detail"`
 }
 
-// ErrInject is wrapped by errors for requests that cannot be carried out.
-var ErrInject = errors.New("cannot inject")
+// ErrRefused is wrapped by errors for requests that cannot be carried out.
+var ErrRefused = errors.New("cannot inject")
 
-// InjectOffline damages an unmounted image.
-func InjectOffline(path string, opts InjectOptions) (*InjectResult, error) {
+// Offline damages an unmounted image.
+func Offline(path string, opts Options) (*Result, error) {
 	e, err := engine.OpenPath(path, engine.Options{ReadOnly: true})
 	if err != nil {
 		return nil, err
@@ -76,13 +77,13 @@ func InjectOffline(path string, opts InjectOptions) (*InjectResult, error) {
 	return res, dev.Flush()
 }
 
-// InjectOnline damages committed metadata of a mounted engine: with the
+// Online damages committed metadata of a mounted engine: with the
 // writers frozen right after a commit (so the block it damages is one the
 // filesystem goes on using, not one a running transaction has already
 // replaced), it writes the device directly and drops the engine's cached
 // copy.
-func InjectOnline(e *engine.Engine, opts InjectOptions) (*InjectResult, error) {
-	var res *InjectResult
+func Online(e *engine.Engine, opts Options) (*Result, error) {
+	var res *Result
 	err := e.Freeze(func(s *engine.Snapshot) error {
 		r, blk, err := planInjection(s, e.Device(), opts)
 		if err != nil {
@@ -106,13 +107,13 @@ func InjectOnline(e *engine.Engine, opts InjectOptions) (*InjectResult, error) {
 
 // planInjection picks a block of the tree in snapshot s and returns it
 // damaged as asked.
-func planInjection(s *engine.Snapshot, dev disk.Device, opts InjectOptions) (*InjectResult, []byte, error) {
-	if !slices.Contains(InjectKinds, opts.Kind) {
-		return nil, nil, fmt.Errorf("%w: unknown kind %q (kinds: %v)", ErrInject, opts.Kind, InjectKinds)
+func planInjection(s *engine.Snapshot, dev disk.Device, opts Options) (*Result, []byte, error) {
+	if !slices.Contains(Kinds, opts.Kind) {
+		return nil, nil, fmt.Errorf("%w: unknown kind %q (kinds: %v)", ErrRefused, opts.Kind, Kinds)
 	}
 	tr, ok := s.Tree(opts.Tree)
 	if !ok {
-		return nil, nil, fmt.Errorf("%w: no tree %s", ErrInject, opts.Tree)
+		return nil, nil, fmt.Errorf("%w: no tree %s", ErrRefused, opts.Tree)
 	}
 	type cand struct {
 		b     format.BlockNr
@@ -127,9 +128,9 @@ func planInjection(s *engine.Snapshot, dev disk.Device, opts InjectOptions) (*In
 		return nil, nil, err
 	}
 	if perr != nil {
-		return nil, nil, fmt.Errorf("%w: tree %s is already damaged: %v", ErrInject, opts.Tree, perr)
+		return nil, nil, fmt.Errorf("%w: tree %s is already damaged: %v", ErrRefused, opts.Tree, perr)
 	}
-	if opts.Kind == KindDropRecord || opts.Kind == KindWrongOwner {
+	if opts.Kind == DropRecord || opts.Kind == WrongOwner {
 		// A record to drop (a leaf's item, or an interior node's pointer
 		// with the subtree below it) or whose owner to change.
 		cands = slices.DeleteFunc(cands, func(c cand) bool { return c.items == 0 })
@@ -142,7 +143,7 @@ func planInjection(s *engine.Snapshot, dev disk.Device, opts InjectOptions) (*In
 		if opts.Level != nil {
 			at = fmt.Sprintf(" at level %d (its root is at level %d)", *opts.Level, tr.Level)
 		}
-		return nil, nil, fmt.Errorf("%w: tree %s has no block%s that %s can damage", ErrInject, opts.Tree, at, opts.Kind)
+		return nil, nil, fmt.Errorf("%w: tree %s has no block%s that %s can damage", ErrRefused, opts.Tree, at, opts.Kind)
 	}
 	r := rand.New(rand.NewPCG(opts.Seed, opts.Seed^0x5eed))
 	c := cands[r.IntN(len(cands))]
@@ -153,10 +154,10 @@ func planInjection(s *engine.Snapshot, dev disk.Device, opts InjectOptions) (*In
 	n := format.Node(blk)
 	// wrong-owner changes a record's owner in a leaf of a tree whose
 	// records name owners, the block header's owner anywhere else.
-	recordOwner := opts.Kind == KindWrongOwner && c.level == 0 && hasRecordOwners(opts.Tree)
-	res := &InjectResult{Version: 1, Tree: opts.Tree.String(), Kind: opts.Kind, Block: uint64(c.b), Level: c.level, Generation: uint64(n.Gen())}
+	recordOwner := opts.Kind == WrongOwner && c.level == 0 && hasRecordOwners(opts.Tree)
+	res := &Result{Version: 1, Tree: opts.Tree.String(), Kind: opts.Kind, Block: uint64(c.b), Level: c.level, Generation: uint64(n.Gen())}
 	switch opts.Kind {
-	case KindBitflip:
+	case Bitflip:
 		for i := 0; i < 1+r.IntN(3); i++ {
 			off := format.HeaderSize + r.IntN(format.BlockSize-format.HeaderSize)
 			bit := byte(1) << r.IntN(8)
@@ -164,10 +165,10 @@ func planInjection(s *engine.Snapshot, dev disk.Device, opts InjectOptions) (*In
 			res.Detail += fmt.Sprintf("flipped bit %#02x at offset %d; ", bit, off)
 		}
 		res.Detail = res.Detail[:len(res.Detail)-2]
-	case KindZero:
+	case Zero:
 		clear(blk)
 		res.Detail = "zeroed the block"
-	case KindDropRecord:
+	case DropRecord:
 		i := r.IntN(n.NrItems())
 		if n.IsLeaf() {
 			res.Detail = fmt.Sprintf("removed record %d, key %s", i, n.Key(i))
@@ -177,7 +178,7 @@ func planInjection(s *engine.Snapshot, dev disk.Device, opts InjectOptions) (*In
 			n.DeletePtr(i)
 		}
 		n.Seal()
-	case KindWrongOwner:
+	case WrongOwner:
 		if !recordOwner {
 			// The block claims another tree in its header, checksum kept
 			// valid: the check names it a wrong-owner block.
@@ -222,12 +223,12 @@ func planInjection(s *engine.Snapshot, dev disk.Device, opts InjectOptions) (*In
 			n.SetKey(i, k)
 		}
 		if !done {
-			return nil, nil, fmt.Errorf("%w: no record of block %d can take another owner in key order", ErrInject, c.b)
+			return nil, nil, fmt.Errorf("%w: no record of block %d can take another owner in key order", ErrRefused, c.b)
 		}
 		n.Seal()
-	case KindStaleGen:
+	case StaleGen:
 		if n.Gen() <= 1 {
-			return nil, nil, fmt.Errorf("%w: block %d is from generation %d; nothing older exists", ErrInject, c.b, n.Gen())
+			return nil, nil, fmt.Errorf("%w: block %d is from generation %d; nothing older exists", ErrRefused, c.b, n.Gen())
 		}
 		n.SetGen(n.Gen() - 1)
 		n.Seal()
@@ -263,5 +264,36 @@ func moveExtentOwner(n format.Node, b format.BlockNr, r *rand.Rand) error {
 		}
 		n.SetKey(i, k)
 	}
-	return fmt.Errorf("%w: no file extent record of block %d can move in key order", ErrInject, b)
+	return fmt.Errorf("%w: no file extent record of block %d can move in key order", ErrRefused, b)
+}
+
+// FlipRoot flips one bit in the root block of tree id of an unmounted
+// image (its checksum then fails) and returns the block.
+func FlipRoot(path string, id format.TreeID) (format.BlockNr, error) {
+	e, err := engine.OpenPath(path, engine.Options{ReadOnly: true})
+	if err != nil {
+		return 0, err
+	}
+	s := e.Pin()
+	ri, ok := s.Root(id)
+	s.Release()
+	e.Close()
+	if !ok {
+		return 0, fmt.Errorf("image has no %s tree", id)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	off := int64(ri.Root.Block)*format.BlockSize + 1000
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		return 0, err
+	}
+	b[0] ^= 0x20
+	if _, err := f.WriteAt(b, off); err != nil {
+		return 0, err
+	}
+	return ri.Root.Block, f.Sync()
 }

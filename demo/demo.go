@@ -1,4 +1,4 @@
-package repair
+package demo
 
 import (
 	"bytes"
@@ -17,10 +17,12 @@ import (
 	"github.com/scrubd/scrubd/engine/format"
 	"github.com/scrubd/scrubd/engine/fs"
 	"github.com/scrubd/scrubd/engine/fuse"
+	"github.com/scrubd/scrubd/inject"
+	"github.com/scrubd/scrubd/repair"
 )
 
-// DemoOptions configure Demo.
-type DemoOptions struct {
+// Options configure Run.
+type Options struct {
 	Logger *slog.Logger
 	// Keep keeps the temporary directory Demo makes when it is given none
 	// (by default it is removed at the end). A directory given is always
@@ -28,29 +30,29 @@ type DemoOptions struct {
 	Keep bool
 }
 
-// DemoStep is one step of the demo and whether it held.
-type DemoStep struct {
+// Step is one step of the demo and whether it held.
+type Step struct {
 	Name   string  `json:"name"`
 	OK     bool    `json:"ok"`
 	Detail string  `json:"detail"`
 	TookS  float64 `json:"took_s"`
 }
 
-// DemoResult is what Demo did.
-type DemoResult struct {
+// Result is what Run did.
+type Result struct {
 	Version int    `json:"version"` // of this document (1)
 	Image   string `json:"image"`
 	// Removed says the image's temporary directory was removed at the end.
-	Removed bool       `json:"removed"`
-	OK      bool       `json:"ok"`
-	FUSE    bool       `json:"fuse"` // the writer went through a real FUSE mount
-	Steps   []DemoStep `json:"steps"`
-	Found   *Report    `json:"report_damage_found"`
-	Report  *Report    `json:"report"` // the scrub with online repair
-	Final   *Report    `json:"report_offline_after"`
+	Removed bool           `json:"removed"`
+	OK      bool           `json:"ok"`
+	FUSE    bool           `json:"fuse"` // the writer went through a real FUSE mount
+	Steps   []Step         `json:"steps"`
+	Found   *repair.Report `json:"report_damage_found"`
+	Report  *repair.Report `json:"report"` // the scrub with online repair
+	Final   *repair.Report `json:"report_offline_after"`
 }
 
-// Demo runs the product end to end on a default image in dir (a new
+// Run runs the product end to end on a default image in dir (a new
 // temporary directory if empty): make an image, mount it (FUSE where the
 // machine allows, else the Go API), run a writer that writes and fsyncs
 // files through the mount, damage the rmap tree of the live filesystem,
@@ -61,7 +63,7 @@ type DemoResult struct {
 //
 // A dir given is created if missing and kept; without one, Demo makes a
 // temporary directory and removes it at the end unless opts.Keep.
-func Demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)) (*DemoResult, error) {
+func Run(ctx context.Context, dir string, opts Options, step func(Step)) (*Result, error) {
 	temp := dir == ""
 	if temp {
 		d, err := os.MkdirTemp("", "scrubd-demo-")
@@ -83,12 +85,12 @@ func Demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)
 	return res, err
 }
 
-func demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)) (*DemoResult, error) {
-	res := &DemoResult{Version: 1, Image: filepath.Join(dir, "demo.img"), OK: true}
+func demo(ctx context.Context, dir string, opts Options, step func(Step)) (*Result, error) {
+	res := &Result{Version: 1, Image: filepath.Join(dir, "demo.img"), OK: true}
 	do := func(name string, fn func() (string, error)) bool {
 		start := time.Now()
 		detail, err := fn()
-		s := DemoStep{Name: name, OK: err == nil, Detail: detail, TookS: time.Since(start).Seconds()}
+		s := Step{Name: name, OK: err == nil, Detail: detail, TookS: time.Since(start).Seconds()}
 		if err != nil {
 			s.Detail = err.Error()
 			res.OK = false
@@ -169,13 +171,13 @@ func demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)
 		}
 		return fmt.Sprintf("%d fsyncs so far", w.fsyncs()), nil
 	})
-	var inj *InjectResult
+	var inj *inject.Result
 	if !do("damage rmap", func() (string, error) {
 		if err := fsys.Sync(); err != nil {
 			return "", err
 		}
 		var err error
-		inj, err = InjectOnline(fsys.Engine(), InjectOptions{Tree: format.TreeRmap, Kind: KindBitflip, Seed: uint64(time.Now().UnixNano())})
+		inj, err = inject.Online(fsys.Engine(), inject.Options{Tree: format.TreeRmap, Kind: inject.Bitflip, Seed: uint64(time.Now().UnixNano())})
 		if err != nil {
 			return "", err
 		}
@@ -184,7 +186,7 @@ func demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)
 		return res, nil
 	}
 	do("scrub finds it", func() (string, error) {
-		r, err := Scrub(ctx, fsys, mnt, ScrubOptions{Logger: opts.Logger})
+		r, err := repair.Scrub(ctx, fsys, mnt, repair.ScrubOptions{Logger: opts.Logger})
 		if err != nil {
 			return "", err
 		}
@@ -200,12 +202,12 @@ func demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)
 	})
 	before := w.fsyncs()
 	do("repair online", func() (string, error) {
-		r, err := Scrub(ctx, fsys, mnt, ScrubOptions{Repair: true, Logger: opts.Logger, TempDir: dir})
+		r, err := repair.Scrub(ctx, fsys, mnt, repair.ScrubOptions{Repair: true, Logger: opts.Logger, TempDir: dir})
 		if err != nil {
 			return "", err
 		}
 		res.Report = r
-		if r.Status != StatusCorrected {
+		if r.Status != repair.StatusCorrected {
 			return "", fmt.Errorf("status %s after repair: %d found, %d repaired", r.Status, r.Found, r.Repaired)
 		}
 		detail := fmt.Sprintf("%d found, %d repaired", r.Found, r.Repaired)
@@ -238,12 +240,12 @@ func demo(ctx context.Context, dir string, opts DemoOptions, step func(DemoStep)
 	})
 	do("unmount", func() (string, error) { return "committed and unmounted", closeAll() })
 	do("offline fsck", func() (string, error) {
-		r, err := CheckOffline(ctx, res.Image, Options{Logger: opts.Logger})
+		r, err := repair.CheckOffline(ctx, res.Image, repair.Options{Logger: opts.Logger})
 		if err != nil {
 			return "", err
 		}
 		res.Final = r
-		if r.Status != StatusClean {
+		if r.Status != repair.StatusClean {
 			return "", fmt.Errorf("%d findings after the repair", r.Found)
 		}
 		return fmt.Sprintf("generation %d clean", r.Generation), nil
@@ -386,35 +388,4 @@ func (w *demoWriter) verify() (int, error) {
 		}
 	}
 	return len(w.synced), nil
-}
-
-// flipRootByte flips one bit in the root block of tree id of an unmounted
-// image and returns the block (tests).
-func flipRootByte(path string, id format.TreeID) (format.BlockNr, error) {
-	e, err := engine.OpenPath(path, engine.Options{ReadOnly: true})
-	if err != nil {
-		return 0, err
-	}
-	s := e.Pin()
-	ri, ok := s.Root(id)
-	s.Release()
-	e.Close()
-	if !ok {
-		return 0, fmt.Errorf("image has no %s tree", id)
-	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	off := int64(ri.Root.Block)*format.BlockSize + 1000
-	b := make([]byte, 1)
-	if _, err := f.ReadAt(b, off); err != nil {
-		return 0, err
-	}
-	b[0] ^= 0x20
-	if _, err := f.WriteAt(b, off); err != nil {
-		return 0, err
-	}
-	return ri.Root.Block, f.Sync()
 }
