@@ -79,16 +79,51 @@ func (r *allocRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.
 	var cur format.ExtentItem
 	var curStart format.BlockNr
 	var curLen uint64
-	var perr error
-	flush := func() {
-		if cur.Refs == 0 || perr != nil {
-			return
+	flush := func() error {
+		if cur.Refs == 0 {
+			return nil
 		}
 		th.tick()
 		progress.Add(1)
-		perr = shadow.Insert(format.ExtentKey(curStart, curLen), cur.Encode())
+		err := shadow.Insert(format.ExtentKey(curStart, curLen), cur.Encode())
 		cur = format.ExtentItem{}
+		return err
 	}
+	err := walkRmap(ctx, s, "the alloc tree", func(start format.BlockNr, o format.Owner, it format.RmapItem) error {
+		if cur.Refs > 0 && start == curStart {
+			if it.Len != curLen {
+				return fmt.Errorf("owners of the extent at %d disagree on its length (%d and %d): %w", start, curLen, it.Len, format.ErrCorrupt)
+			}
+			if extentFlags(o) != cur.Flags {
+				return fmt.Errorf("the extent at %d has both data and metadata owners: %w", start, format.ErrCorrupt)
+			}
+			cur.Refs++
+		} else {
+			if err := flush(); err != nil {
+				return err
+			}
+			cur, curStart, curLen = format.ExtentItem{Refs: 1, Flags: extentFlags(o)}, start, it.Len
+		}
+		if !o.IsData() && o.Tree == format.TreeAlloc {
+			old = append(old, start)
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return old, nil
+}
+
+// walkRmap calls fn with every record of generation s's rmap tree, in key
+// order, for the rebuild of what (in errors). Any problem of the walk (a
+// wrong item count included: a record went missing) or a record that does
+// not decode refuses it, as does the first error of fn or ctx.
+func walkRmap(ctx context.Context, s *engine.Snapshot, what string, fn func(start format.BlockNr, o format.Owner, it format.RmapItem) error) error {
+	var perr error
 	rt, _ := s.ScanTree(format.TreeRmap)
 	var bad firstProblem
 	err := rt.Check(eb.CheckVisitor{
@@ -102,41 +137,20 @@ func (r *allocRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.
 				perr = fmt.Errorf("rmap record %s: %w", k, format.ErrCorrupt)
 				return
 			}
-			start := format.BlockNr(k.Obj)
-			if cur.Refs > 0 && start == curStart {
-				if it.Len != curLen {
-					perr = fmt.Errorf("owners of the extent at %d disagree on its length (%d and %d): %w", start, curLen, it.Len, format.ErrCorrupt)
-					return
-				}
-				if extentFlags(o) != cur.Flags {
-					perr = fmt.Errorf("the extent at %d has both data and metadata owners: %w", start, format.ErrCorrupt)
-					return
-				}
-				cur.Refs++
-			} else {
-				flush()
-				cur, curStart, curLen = format.ExtentItem{Refs: 1, Flags: extentFlags(o)}, start, it.Len
-			}
-			if !o.IsData() && o.Tree == format.TreeAlloc {
-				old = append(old, start)
-			}
+			perr = fn(format.BlockNr(k.Obj), o, it)
 		},
 		Problem: bad.note,
 	})
 	if err == nil && bad.p != nil {
-		err = fmt.Errorf("cannot rebuild the alloc tree while the rmap is damaged (%s): %w", bad.p, format.ErrCorrupt)
+		err = fmt.Errorf("cannot rebuild %s while the rmap is damaged (%s): %w", what, bad.p, format.ErrCorrupt)
 	}
 	if err == nil {
-		flush()
 		err = perr
 	}
 	if err == nil {
 		err = ctx.Err()
 	}
-	if err != nil {
-		return nil, err
-	}
-	return old, nil
+	return err
 }
 
 // apply applies an rmap event to t (the shadow, the staged tree or the

@@ -92,46 +92,20 @@ func fileExtentOf(start format.BlockNr, it format.RmapItem) format.FileExtent {
 // per file record of its rmap) and returns the old extent tree's blocks.
 func (r *extentRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree, th *throttle, progress *atomic.Uint64) ([]format.BlockNr, error) {
 	var old []format.BlockNr
-	var perr error
-	rt, _ := s.ScanTree(format.TreeRmap)
-	var bad firstProblem
-	err := rt.Check(eb.CheckVisitor{
-		Item: func(k format.Key, v []byte) {
-			if perr != nil {
-				return
+	err := walkRmap(ctx, s, "the file extent tree", func(start format.BlockNr, o format.Owner, it format.RmapItem) error {
+		if !o.IsData() {
+			if o.Tree == format.TreeExtent {
+				old = append(old, start)
 			}
-			o, ok := format.RmapOwner(k)
-			it, err := format.DecodeRmapItem(v)
-			if !ok || err != nil {
-				perr = fmt.Errorf("rmap record %s: %w", k, format.ErrCorrupt)
-				return
-			}
-			if !o.IsData() {
-				if o.Tree == format.TreeExtent {
-					old = append(old, format.BlockNr(k.Obj))
-				}
-				return
-			}
-			if !it.Mapped() {
-				perr = fmt.Errorf("rmap record %s carries no mapping: %w", k, ErrNoMappings)
-				return
-			}
-			th.tick()
-			progress.Add(1)
-			fe := fileExtentOf(format.BlockNr(k.Obj), it)
-			perr = shadow.Put(format.FileExtentKey(o.Inode, o.Offset), fe.Encode())
-		},
-		Problem: bad.note,
+			return nil
+		}
+		if !it.Mapped() {
+			return fmt.Errorf("rmap record of %s at %d carries no mapping: %w", o, start, ErrNoMappings)
+		}
+		th.tick()
+		progress.Add(1)
+		return shadow.Put(format.FileExtentKey(o.Inode, o.Offset), fileExtentOf(start, it).Encode())
 	})
-	if err == nil && bad.p != nil {
-		err = fmt.Errorf("cannot rebuild the file extent tree while the rmap is damaged (%s): %w", bad.p, format.ErrCorrupt)
-	}
-	if err == nil {
-		err = perr
-	}
-	if err == nil {
-		err = ctx.Err()
-	}
 	if err != nil {
 		return nil, err
 	}

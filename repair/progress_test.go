@@ -22,27 +22,10 @@ import (
 // once given, is within reach of the actual finish over the second half;
 // a cancelled run returns its partial report, interrupted.
 func TestScrubProgressPauseCancel(t *testing.T) {
-	img := populatedImage(t)
-	f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	// A 48 MiB file besides the small ones: a data scrub long enough to
 	// sample.
-	a, err := f.Create(fs.RootIno, "big", fs.NewInode{Mode: 0o644})
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := bytes.Repeat([]byte("progress"), 1<<17)
-	for off := 0; off < 48<<20; off += len(chunk) {
-		if _, err := f.Write(a.Ino, chunk, int64(off)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
+	img, f := withBigFile(t, populatedImage(t), 48<<20)
+	defer f.Close()
 
 	ctl := NewScrubControl(nil)
 	// A steady pace (the limit, not the machine's mood: other packages'
@@ -160,25 +143,8 @@ func TestScrubRate(t *testing.T) {
 			t.Errorf("ParseRate(%q) = %+v, %v", c.in, r, err)
 		}
 	}
-	img := newImage(t)
-	f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, f := withBigFile(t, newImage(t), 12<<20)
 	defer f.Close()
-	a, err := f.Create(fs.RootIno, "big", fs.NewInode{Mode: 0o644})
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := bytes.Repeat([]byte("rate"), 1<<18)
-	for off := 0; off < 12<<20; off += len(chunk) {
-		if _, err := f.Write(a.Ino, chunk, int64(off)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
 	run := func(r Rate) (float64, ScrubProgress) {
 		ctl := NewScrubControl(nil)
 		ctl.SetRate(r)
@@ -209,4 +175,27 @@ func TestScrubRate(t *testing.T) {
 	if quiet < 1.5*got && !raceEnabled { // under the race detector the scrub may not reach the floor at all
 		t.Errorf("a quiet adaptive scrub read at %.0f B/s, hardly faster than under writes (%.0f)", quiet, got)
 	}
+}
+
+// withBigFile opens img and writes a file of n bytes into it, committed.
+func withBigFile(t *testing.T, img string, n int) (string, *fs.FS) {
+	t.Helper()
+	f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := f.Create(fs.RootIno, "big", fs.NewInode{Mode: 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte("big file"), 1<<17)
+	for off := 0; off < n; off += len(chunk) {
+		if _, err := f.Write(a.Ino, chunk[:min(len(chunk), n-off)], int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	return img, f
 }
