@@ -645,6 +645,56 @@ func (s *Server) runScrub(ctx context.Context, req Request, ctl *repair.ScrubCon
 	return s.runScrubFrom(ctx, req, ctl, trigger, nil)
 }
 
+// scope resolves an incremental or errors-only request against the
+// history into opts, and returns the note the report gets ("" if none).
+func (s *Server) scope(req Request, opts *repair.ScrubOptions) string {
+	if !req.Incremental && !req.Errors {
+		return ""
+	}
+	hs, err := history.Open(s.opts.HistoryDir, s.uuid)
+	var note string
+	if err == nil {
+		opts.Since, opts.Errors, opts.OnlyErrors, note, err = hs.Scope(req.Incremental, req.Errors)
+	}
+	if err != nil {
+		s.log.Warn("history unreadable: the scrub reads all the data", "err", err)
+		opts.Since, opts.Errors, opts.OnlyErrors = 0, nil, false
+		return "the history could not be read (" + err.Error() + "): this scrub reads all the data"
+	}
+	return note
+}
+
+// finished records a run that ended as the last one, keeps its report,
+// counts it, notifies, and logs it.
+func (s *Server) finished(req Request, trigger string, started time.Time, rep *repair.Report, err error) {
+	last := &Last{Finished: time.Now(), Repair: req.Repair, Data: req.Data, DurationS: time.Since(started).Seconds(), Report: rep, Trigger: trigger}
+	if rep != nil {
+		last.ReportID = s.keep(rep)
+	}
+	switch {
+	case rep != nil && rep.Interrupted:
+		last.Status, last.Interrupted, last.Found, last.Repaired = "interrupted", true, rep.Found, rep.Repaired
+	case err != nil:
+		last.Status, last.Error = "failed", err.Error()
+	default:
+		last.Status, last.Found, last.Repaired = rep.Status, rep.Found, rep.Repaired
+	}
+	s.mu.Lock()
+	s.last = last
+	s.scrubs++
+	s.ctl, s.repairing = nil, false
+	s.mu.Unlock()
+	if s.metrics != nil {
+		s.metrics.observe(last)
+	}
+	if s.notify != nil && !last.Interrupted && (last.Error != "" || last.Found > 0 || last.Repaired > 0) {
+		s.notify.send(Event{Version: 1, Event: "scrub", Time: time.Now().UTC(), UUID: s.uuid, Mountpoint: s.mountpoint,
+			Image: s.opts.Image, Status: last.Status, Trigger: trigger, Report: rep, Error: last.Error})
+	}
+	s.log.Info("scrub finished", "status", last.Status, "found", last.Found, "repaired", last.Repaired,
+		"background", req.Background, "took", time.Since(started), "err", last.Error)
+}
+
 // cursorEvery spaces the scrub cursor's updates.
 const cursorEvery = 2 * time.Second
 
@@ -679,19 +729,9 @@ func (s *Server) runScrubFrom(ctx context.Context, req Request, ctl *repair.Scru
 		Repair: req.Repair, Data: req.Data, TempDir: s.opts.TempDir, Logger: s.log, Mode: "online", Control: ctl,
 		Resume: resume, Since: req.Since,
 	}
-	var scopeNote string
-	if req.Incremental || req.Errors {
-		hs, err := history.Open(s.opts.HistoryDir, s.uuid)
-		if err == nil {
-			opts.Since, opts.Errors, opts.OnlyErrors, scopeNote, err = hs.Scope(req.Incremental, req.Errors)
-		}
-		if err != nil {
-			s.log.Warn("history unreadable: the scrub reads all the data", "err", err)
-			scopeNote = "the history could not be read (" + err.Error() + "): this scrub reads all the data"
-		}
-	}
-
-	if req.Data {
+	scopeNote := s.scope(req, &opts)
+	if req.Data && req.Since == 0 && !req.Incremental && !req.Errors {
+		// Scoped runs are short and not resumed.
 		opts.Checkpoint = checkpoint
 	}
 	rep, err := repair.Scrub(ctx, s.fsys, s.mountpoint, opts)
@@ -707,32 +747,7 @@ func (s *Server) runScrubFrom(ctx context.Context, req Request, ctl *repair.Scru
 			}
 		}
 	}
-	last := &Last{Finished: time.Now(), Repair: req.Repair, Data: req.Data, DurationS: time.Since(started).Seconds(), Report: rep, Trigger: trigger}
-	if rep != nil {
-		last.ReportID = s.keep(rep)
-	}
-	switch {
-	case rep != nil && rep.Interrupted:
-		last.Status, last.Interrupted, last.Found, last.Repaired = "interrupted", true, rep.Found, rep.Repaired
-	case err != nil:
-		last.Status, last.Error = "failed", err.Error()
-	default:
-		last.Status, last.Found, last.Repaired = rep.Status, rep.Found, rep.Repaired
-	}
-	s.mu.Lock()
-	s.last = last
-	s.scrubs++
-	s.ctl, s.repairing = nil, false
-	s.mu.Unlock()
-	if s.metrics != nil {
-		s.metrics.observe(last)
-	}
-	if s.notify != nil && !last.Interrupted && (last.Error != "" || last.Found > 0 || last.Repaired > 0) {
-		s.notify.send(Event{Version: 1, Event: "scrub", Time: time.Now().UTC(), UUID: s.uuid, Mountpoint: s.mountpoint,
-			Image: s.opts.Image, Status: last.Status, Trigger: trigger, Report: rep, Error: last.Error})
-	}
-	s.log.Info("scrub finished", "status", last.Status, "found", last.Found, "repaired", last.Repaired,
-		"background", req.Background, "took", time.Since(started), "err", last.Error)
+	s.finished(req, trigger, started, rep, err)
 	return rep, err
 }
 
