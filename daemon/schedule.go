@@ -45,14 +45,16 @@ func ParseSchedule(spec string) (cron.Schedule, error) {
 // Clock is the time source of the scheduler.
 type Clock interface {
 	Now() time.Time
-	// After fires once the clock has passed now+d.
-	After(d time.Duration) <-chan time.Time
+	// Until fires once the clock has reached t (at once if it has). An
+	// absolute time: a wait computed as "t minus now" would race with a
+	// clock that moves between the two readings.
+	Until(t time.Time) <-chan time.Time
 }
 
 type realClock struct{}
 
-func (realClock) Now() time.Time                         { return time.Now() }
-func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+func (realClock) Now() time.Time                     { return time.Now() }
+func (realClock) Until(t time.Time) <-chan time.Time { return time.After(time.Until(t)) }
 
 // scheduled is a schedule being run.
 type scheduled struct {
@@ -80,7 +82,7 @@ func (s *Server) runSchedules() {
 		select {
 		case <-s.ctx.Done():
 			return
-		case <-clock.After(next.Sub(clock.Now())):
+		case <-clock.Until(next):
 		}
 		now := clock.Now()
 		s.mu.Lock()

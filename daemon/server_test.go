@@ -820,15 +820,15 @@ func (c *fakeClock) Now() time.Time {
 	return c.now
 }
 
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+func (c *fakeClock) Until(t time.Time) <-chan time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ch := make(chan time.Time, 1)
-	if d <= 0 {
+	if !t.After(c.now) {
 		ch <- c.now
 		return ch
 	}
-	c.waiters = append(c.waiters, fakeWaiter{c.now.Add(d), ch})
+	c.waiters = append(c.waiters, fakeWaiter{t, ch})
 	return ch
 }
 
@@ -848,11 +848,16 @@ func (c *fakeClock) advance(t time.Time) {
 	c.waiters = keep
 }
 
-// waiting reports how many waiters the clock has.
-func (c *fakeClock) waiting() int {
+// waitingFor reports whether a waiter waits for t.
+func (c *fakeClock) waitingFor(t time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.waiters)
+	for _, w := range c.waiters {
+		if w.at.Equal(t) {
+			return true
+		}
+	}
+	return false
 }
 
 // TestServeSchedules: with an injected clock, a weekly schedule names its
@@ -893,14 +898,15 @@ func TestServeSchedules(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}
-	waitClock := func() {
+	// waitClock waits until the scheduler sleeps until t.
+	waitClock := func(at time.Time) {
 		t.Helper()
-		for clock.waiting() == 0 {
+		for !clock.waitingFor(at) {
 			time.Sleep(time.Millisecond)
 		}
 	}
 	// The hourly one fires first.
-	waitClock()
+	waitClock(start.Add(time.Hour))
 	clock.advance(start.Add(time.Hour))
 	for {
 		st, _ = c.Status(ctx)
@@ -914,35 +920,44 @@ func TestServeSchedules(t *testing.T) {
 		t.Fatalf("last scrub: %+v", st.LastScrub)
 	}
 	// A run due while another is running is skipped. Hold one paused
-	// (started again if it finished before the pause arrived).
+	// (started again if it finished before the pause arrived, or after:
+	// a pause takes effect at the next unit of work, and the last one
+	// may have gone).
 	for try := 0; ; try++ {
 		if _, err := c.ScrubBackground(ctx, false, true); err != nil {
 			t.Fatal(err)
 		}
 		_, err := c.Pause(ctx)
 		if err == nil {
-			break
+			time.Sleep(20 * time.Millisecond)
+			if st, err := c.Status(ctx); err == nil && st.State == "paused" {
+				break
+			}
+			c.Cancel(ctx)
 		}
-		if try == 20 {
-			t.Fatal(err)
+		if try == 50 {
+			t.Fatalf("no scrub held paused in %d tries: %v", try, err)
 		}
 		waitIdle()
 	}
-	waitClock()
+	waitClock(start.Add(2 * time.Hour))
 	clock.advance(sunday)
 	for {
 		st, _ = c.Status(ctx)
-		if st.Schedules[0].Skipped+st.Schedules[1].Skipped == 2 {
+		if st.Schedules[0].Skipped+st.Schedules[1].Skipped >= 2 {
 			break
 		}
 		time.Sleep(time.Millisecond)
+	}
+	if st.Schedules[0].Skipped != 1 || st.Schedules[1].Skipped != 1 {
+		t.Fatalf("skipped runs: %+v", st.Schedules)
 	}
 	if _, err := c.Cancel(ctx); err != nil {
 		t.Fatal(err)
 	}
 	waitIdle()
 	// Next Sunday's run goes ahead, with data.
-	waitClock()
+	waitClock(sunday.Add(time.Hour))
 	nextSunday := sunday.AddDate(0, 0, 7)
 	clock.advance(nextSunday)
 	for {

@@ -18,8 +18,10 @@ import (
 // regular files' sizes), so the percentage is done/total of the first
 // pass over the filesystem — the check, and with --data the data scrub.
 // Repairs and the checks after them come after 100%: the phase says what
-// runs then (the checks after repairs can be paused too; the repairs
-// themselves run to their end). Done never exceeds the total (a file that grew meanwhile is
+// runs then. A pause takes effect at the next unit of work, phase
+// boundary (each repair is a phase) or the end of the first pass: a
+// repair that has started runs to its end, and a paused run does not
+// finish until resumed. Done never exceeds the total (a file that grew meanwhile is
 // not counted past it) and never goes backwards, so neither does the
 // percentage.
 //
@@ -185,6 +187,9 @@ func (c *ScrubControl) phaseStart(name string, n uint64) {
 		return
 	}
 	c.mu.Lock()
+	for c.paused { // a paused run starts no phase: each is a point where a pause takes effect
+		c.resumed.Wait()
+	}
 	c.phase = name
 	c.total += n
 	c.phaseAt, c.phaseDone = c.activeLocked(c.now()), c.done
@@ -197,6 +202,9 @@ func (c *ScrubControl) finishPass() {
 		return
 	}
 	c.mu.Lock()
+	for c.paused { // nor ends its first pass
+		c.resumed.Wait()
+	}
 	c.done = c.total
 	c.mu.Unlock()
 }

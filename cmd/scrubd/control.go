@@ -82,10 +82,11 @@ func newControlCmd(name, short, long string, op func(*daemon.Client, context.Con
 func newPauseCmd() *cobra.Command {
 	return newControlCmd("pause", "Pause the scrub a mount is running",
 		`Pause the scrub the scrubd mount serving MOUNTPOINT is running, at its next
-unit of work; "scrubd resume" lets it go on. A paused scrub keeps the
-generation it checks pinned (its blocks are not reused until it ends).
-The repairs of a scrub --repair run to their end; the checks around them
-pause.`, (*daemon.Client).Pause)
+unit of work, its next phase (each repair is one) or the end of its first
+pass; "scrubd resume" lets it go on. A repair that has started runs to its
+end; a paused scrub does not finish until resumed. A paused scrub keeps
+the generation it checks pinned (its blocks are not reused until it
+ends).`, (*daemon.Client).Pause)
 }
 
 func newResumeCmd() *cobra.Command {
