@@ -9,16 +9,18 @@ import (
 	"github.com/scrubd/scrubd/engine/format"
 )
 
-// The self-check walks every tree of a pinned generation and verifies, per
-// block, checksum, header (magic, filesystem, own number, owner, level,
-// generation against the parent pointer) and layout; per tree, key order
-// and parent/child key ranges and the item count; and across trees, that
-// the free-space, alloc and rmap trees describe exactly the blocks the trees
-// use: every block is either free or allocated, never both; every
-// allocated extent has one rmap record per reference; every tree block has
-// an alloc record and an rmap record naming its tree; and no alloc record
-// is left that nothing uses. It never stops at the first problem; each
-// finding names the tree, the block and what is wrong.
+// The generic half of the self-check. The engine walks every tree of a
+// pinned generation and verifies, per block, checksum, header (magic,
+// filesystem, own number, owner, level, generation against the parent
+// pointer) and layout; per tree, key order, parent/child key ranges and
+// the item count; it knows which trees every image has and which space
+// trees its degraded modes stopped maintaining. It hands every item to the
+// checker of its tree and keeps the finding-id registry. The filesystem's
+// rules (what an item must hold, how the trees must agree with each
+// other) are the structures' checkers, in the repair package: one file
+// per structure, beside its repairer (repair/<structure>.go). The check
+// never stops at the first problem; each finding names the tree, the
+// block and what is wrong.
 
 // ErrorID is a stable finding id: it is recorded in the superblock's error
 // counters and in reports, and never renumbered.
@@ -173,21 +175,6 @@ type CheckResult struct {
 	Label string
 }
 
-// Check runs the full self-check on the snapshot's generation and streams
-// every finding to fn. It returns an error only for operational failure
-// (an unreadable device, cancellation).
-func (s *Snapshot) Check(ctx context.Context, fn func(Finding)) (*CheckResult, error) {
-	return s.check(ctx, fn, nil)
-}
-
-// CheckTicked is Check calling tick after every item it walks, from the
-// checking goroutine: for progress reports and pausing (a tick may
-// block; the snapshot stays pinned meanwhile). ItemCount is how many
-// ticks a check of an undamaged image makes.
-func (s *Snapshot) CheckTicked(ctx context.Context, fn func(Finding), tick func()) (*CheckResult, error) {
-	return s.check(ctx, fn, tick)
-}
-
 // ItemCount is the number of items the trees of s hold, as their root
 // items record it.
 func (s *Snapshot) ItemCount() uint64 {
@@ -200,235 +187,169 @@ func (s *Snapshot) ItemCount() uint64 {
 	return n
 }
 
-type allocRec struct {
-	start format.BlockNr
-	n     uint64
-	item  format.ExtentItem
+// MetaRef is a metadata block in use: by a tree, the superblock or the log.
+type MetaRef struct {
+	Block format.BlockNr
+	Tree  format.TreeID
 }
 
-type rmapRec struct {
-	start format.BlockNr
-	n     uint64
-	owner format.Owner
-	m     format.RmapItem // the mapping of a file's record (format 1.2)
+// ItemChecker receives the items of one tree, in key order: the root of
+// the tree (to locate findings without a block of their own), the key and
+// the value. It must not keep val.
+type ItemChecker func(root format.BlockNr, k format.Key, val []byte)
+
+// A Checking is one check of a snapshot in progress: it counts the
+// findings reported to it, walks the trees, and collects what the
+// structures' checkers compare afterwards.
+type Checking struct {
+	s        *Snapshot
+	fn       func(Finding)
+	res      *CheckResult
+	perTree  map[format.TreeID]*TreeCheck
+	reported map[format.TreeID]int
+	broken   map[format.TreeID]bool
+	refs     []MetaRef
+	missing  bool
 }
 
-type fileExt struct {
-	ino, fb uint64
-	fe      format.FileExtent
-}
-
-type metaRef struct {
-	block format.BlockNr
-	tree  format.TreeID
-}
-
-func (s *Snapshot) check(ctx context.Context, fn func(Finding), tick func()) (*CheckResult, error) {
+// StartCheck begins a check of s whose findings go to fn.
+func (s *Snapshot) StartCheck(fn func(Finding)) *Checking {
 	e := s.e
-	res := &CheckResult{Gen: s.Gen(), Complete: true, SuperCopies: len(format.SuperBlocks(e.totalBlocks)),
-		FSID: s.v.super.FSID, Label: s.v.super.Label}
-	perTree := map[format.TreeID]*TreeCheck{}
-	broken := map[format.TreeID]bool{} // trees whose walk hit damage
-	reported := map[format.TreeID]int{}
-	report := func(f Finding) {
-		res.Findings++
-		reported[f.Tree]++
-		if tc := perTree[f.Tree]; tc != nil {
-			tc.Findings++
-		}
-		fn(f)
+	c := &Checking{s: s, fn: fn,
+		res: &CheckResult{Gen: s.Gen(), Complete: true, SuperCopies: len(format.SuperBlocks(e.totalBlocks)),
+			FSID: s.v.super.FSID, Label: s.v.super.Label},
+		perTree: map[format.TreeID]*TreeCheck{}, reported: map[format.TreeID]int{}, broken: map[format.TreeID]bool{}}
+	for _, b := range format.SuperBlocks(e.totalBlocks) {
+		c.refs = append(c.refs, MetaRef{b, format.OwnerSuper})
 	}
-	total := e.totalBlocks
-	var refs []metaRef
-	for _, b := range format.SuperBlocks(total) {
-		refs = append(refs, metaRef{b, format.OwnerSuper})
+	if lb := s.v.super.Log.Block; lb != 0 && uint64(lb) < e.totalBlocks {
+		c.refs = append(c.refs, MetaRef{lb, format.TreeLog})
 	}
-	if lb := s.v.super.Log.Block; lb != 0 && uint64(lb) < total {
-		refs = append(refs, metaRef{lb, format.TreeLog})
+	return c
+}
+
+// Report records a finding and passes it on.
+func (c *Checking) Report(f Finding) {
+	c.res.Findings++
+	c.reported[f.Tree]++
+	if tc := c.perTree[f.Tree]; tc != nil {
+		tc.Findings++
 	}
-	s.checkSupers(report)
-	// A space tree the engine stopped maintaining (degraded.go) is stale
-	// by design: it is not compared with the others (every difference
-	// would be reported as damage of its own), and one finding says so,
-	// unless its walk finds the damage itself.
+	c.fn(f)
+}
+
+// Reportf reports a finding made of its parts.
+func (c *Checking) Reportf(id ErrorID, tree format.TreeID, b format.BlockNr, f string, args ...any) {
+	c.Report(finding(id, tree, b, f, args...))
+}
+
+// WalkTrees walks every tree of the snapshot, handing each item to the
+// checker of its tree (trees without one are walked for their blocks
+// only) and calling tick, if set, after every item. Damage a walk meets
+// is reported and makes its tree broken. A space tree the engine stopped
+// maintaining (degraded.go) is stale by design: it is broken from the
+// start (every difference from the others would be reported as damage of
+// its own), and one finding says so, unless its walk finds damage itself.
+// Then every tree each image has must exist.
+func (c *Checking) WalkTrees(ctx context.Context, items map[format.TreeID]ItemChecker, tick func()) error {
+	s := c.s
 	var untrusted []format.TreeID
 	for _, st := range []Structure{StructAlloc, StructRmap, StructFree} {
 		if s.v.super.RecoveryPasses&(1<<degradedPass[st]) != 0 {
 			id := format.TreeRoot + format.TreeID(st-StructRoot)
-			broken[id] = true
+			c.broken[id] = true
 			untrusted = append(untrusted, id)
 		}
 	}
-	if e.tolerant {
-		// Offline only: on a mounted image fsyncs append to the chain
-		// while it is read, and a block being written is no damage.
-		s.checkLog(report)
-	}
-
-	maps := s.v.super.Incompat&format.IncompatRmapMaps != 0
-	var allocs []allocRec
-	var rmaps []rmapRec
-	var frees []extent
-	var fexts []fileExt
-	csums := map[format.BlockNr]uint64{}
-	ns := &namespace{inodes: map[uint64]nsInode{}, deleted: map[uint64]bool{}}
 	for _, id := range s.Trees() {
 		if err := ctx.Err(); err != nil {
-			return res, err
+			return err
 		}
 		tr, _ := s.ScanTree(id)
 		tc := &TreeCheck{Tree: id, Root: tr.Root.Block, Level: tr.Level, Gen: tr.Root.Gen}
-		perTree[id] = tc
+		c.perTree[id] = tc
+		item := items[id]
 		v := eb.CheckVisitor{
-			Block: func(p eb.Ptr, _ int) { refs = append(refs, metaRef{p.Block, id}) },
+			Block: func(p eb.Ptr, _ int) { c.refs = append(c.refs, MetaRef{p.Block, id}) },
 			Node:  func(format.Node, eb.Ptr) { tc.Blocks++ },
 			Problem: func(p eb.Problem) {
 				if p.Kind != format.KindItemCount {
-					res.Complete = false
-					broken[id] = true
+					c.res.Complete = false
+					c.broken[id] = true
 				}
-				idv, ok := kindIDs[p.Kind]
-				if !ok {
-					idv = ErrNodeBadLayout
-				}
-				report(finding(idv, id, p.Block, "%s", p.Detail))
+				c.Report(finding(kindID(p.Kind), id, p.Block, "%s", p.Detail))
 			},
 			Item: func(k format.Key, val []byte) {
 				tc.Items++
 				if tick != nil {
 					tick()
 				}
-				switch id {
-				case format.TreeRoot:
-					if k.Type == format.TypeRootItem {
-						if _, err := format.DecodeRootItem(val); err != nil {
-							report(finding(ErrItemBad, id, tr.Root.Block, "root item %s: %v", k, err))
-						}
-					}
-				case format.TreeAlloc:
-					it, err := format.DecodeExtentItem(val)
-					if err != nil || k.Type != format.TypeExtentItem || k.Off == 0 || k.Obj+k.Off > total || k.Obj+k.Off < k.Obj {
-						report(finding(ErrItemBad, id, format.BlockNr(k.Obj), "alloc item %s: bad key or value (%v)", k, err))
-						return
-					}
-					allocs = append(allocs, allocRec{format.BlockNr(k.Obj), k.Off, it})
-				case format.TreeRmap:
-					ri, err := format.DecodeRmapItem(val)
-					o, ok := format.RmapOwner(k)
-					if err != nil || !ok || k.Obj+ri.Len > total {
-						report(finding(ErrItemBad, id, format.BlockNr(k.Obj), "rmap item %s: bad key or value (%v)", k, err))
-						return
-					}
-					// Format 1.2 records of files carry their mapping;
-					// no other record does.
-					if ri.Mapped() != (o.IsData() && maps) {
-						want := format.RmapItemSize
-						if o.IsData() && maps {
-							want = format.RmapMappedItemSize
-						}
-						report(finding(ErrItemBad, id, format.BlockNr(k.Obj), "rmap item %s of %d bytes: this format's records of %s are %d bytes", k, len(val), o, want))
-						return
-					}
-					rmaps = append(rmaps, rmapRec{format.BlockNr(k.Obj), ri.Len, o, ri})
-				case format.TreeInode:
-					if k.Type == format.TypeInodeItem {
-						in, err := format.DecodeInodeItem(val)
-						if err != nil {
-							report(finding(ErrItemBad, id, tr.Root.Block, "inode item %d: %v", k.Obj, err))
-							return
-						}
-						ns.inodes[k.Obj] = nsInode{mode: in.Mode, nlink: in.Nlink, size: in.Size}
-					}
-				case format.TreeDeleted:
-					ns.deleted[k.Obj] = true
-				case format.TreeDir:
-					if k.Type != format.TypeDirEntry && k.Type != format.TypeDirIndex {
-						return
-					}
-					de, err := format.DecodeDirEntry(val)
-					if err != nil {
-						report(finding(ErrItemBad, id, tr.Root.Block, "directory entry %s: %v", k, err))
-						return
-					}
-					ns.dirents = append(ns.dirents, nsDirent{dir: k.Obj, index: k.Type == format.TypeDirIndex, de: de})
-				case format.TreeExtent:
-					if k.Type != format.TypeFileExtent {
-						return
-					}
-					fe, err := format.DecodeFileExtent(val)
-					if err != nil || uint64(fe.Start)+fe.Len > total {
-						report(finding(ErrItemBad, id, format.BlockNr(k.Obj), "file extent %s: %v", k, err))
-						return
-					}
-					// Items come in key order: a file's items must not
-					// overlap, which only a damaged tree shows.
-					if n := len(fexts); n > 0 && fexts[n-1].ino == k.Obj && fexts[n-1].fb+fexts[n-1].fe.Count > k.Off {
-						p := fexts[n-1]
-						report(finding(ErrExtentOverlap, id, fe.Start, "inode %d: the item at block %d maps blocks up to %d, past the item at block %d", k.Obj, p.fb, p.fb+p.fe.Count, k.Off))
-					}
-					fexts = append(fexts, fileExt{ino: k.Obj, fb: k.Off, fe: fe})
-				case format.TreeCsum:
-					if k.Type != format.TypeCsum {
-						return
-					}
-					if _, err := format.DecodeCsums(val); err != nil {
-						report(finding(ErrItemBad, id, format.BlockNr(k.Obj), "checksum item %s: %v", k, err))
-						return
-					}
-					csums[format.BlockNr(k.Obj)] = uint64(len(val) / 4)
-				case format.TreeFree:
-					if k.Type != format.TypeFreeExtent || k.Off == 0 || k.Obj+k.Off > total || k.Obj+k.Off < k.Obj || len(val) != 0 {
-						report(finding(ErrItemBad, id, format.BlockNr(k.Obj), "free item %s out of range", k))
-						return
-					}
-					frees = append(frees, extent{format.BlockNr(k.Obj), k.Off})
+				if item != nil {
+					item(tr.Root.Block, k, val)
 				}
 			},
 		}
 		if err := tr.Check(v); err != nil {
-			return res, err
+			return err
 		}
-		res.Trees = append(res.Trees, *tc)
+		c.res.Trees = append(c.res.Trees, *tc)
 	}
 	for _, id := range untrusted {
-		if reported[id] == 0 {
-			report(finding(ErrTreeUntrusted, id, 0, "the %s tree was found damaged in use and is no longer maintained: it must be rebuilt", id))
+		if c.reported[id] == 0 {
+			c.Reportf(ErrTreeUntrusted, id, 0, "the %s tree was found damaged in use and is no longer maintained: it must be rebuilt", id)
 		}
 	}
-	missing := false
 	for _, id := range format.KnownTrees[:4] { // root, alloc, rmap, free must exist
 		if _, ok := s.v.roots[id]; !ok {
-			res.Complete, missing = false, true
-			report(finding(ErrTreeMissing, id, 0, "the root tree has no usable %s tree", id))
+			c.res.Complete, c.missing = false, true
+			c.Reportf(ErrTreeMissing, id, 0, "the root tree has no usable %s tree", id)
 		}
 	}
-	if !missing {
-		s.crossCheck(res, broken, refs, allocs, rmaps, frees, report)
-		s.crossCheckData(broken, allocs, rmaps, fexts, csums, report)
-		if !broken[format.TreeInode] && !broken[format.TreeDir] {
-			ns.check(report)
-		}
-		if !broken[format.TreeInode] && !broken[format.TreeExtent] {
-			ns.checkExtents(fexts, report)
-		}
-	}
-	// Per-tree finding counts include cross-reference findings.
-	for i := range res.Trees {
-		res.Trees[i].Findings = perTree[res.Trees[i].Tree].Findings
-	}
-	return res, nil
+	return nil
 }
 
-// checkSupers verifies every superblock copy against the snapshot's.
-func (s *Snapshot) checkSupers(report func(Finding)) {
+// Snapshot is the snapshot being checked.
+func (c *Checking) Snapshot() *Snapshot { return c.s }
+
+// Refs are the metadata blocks in use: the superblock copies', the log
+// head's and every block the walk reached, in walk order.
+func (c *Checking) Refs() []MetaRef { return c.refs }
+
+// Broken says whether the walk of tree id met damage (or the tree is one
+// the engine stopped maintaining): comparisons reading it are skipped, so
+// that damage is reported once, by the walk, not again as a thousand
+// mismatches.
+func (c *Checking) Broken(id format.TreeID) bool { return c.broken[id] }
+
+// Complete says whether the walk reached every block of every tree:
+// comparisons that need them all (leaks) run only then.
+func (c *Checking) Complete() bool { return c.res.Complete }
+
+// Missing says whether a tree every image has is missing: no comparison
+// runs then.
+func (c *Checking) Missing() bool { return c.missing }
+
+// Result returns the check's summary; per-tree finding counts include
+// the findings reported in a tree after its walk.
+func (c *Checking) Result() *CheckResult {
+	for i := range c.res.Trees {
+		c.res.Trees[i].Findings = c.perTree[c.res.Trees[i].Tree].Findings
+	}
+	return c.res
+}
+
+// ReadSuperCopies reads every superblock copy, holding commits off so
+// that none is rewritten while it is read, and hands each to fn: its
+// block and the copy, or why it cannot be used (unreadable, not a
+// superblock, not fitting the device).
+func (s *Snapshot) ReadSuperCopies(fn func(at format.BlockNr, sb *format.Super, err error)) {
 	e := s.e
-	// Hold commits off so that none rewrites a copy while it is read.
 	e.cmu.Lock()
 	defer e.cmu.Unlock()
 	buf := make([]byte, format.BlockSize)
 	for _, at := range format.SuperBlocks(e.totalBlocks) {
 		if _, err := e.dev.ReadAt(buf, int64(at)*format.BlockSize); err != nil {
-			report(finding(ErrSuperCopyBad, format.OwnerSuper, at, "unreadable: %v", err))
+			fn(at, nil, fmt.Errorf("unreadable: %w", err))
 			continue
 		}
 		sb, err := format.DecodeSuper(buf, at)
@@ -436,410 +357,29 @@ func (s *Snapshot) checkSupers(report func(Finding)) {
 			err = sb.FitsDevice(uint64(e.dev.Size()) / format.BlockSize)
 		}
 		if err != nil {
-			report(finding(ErrSuperCopyBad, format.OwnerSuper, at, "%v", err))
+			fn(at, nil, err)
 			continue
 		}
-		switch {
-		case sb.FSID != e.fsid:
-			report(finding(ErrSuperCopyBad, format.OwnerSuper, at, "copy belongs to filesystem %s", sb.FSID))
-		case sb.Gen < s.Gen():
-			report(finding(ErrSuperCopyStale, format.OwnerSuper, at, "copy has generation %d, filesystem is at %d", sb.Gen, s.Gen()))
-		case sb.Gen == s.Gen():
-			if f := s.v.super.Differs(sb); f != "" {
-				report(finding(ErrSuperCopyField, format.OwnerSuper, at, "copy of generation %d differs from the one in use in its %s", sb.Gen, f))
-			}
-		}
+		fn(at, sb, nil)
 	}
 }
 
-// checkLog walks the fsync log's chain as the mount's replay would, and
-// reports the blocks that replay would stop at although they are part of
-// the chain: a block carrying the chain's tag and the expected sequence
-// number that fails any other check (its checksum, its header, its chain
-// pointer, its records). A block of another tag or sequence, or without
-// the log magic, is the chain's normal end (the next block, not written
-// yet). The head block, when it holds a log block of this filesystem,
-// must also be a well-formed one (whatever its chain). A crash during an fsync can tear the
-// chain's last block the same way: the detail says so, and the next mount
-// drops that unacknowledged fsync and restarts the chain.
-func (s *Snapshot) checkLog(report func(Finding)) {
-	e := s.e
-	sb := s.v.super
-	total := sb.TotalBlocks
-	start, seq, tag := sb.LogChain()
-	buf := make([]byte, format.BlockSize)
-	read := func(at format.BlockNr) []byte {
-		if uint64(at) >= total {
-			report(finding(ErrLogBlockBad, format.TreeLog, at, "log block number %d is beyond the filesystem's %d blocks", at, total))
-			return nil
-		}
-		if _, err := e.dev.ReadAt(buf, int64(at)*format.BlockSize); err != nil {
-			report(finding(ErrLogBlockBad, format.TreeLog, at, "unreadable: %v", err))
-			return nil
-		}
-		return buf
+// ReadRaw reads block at from the device into buf (a block's size) as it
+// is, verifying nothing.
+func (s *Snapshot) ReadRaw(at format.BlockNr, buf []byte) error {
+	if uint64(at) >= s.e.totalBlocks {
+		return fmt.Errorf("block number %d is beyond the filesystem's %d blocks", at, s.e.totalBlocks)
 	}
-	chain := s.walkLogChain(start, seq, tag, read, report)
-	if head := sb.Log.Block; head != 0 && head != start && !chain[head] && read(head) != nil {
-		// Zeros (no fsync since mkfs) or any well-formed log block of
-		// some chain are fine; a log block of ours that fails is not.
-		n := format.Node(buf)
-		if format.IsLogBlock(n) && n.FSID() == e.fsid {
-			if err := format.VerifyLogBlock(buf, e.fsid, head, n.Gen(), n.LogSeq(), total); err != nil {
-				report(finding(ErrLogBlockBad, format.TreeLog, head, "log head block: %v (a crash during an fsync can leave it torn; the next fsync rewrites it)", err))
-			}
-		}
-	}
+	_, err := s.e.dev.ReadAt(buf[:format.BlockSize], int64(at)*format.BlockSize)
+	return err
 }
 
-// walkLogChain is checkLog's walk of the chain from start; it returns the
-// blocks that verified as part of it.
-func (s *Snapshot) walkLogChain(start format.BlockNr, seq uint32, tag format.Gen,
-	read func(format.BlockNr) []byte, report func(Finding)) map[format.BlockNr]bool {
-	e := s.e
-	total := s.v.super.TotalBlocks
-	chain := map[format.BlockNr]bool{}
-	for at := start; at != 0; seq++ {
-		if chain[at] {
-			report(finding(ErrLogBlockBad, format.TreeLog, at, "the log chain loops back to block %d", at))
-			return chain
-		}
-		buf := read(at)
-		if buf == nil {
-			return chain
-		}
-		n := format.Node(buf)
-		verr := format.VerifyLogBlock(buf, e.fsid, at, tag, seq, total)
-		if verr != nil {
-			// Ours (the chain's tag and sequence, our filesystem) but
-			// failing: damage. Anything else: the chain's end.
-			if format.IsLogBlock(n) && n.FSID() == e.fsid && n.Gen() == tag && n.LogSeq() == seq {
-				report(finding(ErrLogBlockBad, format.TreeLog, at, "log block %d of the chain: %v (the records from here on cannot be replayed; a crash during an fsync leaves the same)", seq, verr))
-			}
-			return chain
-		}
-		chain[at] = true
-		for i := 1; i < n.NrItems(); i++ {
-			if n.Key(i).Type != format.TypeLogRecord {
-				report(finding(ErrLogBlockBad, format.TreeLog, at, "log block %d of the chain: item %d is not a log record", seq, i))
-				return chain
-			}
-			if _, _, _, err := format.DecodeLogRecord(n.Value(i)); err != nil {
-				report(finding(ErrLogBlockBad, format.TreeLog, at, "log block %d of the chain: item %d: %v", seq, i, err))
-				return chain
-			}
-		}
-		at = n.LogNext()
-	}
-	return chain
+// Offline says whether s is a generation of an unmounted image opened for
+// a check (CheckImage): nothing else writes to its device.
+func (s *Snapshot) Offline() bool { return s.e.tolerant }
+
+// NewFinding makes a finding of id in tree at block b, its detail
+// formatted from f and args.
+func NewFinding(id ErrorID, tree format.TreeID, b format.BlockNr, f string, args ...any) Finding {
+	return finding(id, tree, b, f, args...)
 }
-
-// crossCheck compares the trees with each other. A comparison runs only when
-// every tree it reads was walked without damage: a finding about a damaged
-// tree is reported once, by the walk, not again as a thousand mismatches.
-func (s *Snapshot) crossCheck(res *CheckResult, broken map[format.TreeID]bool, refs []metaRef, allocs []allocRec, rmaps []rmapRec, frees []extent, report func(Finding)) {
-	total := s.e.totalBlocks
-	allocOK, rmapOK, freeOK := !broken[format.TreeAlloc], !broken[format.TreeRmap], !broken[format.TreeFree]
-	slices.SortFunc(refs, func(a, b metaRef) int { return cmpBlock(a.block, b.block) })
-	// Tree blocks referenced twice.
-	for i := 1; i < len(refs); i++ {
-		if refs[i].block == refs[i-1].block {
-			report(finding(ErrBlockCrossLink, refs[i].tree, refs[i].block, "block referenced by tree %s and tree %s", refs[i-1].tree, refs[i].tree))
-		}
-	}
-	// Alloc extents: sorted by the tree; must not overlap.
-	allocAt := make(map[format.BlockNr]*allocRec, len(allocs))
-	for i := range allocs {
-		a := &allocs[i]
-		if i > 0 && uint64(allocs[i-1].start)+allocs[i-1].n > uint64(a.start) {
-			report(finding(ErrAllocOverlap, format.TreeAlloc, a.start, "extent %d+%d overlaps extent %d+%d", a.start, a.n, allocs[i-1].start, allocs[i-1].n))
-		}
-		allocAt[a.start] = a
-	}
-	// Rmap records against alloc extents.
-	owners := make(map[format.BlockNr][]rmapRec, len(rmaps))
-	for _, r := range rmaps {
-		owners[r.start] = append(owners[r.start], r)
-		if !allocOK || !rmapOK {
-			continue
-		}
-		a := allocAt[r.start]
-		switch {
-		case a == nil:
-			report(finding(ErrRmapOrphan, format.TreeRmap, r.start, "reverse mapping to %s for %d blocks, but no allocated extent starts there", r.owner, r.n))
-		case a.n != r.n:
-			report(finding(ErrRmapLength, format.TreeRmap, r.start, "reverse mapping to %s says %d blocks, extent has %d", r.owner, r.n, a.n))
-		case r.owner.IsData() != (a.item.Flags == format.ExtentData):
-			report(finding(ErrAllocKind, format.TreeAlloc, r.start, "extent flags %#x but owner is %s", a.item.Flags, r.owner))
-		}
-	}
-	for _, a := range allocs {
-		if !allocOK || !rmapOK {
-			break
-		}
-		if got := uint64(len(owners[a.start])); got != a.item.Refs {
-			report(finding(ErrAllocRefcount, format.TreeAlloc, a.start, "extent %d+%d has %d references recorded, %d reverse mappings", a.start, a.n, a.item.Refs, got))
-		}
-	}
-	// Every tree block: alloc record (1 block, metadata) and rmap by its tree.
-	used := make(map[format.BlockNr]format.TreeID, len(refs))
-	for _, r := range refs {
-		used[r.block] = r.tree
-		if uint64(r.block) >= total {
-			continue // reported by the walk as unreadable
-		}
-		a := allocAt[r.block]
-		switch {
-		case !allocOK:
-		case a == nil:
-			report(finding(ErrAllocMissing, r.tree, r.block, "block of tree %s has no alloc record", r.tree))
-		case a.n != 1 || a.item.Flags != format.ExtentMeta:
-			report(finding(ErrAllocKind, r.tree, r.block, "block of tree %s is recorded as a %d-block extent with flags %#x", r.tree, a.n, a.item.Flags))
-		}
-		found := false
-		for _, o := range owners[r.block] {
-			if !o.owner.IsData() && o.owner.Tree == r.tree {
-				found = true
-			}
-		}
-		if !found && rmapOK {
-			report(finding(ErrRmapMissing, r.tree, r.block, "block of tree %s has no reverse mapping to it", r.tree))
-		}
-	}
-	// Metadata reverse mappings whose tree does not use the block.
-	for _, r := range rmaps {
-		if r.owner.IsData() {
-			continue
-		}
-		if t, ok := used[r.start]; (!ok || t != r.owner.Tree) && res.Complete && rmapOK {
-			report(finding(ErrRmapOrphan, format.TreeRmap, r.start, "reverse mapping says tree %s owns block %d, but it does not use it", r.owner.Tree, r.start))
-		}
-	}
-	// Metadata extents nothing uses.
-	if res.Complete && allocOK {
-		for _, a := range allocs {
-			if a.item.Flags != format.ExtentMeta {
-				continue
-			}
-			if _, ok := used[a.start]; !ok {
-				report(finding(ErrAllocLeaked, format.TreeAlloc, a.start, "metadata block is allocated but no tree uses it"))
-			}
-		}
-	}
-	// Free and allocated extents tile the device exactly.
-	var freeSum uint64
-	for i, f := range frees {
-		freeSum += f.n
-		if i > 0 && uint64(frees[i-1].start)+frees[i-1].n == uint64(f.start) {
-			report(finding(ErrFreeNotMerged, format.TreeFree, f.start, "free extent %d+%d adjoins the previous one", f.start, f.n))
-		}
-	}
-	if !freeOK || !allocOK {
-		return
-	}
-	if freeSum != s.v.super.FreeBlocks {
-		report(finding(ErrSuperFreeCount, format.OwnerSuper, 0, "superblock counts %d free blocks, free-space tree holds %d", s.v.super.FreeBlocks, freeSum))
-	}
-	pos := uint64(0)
-	ai, fi := 0, 0
-	for ai < len(allocs) || fi < len(frees) {
-		var start, n uint64
-		isFree := false
-		if fi < len(frees) && (ai >= len(allocs) || frees[fi].start <= allocs[ai].start) {
-			start, n, isFree = uint64(frees[fi].start), frees[fi].n, true
-			fi++
-		} else {
-			start, n = uint64(allocs[ai].start), allocs[ai].n
-			ai++
-		}
-		switch {
-		case start > pos:
-			report(finding(ErrSpaceLost, format.TreeFree, format.BlockNr(pos), "blocks %d..%d are neither free nor allocated", pos, start-1))
-		case start < pos && isFree:
-			report(finding(ErrFreeOverlap, format.TreeFree, format.BlockNr(start), "free extent %d+%d overlaps allocated or free blocks below %d", start, n, pos))
-		case start < pos:
-			report(finding(ErrFreeOverlap, format.TreeAlloc, format.BlockNr(start), "allocated extent %d+%d overlaps free or allocated blocks below %d", start, n, pos))
-		}
-		pos = max(pos, start+n)
-	}
-	if pos < total {
-		report(finding(ErrSpaceLost, format.TreeFree, format.BlockNr(pos), "blocks %d..%d are neither free nor allocated", pos, total-1))
-	}
-}
-
-func cmpBlock(a, b format.BlockNr) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-// crossCheckData compares file extent items with the rmap records of data
-// extents, the alloc tree, and the checksum items.
-func (s *Snapshot) crossCheckData(broken map[format.TreeID]bool, allocs []allocRec, rmaps []rmapRec, fexts []fileExt, csums map[format.BlockNr]uint64, report func(Finding)) {
-	if broken[format.TreeExtent] {
-		return
-	}
-	type ownerKey struct {
-		start   format.BlockNr
-		ino, fb uint64
-	}
-	items := make(map[ownerKey]format.FileExtent, len(fexts))
-	for _, x := range fexts {
-		items[ownerKey{x.fe.Start, x.ino, x.fb}] = x.fe
-	}
-	allocAt := make(map[format.BlockNr]allocRec, len(allocs))
-	for _, a := range allocs {
-		allocAt[a.start] = a
-	}
-	if !broken[format.TreeRmap] {
-		have := make(map[ownerKey]bool, len(rmaps))
-		for _, r := range rmaps {
-			if !r.owner.IsData() {
-				continue
-			}
-			k := ownerKey{r.start, r.owner.Inode, r.owner.Offset}
-			have[k] = true
-			fe, ok := items[k]
-			switch {
-			case !ok:
-				report(finding(ErrRmapDataOwner, format.TreeRmap, r.start, "reverse mapping says inode %d block %d maps extent %d+%d, but no such file extent item exists", r.owner.Inode, r.owner.Offset, r.start, r.n))
-			case r.m.Mapped() && (r.m.Offset != fe.Offset || r.m.Count != fe.Count):
-				report(finding(ErrRmapMapping, format.TreeRmap, r.start, "reverse mapping says inode %d block %d maps blocks [%d,+%d) of extent %d+%d; its file extent item maps [%d,+%d)", r.owner.Inode, r.owner.Offset, r.m.Offset, r.m.Count, r.start, r.n, fe.Offset, fe.Count))
-			}
-		}
-		for _, x := range fexts {
-			if !have[ownerKey{x.fe.Start, x.ino, x.fb}] {
-				report(finding(ErrExtentNoRmap, format.TreeExtent, x.fe.Start, "inode %d block %d maps extent %d+%d, which has no reverse mapping to it", x.ino, x.fb, x.fe.Start, x.fe.Len))
-			}
-		}
-	}
-	if !broken[format.TreeAlloc] {
-		for _, x := range fexts {
-			if a, ok := allocAt[x.fe.Start]; !ok || a.n != x.fe.Len || a.item.Flags != format.ExtentData {
-				report(finding(ErrExtentNoAlloc, format.TreeExtent, x.fe.Start, "inode %d block %d maps extent %d+%d, which is not allocated as data", x.ino, x.fb, x.fe.Start, x.fe.Len))
-			}
-		}
-	}
-	if !broken[format.TreeCsum] && !broken[format.TreeAlloc] {
-		for _, a := range allocs {
-			if a.item.Flags != format.ExtentData {
-				continue
-			}
-			if n, ok := csums[a.start]; !ok || n != a.n {
-				report(finding(ErrCsumMissing, format.TreeCsum, a.start, "data extent %d+%d has no checksum item of %d entries", a.start, a.n, a.n))
-			}
-		}
-		for b := range csums {
-			if a, ok := allocAt[b]; !ok || a.item.Flags != format.ExtentData {
-				report(finding(ErrCsumOrphan, format.TreeCsum, b, "checksum item for block %d, which starts no data extent", b))
-			}
-		}
-	}
-}
-
-// The namespace: inode link counts against the directory entries naming
-// them.
-
-type nsInode struct {
-	mode  uint32
-	nlink uint32
-	size  uint64
-}
-
-type nsDirent struct {
-	dir   uint64
-	index bool
-	de    format.DirEntry
-}
-
-type namespace struct {
-	inodes  map[uint64]nsInode
-	deleted map[uint64]bool
-	dirents []nsDirent
-}
-
-const (
-	modeType = 0o170000
-	modeDir  = 0o040000
-)
-
-// checkExtents reports file extent items mapping blocks past their file's
-// size: the write that extends a file sets its size in the same
-// transaction, and a truncate drops the blocks past the new size, so only
-// a damaged item (one moved to another file block) or a damaged size
-// shows it.
-func (ns *namespace) checkExtents(fexts []fileExt, report func(Finding)) {
-	for _, x := range fexts {
-		in, ok := ns.inodes[x.ino]
-		if !ok {
-			continue
-		}
-		if end := (in.size + format.BlockSize - 1) / format.BlockSize; x.fb+x.fe.Count > end {
-			report(finding(ErrExtentPastEOF, format.TreeExtent, x.fe.Start, "inode %d of %d bytes: the item at block %d maps blocks up to %d, past its last block %d", x.ino, in.size, x.fb, x.fb+x.fe.Count, end))
-		}
-	}
-}
-
-func (ns *namespace) check(report func(Finding)) {
-	if len(ns.inodes) == 0 {
-		return // no filesystem on this image (engine-only use)
-	}
-	links := map[uint64]uint32{}
-	subdirs := map[uint64]uint32{}
-	type twin struct {
-		dir, ino, index uint64
-		name            string
-	}
-	names := map[twin]int{}
-	for _, d := range ns.dirents {
-		t := twin{d.dir, d.de.Ino, d.de.Index, d.de.Name}
-		if d.index {
-			names[t]--
-			continue
-		}
-		names[t]++
-		parent, ok := ns.inodes[d.dir]
-		if ok && parent.mode&modeType != modeDir {
-			report(finding(ErrDirNotDir, format.TreeDir, 0, "entry %q under inode %d, which is not a directory", d.de.Name, d.dir))
-		}
-		in, ok := ns.inodes[d.de.Ino]
-		if !ok {
-			report(finding(ErrDirentDangling, format.TreeDir, 0, "entry %q in directory %d names inode %d, which does not exist", d.de.Name, d.dir, d.de.Ino))
-			continue
-		}
-		if uint32(d.de.Type) != (in.mode&modeType)>>12 {
-			report(finding(ErrDirentType, format.TreeDir, 0, "entry %q in directory %d says type %o, inode %d has mode %o", d.de.Name, d.dir, d.de.Type, d.de.Ino, in.mode))
-		}
-		links[d.de.Ino]++
-		if in.mode&modeType == modeDir {
-			subdirs[d.dir]++
-		}
-	}
-	for t, n := range names {
-		if n != 0 {
-			report(finding(ErrDirentIndex, format.TreeDir, 0, "entry %q (inode %d) in directory %d is not paired with its index entry %d", t.name, t.ino, t.dir, t.index))
-		}
-	}
-	for ino, in := range ns.inodes {
-		want := links[ino]
-		if in.mode&modeType == modeDir {
-			want = 2 + subdirs[ino]
-			if links[ino] == 0 && ino != rootIno {
-				want = 0 // an unlinked directory still open
-			}
-		}
-		if ns.deleted[ino] && links[ino] == 0 {
-			want = 0
-		}
-		if in.nlink != want {
-			report(finding(ErrNlink, format.TreeInode, 0, "inode %d has link count %d, the directory tree implies %d", ino, in.nlink, want))
-		}
-	}
-}
-
-// rootIno is the filesystem's root directory (engine/fs.RootIno).
-const rootIno = 256

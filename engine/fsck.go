@@ -4,10 +4,47 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/scrubd/scrubd/engine/disk"
 	"github.com/scrubd/scrubd/engine/format"
 )
+
+// CheckFunc is the full self-check of a snapshot: the generic walk
+// (check.go) with every structure's checker, findings streamed to fn,
+// tick (if set) called after every item walked.
+type CheckFunc func(ctx context.Context, s *Snapshot, fn func(Finding), tick func()) (*CheckResult, error)
+
+var fullCheck atomic.Pointer[CheckFunc]
+
+// RegisterCheck installs the full self-check. The filesystem's rules live
+// with their repairers in the repair package, which registers its check
+// when it is linked (as database/sql drivers do); the engine runs it for
+// Snapshot.Check, CheckImage and the check_allocations recovery pass.
+func RegisterCheck(f CheckFunc) { fullCheck.Store(&f) }
+
+// ErrNoCheck is returned by a check in a program that links no checker
+// (one that does not import the repair package).
+var ErrNoCheck = errors.New("no self-check is registered (the repair package registers it)")
+
+// Check runs the full self-check on the snapshot's generation and streams
+// every finding to fn. It returns an error only for operational failure
+// (an unreadable device, cancellation, no check registered).
+func (s *Snapshot) Check(ctx context.Context, fn func(Finding)) (*CheckResult, error) {
+	return s.CheckTicked(ctx, fn, nil)
+}
+
+// CheckTicked is Check calling tick after every item it walks, from the
+// checking goroutine: for progress reports and pausing (a tick may
+// block; the snapshot stays pinned meanwhile). ItemCount is how many
+// ticks a check of an undamaged image makes.
+func (s *Snapshot) CheckTicked(ctx context.Context, fn func(Finding), tick func()) (*CheckResult, error) {
+	f := fullCheck.Load()
+	if f == nil {
+		return nil, ErrNoCheck
+	}
+	return (*f)(ctx, s, fn, tick)
+}
 
 // CheckOptions configure an offline check.
 type CheckOptions struct {
@@ -43,16 +80,12 @@ func CheckImage(dev disk.Device, opts CheckOptions) (*CheckResult, []Finding, er
 		ce, _ := format.AsCorrupt(err)
 		f := finding(ErrSuperCopyBad, format.OwnerSuper, 0, "%v", err)
 		if ce != nil && ce.Tree != format.OwnerSuper {
-			id, ok := kindIDs[ce.Kind]
-			if !ok {
-				id = ErrNodeBadLayout
-			}
-			f = finding(id, ce.Tree, ce.Block, "%s", ce.Detail)
+			f = finding(kindID(ce.Kind), ce.Tree, ce.Block, "%s", ce.Detail)
 		}
 		emit(f)
 		return &CheckResult{Findings: 1}, fs, nil
 	}
 	s := &Snapshot{e: e, v: e.committed}
-	res, err := s.check(ctx, emit, nil)
+	res, err := s.CheckTicked(ctx, emit, nil)
 	return res, fs, err
 }

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 
@@ -49,7 +50,7 @@ func (e *Engine) checkAllocator(extra []extent) {
 
 // normalize sorts and merges extents.
 func normalize(xs []extent) []extent {
-	slices.SortFunc(xs, func(a, b extent) int { return cmpBlock(a.start, b.start) })
+	slices.SortFunc(xs, func(a, b extent) int { return cmp.Compare(a.start, b.start) })
 	var out []extent
 	for _, x := range xs {
 		if n := len(out); n > 0 && out[n-1].start+format.BlockNr(out[n-1].n) == x.start {

@@ -108,7 +108,7 @@ func passCheckAllocations(ctx context.Context, e *Engine) error {
 	snap := &Snapshot{e: e, v: e.committed}
 	var first *Finding
 	n := 0
-	_, err := snap.check(ctx, func(f Finding) {
+	_, err := snap.Check(ctx, func(f Finding) {
 		if f.ID >= ErrAllocMissing && first == nil {
 			ff := f
 			first = &ff
@@ -116,7 +116,7 @@ func passCheckAllocations(ctx context.Context, e *Engine) error {
 		if f.ID >= ErrAllocMissing {
 			n++
 		}
-	}, nil)
+	})
 	if err != nil {
 		return err
 	}

@@ -43,6 +43,10 @@ type Op struct {
 	Name string
 	// Trees are the trees (or owners) whose findings are the structure's.
 	Trees []format.TreeID
+	// Check is the structure's checker (repair/<structure>.go): nil when
+	// the engine's generic walk of its trees is all there is to check
+	// (trees nothing fills yet), or, for the data, the data scrub.
+	Check *checker
 	// Repair rebuilds the structure online; nil while no repairer exists.
 	Repair repairFunc
 	// Answers are the cross-reference findings the repairer fixes, besides
@@ -62,26 +66,27 @@ var allTrees = []string{"root", "alloc", "free", "inode", "dir", "extent", "csum
 // opsTable lists the structures in dependency order: a row's inputs come
 // before it, except where two rows read each other (rmap and alloc).
 var opsTable = []Op{
-	{Name: "superblock", Trees: []format.TreeID{format.OwnerSuper}, Repair: repairSupers,
+	{Name: "superblock", Trees: []format.TreeID{format.OwnerSuper}, Check: superblockCheck, Repair: repairSupers,
 		Answers: []engine.ErrorID{engine.ErrSuperCopyBad, engine.ErrSuperCopyStale, engine.ErrSuperCopyField}},
-	{Name: "root", Trees: []format.TreeID{format.TreeRoot}},
-	{Name: "inode", Trees: []format.TreeID{format.TreeInode}},
-	{Name: "dir", Trees: []format.TreeID{format.TreeDir}},
+	{Name: "root", Trees: []format.TreeID{format.TreeRoot}, Check: rootCheck},
+	{Name: "inode", Trees: []format.TreeID{format.TreeInode}, Check: inodeCheck},
+	{Name: "dir", Trees: []format.TreeID{format.TreeDir}, Check: dirCheck},
 	// The extent row answers only damage proven in its own tree: an item
 	// and a record that disagree may be either one's fault, and the rmap
 	// row, rebuilding from the items, loses nothing either way — a file
 	// extent tree rebuilt from a wrong rmap would lose file data.
-	{Name: "extent", Trees: []format.TreeID{format.TreeExtent}, Repair: repairExtent, Inputs: []string{"rmap"}},
-	{Name: "csum", Trees: []format.TreeID{format.TreeCsum}},
+	{Name: "extent", Trees: []format.TreeID{format.TreeExtent}, Check: extentCheck, Repair: repairExtent, Inputs: []string{"rmap"}},
+	{Name: "csum", Trees: []format.TreeID{format.TreeCsum}, Check: csumCheck},
 	{Name: "subvol", Trees: []format.TreeID{format.TreeSubvol}},
 	{Name: "snapshot", Trees: []format.TreeID{format.TreeSnapshot}},
 	{Name: "uuid", Trees: []format.TreeID{format.TreeUUID}},
-	{Name: "deleted", Trees: []format.TreeID{format.TreeDeleted}},
+	{Name: "deleted", Trees: []format.TreeID{format.TreeDeleted}, Check: deletedCheck},
 	{Name: "logged_ops", Trees: []format.TreeID{format.TreeLoggedOps}},
-	{Name: "log", Trees: []format.TreeID{format.TreeLog}},
+	{Name: "log", Trees: []format.TreeID{format.TreeLog}, Check: logCheck},
 	{
 		Name:   "rmap",
 		Trees:  []format.TreeID{format.TreeRmap},
+		Check:  rmapCheck,
 		Repair: repairRmap,
 		Answers: []engine.ErrorID{engine.ErrRmapMissing, engine.ErrRmapOrphan, engine.ErrRmapLength,
 			engine.ErrAllocRefcount, engine.ErrRmapDataOwner, engine.ErrRmapMapping, engine.ErrExtentNoRmap, engine.ErrRmapSick},
@@ -90,6 +95,7 @@ var opsTable = []Op{
 	{
 		Name:   "alloc",
 		Trees:  []format.TreeID{format.TreeAlloc},
+		Check:  allocCheck,
 		Repair: repairAlloc,
 		Answers: []engine.ErrorID{engine.ErrAllocMissing, engine.ErrAllocLeaked, engine.ErrAllocRefcount,
 			engine.ErrAllocOverlap, engine.ErrAllocKind, engine.ErrExtentNoAlloc, engine.ErrCsumOrphan},
@@ -98,6 +104,7 @@ var opsTable = []Op{
 	{
 		Name:   "free",
 		Trees:  []format.TreeID{format.TreeFree},
+		Check:  freeCheck,
 		Repair: repairFree,
 		Answers: []engine.ErrorID{engine.ErrSpaceLost, engine.ErrFreeOverlap, engine.ErrFreeNotMerged,
 			engine.ErrSuperFreeCount},

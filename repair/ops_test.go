@@ -62,6 +62,32 @@ func TestOpsTableOrder(t *testing.T) {
 	}
 }
 
+// TestCheckersOwnTheirTrees: a row's checker reads only its own trees'
+// items, and every tree with items to check has a row with a checker.
+func TestCheckersOwnTheirTrees(t *testing.T) {
+	checked := map[format.TreeID]string{}
+	for _, op := range opsTable {
+		if op.Check == nil {
+			continue
+		}
+		for id := range op.Check.items {
+			if !slices.Contains(op.Trees, id) {
+				t.Errorf("%s's checker reads the items of tree %s, not one of its own", op.Name, id)
+			}
+			if other, ok := checked[id]; ok {
+				t.Errorf("tree %s has two checkers: %s and %s", id, other, op.Name)
+			}
+			checked[id] = op.Name
+		}
+	}
+	for _, id := range []format.TreeID{format.TreeRoot, format.TreeAlloc, format.TreeRmap, format.TreeFree, format.TreeInode,
+		format.TreeDir, format.TreeExtent, format.TreeCsum, format.TreeDeleted} {
+		if _, ok := checked[id]; !ok {
+			t.Errorf("no checker reads the items of tree %s", id)
+		}
+	}
+}
+
 // TestRepairOrderAndRefusal drives the dispatcher with scripted findings and
 // repairers: rows run in dependency order, wait for damaged inputs that can
 // be repaired, refuse when an input cannot be, and refuse both of two rows

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/scrubd/scrubd/daemon"
-	"github.com/scrubd/scrubd/engine"
 )
 
 // statusDoc is what status, pause, resume, cancel and scrub --background
@@ -184,18 +182,5 @@ func printStatus(w io.Writer, st *daemon.Status) {
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
-	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "STRUCTURE\tSTATE\tCHECKED\tFINDINGS")
-	for _, h := range st.Health {
-		checked := "-"
-		if h.CheckedAt != nil {
-			checked = fmt.Sprintf("gen %d, %s", h.Generation, humanize.Time(*h.CheckedAt))
-		}
-		var ids []string
-		for _, id := range h.Findings {
-			ids = append(ids, engine.ErrorID(id).Name())
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", h.Name, h.State, checked, strings.Join(ids, " "))
-	}
-	tw.Flush()
+	printHealthTable(w, st.Health)
 }

@@ -128,9 +128,15 @@ func printHealth(w io.Writer, doc healthDoc) {
 	default:
 		fmt.Fprintf(w, "filesystem %s, as the mount sees it\n", doc.UUID)
 	}
+	printHealthTable(w, doc.Structures)
+}
+
+// printHealthTable prints one line per structure: its state, the last
+// check and the findings that made it sick.
+func printHealthTable(w io.Writer, hs []daemon.StructureHealth) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "STRUCTURE\tSTATE\tCHECKED\tFINDINGS")
-	for _, h := range doc.Structures {
+	for _, h := range hs {
 		checked := "-"
 		if h.CheckedAt != nil {
 			checked = fmt.Sprintf("gen %d, %s", h.Generation, humanize.Time(h.CheckedAt.In(time.Local)))

@@ -1,0 +1,96 @@
+package repair
+
+import (
+	"github.com/scrubd/scrubd/engine"
+	"github.com/scrubd/scrubd/engine/format"
+)
+
+// The rmap tree's checker: every record must start an allocated extent
+// of its length; every tree block in use must have a record naming its
+// tree, and every metadata record must name the tree that uses the block
+// (checked only when the walk reached every block); every file's record
+// must name a file extent item that maps that extent, and (format 1.2)
+// carry the part of the extent the item maps.
+var rmapCheck = &checker{
+	items: map[format.TreeID]func(*checkState, format.BlockNr, format.Key, []byte){
+		format.TreeRmap: func(st *checkState, _ format.BlockNr, k format.Key, val []byte) {
+			ri, err := format.DecodeRmapItem(val)
+			o, ok := format.RmapOwner(k)
+			if err != nil || !ok || k.Obj+ri.Len > st.total {
+				st.Reportf(engine.ErrItemBad, format.TreeRmap, format.BlockNr(k.Obj), "rmap item %s: bad key or value (%v)", k, err)
+				return
+			}
+			// Format 1.2 records of files carry their mapping; no other
+			// record does.
+			if ri.Mapped() != (o.IsData() && st.maps) {
+				want := format.RmapItemSize
+				if o.IsData() && st.maps {
+					want = format.RmapMappedItemSize
+				}
+				st.Reportf(engine.ErrItemBad, format.TreeRmap, format.BlockNr(k.Obj), "rmap item %s of %d bytes: this format's records of %s are %d bytes", k, len(val), o, want)
+				return
+			}
+			st.rmaps = append(st.rmaps, rmapRec{format.BlockNr(k.Obj), ri.Len, o, ri})
+		},
+	},
+	cross: checkRmap,
+}
+
+func checkRmap(st *checkState) {
+	if st.Broken(format.TreeRmap) {
+		return
+	}
+	if !st.Broken(format.TreeAlloc) {
+		allocAt := st.allocIndex()
+		for _, r := range st.rmaps {
+			switch a := allocAt[r.start]; {
+			case a == nil:
+				st.Reportf(engine.ErrRmapOrphan, format.TreeRmap, r.start, "reverse mapping to %s for %d blocks, but no allocated extent starts there", r.owner, r.n)
+			case a.n != r.n:
+				st.Reportf(engine.ErrRmapLength, format.TreeRmap, r.start, "reverse mapping to %s says %d blocks, extent has %d", r.owner, r.n, a.n)
+			}
+		}
+	}
+	owners := st.ownerIndex()
+	for _, r := range st.refs {
+		if uint64(r.Block) >= st.total {
+			continue // reported by the walk as unreadable
+		}
+		found := false
+		for _, o := range owners[r.Block] {
+			if !o.owner.IsData() && o.owner.Tree == r.Tree {
+				found = true
+			}
+		}
+		if !found {
+			st.Reportf(engine.ErrRmapMissing, r.Tree, r.Block, "block of tree %s has no reverse mapping to it", r.Tree)
+		}
+	}
+	if st.Complete() {
+		used := st.usedIndex()
+		for _, r := range st.rmaps {
+			if r.owner.IsData() {
+				continue
+			}
+			if t, ok := used[r.start]; !ok || t != r.owner.Tree {
+				st.Reportf(engine.ErrRmapOrphan, format.TreeRmap, r.start, "reverse mapping says tree %s owns block %d, but it does not use it", r.owner.Tree, r.start)
+			}
+		}
+	}
+	if st.Broken(format.TreeExtent) {
+		return
+	}
+	items := st.extentIndex()
+	for _, r := range st.rmaps {
+		if !r.owner.IsData() {
+			continue
+		}
+		fe, ok := items[fileExtKey{r.start, r.owner.Inode, r.owner.Offset}]
+		switch {
+		case !ok:
+			st.Reportf(engine.ErrRmapDataOwner, format.TreeRmap, r.start, "reverse mapping says inode %d block %d maps extent %d+%d, but no such file extent item exists", r.owner.Inode, r.owner.Offset, r.start, r.n)
+		case r.m.Mapped() && (r.m.Offset != fe.Offset || r.m.Count != fe.Count):
+			st.Reportf(engine.ErrRmapMapping, format.TreeRmap, r.start, "reverse mapping says inode %d block %d maps blocks [%d,+%d) of extent %d+%d; its file extent item maps [%d,+%d)", r.owner.Inode, r.owner.Offset, r.m.Offset, r.m.Count, r.start, r.n, fe.Offset, fe.Count)
+		}
+	}
+}
