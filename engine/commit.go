@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sync/atomic"
@@ -152,11 +153,12 @@ func (e *Engine) prepareCommit() (*pendingCommit, error) {
 	// The fsync log goes on after the block the next append will use;
 	// what came before it is obsolete once this generation is durable.
 	logFree := e.advanceLog(&sb)
-	e.super = sb
 	roots := make(map[format.TreeID]format.RootItem, len(e.trees))
 	for id, tr := range e.trees {
 		roots[id] = format.RootItem{Root: format.RootPtr{Block: tr.Root.Block, Gen: tr.Root.Gen, Level: uint8(tr.Level)}, Items: tr.Items, Flags: e.recorded[id].Flags}
 	}
+	backupRoots(&sb, roots)
+	e.super = sb
 	// Blocks this generation freed return to the allocator once it is
 	// durable and no reader pins an older one; the fsync log's obsolete
 	// blocks once it is durable.
@@ -245,7 +247,11 @@ func (e *Engine) writeOut(c *pendingCommit) error {
 
 // recordRoots writes a root item for every tree whose root, level or item
 // count changed since it was last recorded.
-func (e *Engine) recordRoots() error {
+func (e *Engine) recordRoots() error { return e.recordRootsOnce(false) }
+
+// recordRootsOnce is recordRoots, replaced saying whether the root tree
+// was replaced in this call already.
+func (e *Engine) recordRootsOnce(replaced bool) error {
 	root := e.trees[format.TreeRoot]
 	ids := make([]format.TreeID, 0, len(e.trees))
 	for id := range e.trees {
@@ -261,7 +267,19 @@ func (e *Engine) recordRoots() error {
 			continue
 		}
 		if err := root.Put(format.RootKey(id), ri.Encode()); err != nil {
-			return err
+			// The root tree went bad on disk since the mount: the
+			// engine holds every item it had, so a new one replaces it
+			// (roottree.go). A new tree's blocks are in memory; damage
+			// met again is not the tree's.
+			if !errors.Is(err, format.ErrCorrupt) || replaced {
+				return err
+			}
+			e.NoteDamage(err)
+			if _, rerr := e.replaceRootTree(); rerr != nil {
+				return fmt.Errorf("%w; replacing the root tree: %w", err, rerr)
+			}
+			e.noteSelfRepair(err, "a commit wrote a new root tree from the roots in memory")
+			return e.recordRootsOnce(true)
 		}
 		e.recorded[id] = ri
 	}
@@ -314,14 +332,27 @@ func (w *runWriter) flush() error {
 }
 
 // writeSupers writes every superblock copy of sb and flushes.
+//
+// The primary copy is written and flushed before the others: a crash
+// can tear the copies being written (a device writes 4 KiB atomically
+// only where it says so), and every commit changes several sectors of
+// the block (the root backups' slot beside the first sector's fields),
+// so copies written in one go could all be torn. Written in two, either
+// the primary is the new copy, whole, or the others are the old ones,
+// whole.
 func (e *Engine) writeSupers(sb *format.Super) error {
 	c := *sb
 	buf := make([]byte, format.BlockSize)
-	for _, at := range format.SuperBlocks(e.totalBlocks) {
+	for i, at := range format.SuperBlocks(e.totalBlocks) {
 		c.Block = at
 		c.Encode(buf)
 		if _, err := e.dev.WriteAt(buf, int64(at)*format.BlockSize); err != nil {
 			return fmt.Errorf("write superblock copy %d: %w", at, err)
+		}
+		if i == 0 {
+			if err := e.dev.Flush(); err != nil {
+				return err
+			}
 		}
 	}
 	return e.dev.Flush()

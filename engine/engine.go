@@ -74,9 +74,9 @@ type MountInfo struct {
 	Notes    []string
 	// PassesRun lists the recovery passes mount ran.
 	PassesRun []string
-	// Rewritten lists the superblock copies a read-write open found
-	// invalid or stale and rewrote before anything else (see
-	// Engine.TakeOpenRepairs).
+	// Rewritten lists what a read-write open found damaged and rewrote
+	// before anything else: superblock copies invalid or stale, a root
+	// tree it could not read (see Engine.TakeOpenRepairs).
 	Rewritten []Finding
 
 	uniform bool            // every copy valid and at the same generation
@@ -103,6 +103,7 @@ type Engine struct {
 	reconcileAlloc  bool        // the next commit reconciles the allocator with the free-space tree (wmu)
 	freeDamaged     atomic.Bool // the free-space tree was damaged on purpose: see DamagedFreeTree
 	openRepairsOnce sync.Mutex  // guards mount.Rewritten for TakeOpenRepairs
+	rootReplaced    bool        // the open replaced a damaged root tree (roottree.go)
 	tolerant        bool        // offline check: load what is readable, report the rest
 	replaying       bool        // log replay in progress (mount only)
 
@@ -274,7 +275,7 @@ func Mkfs(dev disk.Device, mo MkfsOptions) error {
 		Major: format.VersionMajor, Minor: format.VersionMinor, FSID: e.fsid,
 		BlockSize: format.BlockSize, TotalBlocks: total, Label: mo.Label,
 		NextObjectID: 256, Devices: []format.DeviceStats{{ID: 1}},
-		Incompat: format.IncompatRmapMaps,
+		Incompat: format.IncompatRmapMaps | format.IncompatRootBackups,
 	}
 	if mo.NoRmapMaps {
 		e.super.Minor, e.super.Incompat = 1, 0
@@ -325,6 +326,13 @@ func Open(dev disk.Device, opts Options) (*Engine, error) {
 		if err := e.ensureLogHead(); err != nil {
 			return nil, fmt.Errorf("set up the fsync log: %w", err)
 		}
+		if e.rootReplaced {
+			// The damaged root tree is not left in use a moment longer
+			// than the open.
+			if err := e.Sync(); err != nil {
+				return nil, fmt.Errorf("write the new root tree: %w", err)
+			}
+		}
 	}
 	if !e.opts.ReadOnly && e.opts.CommitInterval > 0 {
 		e.wg.Add(1)
@@ -363,6 +371,14 @@ func (e *Engine) load() error {
 	}
 	e.freeCount = sb.FreeBlocks
 	roots, err := e.loadRoots(sb)
+	var rootDamage error
+	if err != nil && errors.Is(err, format.ErrCorrupt) {
+		if br, ok := rootFromBackup(sb, roots); ok {
+			rootDamage, roots, err = err, br, nil
+			e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("the root tree is damaged (%v): the tree roots come from the superblock's backup of generation %d", rootDamage, sb.Gen))
+			e.log.Warn("root tree damaged, using the superblock's root backup", "gen", sb.Gen, "err", rootDamage)
+		}
+	}
 	if err != nil && !e.tolerant {
 		return err
 	}
@@ -375,6 +391,9 @@ func (e *Engine) load() error {
 		}
 	}
 	e.markUntrusted(sb)
+	if rootDamage != nil {
+		e.NoteDamage(rootDamage)
+	}
 	if e.opts.ReadOnly {
 		// A transaction that never commits, so View works.
 		e.txn = newTxn(sb.Gen + 1)
@@ -397,6 +416,14 @@ func (e *Engine) load() error {
 		e.freeCount = free
 	}
 	e.txn = newTxn(sb.Gen + 1)
+	if rootDamage != nil {
+		if _, err := e.replaceRootTree(); err != nil {
+			return fmt.Errorf("replace the damaged root tree: %w", err)
+		}
+		e.rootReplaced = true
+		e.noteSelfRepair(rootDamage, fmt.Sprintf("opening the image wrote a new root tree from the superblock's root backup of generation %d", sb.Gen))
+		e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("a new root tree replaces the damaged one from generation %d on", sb.Gen+1))
+	}
 	if err := e.runRecovery(); err != nil {
 		return err
 	}
@@ -563,9 +590,10 @@ func (info *MountInfo) rewritten(best *format.Super) []Finding {
 	return out
 }
 
-// TakeOpenRepairs returns, once, the findings a read-write open repaired
-// before anything could check them (superblock copies it found invalid or
-// stale and rewrote), so a scrub's report can count them as found and
+// TakeOpenRepairs returns, once, the findings the engine repaired on its
+// own before anything could check them (superblock copies a read-write
+// open found invalid or stale and rewrote, a root tree an open or a
+// commit found damaged and replaced), so a scrub's report can count them as found and
 // repaired. Later calls return none.
 func (e *Engine) TakeOpenRepairs() []Finding {
 	e.openRepairsOnce.Lock()

@@ -89,7 +89,7 @@ func TestRmapRecordsCarryMappings(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			e := openFormat(t, legacy)
-			wantSize, wantMinor := format.RmapMappedItemSize, uint16(2)
+			wantSize, wantMinor := format.RmapMappedItemSize, uint16(format.VersionMinor)
 			if legacy {
 				wantSize, wantMinor = format.RmapItemSize, 1
 			}

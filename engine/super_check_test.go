@@ -57,7 +57,17 @@ func TestSuperCopyFields(t *testing.T) {
 		{"label differs", func(s *format.Super) { s.Label = "other" }, ErrSuperCopyField},
 		{"next object id differs", func(s *format.Super) { s.NextObjectID += 7 }, ErrSuperCopyField},
 		{"free count differs", func(s *format.Super) { s.FreeBlocks-- }, ErrSuperCopyField},
-		{"older generation", func(s *format.Super) { s.Gen-- }, ErrSuperCopyStale},
+		{"older generation", func(s *format.Super) {
+			// A copy one commit older: without that commit's root backup.
+			s.Backups[s.Gen%format.NumRootBackups] = format.RootBackup{}
+			s.Gen--
+		}, ErrSuperCopyStale},
+		{"root backup out of range", func(s *format.Super) {
+			s.Backups[s.Gen%format.NumRootBackups].Roots[3].Root.Block = testBlocks + 1
+		}, ErrSuperCopyBad},
+		{"root backups differ", func(s *format.Super) {
+			s.Backups[(s.Gen-1)%format.NumRootBackups].Roots[2].Items++
+		}, ErrSuperCopyField},
 	}
 	for _, at := range []format.BlockNr{16, 0} {
 		for _, c := range cases {

@@ -158,7 +158,7 @@ func TestInjectMatrix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	trees := []format.TreeID{format.TreeAlloc, format.TreeFree, format.TreeExtent, format.TreeRmap,
+	trees := []format.TreeID{format.TreeRoot, format.TreeAlloc, format.TreeFree, format.TreeExtent, format.TreeRmap,
 		format.TreeCsum, format.TreeInode, format.TreeDir}
 	var got strings.Builder
 	img := filepath.Join(t.TempDir(), "case.img")

@@ -68,7 +68,7 @@ var allTrees = []string{"root", "alloc", "free", "inode", "dir", "extent", "csum
 var opsTable = []Op{
 	{Name: "superblock", Trees: []format.TreeID{format.OwnerSuper}, Check: superblockCheck, Repair: repairSupers,
 		Answers: []engine.ErrorID{engine.ErrSuperCopyBad, engine.ErrSuperCopyStale, engine.ErrSuperCopyField}},
-	{Name: "root", Trees: []format.TreeID{format.TreeRoot}, Check: rootCheck},
+	{Name: "root", Trees: []format.TreeID{format.TreeRoot}, Check: rootCheck, Repair: repairRoot},
 	{Name: "inode", Trees: []format.TreeID{format.TreeInode}, Check: inodeCheck},
 	{Name: "dir", Trees: []format.TreeID{format.TreeDir}, Check: dirCheck},
 	// The extent row answers only damage proven in its own tree: an item

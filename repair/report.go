@@ -348,3 +348,13 @@ func writeTable(w io.Writer, indent string, rows [][]string, right, lastRight in
 		fmt.Fprintln(w, b.String())
 	}
 }
+
+// structure returns the report of the structure named name, or nil.
+func (r *Report) structure(name string) *StructureReport {
+	for i := range r.Structures {
+		if r.Structures[i].Name == name {
+			return &r.Structures[i]
+		}
+	}
+	return nil
+}

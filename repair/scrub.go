@@ -114,10 +114,12 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 		first = false
 		return res, found, err
 	}
-	// What opening the image read-write repaired already (superblock
-	// copies rewritten): found, and repaired, in this report.
-	opened := e.TakeOpenRepairs()
+	// What the engine repaired on its own since the last run (superblock
+	// copies an open rewrote, a root tree it replaced): found, and
+	// repaired, in this report. Taken after the check, so that a repair
+	// made while it ran is in one or the other.
 	res, found, err := check()
+	opened := e.TakeOpenRepairs()
 	if err != nil {
 		return interrupted(ctx, err, opts, target, started, res, append(opened, found...), e, verified)
 	}
@@ -135,8 +137,11 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 		rep.Notes = append(rep.Notes, fmt.Sprintf("resumed the data scrub of the run started %s, interrupted before inode %d: %d bytes verified then were not read again; its %d bad blocks are reported again",
 			rep.Resumed.RunStarted.Format(time.RFC3339), r.NextIno, r.Verified, len(r.Bad)))
 	}
-	if len(opened) > 0 {
-		rep.Notes = append(rep.Notes, fmt.Sprintf("opening the image rewrote %d superblock copies that were invalid or stale", len(opened)))
+	if supers := countTree(opened, format.OwnerSuper); supers > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("opening the image rewrote %d superblock copies that were invalid or stale", supers))
+	}
+	if countTree(opened, format.TreeRoot) > 0 {
+		rep.Notes = append(rep.Notes, "the engine found the root tree damaged and wrote a new one (from the superblock's root backup at the open, from the roots in memory at a commit)")
 	}
 	markHealth(e, res.Gen, found)
 	if !opts.Repair || len(found) == 0 {
@@ -387,4 +392,15 @@ func scrubData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool, re
 		}
 	}
 	return out, verified, nil
+}
+
+// countTree counts the findings located in tree id.
+func countTree(fs []engine.Finding, id format.TreeID) int {
+	n := 0
+	for _, f := range fs {
+		if f.Tree == id {
+			n++
+		}
+	}
+	return n
 }

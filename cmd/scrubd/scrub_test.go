@@ -426,10 +426,27 @@ func TestScrubOfflineRepairFlag(t *testing.T) {
 	expect(t, 0, "fsck", img)
 }
 
+// TestFsckRepairsRootTree: a damaged root tree (format 1.3) is found
+// (4), then repaired by fsck --repair (1: the open wrote a new root tree
+// from the superblock's root backup, and the report counts it), then
+// clean (0).
+func TestFsckRepairsRootTree(t *testing.T) {
+	img := mkfs(t)
+	populate(t, img)
+	expect(t, 0, "inject", img, "--tree", "root", "--kind", "bitflip")
+	expect(t, 4, "fsck", img)
+	out := expect(t, 1, "fsck", img, "--repair")
+	if !strings.Contains(out, "root backup") || !strings.Contains(out, "1 found, 1 repaired") {
+		t.Errorf("fsck --repair of a damaged root tree:\n%s", out)
+	}
+	expect(t, 0, "fsck", img)
+}
+
 // TestScrubUnrepairableDamage: damage no repairer handles is reported as
-// uncorrected (4), also when it keeps the image from being opened.
+// uncorrected (4), also when it keeps the image from being opened (the
+// deleted tree: its recovery pass fails the open).
 func TestScrubUnrepairableDamage(t *testing.T) {
-	for _, tree := range []string{"root", "inode"} {
+	for _, tree := range []string{"deleted", "inode"} {
 		t.Run(tree, func(t *testing.T) {
 			img := mkfs(t)
 			populate(t, img)
@@ -437,7 +454,7 @@ func TestScrubUnrepairableDamage(t *testing.T) {
 			before := parseReport(t, expect(t, 4, "fsck", img, "--json"))
 			expect(t, 4, "scrub", img)
 			out := expect(t, 4, "fsck", img, "--repair")
-			if tree == "root" && !strings.Contains(out, "could not be opened") {
+			if tree == "deleted" && !strings.Contains(out, "could not be opened") {
 				t.Errorf("fsck --repair of an image that cannot be opened:\n%s", out)
 			}
 			after := parseReport(t, expect(t, 4, "fsck", img, "--json"))

@@ -13,6 +13,12 @@ func FuzzDecodeSuper(f *testing.F) {
 	b := make([]byte, BlockSize)
 	s.Encode(b)
 	f.Add(b, uint64(0))
+	// Format 1.3: with root backups.
+	s.Minor, s.Incompat = 3, IncompatRootBackups
+	s.Backups[3] = testBackup(3)
+	b = make([]byte, BlockSize)
+	s.Encode(b)
+	f.Add(b, uint64(0))
 	f.Add(make([]byte, BlockSize), uint64(16))
 	f.Add([]byte("short"), uint64(0))
 	f.Fuzz(func(t *testing.T, b []byte, at uint64) {
@@ -29,7 +35,7 @@ func FuzzDecodeSuper(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-encoded superblock does not decode: %v", err)
 		}
-		if s2.Gen != s.Gen || s2.Root != s.Root || len(s2.Errors) != len(s.Errors) || s2.FSID != s.FSID {
+		if s2.Gen != s.Gen || s2.Root != s.Root || len(s2.Errors) != len(s.Errors) || s2.FSID != s.FSID || s2.Backups != s.Backups {
 			t.Fatalf("round trip changed the superblock")
 		}
 		_ = s.CheckFeatures(false)

@@ -30,6 +30,8 @@ import (
 //	264   128  device entries: {device id, read errors, write errors, checksum errors} u64 each
 //	400     2  number of error entries (<= MaxErrorEntries)
 //	408  1536  error entries: {error id u32, reserved u32, count u64, last seen unix ns i64}
+//	1944    8  log chain start block  1952  8  its tag  1960  4  its sequence number
+//	1968  2112  root backups (IncompatRootBackups): 4 slots of 528 bytes, see RootBackup
 //
 // All integers little-endian. Everything after the used fields is zero.
 const (
@@ -66,8 +68,13 @@ const (
 	// extent tree can be rebuilt from the rmap tree. Records are 24 bytes
 	// for files, 8 for trees; an older build would reject them.
 	IncompatRmapMaps uint64 = 1 << 1
+	// IncompatRootBackups (format 1.3): the superblock keeps the root
+	// items of the last few generations (RootBackup), so a damaged root
+	// tree costs nothing: its items are in the superblock that points at
+	// it. An older build would reject the bytes as reserved.
+	IncompatRootBackups uint64 = 1 << 2
 
-	IncompatSupported        = IncompatLogChain | IncompatRmapMaps
+	IncompatSupported        = IncompatLogChain | IncompatRmapMaps | IncompatRootBackups
 	RoCompatSupported uint64 = 0
 )
 
@@ -76,6 +83,43 @@ type RootPtr struct {
 	Block BlockNr
 	Gen   Gen
 	Level uint8
+}
+
+// Root backups (the btrfs design: four slots, a commit of generation g
+// writing slot g mod 4). A slot holds a generation and the root item of
+// every tree this version knows (KnownTrees, in order; the root tree's
+// own first: its root pointer and item count): 8 + 13 × 40 = 528 bytes.
+// The slot of the superblock's own generation is an exact copy of its
+// root tree's items; the older ones name trees whose blocks later
+// generations may have freed and reused, so they are only ever read for
+// a rescue that verifies them. A zero generation marks a slot never
+// written, all its bytes zero.
+const (
+	NumRootBackups = 4
+	rootBackupOff  = 1968
+	rootBackupSize = 8 + 13*RootItemSize
+)
+
+// RootBackup is one generation's root items.
+type RootBackup struct {
+	Gen   Gen
+	Roots [13]RootItem // KnownTrees, in order
+}
+
+func init() {
+	if len(KnownTrees) != len(RootBackup{}.Roots) {
+		panic("format: a root backup must hold every known tree's root item")
+	}
+}
+
+// Backup returns the root backup of generation g, if the superblock has
+// one.
+func (s *Super) Backup(g Gen) (RootBackup, bool) {
+	if s.Incompat&IncompatRootBackups == 0 || g == 0 {
+		return RootBackup{}, false
+	}
+	b := s.Backups[g%NumRootBackups]
+	return b, b.Gen == g
 }
 
 // DeviceStats are per-device IO error counters.
@@ -120,6 +164,9 @@ type Super struct {
 	Label        string
 	Devices      []DeviceStats
 	Errors       []ErrorEntry
+	// Backups (IncompatRootBackups) are the root items of the last
+	// generations, slot g mod NumRootBackups for generation g.
+	Backups [NumRootBackups]RootBackup
 }
 
 // Encode writes s into b (one block) and seals it with its checksum.
@@ -167,6 +214,15 @@ func (s *Super) Encode(b []byte) {
 	le.PutUint64(b[1944:], uint64(s.LogStart))
 	le.PutUint64(b[1952:], uint64(s.LogTag))
 	le.PutUint32(b[1960:], s.LogSeq)
+	if s.Incompat&IncompatRootBackups != 0 {
+		for i, rb := range s.Backups {
+			o := rootBackupOff + i*rootBackupSize
+			le.PutUint64(b[o:], uint64(rb.Gen))
+			for j, ri := range rb.Roots {
+				copy(b[o+8+j*RootItemSize:], ri.Encode())
+			}
+		}
+	}
 	le.PutUint32(b[8:], blockChecksum(b, 8))
 }
 
@@ -281,7 +337,7 @@ func DecodeSuper(b []byte, at BlockNr) (*Super, error) {
 	if ne > MaxErrorEntries {
 		return nil, bad("%d error entries exceed %d", ne, MaxErrorEntries)
 	}
-	if err := checkReserved(b, int(nd), int(ne)); err != nil {
+	if err := checkReserved(b, int(nd), int(ne), s.Incompat&IncompatRootBackups != 0); err != nil {
 		return nil, bad("%s", err)
 	}
 	if i := bytes.IndexByte(b[192:192+LabelSize], 0); i >= 0 && !allZero(b[192+i:192+LabelSize]) {
@@ -293,13 +349,50 @@ func DecodeSuper(b []byte, at BlockNr) (*Super, error) {
 			ID: le.Uint32(b[o:]), Count: le.Uint64(b[o+8:]), Last: int64(le.Uint64(b[o+16:])),
 		})
 	}
+	if s.Incompat&IncompatRootBackups != 0 {
+		if err := s.decodeBackups(b); err != nil {
+			return nil, bad("%s", err)
+		}
+	}
 	return s, nil
+}
+
+// decodeBackups decodes the root backup slots of b and bounds every
+// pointer in them.
+func (s *Super) decodeBackups(b []byte) error {
+	for i := range s.Backups {
+		o := rootBackupOff + i*rootBackupSize
+		slot := b[o : o+rootBackupSize]
+		g := Gen(le.Uint64(slot))
+		if g == 0 {
+			if !allZero(slot) {
+				return fmt.Errorf("root backup slot %d is unused but not zero", i)
+			}
+			continue
+		}
+		if g > s.Gen || uint64(g%NumRootBackups) != uint64(i) {
+			return fmt.Errorf("root backup slot %d holds generation %d (superblock at %d)", i, g, s.Gen)
+		}
+		rb := RootBackup{Gen: g}
+		for j := range rb.Roots {
+			ri, err := DecodeRootItem(slot[8+j*RootItemSize : 8+(j+1)*RootItemSize])
+			if err != nil {
+				return fmt.Errorf("root backup slot %d: %v", i, err)
+			}
+			if r := ri.Root; r.Block == 0 || uint64(r.Block) >= s.TotalBlocks || r.Level > MaxLevel || r.Gen > g {
+				return fmt.Errorf("root backup of generation %d: tree %s at block %d gen %d level %d out of range", g, KnownTrees[j], r.Block, r.Gen, r.Level)
+			}
+			rb.Roots[j] = ri
+		}
+		s.Backups[i] = rb
+	}
+	return nil
 }
 
 // superReserved lists the byte ranges of a superblock that are reserved and
 // must be zero, given nd device and ne error entries in use (the unused
 // entries' slots are reserved too).
-func superReserved(nd, ne int) [][2]int {
+func superReserved(nd, ne int, backups bool) [][2]int {
 	r := [][2]int{
 		{52, 56},   // flags (reserved)
 		{89, 96},   // after the root tree's level
@@ -309,7 +402,11 @@ func superReserved(nd, ne int) [][2]int {
 		{392, 400},
 		{402, 408}, // after the error entry count
 		{408 + 24*ne, 1944},
-		{1964, BlockSize},
+		{1964, rootBackupOff},
+		{rootBackupOff + NumRootBackups*rootBackupSize, BlockSize},
+	}
+	if !backups {
+		r = append(r, [2]int{rootBackupOff, rootBackupOff + NumRootBackups*rootBackupSize})
 	}
 	for i := 0; i < ne; i++ {
 		o := 408 + 24*i
@@ -319,8 +416,8 @@ func superReserved(nd, ne int) [][2]int {
 }
 
 // checkReserved says where a reserved range of superblock b is not zero.
-func checkReserved(b []byte, nd, ne int) error {
-	for _, r := range superReserved(nd, ne) {
+func checkReserved(b []byte, nd, ne int, backups bool) error {
+	for _, r := range superReserved(nd, ne, backups) {
 		if r[0] >= r[1] {
 			continue
 		}
@@ -371,6 +468,8 @@ func (s *Super) Differs(other *Super) string {
 		return "label"
 	case s.LogStart != other.LogStart || s.LogSeq != other.LogSeq || s.LogTag != other.LogTag:
 		return "log chain start"
+	case s.Backups != other.Backups:
+		return "root backups"
 	}
 	return ""
 }

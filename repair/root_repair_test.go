@@ -1,0 +1,90 @@
+package repair
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/scrubd/scrubd/engine"
+	"github.com/scrubd/scrubd/engine/format"
+	"github.com/scrubd/scrubd/engine/fs"
+	"github.com/scrubd/scrubd/inject"
+)
+
+// TestRootDamageOnline: every kind of damage to the root tree of a mount
+// with a writer fsyncing all along: the writer never fails; the damage is
+// reported once (by the check, or as the engine's own repair when a
+// commit met it first and replaced the tree from the roots in memory) and
+// corrected; the next scrub is clean; offline fsck after unmount is
+// clean, and every fsync'd byte reads back after a remount.
+func TestRootDamageOnline(t *testing.T) {
+	pristine, err := os.ReadFile(populatedImage(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range inject.Kinds {
+		t.Run(kind, func(t *testing.T) {
+			img := filepath.Join(t.TempDir(), "fs.img")
+			if err := os.WriteFile(img, pristine, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			f, err := fs.OpenPath(img, fs.Options{CommitInterval: 20 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w, stop := startWriterOn(t, &writer{f: f, files: map[uint64][]byte{}}, 9, 150)
+			if err := f.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			lv := 0
+			inj, err := inject.Online(f.Engine(), inject.Options{Tree: format.TreeRoot, Kind: kind, Seed: 3, Level: &lv})
+			if err != nil {
+				stop()
+				f.Close()
+				if errors.Is(err, inject.ErrRefused) {
+					t.Skipf("not injectable here: %v", err)
+				}
+				t.Fatal(err)
+			}
+			rep, err := Scrub(context.Background(), f, "test", ScrubOptions{Repair: true, TempDir: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			root := rep.structure("root")
+			if rep.Status != StatusCorrected || root == nil || root.Found == 0 || root.Repaired != root.Found {
+				t.Fatalf("scrub --repair after %s at block %d: status %s, root %+v, notes %v", kind, inj.Block, rep.Status, root, rep.Notes)
+			}
+			rep, err = Scrub(context.Background(), f, "test", ScrubOptions{})
+			if err != nil || rep.Status != StatusClean {
+				t.Fatalf("second scrub: %v %+v", err, rep)
+			}
+			if s := f.Engine().Pin(); s.Super().Root.Block == format.BlockNr(inj.Block) {
+				s.Release()
+				t.Fatalf("the root tree still lives at the damaged block %d", inj.Block)
+			} else {
+				s.Release()
+			}
+			stop()
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			off, err := CheckOffline(context.Background(), img, Options{})
+			if err != nil || off.Status != StatusClean {
+				t.Fatalf("offline fsck after repair: %v %+v", err, off)
+			}
+			f, err = fs.OpenPath(img, fs.Options{CommitInterval: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if f.Engine().Sick(engine.StructRoot) {
+				t.Fatal("root sick after a clean remount")
+			}
+			w.verify(t, f)
+			verifyPopulated(t, f, nil)
+		})
+	}
+}
