@@ -29,6 +29,12 @@ var (
 type Options struct {
 	// ReadOnly opens without a writer: no transaction, no commit.
 	ReadOnly bool
+	// IgnoreBadRoots (with ReadOnly only; btrfs's rescue=ignorebadroots)
+	// opens an image whose root tree cannot be read in full and has no
+	// root backup to fall back to: the trees whose root items were read
+	// are served, the others are lost (every read needing one fails as
+	// corrupt), so what is left can be copied off.
+	IgnoreBadRoots bool
 	// CommitInterval commits the running transaction periodically; 0 means
 	// DefaultCommitInterval, negative disables periodic commits.
 	CommitInterval time.Duration
@@ -378,6 +384,21 @@ func (e *Engine) load() error {
 			e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("the root tree is damaged (%v): the tree roots come from the superblock's backup of generation %d", rootDamage, sb.Gen))
 			e.log.Warn("root tree damaged, using the superblock's root backup", "gen", sb.Gen, "err", rootDamage)
 		}
+	}
+	if err != nil && e.opts.IgnoreBadRoots && e.opts.ReadOnly && errors.Is(err, format.ErrCorrupt) {
+		var lost []string
+		for _, id := range format.KnownTrees {
+			if _, ok := roots[id]; !ok {
+				// Block 0 holds the superblock, never a node: every read
+				// of the tree fails its verification.
+				roots[id] = format.RootItem{Root: format.RootPtr{Block: 0, Gen: sb.Gen}}
+				lost = append(lost, id.String())
+			}
+		}
+		e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("rescue (ignore bad roots): %v; trees lost: %v (reads needing them fail)", err, lost))
+		e.log.Warn("rescue: serving the trees that could be located", "err", err, "lost", lost)
+		e.NoteDamage(err)
+		err = nil
 	}
 	if err != nil && !e.tolerant {
 		return err

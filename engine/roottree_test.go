@@ -244,3 +244,34 @@ func TestRootReplaceCrash(t *testing.T) {
 		}
 	}
 }
+
+// TestIgnoreBadRoots: an image with no root backup (format 1.1) whose root
+// tree cannot be read refuses a read-only mount, and opens with
+// IgnoreBadRoots (read-only only): the trees it could not locate are lost,
+// every read needing one fails as corrupt, the mount says which.
+func TestIgnoreBadRoots(t *testing.T) {
+	img, _ := rootTreeImage(t, MkfsOptions{NoRmapMaps: true})
+	damageRootTree(t, img, "bitflip")
+	if _, err := Open(disk.NewMemFrom(slices.Clone(img)), Options{ReadOnly: true}); !errors.Is(err, format.ErrCorrupt) {
+		t.Fatalf("read-only open without rescue: %v", err)
+	}
+	if _, err := Open(disk.NewMemFrom(slices.Clone(img)), Options{IgnoreBadRoots: true}); !errors.Is(err, format.ErrCorrupt) {
+		t.Fatalf("read-write open with IgnoreBadRoots: %v", err)
+	}
+	e, err := Open(disk.NewMemFrom(img), Options{ReadOnly: true, IgnoreBadRoots: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if notes := strings.Join(e.MountInfo().Notes, "\n"); !strings.Contains(notes, "trees lost") || !e.Sick(StructRoot) {
+		t.Fatalf("notes %q, root sick %v", notes, e.Sick(StructRoot))
+	}
+	err = e.View(func(tx *Tx) error {
+		tr, _ := tx.ReadTree(format.TreeInode)
+		_, _, err := tr.Get(format.Key{Obj: 1}, nil)
+		return err
+	})
+	if !errors.Is(err, format.ErrCorrupt) {
+		t.Fatalf("a read of a lost tree: %v", err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -30,6 +31,30 @@ type mountOptions struct {
 	autoRepair     bool
 	config         string
 	rate           string
+	readOnly       bool
+	rescue         []string
+}
+
+// rescues are the --rescue options (btrfs's rescue= mount options).
+var rescues = []string{"ignorebadroots"}
+
+// fsOptions turns the flags into the filesystem's options; --rescue
+// implies --read-only, and a read-only mount cannot repair.
+func (o *mountOptions) fsOptions() (fs.Options, error) {
+	fo := fs.Options{NoTreeLog: o.noTreeLog, CommitInterval: o.commitInterval, ReadOnly: o.readOnly}
+	for _, r := range o.rescue {
+		switch r {
+		case "ignorebadroots":
+			fo.Engine.IgnoreBadRoots = true
+		default:
+			return fo, usageError(fmt.Errorf("--rescue %q: unknown (known: %s)", r, strings.Join(rescues, ", ")))
+		}
+		fo.ReadOnly = true
+	}
+	if fo.ReadOnly && (o.repair || o.autoRepair) {
+		return fo, usageError(errors.New("a read-only mount cannot repair: drop --repair and --auto-repair, or --read-only and --rescue"))
+	}
+	return fo, nil
 }
 
 // schedules turns the schedule flags into the daemon's schedules; a bad
@@ -72,7 +97,7 @@ func (o *mountOptions) schedules() ([]daemon.Schedule, error) {
 func newMountCmd() *cobra.Command {
 	var o mountOptions
 	c := &cobra.Command{
-		Use:   "mount IMAGE MOUNTPOINT [--config FILE] [--schedule SPEC] [--schedule-data SPEC] [--repair] [--notreelog]",
+		Use:   "mount IMAGE MOUNTPOINT [--config FILE] [--schedule SPEC] [--schedule-data SPEC] [--repair] [--read-only] [--rescue ignorebadroots] [--notreelog]",
 		Short: "Serve an image through FUSE until it is unmounted",
 		Long: `Mount IMAGE on MOUNTPOINT through FUSE and serve it in the foreground, so
 any program can use it. "mounted IMAGE on MOUNTPOINT" is printed once the
@@ -84,6 +109,15 @@ commits everything, and exits. If files are still open at a signal, the
 mount is detached lazily (as umount -l) and those files are served until
 they are closed. fsync(2) on the mount is durable: a crash, even kill -9,
 loses nothing that was fsync'd; the next mount replays the log.
+
+--read-only serves the image without writing to it: writes fail with
+EROFS, no recovery pass runs (so data fsync'd since the last commit is not
+visible until a read-write mount replays it), and scrubs check but do not
+repair. It mounts images a read-write mount refuses (a damaged tree that a
+recovery pass must read). --rescue ignorebadroots also serves an image
+whose root tree cannot be read and that has no root backup (format 1.2 and
+older): the trees that cannot be located are lost, the rest is served so
+it can be copied off; it implies --read-only.
 
 --notify-exec CMD and --notify-webhook URL tell of a scrub that found
 damage, repaired some or failed, and of a structure going sick (damage met
@@ -182,10 +216,14 @@ EXIT STATUS
 			if err != nil {
 				return err
 			}
+			fo, err := o.fsOptions()
+			if err != nil {
+				return err
+			}
 			out := cmd.OutOrStdout()
 			err = daemon.Mount(cmd.Context(), daemon.MountOptions{
 				Image: img, Mountpoint: mountpoint, Logger: log,
-				FS:         fs.Options{NoTreeLog: o.noTreeLog, CommitInterval: o.commitInterval},
+				FS:         fo,
 				AllowOther: o.allowOther, Debug: o.debug,
 				Server: daemon.Options{TempDir: global.tmpDir, Schedules: schedules,
 					HistoryDir: global.stateDir, HistoryKeep: o.historyKeep, HistoryMaxAge: o.historyMaxAge,
@@ -195,6 +233,10 @@ EXIT STATUS
 			})
 			if err != nil {
 				return err
+			}
+			if fo.ReadOnly {
+				fmt.Fprintf(out, "unmounted %s; %s was not written\n", mountpoint, img)
+				return nil
 			}
 			fmt.Fprintf(out, "unmounted %s; committed %s\n", mountpoint, img)
 			return nil
@@ -213,6 +255,8 @@ EXIT STATUS
 	c.Flags().StringVar(&o.rate, "rate", "auto", "limit the data reads of scheduled and auto-repair scrubs: auto, a rate such as 200M, or auto,200M")
 	c.Flags().BoolVar(&o.autoRepair, "auto-repair", false, "repair at once when a structure goes sick (damage met in use, or found by a scrub that does not repair)")
 	c.Flags().StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on this address at /metrics (e.g. 127.0.0.1:9417)")
+	c.Flags().BoolVar(&o.readOnly, "read-only", false, "serve the image without writing to it (writes get EROFS; fsync'd data not yet committed is not replayed)")
+	c.Flags().StringSliceVar(&o.rescue, "rescue", nil, "serve what can still be read of a damaged image, read-only: ignorebadroots (trees that cannot be located are lost, the rest is served)")
 	c.Flags().IntVar(&o.historyKeep, "history-keep", history.DefaultKeep, "keep at most this many run reports (scrubd report)")
 	c.Flags().DurationVar(&o.historyMaxAge, "history-max-age", history.DefaultMaxAge, "remove run reports older than this")
 	return c

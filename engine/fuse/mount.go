@@ -108,6 +108,11 @@ func Mount(fsys *fs.FS, mountpoint string, opts Options) (*Server, error) {
 	if neg == 0 {
 		gopts.NegativeTimeout = nil
 	}
+	if ro, _ := fsys.Engine().ReadOnly(); ro {
+		// A read-only filesystem: the kernel refuses writes itself
+		// (EROFS) and says "ro" in the mount table.
+		gopts.MountOptions.Options = append(gopts.MountOptions.Options, "ro")
+	}
 	raw := gofs.NewNodeFS(&node{b: b}, gopts)
 	srv, err := gofuse.NewServer(raw, mountpoint, &gopts.MountOptions)
 	if err != nil {
