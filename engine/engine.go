@@ -109,7 +109,7 @@ type Engine struct {
 	reconcileAlloc  bool        // the next commit reconciles the allocator with the free-space tree (wmu)
 	freeDamaged     atomic.Bool // the free-space tree was damaged on purpose: see DamagedFreeTree
 	openRepairsOnce sync.Mutex  // guards mount.Rewritten for TakeOpenRepairs
-	rootReplaced    bool        // the open replaced a damaged root tree (roottree.go)
+	openRepaired    bool        // the open repaired something (a damaged root tree, a counter): it commits
 	tolerant        bool        // offline check: load what is readable, report the rest
 	replaying       bool        // log replay in progress (mount only)
 
@@ -332,11 +332,12 @@ func Open(dev disk.Device, opts Options) (*Engine, error) {
 		if err := e.ensureLogHead(); err != nil {
 			return nil, fmt.Errorf("set up the fsync log: %w", err)
 		}
-		if e.rootReplaced {
-			// The damaged root tree is not left in use a moment longer
-			// than the open.
+		if e.openRepaired {
+			// What the open repaired (a damaged root tree, a summary
+			// counter) is not left on disk a moment longer than the
+			// open.
 			if err := e.Sync(); err != nil {
-				return nil, fmt.Errorf("write the new root tree: %w", err)
+				return nil, fmt.Errorf("commit what the open repaired: %w", err)
 			}
 		}
 	}
@@ -436,12 +437,23 @@ func (e *Engine) load() error {
 		e.log.Warn("free-space tree and superblock disagree", "tree", free, "super", sb.FreeBlocks)
 		e.freeCount = free
 	}
+	if free != sb.FreeBlocks && !e.Degraded(StructFree) {
+		// A summary counter, recomputed from a free-space tree that
+		// loaded clean: the commit the open makes writes the right one,
+		// and the next scrub reports it. (Loaded from another tree's
+		// gaps, the free space is that tree's view; the free-space
+		// rebuild settles the count.)
+		e.openRepaired = true
+		e.noteSelfRepaired(finding(ErrSuperFreeCount, format.OwnerSuper, 0,
+			"superblock counts %d free blocks, the free space holds %d (the open recomputed the count)", sb.FreeBlocks, free))
+	}
 	e.txn = newTxn(sb.Gen + 1)
+	e.txn.superDirty = e.openRepaired // the free count recomputed
 	if rootDamage != nil {
 		if _, err := e.replaceRootTree(); err != nil {
 			return fmt.Errorf("replace the damaged root tree: %w", err)
 		}
-		e.rootReplaced = true
+		e.openRepaired = true
 		e.noteSelfRepair(rootDamage, fmt.Sprintf("opening the image wrote a new root tree from the superblock's root backup of generation %d", sb.Gen))
 		e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("a new root tree replaces the damaged one from generation %d on", sb.Gen+1))
 	}

@@ -134,6 +134,11 @@ func (e *Engine) noteSelfRepair(err error, how string) {
 		f = finding(kindID(ce.Kind), ce.Tree, ce.Block, "%s", ce.Detail)
 	}
 	f.Detail += " (" + how + ")"
+	e.noteSelfRepaired(f)
+}
+
+// noteSelfRepaired records a finding the engine repaired on its own.
+func (e *Engine) noteSelfRepaired(f Finding) {
 	e.openRepairsOnce.Lock()
 	e.mount.Rewritten = append(e.mount.Rewritten, f)
 	e.openRepairsOnce.Unlock()

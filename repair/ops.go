@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/scrubd/scrubd/engine"
 	"github.com/scrubd/scrubd/engine/format"
@@ -55,6 +54,10 @@ type Op struct {
 	// Inputs are the structures the repairer reads: damage proven in one
 	// of their trees makes it wait or refuse.
 	Inputs []string
+	// OnlyAnswers: the repairer fixes only the findings it answers, not
+	// damage in its trees' own blocks (the inode row fixes link counts,
+	// not lost inode items).
+	OnlyAnswers bool
 }
 
 // repairFunc rebuilds one structure of e and describes the rebuild.
@@ -69,8 +72,11 @@ var opsTable = []Op{
 	{Name: "superblock", Trees: []format.TreeID{format.OwnerSuper}, Check: superblockCheck, Repair: repairSupers,
 		Answers: []engine.ErrorID{engine.ErrSuperCopyBad, engine.ErrSuperCopyStale, engine.ErrSuperCopyField}},
 	{Name: "root", Trees: []format.TreeID{format.TreeRoot}, Check: rootCheck, Repair: repairRoot},
-	{Name: "inode", Trees: []format.TreeID{format.TreeInode}, Check: inodeCheck},
 	{Name: "dir", Trees: []format.TreeID{format.TreeDir}, Check: dirCheck},
+	// The inode row fixes link counts from the directory entries; inode
+	// items lost with a leaf are not reconstructed yet.
+	{Name: "inode", Trees: []format.TreeID{format.TreeInode}, Check: inodeCheck, Repair: repairNlinks,
+		Answers: []engine.ErrorID{engine.ErrNlink}, Inputs: []string{"dir", "inode"}, OnlyAnswers: true},
 	// The extent row answers only damage proven in its own tree: an item
 	// and a record that disagree may be either one's fault, and the rmap
 	// row, rebuilding from the items, loses nothing either way — a file
@@ -161,7 +167,7 @@ func (op *Op) wants(fs []engine.Finding) bool {
 		if slices.Contains(op.Answers, f.ID) {
 			return true
 		}
-		if slices.Contains(op.Trees, f.Tree) && (walkDamage(f.ID) || !answeredElsewhere(op, f.ID)) {
+		if !op.OnlyAnswers && slices.Contains(op.Trees, f.Tree) && (walkDamage(f.ID) || !answeredElsewhere(op, f.ID)) {
 			return true
 		}
 	}
@@ -202,6 +208,15 @@ type repairRun struct {
 func (r *repairRun) repairAll(ctx context.Context, found []engine.Finding) ([]engine.Finding, error) {
 	r.done = map[string]bool{}
 	cur := found
+	if countersOnly(cur) {
+		if err := r.repairCounters(ctx, cur); err != nil {
+			return nil, err
+		}
+		var err error
+		if cur, err = r.recheck(); err != nil {
+			return nil, err
+		}
+	}
 	for {
 		ran := false
 		waiting := map[string][]string{} // row → the inputs it waits for
@@ -212,6 +227,14 @@ func (r *repairRun) repairAll(ctx context.Context, found []engine.Finding) ([]en
 			}
 			var wait, refuse []string
 			for _, in := range op.Inputs {
+				if in == op.Name {
+					// It reads its own tree (OnlyAnswers rows): damage
+					// there is not its to repair.
+					if op.provenDamaged(cur) {
+						refuse = append(refuse, in)
+					}
+					continue
+				}
 				iop := opByName(in)
 				if iop == nil || !iop.provenDamaged(cur) {
 					continue
@@ -279,28 +302,19 @@ func (r *repairRun) repairOne(ctx context.Context, op *Op) error {
 		return nil
 	}
 	r.rep.Rebuilds = append(r.rep.Rebuilds, *rb)
-	if r.opts.Mode == "offline" {
+	for _, c := range rb.Changes {
+		r.rep.Notes = append(r.rep.Notes, op.Name+": "+c)
+	}
+	if rb.Action != "" {
+		r.rep.Notes = append(r.rep.Notes, fmt.Sprintf("%s: %s: %d changed, %d live updates followed, writers paused %.1f ms",
+			op.Name, rb.Action, rb.Records, rb.Events, rb.PauseMs))
+	} else if r.opts.Mode == "offline" {
 		r.rep.Notes = append(r.rep.Notes, fmt.Sprintf("rebuilt the %s tree: %d records", op.Name, rb.Records))
 	} else {
 		r.rep.Notes = append(r.rep.Notes, fmt.Sprintf("rebuilt the %s tree online: %d records, %d live updates followed, writers paused %.1f ms",
 			op.Name, rb.Records, rb.Events, rb.PauseMs))
 	}
 	return nil
-}
-
-// repairSupers is the superblock row's repairer: a commit writes every
-// copy anew from the generation in use (an invalid, stale or differing
-// copy is never read for it: the opener chose the newest valid copy).
-func repairSupers(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*RebuildReport, error) {
-	start := time.Now()
-	if err := e.RewriteSupers(); err != nil {
-		return nil, err
-	}
-	s := e.Pin()
-	gen, n := s.Gen(), len(format.SuperBlocks(s.Super().TotalBlocks))
-	s.Release()
-	return &RebuildReport{Structure: "superblock", Gen: uint64(gen), Records: uint64(n), NewBlocks: uint64(n),
-		DurationS: time.Since(start).Seconds()}, nil
 }
 
 // repairRmap is the rmap row's repairer.

@@ -3,6 +3,7 @@ package repair
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -84,6 +85,12 @@ type RebuildReport struct {
 	DurationS  float64 `json:"duration_s"`
 	PauseMs    float64 `json:"writer_pause_ms"`
 	XfileBytes int64   `json:"xfile_bytes"`
+	// Action says what the repair did when it rebuilt no tree ("fixed
+	// link counts"); empty for a rebuild.
+	Action string `json:"action,omitempty"`
+	// Changes lists what the repair changed that an operator must know
+	// of, one line each (a link count set, a file moved to lost+found).
+	Changes []string `json:"changes,omitempty"`
 }
 
 // StructureReport is what one structure's check found.
@@ -176,6 +183,36 @@ func (r *Report) markRepaired(before, left []engine.Finding) {
 		r.Status = StatusCorrected
 	default:
 		r.Status = StatusClean
+	}
+}
+
+// addSelfRepaired adds the findings the engine repaired on its own during
+// the run, those not already among known (same id, tree and block), as
+// found and repaired.
+func (r *Report) addSelfRepaired(fs, known []engine.Finding) {
+	for _, f := range fs {
+		if slices.ContainsFunc(known, func(k engine.Finding) bool {
+			return k.ID == f.ID && k.Tree == f.Tree && k.Block == f.Block
+		}) {
+			continue
+		}
+		name := structureName(f.Tree)
+		i := slices.IndexFunc(r.Structures, func(s StructureReport) bool { return s.Name == name })
+		if i < 0 {
+			r.Structures = append(r.Structures, StructureReport{Name: name, Findings: []FindingReport{}})
+			i = len(r.Structures) - 1
+		}
+		fr := findingReport(f)
+		fr.Repaired = true
+		s := &r.Structures[i]
+		s.Findings = append(s.Findings, fr)
+		s.Found++
+		s.Repaired++
+		r.Found++
+		r.Repaired++
+		if r.Status == StatusClean {
+			r.Status = StatusCorrected
+		}
 	}
 }
 

@@ -52,6 +52,8 @@ type ScrubOptions struct {
 	// run's bad blocks: zpool scrub -e).
 	OnlyErrors bool
 	Errors     []engine.BadBlock
+
+	fsys *fs.FS // the filesystem scrubbed (the namespace repairs need it)
 }
 
 // Scrub checks fsys (and repairs it with opts.Repair) and returns the report.
@@ -65,6 +67,7 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 		opts.Mode = "online"
 	}
 	e := fsys.Engine()
+	opts.fsys = fsys
 	var verified uint64
 	ctl := opts.Control
 	first := true // the first pass counts progress; the checks after repairs do not
@@ -137,8 +140,11 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 		rep.Notes = append(rep.Notes, fmt.Sprintf("resumed the data scrub of the run started %s, interrupted before inode %d: %d bytes verified then were not read again; its %d bad blocks are reported again",
 			rep.Resumed.RunStarted.Format(time.RFC3339), r.NextIno, r.Verified, len(r.Bad)))
 	}
-	if supers := countTree(opened, format.OwnerSuper); supers > 0 {
-		rep.Notes = append(rep.Notes, fmt.Sprintf("opening the image rewrote %d superblock copies that were invalid or stale", supers))
+	if n := countIDs(opened, engine.ErrSuperCopyBad, engine.ErrSuperCopyStale, engine.ErrSuperCopyField); n > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("opening the image rewrote %d superblock copies that were invalid or stale", n))
+	}
+	if countIDs(opened, engine.ErrSuperFreeCount) > 0 {
+		rep.Notes = append(rep.Notes, "opening the image recomputed the superblock's free-block count")
 	}
 	if countTree(opened, format.TreeRoot) > 0 {
 		rep.Notes = append(rep.Notes, "the engine found the root tree damaged and wrote a new one (from the superblock's root backup at the open, from the roots in memory at a commit)")
@@ -177,6 +183,10 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 	}
 	markHealth(e, res2.Gen, left)
 	rep.markRepaired(append(opened, found...), left)
+	// What the engine repaired on its own while the repairs ran (a commit
+	// meeting the damaged root tree before the root row did): the same
+	// damage as a finding of this run is not counted twice.
+	rep.addSelfRepaired(e.TakeOpenRepairs(), append(opened, found...))
 	rep.Generation = uint64(res2.Gen)
 	rep.BytesVerified = verified
 	rep.DurationS = time.Since(started).Seconds()
@@ -399,6 +409,17 @@ func countTree(fs []engine.Finding, id format.TreeID) int {
 	n := 0
 	for _, f := range fs {
 		if f.Tree == id {
+			n++
+		}
+	}
+	return n
+}
+
+// countIDs counts the findings of the ids.
+func countIDs(fs []engine.Finding, ids ...engine.ErrorID) int {
+	n := 0
+	for _, f := range fs {
+		if slices.Contains(ids, f.ID) {
 			n++
 		}
 	}
