@@ -152,6 +152,20 @@ func (c *Client) InjectLevel(ctx context.Context, tree, kind string, seed uint64
 	return r.Inject, nil
 }
 
+// InjectRequest sends an inject request with every field (a superblock
+// copy, a file's data block): see inject.Online.
+func (c *Client) InjectRequest(ctx context.Context, req Request) (*inject.Result, error) {
+	req.Op = OpInject
+	r, err := c.call(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if r.Inject == nil {
+		return nil, fmt.Errorf("control socket %s: inject answer without a result", c.path)
+	}
+	return r.Inject, nil
+}
+
 // Call sends one request and returns the response; an error response is
 // returned as a *RemoteError.
 func (c *Client) Call(ctx context.Context, req Request) (*Response, error) { return c.call(ctx, req) }

@@ -53,6 +53,12 @@ type Request struct {
 	Seed uint64 `json:"seed,omitempty"`
 	// Level, for inject, damages a node of that level only (0: a leaf).
 	Level *int `json:"level,omitempty"`
+	// Copy, for inject with tree "superblock", names the copy (its
+	// block); File and Offset damage the data block holding that byte of
+	// the file at that path instead of a tree.
+	Copy   *uint64 `json:"copy,omitempty"`
+	File   string  `json:"file,omitempty"`
+	Offset uint64  `json:"offset,omitempty"`
 }
 
 // Response is one line the server answers; exactly one field is set.

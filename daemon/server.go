@@ -800,11 +800,26 @@ func (s *Server) control(req Request) Response {
 
 func (s *Server) inject(req Request) Response {
 	if req.Repair || req.Data || req.Rate != "" || req.Background || req.Since != 0 || req.Incremental || req.Errors {
-		return errResponse(CodeBadRequest, "inject takes tree, kind and seed only")
+		return errResponse(CodeBadRequest, "inject takes tree (or file and offset), kind, seed, level and copy only")
 	}
-	tree, ok := format.TreeByName(req.Tree)
-	if !ok {
-		return errResponse(CodeBadRequest, fmt.Sprintf("inject: unknown tree %q", req.Tree))
+	opts := inject.Options{Kind: req.Kind, Seed: req.Seed, Level: req.Level, File: req.File, Offset: req.Offset}
+	switch {
+	case req.File != "":
+		if req.Tree != "" {
+			return errResponse(CodeBadRequest, "inject: a file or a tree, not both")
+		}
+	case req.Tree == inject.Superblock:
+		opts.Tree = format.OwnerSuper
+	default:
+		tree, ok := format.TreeByName(req.Tree)
+		if !ok {
+			return errResponse(CodeBadRequest, fmt.Sprintf("inject: unknown tree %q", req.Tree))
+		}
+		opts.Tree = tree
+	}
+	if req.Copy != nil {
+		c := format.BlockNr(*req.Copy)
+		opts.Copy = &c
 	}
 	if !slices.Contains(inject.Kinds, req.Kind) {
 		return errResponse(CodeBadRequest, fmt.Sprintf("inject: unknown kind %q (kinds: %v)", req.Kind, inject.Kinds))
@@ -813,7 +828,7 @@ func (s *Server) inject(req Request) Response {
 		return errResponse(CodeBusy, err.Error())
 	}
 	defer s.end()
-	res, err := inject.Online(s.fsys.Engine(), inject.Options{Tree: tree, Kind: req.Kind, Seed: req.Seed, Level: req.Level})
+	res, err := inject.Online(s.fsys.Engine(), opts)
 	if err != nil {
 		return errResponse(CodeFailed, "inject: "+err.Error())
 	}

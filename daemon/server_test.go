@@ -287,7 +287,7 @@ func TestServeBadRequests(t *testing.T) {
 		{`{"op":"scrub","tree":"rmap"}`, "scrub takes repair, data, rate and background only"},
 		{`{"op":"scrub","rate":"fast"}`, `rate "fast"`},
 		{`{"op":"pause","data":true}`, "pause takes no arguments"},
-		{`{"op":"inject","tree":"rmap","kind":"bitflip","repair":true}`, "inject takes tree, kind and seed only"},
+		{`{"op":"inject","tree":"rmap","kind":"bitflip","repair":true}`, "inject takes tree (or file and offset), kind, seed, level and copy only"},
 		{`[]`, "bad request"},
 	} {
 		r.send(c.req + "\n")

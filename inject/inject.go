@@ -12,9 +12,11 @@ import (
 	"github.com/scrubd/scrubd/engine/format"
 )
 
-// Fault injection: exact damage to one metadata block, so tests, the demo
-// and operators rehearsing a recovery can see what scrub finds and what
-// repair fixes. Quarantined here: the engine itself never damages blocks.
+// Fault injection: exact damage to one block — of a metadata tree, one
+// superblock copy (super.go) or one data block of a file (file.go) — so
+// tests, the demo and operators rehearsing a recovery can see what scrub
+// finds and what repair fixes. Quarantined here: the engine itself never
+// damages blocks.
 
 // Injection kinds.
 const (
@@ -28,15 +30,36 @@ const (
 // Kinds lists the kinds in a stable order.
 var Kinds = []string{Bitflip, Zero, DropRecord, WrongOwner, StaleGen}
 
+// SuperKinds are the kinds that apply to a superblock copy (it has no
+// records to drop), FileKinds those that apply to file data.
+var (
+	SuperKinds = []string{Bitflip, Zero, WrongOwner, StaleGen}
+	FileKinds  = []string{Bitflip, Zero}
+)
+
+// Superblock is the name the superblock copies go by as an injection
+// target (Options.Tree format.OwnerSuper).
+const Superblock = "superblock"
+
 // Options say what damage to do.
 type Options struct {
+	// Tree is the tree to damage; format.OwnerSuper damages a superblock
+	// copy instead. Zero with File.
 	Tree format.TreeID
 	Kind string
 	Seed uint64
 	// Level, when set, damages a node of that level only: 0 a leaf, 1 the
 	// interior nodes just above the leaves, and so on. Nil lets the seed
-	// choose among every node the kind can damage.
+	// choose among every node the kind can damage. Trees only.
 	Level *int
+	// Copy, with Tree format.OwnerSuper, damages the superblock copy at
+	// that block (one of format.SuperBlocks); nil lets the seed choose.
+	Copy *format.BlockNr
+	// File, when set, damages the data block holding byte Offset of the
+	// regular file at that path in the filesystem ("/dir/a.txt"; symlinks
+	// are not followed) instead of a tree.
+	File   string
+	Offset uint64
 }
 
 // Result says what was done.
@@ -48,6 +71,10 @@ type Result struct {
 	Level      int    `json:"level"`
 	Generation uint64 `json:"generation"`
 	Detail     string `json:"detail"`
+	// File, for damage to file data, names the file, the offset of the
+	// damaged block in it (the requested offset rounded down to a block)
+	// and its disk block (also Block): what a data scrub's finding names.
+	File *engine.FileRef `json:"file,omitempty"`
 }
 
 // ErrRefused is wrapped by errors for requests that cannot be carried out.
@@ -60,7 +87,7 @@ func Offline(path string, opts Options) (*Result, error) {
 		return nil, err
 	}
 	s := e.Pin()
-	res, blk, err := planInjection(s, e.Device(), opts)
+	res, blk, err := plan(s, e.Device(), opts)
 	s.Release()
 	e.Close()
 	if err != nil {
@@ -77,15 +104,16 @@ func Offline(path string, opts Options) (*Result, error) {
 	return res, dev.Flush()
 }
 
-// Online damages committed metadata of a mounted engine: with the
-// writers frozen right after a commit (so the block it damages is one the
-// filesystem goes on using, not one a running transaction has already
-// replaced), it writes the device directly and drops the engine's cached
-// copy.
+// Online damages committed metadata or file data of a mounted engine:
+// with the writers frozen right after a commit (so the block it damages
+// is one the filesystem goes on using, not one a running transaction has
+// already replaced), it writes the device directly and drops the
+// engine's cached copy. (File data is never cached; a superblock copy
+// stays damaged until the next commit, which writes every copy anew.)
 func Online(e *engine.Engine, opts Options) (*Result, error) {
 	var res *Result
 	err := e.Freeze(func(s *engine.Snapshot) error {
-		r, blk, err := planInjection(s, e.Device(), opts)
+		r, blk, err := plan(s, e.Device(), opts)
 		if err != nil {
 			return err
 		}
@@ -105,12 +133,34 @@ func Online(e *engine.Engine, opts Options) (*Result, error) {
 	return res, err
 }
 
-// planInjection picks a block of the tree in snapshot s and returns it
-// damaged as asked.
-func planInjection(s *engine.Snapshot, dev disk.Device, opts Options) (*Result, []byte, error) {
+// plan picks the block to damage in snapshot s and returns it damaged as
+// asked, to be written at the result's Block.
+func plan(s *engine.Snapshot, dev disk.Device, opts Options) (*Result, []byte, error) {
 	if !slices.Contains(Kinds, opts.Kind) {
 		return nil, nil, fmt.Errorf("%w: unknown kind %q (kinds: %v)", ErrRefused, opts.Kind, Kinds)
 	}
+	if opts.Copy != nil && (opts.File != "" || opts.Tree != format.OwnerSuper) {
+		return nil, nil, fmt.Errorf("%w: a superblock copy is named, but the target is not the superblock", ErrRefused)
+	}
+	switch {
+	case opts.File != "":
+		if opts.Tree != 0 && opts.Tree != format.OwnerData {
+			return nil, nil, fmt.Errorf("%w: a file or a tree (%s), not both", ErrRefused, opts.Tree)
+		}
+		return planFile(s, dev, opts)
+	case opts.Tree == format.OwnerSuper:
+		return planSuper(s, dev, opts)
+	}
+	return planTree(s, dev, opts)
+}
+
+// rng is the seeded source every choice of an injection draws from: the
+// same seed on the same image makes the same damage.
+func rng(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, seed^0x5eed)) }
+
+// planTree picks a block of the tree in snapshot s and returns it damaged
+// as asked.
+func planTree(s *engine.Snapshot, dev disk.Device, opts Options) (*Result, []byte, error) {
 	tr, ok := s.Tree(opts.Tree)
 	if !ok {
 		return nil, nil, fmt.Errorf("%w: no tree %s", ErrRefused, opts.Tree)
@@ -145,7 +195,7 @@ func planInjection(s *engine.Snapshot, dev disk.Device, opts Options) (*Result, 
 		}
 		return nil, nil, fmt.Errorf("%w: tree %s has no block%s that %s can damage", ErrRefused, opts.Tree, at, opts.Kind)
 	}
-	r := rand.New(rand.NewPCG(opts.Seed, opts.Seed^0x5eed))
+	r := rng(opts.Seed)
 	c := cands[r.IntN(len(cands))]
 	blk := make([]byte, format.BlockSize)
 	if _, err := dev.ReadAt(blk, int64(c.b)*format.BlockSize); err != nil {

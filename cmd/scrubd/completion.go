@@ -27,7 +27,7 @@ func registerCompletions(root *cobra.Command) {
 	for _, c := range root.Commands() {
 		switch c.Name() {
 		case "inject":
-			c.RegisterFlagCompletionFunc("tree", fixed(trees...))
+			c.RegisterFlagCompletionFunc("tree", fixed(append(trees, inject.Superblock)...))
 			c.RegisterFlagCompletionFunc("kind", fixed(inject.Kinds...))
 			c.RegisterFlagCompletionFunc("level", fixed("0", "1", "2", "3"))
 		case "mkfs":
