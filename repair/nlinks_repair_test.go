@@ -269,17 +269,7 @@ func TestNlinkRepairUnderWriter(t *testing.T) {
 		}
 	}
 	check(f)
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	off, err := CheckOffline(context.Background(), img, Options{})
-	if err != nil || off.Status != StatusClean {
-		t.Fatalf("offline fsck after repair: %v %+v", err, off)
-	}
-	f, err = fs.OpenPath(img, fs.Options{CommitInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f = remountClean(t, f, img)
 	defer f.Close()
 	check(f)
 }

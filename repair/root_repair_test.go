@@ -61,24 +61,16 @@ func TestRootDamageOnline(t *testing.T) {
 			if err != nil || rep.Status != StatusClean {
 				t.Fatalf("second scrub: %v %+v", err, rep)
 			}
-			if s := f.Engine().Pin(); s.Super().Root.Block == format.BlockNr(inj.Block) {
-				s.Release()
-				t.Fatalf("the root tree still lives at the damaged block %d", inj.Block)
-			} else {
-				s.Release()
+			// (The damaged block, once freed, may hold a later root tree:
+			// what counts is that the tree in use was written since.)
+			s := f.Engine().Pin()
+			rootGen := s.Super().Root.Gen
+			s.Release()
+			if rootGen <= format.Gen(inj.Generation) {
+				t.Fatalf("the root tree in use is of generation %d, the damaged one was %d", rootGen, inj.Generation)
 			}
 			stop()
-			if err := f.Close(); err != nil {
-				t.Fatal(err)
-			}
-			off, err := CheckOffline(context.Background(), img, Options{})
-			if err != nil || off.Status != StatusClean {
-				t.Fatalf("offline fsck after repair: %v %+v", err, off)
-			}
-			f, err = fs.OpenPath(img, fs.Options{CommitInterval: -1})
-			if err != nil {
-				t.Fatal(err)
-			}
+			f = remountClean(t, f, img)
 			defer f.Close()
 			if f.Engine().Sick(engine.StructRoot) {
 				t.Fatal("root sick after a clean remount")

@@ -198,17 +198,7 @@ func onlineDamageCase(t *testing.T, img string, tree format.TreeID, kind string,
 		t.Fatal("a space tree is still degraded after the repair")
 	}
 	stop()
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	off, err := CheckOffline(context.Background(), img, Options{})
-	if err != nil || off.Status != StatusClean {
-		t.Fatalf("offline fsck after repair: %v %+v", err, off)
-	}
-	f, err = fs.OpenPath(img, fs.Options{CommitInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f = remountClean(t, f, img)
 	w.verify(t, f)
 	verifyPopulated(t, f, wantFiles)
 	f.Close()
@@ -315,4 +305,22 @@ func TestRepairRefusesDamagedSources(t *testing.T) {
 			}
 		})
 	}
+}
+
+// remountClean closes f, requires a clean offline check of img, and
+// opens it again (without periodic commits) for the caller to verify.
+func remountClean(t *testing.T, f *fs.FS, img string) *fs.FS {
+	t.Helper()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	off, err := CheckOffline(context.Background(), img, Options{})
+	if err != nil || off.Status != StatusClean {
+		t.Fatalf("offline fsck after repair: %v %+v", err, off)
+	}
+	f, err = fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
