@@ -46,18 +46,21 @@ const (
 	PassFreeUntrusted  uint = 4
 	PassAllocUntrusted uint = 5
 	PassRmapUntrusted  uint = 6
+	PassCsumUntrusted  uint = 7
 )
 
-// degradedPass maps each structure the engine can run without to its
-// marker pass.
-var degradedPass = map[Structure]uint{StructFree: PassFreeUntrusted, StructAlloc: PassAllocUntrusted, StructRmap: PassRmapUntrusted}
+// degradedPass maps each structure the engine can run degraded to its
+// marker pass: the space trees, which it runs without, and the csum tree,
+// which it runs around its damage (see below).
+var degradedPass = map[Structure]uint{StructFree: PassFreeUntrusted, StructAlloc: PassAllocUntrusted,
+	StructRmap: PassRmapUntrusted, StructCsum: PassCsumUntrusted}
 
-// degradable reports whether the engine stops maintaining s while it is
-// sick.
+// degradable reports whether s has a degraded mode: damage proven in it
+// degrades it (persisted) until its repairer ends it.
 func degradable(s Structure) bool { _, ok := degradedPass[s]; return ok }
 
-// degradedBits returns passes with the marker bits set to the space trees'
-// sickness.
+// degradedBits returns passes with the marker bits set to the degraded
+// trees' sickness.
 func (e *Engine) degradedBits(passes uint64) uint64 {
 	for s, id := range degradedPass {
 		if e.Degraded(s) {
@@ -69,8 +72,8 @@ func (e *Engine) degradedBits(passes uint64) uint64 {
 	return passes
 }
 
-// markUntrusted marks sick the space trees the superblock says were
-// degraded when it was written.
+// markUntrusted marks sick the trees the superblock says were degraded
+// when it was written.
 func (e *Engine) markUntrusted(sb *format.Super) {
 	for s, id := range degradedPass {
 		if sb.RecoveryPasses&(1<<id) != 0 {
@@ -98,6 +101,86 @@ func (e *Engine) spaceDamagedAs(s Structure, id ErrorID, err error) bool {
 	}
 	e.MarkSick(s, e.committedGen(), id)
 	return true
+}
+
+// Degraded mode of the data checksum tree.
+//
+// A csum record is the crc32c of every block of one data extent, under the
+// extent's start; the data is on disk, so a lost record can be computed
+// again (without verification: repair/csum_repair.go), and nothing but
+// reads of file data depends on it. So damage to the csum tree never
+// fails a writer: when a Put, Delete or Get of a record meets corruption
+// (format.ErrCorrupt from the tree's blocks: CsumDamaged), the csum
+// structure is marked sick and degraded and the operation goes on without
+// its csum change.
+//
+//   - A write (a Put, engine/fs): the data is written and mapped, its
+//     record is not stored. The filesystem publishes the checksums on the
+//     Csum hook all the same, so a rebuild running then keeps them; an
+//     fsync whose log group would need them commits instead of logging
+//     (engine/fs/fsync.go); the log replay drops them the same way.
+//   - A free (a Delete, deleteCsum): the record stays where it is, in the
+//     damaged part of the tree. It is unreadable both ways: a lookup of
+//     its key walks the same path and meets the same damage, so it can
+//     never be read as the checksums of a later extent at that start (the
+//     path of a key below a block nobody can read stays below it: the
+//     block cannot change, and what changes around it — nodes copied,
+//     split, their first keys lowered — keeps every child's key range).
+//     The rebuild drops it.
+//   - A read (a Get): the blocks are served unverified and counted
+//     (fs.Stats.UnverifiedReads), never EIO; so is a read that finds no
+//     record while csum is sick (a Put dropped earlier, a record lost with
+//     a dropped pointer). A record that is found and mismatches is EIO, as
+//     always.
+//
+// The transaction stays consistent: a B-tree Put or Delete fails at the
+// damaged block before it changes anything below it (Delete looks the key
+// up first), and what it changed above it on the way — nodes copied on
+// write, an interior node split, a first key lowered, or, after the item
+// was removed, a rebalance that stopped at an unreadable sibling — leaves
+// a valid tree, which commits like any other.
+//
+// Unlike a space tree the csum tree is still maintained: every change
+// that does not meet the damage is made, so its healthy part stays exact
+// and the check compares it as usual (the damage itself is what the check
+// reports). The sickness persists (marker pass csum_untrusted), so a
+// remount still serves records the damage hid as unverified instead of
+// EIO; only the rebuild ends it, in the exclusive section of its swap.
+
+// CsumDamaged handles an error met by a Put, Delete or Get of a csum
+// record: corruption marks the csum tree sick and degraded (see above)
+// and reports true, the caller going on without the record; any other
+// error is the caller's.
+func (e *Engine) CsumDamaged(err error) bool {
+	if !errors.Is(err, format.ErrCorrupt) {
+		return false
+	}
+	ids := []ErrorID{ErrTreeUntrusted}
+	if ce, ok := format.AsCorrupt(err); ok {
+		ids[0] = kindID(ce.Kind)
+	}
+	if !provesDamage(ids[0]) {
+		ids = append(ids, ErrTreeUntrusted)
+	}
+	if !e.Degraded(StructCsum) {
+		e.log.Error("data checksum tree is damaged: marked sick; writes go on without the checksum changes the damage blocks, reads it hides are served unverified, until it is rebuilt", "err", err)
+		e.CountError(ids[0], 1)
+	}
+	e.MarkSick(StructCsum, e.committedGen(), ids...)
+	return true
+}
+
+// CsumDamaged is Engine.CsumDamaged, for a filesystem in a transaction
+// (log replay runs before the engine is handed out).
+func (tx *Tx) CsumDamaged(err error) bool { return tx.e.CsumDamaged(err) }
+
+// deleteCsum deletes the checksums of the data extent at start (freed):
+// damage met in the csum tree drops the delete (see above).
+func (e *Engine) deleteCsum(start format.BlockNr) error {
+	if _, err := e.trees[format.TreeCsum].Delete(format.CsumKey(start)); err != nil && !e.CsumDamaged(err) {
+		return err
+	}
+	return nil
 }
 
 // extentAt returns what the engine knows of the extent starting at start:

@@ -323,7 +323,7 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 	e.freeCount += r.n
 	if item.Flags == format.ExtentData && !keepCsum {
 		// The extent's data checksums go with it.
-		if _, err := e.trees[format.TreeCsum].Delete(format.CsumKey(r.start)); err != nil {
+		if err := e.deleteCsum(r.start); err != nil {
 			return err
 		}
 	}

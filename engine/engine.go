@@ -868,7 +868,7 @@ func (tx *Tx) DropRef(start format.BlockNr, n uint64, owner format.Owner) error 
 	tx.touched = true
 	if tx.e.ref(start, n, owner, format.ExtentData, -1) {
 		// Allocated and dropped in this transaction: its checksums go too.
-		if _, err := tx.e.trees[format.TreeCsum].Delete(format.CsumKey(start)); err != nil {
+		if err := tx.e.deleteCsum(start); err != nil {
 			return err
 		}
 	}

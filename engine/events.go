@@ -85,14 +85,27 @@ type ExtentEvent struct {
 	Extent    format.FileExtent
 }
 
+// CsumEvent is the checksum record of a new data extent, as the filesystem
+// computed it when it wrote the extent: published whether or not the
+// csum tree took it (damage there makes the engine drop the change, see
+// degraded.go), so a rebuild keeps checksums the damaged tree lost.
+// Csums (crc32c per block, format.PutCsum) is valid only during the call.
+// The record's removal has no event of its own: it goes when its extent
+// is freed (an AllocEvent delete of a data extent).
+type CsumEvent struct {
+	Gen   format.Gen
+	Start format.BlockNr
+	Csums []byte
+}
+
 // Hooks are the engine's live-update hook chains. The engine calls each at
 // the moment a change joins the running transaction, with that transaction's
 // generation, from the writer's goroutine; a subscriber must not block and
 // must not call back into the engine's writer.
 //
 // Alloc, Rmap and Free are called by the engine as delayed refs are
-// applied; Inode, Dirent and Extent by the filesystem layer as it changes
-// those items.
+// applied; Inode, Dirent, Extent and Csum by the filesystem layer as it
+// changes those items.
 type Hooks struct {
 	Alloc  hooks.Chain[AllocEvent]
 	Rmap   hooks.Chain[RmapEvent]
@@ -100,6 +113,7 @@ type Hooks struct {
 	Inode  hooks.Chain[InodeEvent]
 	Dirent hooks.Chain[DirentEvent]
 	Extent hooks.Chain[ExtentEvent]
+	Csum   hooks.Chain[CsumEvent]
 	// Health is called when a structure goes sick (it was not before):
 	// damage met in use, or a scrub's finding. It may be called with
 	// the writer lock held: a subscriber must not block.

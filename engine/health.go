@@ -126,8 +126,9 @@ type health struct {
 	mu   sync.Mutex
 	s    [numStructures]StructureHealth
 	sick atomic.Uint32 // bit s: structure s is sick
-	// degraded, bit s: the engine runs without s (found damaged, not
-	// updated until rebuilt); always a subset of sick.
+	// degraded, bit s: the engine runs without s, or around its damage
+	// (found damaged, not trusted until rebuilt: degraded.go); always a
+	// subset of sick.
 	degraded atomic.Uint32
 	gen      atomic.Uint64 // the last committed generation, for marks made in use
 }
@@ -200,14 +201,15 @@ func provesDamage(id ErrorID) bool {
 // another) may be either tree's fault.
 func (id ErrorID) ProvesDamage() bool { return provesDamage(id) }
 
-// Degraded reports whether the engine runs without s: a space tree found
-// damaged, no longer updated until it is rebuilt (see degraded.go).
+// Degraded reports whether the engine runs without s (a space tree found
+// damaged, no longer updated until it is rebuilt) or around its damage
+// (the csum tree): see degraded.go.
 func (e *Engine) Degraded(s Structure) bool { return e.health.degraded.Load()&(1<<s) != 0 }
 
 // MarkRepaired records that s was rebuilt at generation gen: it is
-// healthy, and, for a space tree the engine ran without, maintained again
-// from the next change on. Only a repairer calls it, in the exclusive
-// section of its swap.
+// healthy, and, for a tree the engine ran degraded, trusted (a space
+// tree: maintained) again from the next change on. Only a repairer calls
+// it, in the exclusive section of its swap.
 func (e *Engine) MarkRepaired(s Structure, gen format.Gen) {
 	if s >= numStructures {
 		return
@@ -222,7 +224,7 @@ func (e *Engine) MarkRepaired(s Structure, gen format.Gen) {
 }
 
 // MarkChecked records a check of s at generation gen: healthy when ids is
-// empty, sick otherwise. A space tree the engine runs without stays sick
+// empty, sick otherwise. A tree the engine runs degraded stays sick
 // until its repairer says otherwise (see degraded.go).
 func (e *Engine) MarkChecked(s Structure, gen format.Gen, ids []ErrorID) {
 	if s >= numStructures {

@@ -48,6 +48,7 @@ var recoveryPasses = []RecoveryPass{
 	{ID: PassFreeUntrusted, Name: "free_untrusted", Marker: true},
 	{ID: PassAllocUntrusted, Name: "alloc_untrusted", Marker: true},
 	{ID: PassRmapUntrusted, Name: "rmap_untrusted", Marker: true},
+	{ID: PassCsumUntrusted, Name: "csum_untrusted", Marker: true},
 }
 
 func passDeletedInodes(_ context.Context, e *Engine) error {

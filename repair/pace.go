@@ -163,6 +163,10 @@ type RebuildResult struct {
 	// longest any writer could have waited for it.
 	LongestHold time.Duration
 	Phases      []PhaseTime // where the time went, in order
+	// Unverified (the csum rebuild) are the data extents whose
+	// checksums no readable record kept: computed again from the data
+	// on disk, never verified against what was written.
+	Unverified []UnverifiedRange
 
 	clock *phaseClock // while the rebuild runs
 }

@@ -25,7 +25,13 @@ import (
 // item goes.
 //
 // Partial blocks are read, merged and rewritten. Reads verify every block
-// against its checksum and return EIO, never wrong bytes.
+// against its checksum and return EIO, never wrong bytes — except where
+// damage to the csum tree hid the checksums: the engine then runs the
+// tree degraded (engine/degraded.go), a write whose record the damage
+// blocks goes on without it, and a read whose record it hides is served
+// unverified and counted (Stats.UnverifiedReads), until the tree is
+// rebuilt (repair/csum_repair.go, which computes the lost records again
+// from the data and reports them as never verified).
 
 const bs = format.BlockSize
 
@@ -174,12 +180,23 @@ func (f *FS) readBlocks(tx *engine.Tx, ino, fb, n uint64, p []byte) error {
 	return nil
 }
 
-// verify checks data blocks read from disk against the csum tree.
+// verify checks data blocks read from disk against the csum tree. Blocks
+// whose record damage to the tree hides — the lookup meets it, or finds
+// nothing while the tree is sick — are served unverified (counted), not
+// refused: the data is what is on disk, only its proof is lost.
 func (f *FS) verify(tx *engine.Tx, ino, fb uint64, fe format.FileExtent, disk format.BlockNr, buf []byte) error {
 	tr, _ := tx.ReadTree(format.TreeCsum)
 	cs, ok, err := tr.Get(format.CsumKey(fe.Start), nil)
 	if err != nil {
-		return err
+		if !tx.CsumDamaged(err) {
+			return err
+		}
+		f.countUnverified(uint64(len(buf)) / bs)
+		return nil
+	}
+	if !ok && f.e.Sick(engine.StructCsum) {
+		f.countUnverified(uint64(len(buf)) / bs)
+		return nil
 	}
 	if !ok {
 		f.countCsumError(1)
@@ -222,6 +239,13 @@ func (f *FS) countCsumError(n uint64) {
 	f.stats.CsumErrors += n
 	f.mu.Unlock()
 	f.e.CountError(ErrDataChecksum, n)
+}
+
+// countUnverified counts n data blocks served without their checksums.
+func (f *FS) countUnverified(n uint64) {
+	f.mu.Lock()
+	f.stats.UnverifiedReads += n
+	f.mu.Unlock()
 }
 
 // Read reads up to len(p) bytes at off; it returns fewer at end of file.
@@ -384,11 +408,7 @@ func (f *FS) writeExtent(tx *engine.Tx, ino, fb uint64, start format.BlockNr, da
 	for i := uint64(0); i < n; i++ {
 		format.PutCsum(cs, i, format.Checksum(data[i*bs:(i+1)*bs]))
 	}
-	ctr, err := tx.Tree(format.TreeCsum)
-	if err != nil {
-		return err
-	}
-	if err := ctr.Put(format.CsumKey(start), cs); err != nil {
+	if err := f.putCsums(tx, start, cs); err != nil {
 		return err
 	}
 	etr, err := tx.Tree(format.TreeExtent)
@@ -396,6 +416,24 @@ func (f *FS) writeExtent(tx *engine.Tx, ino, fb uint64, start format.BlockNr, da
 		return err
 	}
 	return putExtent(tx, etr, ino, fb, format.FileExtent{Start: start, Len: n, Count: n}, engine.OpInsert)
+}
+
+// putCsums stores the checksums of the new data extent at start and
+// publishes them. Damage met in the csum tree drops the record (the tree
+// runs degraded: engine/degraded.go) and the write goes on; the event
+// still carries the checksums, so a rebuild following the hooks keeps
+// them.
+func (f *FS) putCsums(tx *engine.Tx, start format.BlockNr, cs []byte) error {
+	ctr, err := tx.Tree(format.TreeCsum)
+	if err != nil {
+		return err
+	}
+	err = ctr.Put(format.CsumKey(start), cs)
+	if err != nil && !tx.CsumDamaged(err) {
+		return err
+	}
+	tx.Hooks().Csum.Call(engine.CsumEvent{Gen: tx.Gen(), Start: start, Csums: cs})
+	return nil
 }
 
 // punch removes the mapping of file blocks [a, b), dropping references of

@@ -59,6 +59,9 @@ type Stats struct {
 	FsyncLogged uint64 // fsyncs served by the log
 	FsyncFull   uint64 // fsyncs that committed
 	CsumErrors  uint64 // data blocks that failed their checksum
+	// UnverifiedReads counts data blocks served without verification:
+	// damage to the csum tree hid their checksums (see data.go).
+	UnverifiedReads uint64
 }
 
 // Open mounts the filesystem on dev (which the FS then owns), creating the

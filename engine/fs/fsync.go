@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"syscall"
@@ -25,7 +26,12 @@ import (
 //
 // Anything else — a new inode, a truncate, link, unlink, rename, setattr —
 // sets the entry's full flag, and fsync commits instead. So does an fsync
-// when the engine has no log (--notreelog).
+// when the engine has no log (--notreelog), and one whose group would
+// lack the checksums of a new extent because damage to the csum tree
+// dropped or hides them (engine/degraded.go): replay verifies a group's
+// data against those checksums to tell whether it reached the disk, and
+// without them it could only drop an acknowledged fsync or trust data it
+// cannot check. A commit needs neither; every other fsync still logs.
 //
 // Replay (at mount) applies the groups to the last committed generation: it
 // first claims every disk extent the records reference that the generation
@@ -62,7 +68,11 @@ func (f *FS) Fsync(ino uint64) error {
 		if len(ranges) == 0 {
 			return nil
 		}
-		items, pins, err := logItems(tx, ino, ranges)
+		items, pins, err := f.logItems(tx, ino, ranges)
+		if errors.Is(err, errNoCsums) {
+			full = true
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -100,10 +110,16 @@ func (f *FS) Fsync(ino uint64) error {
 	return nil
 }
 
+// errNoCsums: the checksums of an extent a log group needs are not in the
+// csum tree (damage dropped or hides them); the fsync commits instead.
+var errNoCsums = errors.New("checksums of a new extent unreadable")
+
 // logItems builds the log group for ino's modified ranges: per range a drop
 // record and the extent items in it, the checksums of extents new in this
-// transaction (which it also returns, to pin), and the inode item.
-func logItems(tx *engine.Tx, ino uint64, ranges [][2]uint64) ([]engine.LogItem, []format.BlockNr, error) {
+// transaction (which it also returns, to pin), and the inode item. It
+// returns errNoCsums when damage to the csum tree keeps such checksums
+// from it.
+func (f *FS) logItems(tx *engine.Tx, ino uint64, ranges [][2]uint64) ([]engine.LogItem, []format.BlockNr, error) {
 	in, err := mustInode(tx, ino)
 	if err != nil {
 		return nil, nil, err
@@ -127,7 +143,11 @@ func logItems(tx *engine.Tx, ino uint64, ranges [][2]uint64) ([]engine.LogItem, 
 			items = append(items, engine.LogItem{Tree: format.TreeExtent, Key: k, Value: slices.Clone(v)})
 			if tx.IsNewExtent(fe.Start) {
 				cs, ok, err := ctr.Get(format.CsumKey(fe.Start), nil)
-				if err != nil || !ok {
+				switch {
+				case err != nil && tx.CsumDamaged(err), err == nil && !ok && f.e.Sick(engine.StructCsum):
+					derr = errNoCsums
+					return false
+				case err != nil || !ok:
 					derr = fmt.Errorf("extent %d has no checksums: %w", fe.Start, format.ErrCorrupt)
 					return false
 				}
@@ -299,11 +319,9 @@ func (f *FS) replayItem(tx *engine.Tx, it engine.LogItem) error {
 		if _, err := format.DecodeCsums(it.Value); err != nil {
 			return err
 		}
-		ctr, err := tx.Tree(format.TreeCsum)
-		if err != nil {
-			return err
-		}
-		return ctr.Put(it.Key, it.Value)
+		// As on the write path: damage in the csum tree drops the record
+		// (the group's data was verified against it already).
+		return f.putCsums(tx, format.BlockNr(it.Key.Obj), it.Value)
 	case it.Tree == format.TreeInode && it.Key.Type == format.TypeInodeItem:
 		if _, err := format.DecodeInodeItem(it.Value); err != nil {
 			return err

@@ -1,0 +1,633 @@
+package repair
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/scrubd/scrubd/engine"
+	eb "github.com/scrubd/scrubd/engine/btree"
+	"github.com/scrubd/scrubd/engine/format"
+	"github.com/scrubd/scrubd/hooks"
+	"github.com/scrubd/scrubd/xfile"
+)
+
+// Online rebuild of the data checksum tree.
+//
+// A csum record holds the crc32c of every block of one data extent, as
+// the writer computed it from the bytes it wrote, under the extent's
+// start. It is the one proof that the data read back is the data written,
+// so the rebuild keeps every record it can read and invents none: a
+// record the damage took is computed again from the data as it is on
+// disk now — which proves nothing about that data — and its extent is
+// listed (RebuildResult.Unverified, with the files the rmap says map it)
+// so the report can name what is no longer protected. The rebuild, on the
+// kit (shadow.go, newbt.go, reap.go, pace.go):
+//
+//  1. subscribes, through one feed, to three hook chains — the
+//     filesystem's Csum events (the checksums of each new data extent,
+//     published whether the damaged tree took them or not: the engine
+//     runs the tree degraded, engine/degraded.go), the Alloc events of
+//     data extents (an extent appears or is freed: its record comes and
+//     goes with it), and the Rmap events of the csum tree's own blocks
+//     (writers keep changing the old tree's healthy part) — and pins a
+//     committed generation G;
+//  2. scans G: the records of the old tree that can be read (a walk that
+//     reports what it cannot read and goes on) go to a scratch tree; the
+//     rmap's data records, in order, give every data extent of G with its
+//     owners, and each gets its old record when there is one of the right
+//     length, else checksums computed from its blocks (listed as
+//     unverified). A record of no data extent is not carried over. The
+//     old tree's blocks are the rmap's records of owner csum, so a
+//     subtree whose pointer was lost is reaped too;
+//  3. follows the feed: a Csum event's checksums wait until the alloc
+//     event of their extent, in the same generation, puts them in the
+//     tree (its first reference; or a reference update, when the new
+//     extent took over the start of one of the same length freed in the
+//     same transaction, which the engine applies as one extent changing
+//     owners) — the filesystem stores them before the engine applies the
+//     extent's references, and an extent allocated and dropped in one
+//     transaction never reaches the alloc tree, so checksums still
+//     waiting when an event of a later generation comes are dropped; a
+//     freed data extent deletes its record. At every commit the data
+//     extents and the records agree (that is what the check compares),
+//     so G's set plus every change after G is the set at the swap;
+//  4. loads, catches up, swaps and reaps like every rebuild, with two
+//     differences: records are 4 bytes per block (4 to 896), so the load
+//     is planned by bytes over the frozen shadow (eb.PlanBulk), the
+//     reservation made alongside the scan (for an estimate) topped up to
+//     it; and a catch-up round reserves as it goes, since one insert of a
+//     large record can split a leaf. The swap's exclusive section marks
+//     csum healthy, and its commit clears the degraded marker.
+//
+// Inputs are verified as the other rebuilds verify theirs: an rmap the
+// engine runs without, or one whose walk meets any damage, refuses the
+// rebuild. Crash safety is the kit's: the reservation and the old tree's
+// blocks are covered by logged operations, so a crash leaves the old tree
+// or the new one and leaks nothing.
+
+// RebuildCsum rebuilds the data checksum tree of e online.
+func RebuildCsum(ctx context.Context, e *engine.Engine, opts RebuildOptions) (_ *RebuildResult, err error) {
+	if e.RmapSick() {
+		return nil, fmt.Errorf("cannot rebuild the csum tree from an rmap the engine runs without: %w", format.ErrCorrupt)
+	}
+	opts = opts.withDefaults()
+	r := &csumRebuild{e: e, tempDir: opts.TempDir, pending: map[format.BlockNr]*waitingCsums{}, unverified: map[format.BlockNr]UnverifiedRange{}}
+	r.follow()
+	defer r.unfollow()
+
+	res := startRebuild(e, "subscribe")
+	defer res.stop()
+	const id = format.TreeCsum
+	sh, err := newShadow(opts.TempDir, "csum", id, csumEvents, func(ev csumEvent) format.Gen { return ev.Gen }, r.apply)
+	if err != nil {
+		return nil, err
+	}
+	defer sh.close()
+	snap, err := sh.subscribe(e, &r.feed)
+	if err != nil {
+		return nil, err
+	}
+	res.ScanGen = snap.Gen()
+
+	res.phase("scan")
+	nt := newNewTree(e, newTreeOptions{Tree: id, ItemSize: csumItemGuess, Fill: opts.Fill, TempDir: opts.TempDir, Name: "csum"})
+	defer func() {
+		if err != nil {
+			var ops []uint64
+			if r.old != nil {
+				ops = r.old.opIDs()
+			}
+			nt.cancel(ops...)
+		}
+		nt.close()
+	}()
+	var oldBlocks []format.BlockNr
+	expect := uint64(0)
+	if t, ok := snap.ScanTree(id); ok {
+		expect = t.Items
+	}
+	err = nt.reserveAlongside(ctx, expect, func(progress *atomic.Uint64) (err error) {
+		defer snap.Release()
+		oldBlocks, err = r.scan(ctx, snap, sh.tree, opts.scanThrottle(), progress)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.old = newOldTree(id, oldBlocks)
+
+	res.phase("top-up")
+	if err := sh.catchUp(); err != nil {
+		return nil, err
+	}
+	plan, gen, err := r.topUp(ctx, sh, nt)
+	if err != nil {
+		return nil, err
+	}
+
+	res.phase("load")
+	if err := r.load(res, sh, nt, plan, gen); err != nil {
+		return nil, err
+	}
+	if err := r.old.logListed(e, nt.reserved); err != nil {
+		return nil, err
+	}
+
+	res.phase("catch-up")
+	n, err := r.catchUp(ctx, sh, nt)
+	res.Events += n
+	if err != nil {
+		return nil, err
+	}
+
+	res.phase("swap")
+	err = swapIn(e, res, sh, nt, engine.StructCsum, swapSteps{
+		Stopped: func(*engine.Exclusive) { r.unfollow() },
+		Then:    func(x *engine.Exclusive) error { return r.old.logGained(x, nt.reserved) },
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	res.phase("reap")
+	groups, nOld := r.old.reapGroups(nt.reserved)
+	if _, err := reap(e, id, append(nt.reapGroups(), groups...)); err != nil {
+		return nil, err
+	}
+	res.Records, res.NewBlocks, res.OldBlocks = nt.tree.Items, nt.plan.Blocks, nOld
+	res.XfileBytes = sh.xfileBytes()
+	res.Unverified = r.unverifiedList()
+	res.phase("")
+	return res, nil
+}
+
+// UnverifiedRange is a data extent whose checksums a csum rebuild found
+// no readable record of and computed from the data as it is on disk: its
+// blocks now read without error whatever they hold, never verified
+// against what was written.
+type UnverifiedRange struct {
+	Start  format.BlockNr `json:"start"`
+	Blocks uint64         `json:"blocks"`
+	// Owners are the files mapping part of it, as the rmap of the
+	// scanned generation says (none for an extent the rebuild met only in
+	// the live updates).
+	Owners []UnverifiedOwner `json:"owners,omitempty"`
+}
+
+// UnverifiedOwner is a file mapping part of an unverified extent.
+type UnverifiedOwner struct {
+	Ino    uint64 `json:"ino"`
+	Offset uint64 `json:"offset"` // bytes into the file
+	Length uint64 `json:"length"` // bytes of the extent it maps (0: the rmap does not say, format 1.1)
+}
+
+// csumItemGuess is the record value size the reservation made alongside
+// the scan plans for (a 4-block extent's); the load reserves what the
+// exact plan needs beyond it, and the reaping frees what it leaves.
+const csumItemGuess = 16
+
+// csumRebuild is the csum tree's own state in a rebuild. apply runs
+// serialized by the shadow; mu guards the unverified list against the
+// report's read.
+type csumRebuild struct {
+	e       *engine.Engine
+	tempDir string
+
+	feed    hooks.Chain[csumEvent]
+	handles []func() // unregister the feed's sources
+
+	old     *oldTree                         // set after the scan, before any apply
+	pending map[format.BlockNr]*waitingCsums // a Csum event's checksums, until their extent's alloc event
+	lastGen format.Gen                       // of the last event applied
+
+	mu         sync.Mutex
+	unverified map[format.BlockNr]UnverifiedRange
+
+	buf  []byte // a record read
+	data []byte // an extent's blocks read
+}
+
+// waitingCsums are the checksums of a new extent as its Csum events
+// brought them.
+type waitingCsums struct {
+	gen  format.Gen
+	sums []byte
+	have uint64 // checksums filled in
+}
+
+// Kinds of csumEvent.
+const (
+	csumPut     = iota + 1 // checksums First..First+N of the new extent Start+Len
+	dataAlloc              // data extent Start+Len allocated
+	dataRef                // data extent Start+Len gained or lost a reference
+	dataFree               // data extent Start+Len freed
+	csumBlock              // the csum tree gained block Start
+	csumUnblock            // the csum tree lost block Start
+)
+
+// csumChunk is how many checksums one csumPut event carries.
+const csumChunk = 24
+
+// csumEvent is one event of the feed, a fixed 128-byte record.
+type csumEvent struct {
+	Gen   format.Gen
+	Kind  uint8
+	N     uint8
+	First uint16
+	Start format.BlockNr
+	Len   uint64
+	Sums  [4 * csumChunk]byte
+}
+
+var csumEvents = eventCodec[csumEvent]{
+	size: 32 + 4*csumChunk,
+	put: func(b []byte, ev csumEvent) {
+		le := binary.LittleEndian
+		le.PutUint64(b[0:], uint64(ev.Gen))
+		b[8], b[9] = ev.Kind, ev.N
+		le.PutUint16(b[10:], ev.First)
+		le.PutUint64(b[16:], uint64(ev.Start))
+		le.PutUint64(b[24:], ev.Len)
+		copy(b[32:], ev.Sums[:])
+	},
+	get: func(b []byte) csumEvent {
+		le := binary.LittleEndian
+		ev := csumEvent{Gen: format.Gen(le.Uint64(b[0:])), Kind: b[8], N: b[9], First: le.Uint16(b[10:]),
+			Start: format.BlockNr(le.Uint64(b[16:])), Len: le.Uint64(b[24:])}
+		copy(ev.Sums[:], b[32:])
+		return ev
+	},
+}
+
+// follow registers the feed's sources: each turns the events the
+// rebuild needs into feed events, synchronously (every source is called
+// from the writer that makes the change, so the feed keeps their order).
+func (r *csumRebuild) follow() {
+	h := r.e.Hooks()
+	cs := h.Csum.Register(func(ev engine.CsumEvent) {
+		n := uint64(len(ev.Csums) / 4)
+		for i := uint64(0); i < n; i += csumChunk {
+			fe := csumEvent{Gen: ev.Gen, Kind: csumPut, Start: ev.Start, Len: n, First: uint16(i), N: uint8(min(csumChunk, n-i))}
+			copy(fe.Sums[:], ev.Csums[4*i:4*(i+uint64(fe.N))])
+			r.feed.Call(fe)
+		}
+	})
+	al := h.Alloc.Register(func(ev engine.AllocEvent) {
+		if ev.Flags != format.ExtentData {
+			return
+		}
+		fe := csumEvent{Gen: ev.Gen, Start: ev.Start, Len: ev.Len}
+		switch ev.Op {
+		case engine.OpInsert:
+			fe.Kind = dataAlloc
+		case engine.OpUpdate:
+			fe.Kind = dataRef
+		case engine.OpDelete:
+			fe.Kind = dataFree
+		default:
+			return
+		}
+		r.feed.Call(fe)
+	})
+	rm := h.Rmap.Register(func(ev engine.RmapEvent) {
+		if ev.Owner.IsData() || ev.Owner.Tree != format.TreeCsum {
+			return
+		}
+		switch ev.Op {
+		case engine.OpInsert:
+			r.feed.Call(csumEvent{Gen: ev.Gen, Kind: csumBlock, Start: ev.Start})
+		case engine.OpDelete:
+			r.feed.Call(csumEvent{Gen: ev.Gen, Kind: csumUnblock, Start: ev.Start})
+		}
+	})
+	r.handles = []func(){
+		func() { h.Csum.Unregister(cs) }, func() { h.Alloc.Unregister(al) }, func() { h.Rmap.Unregister(rm) },
+	}
+}
+
+// unfollow unregisters the feed's sources (in the exclusive section,
+// after the shadow stopped; or when the rebuild ends).
+func (r *csumRebuild) unfollow() {
+	for _, f := range r.handles {
+		f()
+	}
+	r.handles = nil
+}
+
+// scan puts into shadow the records generation s implies — one per data
+// extent, its old record kept where readable — and returns the old csum
+// tree's blocks.
+func (r *csumRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.Tree, th *throttle, progress *atomic.Uint64) ([]format.BlockNr, error) {
+	store, err := xfile.NewBTreeStore(xfile.Options{Dir: r.tempDir, Name: "csum old records"})
+	if err != nil {
+		return nil, err
+	}
+	defer store.Close()
+	kept, err := store.CreateTree(format.TreeCsum)
+	if err != nil {
+		return nil, err
+	}
+	if ct, ok := s.ScanTree(format.TreeCsum); ok {
+		// What cannot be read is computed again below: the walk's
+		// problems are the check's to report.
+		var perr error
+		err := ct.Check(eb.CheckVisitor{Item: func(k format.Key, v []byte) {
+			th.tick()
+			if perr != nil || k.Type != format.TypeCsum {
+				return
+			}
+			if _, err := format.DecodeCsums(v); err == nil {
+				perr = kept.Put(k, v)
+			}
+		}})
+		if err == nil {
+			err = perr
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the old csum tree: %w", err)
+		}
+	}
+
+	var old []format.BlockNr
+	var cur UnverifiedRange // the data extent being collected, its owners
+	var n int
+	flush := func() error {
+		if cur.Blocks == 0 {
+			return nil
+		}
+		if n++; n%4096 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		th.tick()
+		progress.Add(1)
+		k := format.CsumKey(cur.Start)
+		v, ok, err := kept.Get(k, r.buf[:0])
+		if err != nil {
+			return err
+		}
+		r.buf = v
+		if !ok || uint64(len(v)) != 4*cur.Blocks {
+			if v, err = r.compute(cur.Start, cur.Blocks); err != nil {
+				return err
+			}
+			r.unverify(cur)
+		}
+		return shadow.Insert(k, v)
+	}
+	err = walkRmap(ctx, s, "the csum tree", func(start format.BlockNr, o format.Owner, it format.RmapItem) error {
+		if !o.IsData() {
+			if o.Tree == format.TreeCsum {
+				old = append(old, start)
+			}
+			return nil
+		}
+		owner := UnverifiedOwner{Ino: o.Inode, Offset: o.Offset * format.BlockSize, Length: it.Count * format.BlockSize}
+		if cur.Blocks > 0 && start == cur.Start {
+			if it.Len != cur.Blocks {
+				return fmt.Errorf("owners of the data extent at %d disagree on its length (%d and %d): %w", start, cur.Blocks, it.Len, format.ErrCorrupt)
+			}
+			cur.Owners = append(cur.Owners, owner)
+			return nil
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+		if it.Len == 0 || it.Len > format.MaxExtentBlocks {
+			return fmt.Errorf("rmap record of %s at %d: a data extent of %d blocks: %w", o, start, it.Len, format.ErrCorrupt)
+		}
+		cur = UnverifiedRange{Start: start, Blocks: it.Len, Owners: []UnverifiedOwner{owner}}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return old, nil
+}
+
+// compute returns the checksums of the n blocks at start as they are on
+// disk now.
+func (r *csumRebuild) compute(start format.BlockNr, n uint64) ([]byte, error) {
+	if need := int(n) * format.BlockSize; cap(r.data) < need {
+		r.data = make([]byte, need)
+	}
+	data := r.data[:int(n)*format.BlockSize]
+	if _, err := r.e.Device().ReadAt(data, int64(start)*format.BlockSize); err != nil {
+		return nil, fmt.Errorf("read data extent %d+%d to checksum it: %w", start, n, err)
+	}
+	sums := make([]byte, 4*n)
+	for i := uint64(0); i < n; i++ {
+		format.PutCsum(sums, i, format.Checksum(data[i*format.BlockSize:(i+1)*format.BlockSize]))
+	}
+	return sums, nil
+}
+
+// unverify lists u as re-checksummed without verification.
+func (r *csumRebuild) unverify(u UnverifiedRange) {
+	r.mu.Lock()
+	r.unverified[u.Start] = u
+	r.mu.Unlock()
+}
+
+// verified drops the extent at start from the list (it was freed, or a
+// new one with checksums of its own took its place).
+func (r *csumRebuild) verified(start format.BlockNr) {
+	r.mu.Lock()
+	delete(r.unverified, start)
+	r.mu.Unlock()
+}
+
+// unverifiedList returns the extents re-checksummed without verification
+// that the new tree holds, in disk order.
+func (r *csumRebuild) unverifiedList() []UnverifiedRange {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]UnverifiedRange, 0, len(r.unverified))
+	for _, u := range r.unverified {
+		out = append(out, u)
+	}
+	slices.SortFunc(out, func(a, b UnverifiedRange) int { return int(int64(a.Start) - int64(b.Start)) })
+	return out
+}
+
+// apply applies a feed event to t (the shadow, the staged tree or the
+// swapped-in one) and keeps the old tree's blocks current. The shadow
+// serializes the calls, all of them of generations after the scanned one,
+// in the order they were published.
+func (r *csumRebuild) apply(t *eb.Tree, ev csumEvent) error {
+	if ev.Gen > r.lastGen {
+		// Every extent of an earlier generation had its references
+		// applied by its commit: checksums still waiting belong to
+		// extents allocated and dropped in one transaction.
+		for s, w := range r.pending {
+			if w.gen < ev.Gen {
+				delete(r.pending, s)
+			}
+		}
+		r.lastGen = ev.Gen
+	}
+	k := format.CsumKey(ev.Start)
+	var err error
+	switch ev.Kind {
+	case csumPut:
+		w := r.pending[ev.Start]
+		if ev.First == 0 || w == nil || w.gen != ev.Gen || uint64(len(w.sums)) != 4*ev.Len {
+			if ev.Len == 0 || ev.Len > format.MaxExtentBlocks {
+				return fmt.Errorf("checksums of a %d-block extent at %d (internal error)", ev.Len, ev.Start)
+			}
+			w = &waitingCsums{gen: ev.Gen, sums: make([]byte, 4*ev.Len)}
+			r.pending[ev.Start] = w
+		}
+		copy(w.sums[4*int(ev.First):], ev.Sums[:4*int(ev.N)])
+		w.have += uint64(ev.N)
+	case dataAlloc, dataRef:
+		// The first reference of a new extent; or a new extent of the
+		// same length that took over the start of one freed in the same
+		// transaction, which the engine applies as one extent changing
+		// owners. Either way, its checksums wait.
+		w := r.pending[ev.Start]
+		switch {
+		case w != nil && uint64(len(w.sums)) == 4*ev.Len && w.have == ev.Len:
+			delete(r.pending, ev.Start)
+			r.verified(ev.Start)
+			err = t.Put(k, w.sums)
+		case ev.Kind == dataAlloc:
+			// No checksums were published for it (written by none of
+			// this build's paths): computed from its blocks now.
+			var sums []byte
+			if sums, err = r.compute(ev.Start, ev.Len); err == nil {
+				r.unverify(UnverifiedRange{Start: ev.Start, Blocks: ev.Len})
+				err = t.Put(k, sums)
+			}
+		}
+	case dataFree:
+		r.verified(ev.Start)
+		_, err = t.Delete(k)
+	case csumBlock:
+		r.old.add(ev.Start)
+	case csumUnblock:
+		r.old.remove(ev.Start)
+	}
+	if err != nil {
+		return fmt.Errorf("csum record of the data extent at %d: %w", ev.Start, err)
+	}
+	return nil
+}
+
+// topUp freezes the shadow (it has gone live: every change so far is in
+// it) and plans its bulk load by bytes — records of 4 to 896 bytes: a
+// plan for one fixed size would be wrong or wasteful — and reserves what
+// the plan needs beyond the reservation made alongside the scan for an
+// estimate, in ordinary paced commits. It returns the plan and the
+// generation to stamp the nodes with, committed after those.
+func (r *csumRebuild) topUp(ctx context.Context, sh *shadow[csumEvent], nt *newTree) (*eb.BulkPlan, format.Gen, error) {
+	records, _, err := sh.freeze(r.e)
+	if err != nil {
+		return nil, 0, err
+	}
+	var plan *eb.BulkPlan
+	if err := lowPriority(func() error {
+		var readErr error
+		p, err := eb.PlanBulk(treeRecords(sh.tree, &readErr), nt.opts.Fill)
+		if err == nil {
+			err = readErr
+		}
+		plan = p
+		return err
+	}); err != nil {
+		return nil, 0, fmt.Errorf("plan the csum tree's bulk load: %w", err)
+	}
+	if plan.Records != records {
+		return nil, 0, fmt.Errorf("the frozen csum shadow holds %d records, its plan %d (internal error)", records, plan.Records)
+	}
+	if want := int(plan.Blocks); want > len(nt.blocks) {
+		if err := nt.reserveTo(ctx, want+max(16, want/32), nil); err != nil {
+			return nil, 0, err
+		}
+	}
+	snap := r.e.Pin()
+	defer snap.Release()
+	return plan, snap.Gen(), nil
+}
+
+// load bulk-loads the frozen shadow into the new tree's reserved blocks
+// as planned, the nodes stamped with generation gen, staged in an xfile,
+// then writes them (phase "write"), at the lowest CPU priority.
+func (r *csumRebuild) load(res *RebuildResult, sh *shadow[csumEvent], nt *newTree, plan *eb.BulkPlan, gen format.Gen) error {
+	nt.plan = plan
+	nt.sorted = slices.Sorted(slices.Values(nt.blocks))
+	var err error
+	if nt.stage, err = newStageStore(nt.opts.TempDir, nt.opts.Name+" bulk load", r.e.FSID(), gen, nt.blocks); err != nil {
+		return err
+	}
+	return lowPriority(func() error {
+		var readErr error
+		tree, err := plan.Build(nt.stage, nt.opts.Tree, treeRecords(sh.tree, &readErr), func(level int) (format.Node, eb.Ptr, error) {
+			return nt.stage.Alloc(nt.opts.Tree, level)
+		})
+		if err == nil {
+			err = readErr
+		}
+		if err != nil {
+			return fmt.Errorf("bulk load: %w", err)
+		}
+		nt.tree = tree
+		res.phase("write")
+		return nt.writeStaged(false)
+	})
+}
+
+// csumSpare is how many unused reserved blocks a catch-up round keeps
+// before each update to the staged tree (one insert splits at most a leaf
+// and each level above it, and grows a root), and csumSpareBatch how
+// many more it reserves when they run low.
+const (
+	csumSpare      = format.MaxLevel + 2
+	csumSpareBatch = 256
+)
+
+// catchUp applies the delta to the staged tree in rounds, as
+// catchUpStaged does, reserving more whenever the spare blocks run low:
+// inserts of records up to 896 bytes split leaves far more often than the
+// fixed-size records the kit's estimate is made for.
+func (r *csumRebuild) catchUp(ctx context.Context, sh *shadow[csumEvent], nt *newTree) (uint64, error) {
+	var events uint64
+	prev := -1
+	for round := 0; round < 8; round++ {
+		if err := r.e.Sync(); err != nil {
+			return events, err
+		}
+		n, err := sh.drain(func(a *xfile.Array) error {
+			return sh.q.codec.each(a, func(ev csumEvent) error {
+				if len(nt.blocks)-nt.stage.used+len(nt.stage.freed) < csumSpare {
+					// Commits the reservation: the hooks it fires append to
+					// the queue's other array.
+					if err := nt.spareFor(ctx, 16*csumSpareBatch); err != nil {
+						return err
+					}
+				}
+				return r.apply(nt.tree, ev)
+			})
+		})
+		if err != nil {
+			return events, fmt.Errorf("catch up on the staged tree: %w", err)
+		}
+		if err := nt.writeStaged(true); err != nil {
+			return events, err
+		}
+		events += uint64(n)
+		if n < 256 || prev >= 0 && n > prev/2 {
+			break
+		}
+		prev = n
+	}
+	return events, nil
+}
