@@ -175,6 +175,7 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	counter("scrubd_io_errors_total", "Device and checksum errors since mount.", float64(st.ReadErrors), "kind", "read")
 	counter("scrubd_io_errors_total", "Device and checksum errors since mount.", float64(st.WriteErrors), "kind", "write")
 	counter("scrubd_io_errors_total", "Device and checksum errors since mount.", float64(st.CsumErrors), "kind", "checksum")
+	counter("scrubd_unverified_reads_total", "Data blocks served without verification: damage to the csum tree hid their checksums.", float64(st.UnverifiedReads))
 	gauge("scrubd_commit_hold_seconds", "How long the last commit held writers out.", st.CommitHoldMs/1000)
 	gauge("scrubd_commit_hold_max_seconds", "The longest commit hold since mount.", st.CommitHoldMaxMs/1000)
 	gauge("scrubd_commit_write_seconds", "How long the last commit's write-out took.", st.CommitWriteMs/1000)

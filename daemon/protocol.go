@@ -115,9 +115,12 @@ type Status struct {
 	ReadErrors  uint64 `json:"read_errors"`
 	WriteErrors uint64 `json:"write_errors"`
 	CsumErrors  uint64 `json:"csum_errors"`
-	FsyncLogged uint64 `json:"fsync_logged"`
-	FsyncFull   uint64 `json:"fsync_full"`
-	Running     string `json:"running,omitempty"` // "scrub" or "inject" while one runs
+	// UnverifiedReads counts data blocks served without verification
+	// since mount: damage to the csum tree hid their checksums.
+	UnverifiedReads uint64 `json:"unverified_reads"`
+	FsyncLogged     uint64 `json:"fsync_logged"`
+	FsyncFull       uint64 `json:"fsync_full"`
+	Running         string `json:"running,omitempty"` // "scrub" or "inject" while one runs
 	// State is the scrub's: "idle", "running" or "paused".
 	State string `json:"state"`
 	// Progress is the running scrub's (absent when idle).

@@ -851,7 +851,7 @@ func (s *Server) Status() Status {
 		Started: s.started, Generation: gen, TotalBlocks: e.TotalBlocks(), FreeBlocks: es.FreeBlocks,
 		Commits: es.Commits, RmapSick: e.RmapSick(), ReadOnly: ro,
 		ReadErrors: es.ReadErrors, WriteErrors: es.WriteErrors, CsumErrors: es.CsumErrors,
-		FsyncLogged: fst.FsyncLogged, FsyncFull: fst.FsyncFull,
+		FsyncLogged: fst.FsyncLogged, FsyncFull: fst.FsyncFull, UnverifiedReads: fst.UnverifiedReads,
 		CommitHoldMs: ms(es.CommitHold), CommitHoldMaxMs: ms(es.CommitHoldMax),
 		CommitWriteMs: ms(es.CommitWrite), CommitWriteMaxMs: ms(es.CommitWriteMax),
 		WriterHoldMaxMs: ms(es.WriterHoldMax),

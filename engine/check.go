@@ -299,6 +299,13 @@ func (c *Checking) WalkTrees(ctx context.Context, items map[format.TreeID]ItemCh
 			c.Reportf(ErrTreeUntrusted, id, 0, "the %s tree was found damaged in use and is no longer maintained: it must be rebuilt", id)
 		}
 	}
+	// The csum tree is still maintained while degraded (its healthy part
+	// stays exact and is checked as usual), so its marker is no reason to
+	// distrust the rest; but a marker with nothing found must still lead
+	// to the rebuild that clears it.
+	if s.v.super.RecoveryPasses&(1<<PassCsumUntrusted) != 0 && c.reported[format.TreeCsum] == 0 {
+		c.Reportf(ErrTreeUntrusted, format.TreeCsum, 0, "the csum tree was found damaged in use: records the damage hid are served unverified until it is rebuilt")
+	}
 	for _, id := range format.KnownTrees[:4] { // root, alloc, rmap, free must exist
 		if _, ok := s.v.roots[id]; !ok {
 			c.res.Complete, c.missing = false, true

@@ -5,12 +5,14 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
 	"github.com/scrubd/scrubd/engine"
 	eb "github.com/scrubd/scrubd/engine/btree"
 	"github.com/scrubd/scrubd/engine/format"
+	"github.com/scrubd/scrubd/engine/fs"
 	"github.com/scrubd/scrubd/hooks"
 	"github.com/scrubd/scrubd/xfile"
 )
@@ -630,4 +632,84 @@ func (r *csumRebuild) catchUp(ctx context.Context, sh *shadow[csumEvent], nt *ne
 		prev = n
 	}
 	return events, nil
+}
+
+// unverifiedChanges describes the unverified extents of a csum rebuild
+// for the report, one line per file range, naming the file by its path
+// when the directory tree of the current generation reaches it (else by
+// its inode number).
+func unverifiedChanges(e *engine.Engine, us []UnverifiedRange) []string {
+	if len(us) == 0 {
+		return nil
+	}
+	want := map[uint64]bool{}
+	for _, u := range us {
+		for _, o := range u.Owners {
+			want[o.Ino] = true
+		}
+	}
+	paths := inodePaths(e, want)
+	var out []string
+	for _, u := range us {
+		if len(u.Owners) == 0 {
+			out = append(out, fmt.Sprintf("checksums of data blocks %d+%d computed from the data without verification (written during the rebuild)", u.Start, u.Blocks))
+			continue
+		}
+		for _, o := range u.Owners {
+			name, ok := paths[o.Ino]
+			if !ok {
+				name = fmt.Sprintf("inode %d", o.Ino)
+			}
+			out = append(out, fmt.Sprintf("%s: bytes %d+%d re-checksummed without verification (data blocks %d+%d): their checksums were lost with the damage",
+				name, o.Offset, o.Length, u.Start, u.Blocks))
+		}
+	}
+	return out
+}
+
+// inodePaths returns a path for each inode of want the directory tree of
+// the committed generation reaches: one scan of the directory entries
+// keeps each wanted inode's and each directory's parent and name, then
+// walks up to the root (bounded by the number of directories, so a loop
+// in a damaged tree ends). Best effort: what cannot be read is left out.
+func inodePaths(e *engine.Engine, want map[uint64]bool) map[uint64]string {
+	pin := e.Pin()
+	defer pin.Release()
+	type up struct {
+		parent uint64
+		name   string
+	}
+	parent := map[uint64]up{}
+	_ = scanTree(pin, format.TreeDir, func(k format.Key, v []byte) error {
+		if k.Type != format.TypeDirEntry {
+			return nil
+		}
+		de, err := format.DecodeDirEntry(v)
+		if err != nil {
+			return nil
+		}
+		if want[de.Ino] || uint32(de.Type)<<12 == modeDir {
+			parent[de.Ino] = up{k.Obj, de.Name}
+		}
+		return nil
+	})
+	out := map[uint64]string{}
+	for ino := range want {
+		var parts []string
+		cur := ino
+		for n := 0; cur != fs.RootIno && n <= len(parent); n++ {
+			u, ok := parent[cur]
+			if !ok {
+				break
+			}
+			parts = append(parts, u.name)
+			cur = u.parent
+		}
+		if cur != fs.RootIno {
+			continue
+		}
+		slices.Reverse(parts)
+		out[ino] = "/" + strings.Join(parts, "/")
+	}
+	return out
 }

@@ -326,3 +326,61 @@ func TestRebuildCsumRefusesDegradedRmap(t *testing.T) {
 		t.Fatalf("rebuild of an empty csum tree: %v %+v", err, res)
 	}
 }
+
+// TestScrubRepairsCsum repairs a damaged csum leaf through the ops table
+// on a mount (scrub --repair): the report's rebuild lists the extents
+// whose checksums were lost, and its notes name each file range that was
+// re-checksummed without verification by the file's path.
+func TestScrubRepairsCsum(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "fs.img")
+	pristine, err := os.ReadFile(populatedImage(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(img, pristine, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := fs.OpenPath(img, fs.Options{CommitInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lv := 0
+	if _, err := inject.Online(f.Engine(), inject.Options{Tree: format.TreeCsum, Kind: inject.Bitflip, Seed: 3, Level: &lv}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Scrub(context.Background(), f, "test", ScrubOptions{Repair: true, TempDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Status != StatusCorrected {
+		t.Fatalf("status %s, notes %v", rep.Status, rep.Notes)
+	}
+	var rb *RebuildReport
+	for i := range rep.Rebuilds {
+		if rep.Rebuilds[i].Structure == "csum" {
+			rb = &rep.Rebuilds[i]
+		}
+	}
+	if rb == nil || len(rb.Unverified) == 0 {
+		t.Fatalf("no csum rebuild listing unverified extents: %+v", rep.Rebuilds)
+	}
+	named := 0
+	for _, n := range rep.Notes {
+		if strings.HasPrefix(n, "csum: /") && strings.Contains(n, "re-checksummed without verification") {
+			if named == 0 {
+				t.Log(n)
+			}
+			named++
+		}
+	}
+	owners := 0
+	for _, u := range rb.Unverified {
+		owners += len(u.Owners)
+	}
+	if named != owners {
+		t.Errorf("%d file ranges named by path in the notes, %d unverified owners: %v", named, owners, rep.Notes)
+	}
+	verifyPopulated(t, f, nil)
+	f = remountClean(t, f, img)
+	f.Close()
+}

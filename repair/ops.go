@@ -82,7 +82,6 @@ var opsTable = []Op{
 	// row, rebuilding from the items, loses nothing either way — a file
 	// extent tree rebuilt from a wrong rmap would lose file data.
 	{Name: "extent", Trees: []format.TreeID{format.TreeExtent}, Check: extentCheck, Repair: repairExtent, Inputs: []string{"rmap"}},
-	{Name: "csum", Trees: []format.TreeID{format.TreeCsum}, Check: csumCheck},
 	{Name: "subvol", Trees: []format.TreeID{format.TreeSubvol}},
 	{Name: "snapshot", Trees: []format.TreeID{format.TreeSnapshot}},
 	{Name: "uuid", Trees: []format.TreeID{format.TreeUUID}},
@@ -116,6 +115,13 @@ var opsTable = []Op{
 			engine.ErrSuperFreeCount},
 		Inputs: []string{"alloc", "rmap"},
 	},
+	// The csum row keeps every record it can read and computes the lost
+	// ones from the data, listing them as unverified; it reads the rmap
+	// (the data extents and their owners), so it comes after the rmap
+	// and alloc rows, which answer an orphan record first when it is
+	// theirs.
+	{Name: "csum", Trees: []format.TreeID{format.TreeCsum}, Check: csumCheck, Repair: repairCsum,
+		Answers: []engine.ErrorID{engine.ErrCsumMissing, engine.ErrCsumOrphan}, Inputs: []string{"rmap"}},
 	{Name: "data", Trees: []format.TreeID{format.OwnerData}},
 }
 
@@ -323,6 +329,15 @@ func repairRmap(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*Rebu
 	return rebuildReport("rmap")(RebuildRmap(ctx, e, RebuildOptions{TempDir: opts.TempDir}))
 }
 
+// repairCsum is the csum row's repairer.
+func repairCsum(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*RebuildReport, error) {
+	rb, err := rebuildReport("csum")(RebuildCsum(ctx, e, RebuildOptions{TempDir: opts.TempDir}))
+	if err == nil {
+		rb.Changes = append(rb.Changes, unverifiedChanges(e, rb.Unverified)...)
+	}
+	return rb, err
+}
+
 // repairExtent is the extent row's repairer.
 func repairExtent(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*RebuildReport, error) {
 	return rebuildReport("extent")(RebuildExtent(ctx, e, RebuildOptions{TempDir: opts.TempDir}))
@@ -346,6 +361,7 @@ func rebuildReport(name string) func(*RebuildResult, error) (*RebuildReport, err
 		}
 		return &RebuildReport{Structure: name, Records: rr.Records, Events: rr.Events,
 			NewBlocks: rr.NewBlocks, OldBlocks: rr.OldBlocks, DurationS: rr.Duration.Seconds(),
-			PauseMs: float64(rr.ExclusivePause.Microseconds()) / 1000, XfileBytes: rr.XfileBytes, Gen: uint64(rr.Gen)}, nil
+			PauseMs: float64(rr.ExclusivePause.Microseconds()) / 1000, XfileBytes: rr.XfileBytes, Gen: uint64(rr.Gen),
+			Unverified: rr.Unverified}, nil
 	}
 }

@@ -91,6 +91,11 @@ type RebuildReport struct {
 	// Changes lists what the repair changed that an operator must know
 	// of, one line each (a link count set, a file moved to lost+found).
 	Changes []string `json:"changes,omitempty"`
+	// Unverified lists the data extents whose checksums a csum rebuild
+	// computed again from the data as it is now (their records were lost
+	// with the damage): that data is protected again from here on, but
+	// nothing proved it was the data written.
+	Unverified []UnverifiedRange `json:"unverified,omitempty"`
 }
 
 // StructureReport is what one structure's check found.
