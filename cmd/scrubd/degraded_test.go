@@ -10,8 +10,8 @@ import (
 	"testing"
 )
 
-// TestDegradedMountSurvivesKill: with the alloc, free-space or rmap tree
-// damaged on disk, a real FUSE mount (the damage unknown to it) accepts
+// TestDegradedMountSurvivesKill: with the alloc, free-space, rmap or csum
+// tree damaged on disk, a real FUSE mount (the damage unknown to it) accepts
 // writes and fsyncs — no EIO, never read-only — while the engine runs
 // without the damaged tree; kill -9 loses nothing fsync'd; the next mount
 // still knows the tree is untrusted (the superblock says so) and goes on
@@ -19,7 +19,7 @@ import (
 // second scrub is clean (0), and after unmount fsck is clean.
 func TestDegradedMountSurvivesKill(t *testing.T) {
 	needFuse(t)
-	for i, tree := range []string{"alloc", "free", "rmap"} {
+	for i, tree := range []string{"alloc", "free", "rmap", "csum"} {
 		t.Run(tree, func(t *testing.T) {
 			privateRuntimeDir(t)
 			img := mkfs(t)
