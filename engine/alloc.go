@@ -20,6 +20,30 @@ import (
 // join the index only once T is durable and no reader pins a generation older
 // than T (pending). Blocks allocated and freed within the running transaction
 // were never referenced by a committed generation and return at once.
+//
+// Tree blocks are kept apart from data (btrfs keeps them in block groups of
+// their own; this is its metadata cluster, without the groups). The
+// transaction's tree blocks follow one another from a hint (txn.metaHint,
+// the block after the last one), and a write's data goes after the fsync
+// log's block: with one frontier of free space, each took the block the
+// other wanted next, and a tree grown by writes (the file extent tree,
+// the checksum tree) ended up one block among every few dozen data blocks
+// over the whole image. Every one of its blocks then had its alloc and
+// rmap records in a leaf of its own: freeing the old extent tree of a 1M-
+// extent image after its rebuild copied every leaf of both trees (~10,000
+// per batch of 8,192 blocks; docs/benchmarks.md) and took eight times as
+// long as freeing an rmap tree of as many blocks, whose blocks the commits
+// allocate in runs. So tree blocks come from a metadata cluster: a run of
+// up to metaClusterBlocks free blocks that the searches for space keep
+// off. An allocation hinted at the cluster's next block gets it and moves
+// it on; when the cluster is used up (or its next block was taken by a
+// claim), the allocation hinted at it first carves a new one; each commit
+// points the next transaction's hint at the cluster (metaHint). Nothing
+// about the cluster is on disk: it is free space, in the index and in the
+// free-space tree, which the searches avoid while it lasts, and which any
+// allocation gets when nothing else is left. A data extent whose hint
+// happens to be the cluster's next block gets it too: a block out of
+// place, nothing worse.
 
 // extent is a run of blocks.
 type extent struct {
@@ -43,8 +67,25 @@ type allocator struct {
 	// 10M-extent rebuild and tripled a write's time during its scan).
 	npending uint64
 	total    uint64
-	cursor   format.BlockNr
+	cursor   format.BlockNr // where the last allocation without a hint ended
+	meta     metaCluster
 }
+
+// metaCluster is the run of free blocks metadata is allocated from:
+// [next, end) are still free (unless claimed meanwhile), and allocations
+// that search for space keep off them. end == 0: none.
+type metaCluster struct{ next, end format.BlockNr }
+
+const (
+	// metaClusterBlocks is how many blocks a metadata cluster takes
+	// at most (8 MiB).
+	metaClusterBlocks = 2048
+	// metaClusterMin is the shortest free extent a cluster is made of.
+	metaClusterMin = 64
+	// metaClusterScan bounds how many free extents a search for a
+	// cluster visits: on a fragmented image it gives up instead.
+	metaClusterScan = 4096
+)
 
 func newAllocator(total uint64) *allocator {
 	return &allocator{free: btree.NewMap[format.BlockNr, uint64](32), total: total}
@@ -53,60 +94,171 @@ func newAllocator(total uint64) *allocator {
 // ErrNoSpace reports that no free extent is large enough.
 var ErrNoSpace = fmt.Errorf("no space left on image")
 
-// allocate returns the start of n contiguous free blocks, searching upwards
-// from hint first (so a transaction's blocks land together), then from the
-// start of the image.
+// allocate returns the start of n contiguous free blocks: at hint when
+// they are free there (a hint inside the metadata cluster included);
+// otherwise the first that are, searching upwards from hint (or, without
+// a hint, from where the last allocation without one ended), then from the
+// start of the image, keeping off the metadata cluster; in the cluster
+// too only when nothing else is left. A hint at the cluster's next block
+// once it is used up, or taken, moves the cluster on first (metaCluster).
 func (a *allocator) allocate(n uint64, hint format.BlockNr) (format.BlockNr, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if n == 0 {
 		return 0, fmt.Errorf("allocate 0 blocks: %w", errInternal)
 	}
-	if hint == 0 {
+	explicit := hint != 0
+	if !explicit {
 		hint = a.cursor
 	}
+	if m := a.meta; explicit && n == 1 && m.end != 0 && hint == m.next && (m.next == m.end || !a.isFree(hint)) {
+		if a.carveMeta(m.end) {
+			hint = a.meta.next
+		}
+	}
+	got, ok := a.find(n, hint, explicit, true)
+	if !ok && a.meta.end != 0 {
+		// Only the cluster is left: it goes.
+		a.meta = metaCluster{}
+		got, ok = a.find(n, hint, explicit, false)
+	}
+	if !ok {
+		return 0, fmt.Errorf("allocate %d blocks (%d free in total): %w", n, a.nfree, ErrNoSpace)
+	}
+	a.take(got, n)
+	return got, nil
+}
+
+// find returns where allocate puts n blocks (see there); avoid: keep off
+// the metadata cluster where it searches.
+func (a *allocator) find(n uint64, hint format.BlockNr, explicit, avoid bool) (format.BlockNr, bool) {
 	var got format.BlockNr
-	var gotLen uint64
 	found := false
-	try := func(start format.BlockNr, l uint64) bool {
-		if l >= n {
-			got, gotLen, found = start, l, true
+	// An extent that begins at or below hint but covers it is usable
+	// from hint.
+	a.free.Descend(hint, func(s format.BlockNr, l uint64) bool {
+		if uint64(s)+l <= uint64(hint) {
 			return false
 		}
-		return true
-	}
-	// An extent that begins below hint but covers it is usable from hint.
-	a.free.Descend(hint, func(s format.BlockNr, l uint64) bool {
-		if s < hint && uint64(s)+l > uint64(hint) && uint64(s)+l-uint64(hint) >= n {
-			got, gotLen, found = s, l, true
+		if explicit && uint64(s)+l-uint64(hint) >= n {
+			got, found = hint, true
+			return false
 		}
+		got, found = a.fit(s, l, hint, n, avoid)
 		return false
 	})
-	if found {
-		// Split [s, s+l) into [s, hint) free, [hint, hint+n) used, rest free.
-		a.free.Delete(got)
-		a.free.Set(got, uint64(hint-got))
-		if rest := uint64(got) + gotLen - uint64(hint) - n; rest > 0 {
-			a.free.Set(hint+format.BlockNr(n), rest)
-		}
-		a.nfree -= n
-		a.cursor = hint + format.BlockNr(n)
-		return hint, nil
+	try := func(s format.BlockNr, l uint64) bool {
+		got, found = a.fit(s, l, s, n, avoid)
+		return !found
 	}
-	a.free.Ascend(hint, try)
+	if !found {
+		a.free.Ascend(hint, try)
+	}
 	if !found {
 		a.free.Scan(try)
 	}
-	if !found {
-		return 0, fmt.Errorf("allocate %d blocks (%d free in total): %w", n, a.nfree, ErrNoSpace)
+	return got, found
+}
+
+// fit returns the first start at or after from of n blocks within the free
+// extent [s, s+l), off the metadata cluster if avoid.
+func (a *allocator) fit(s format.BlockNr, l uint64, from format.BlockNr, n uint64, avoid bool) (format.BlockNr, bool) {
+	from = max(from, s)
+	end := s + format.BlockNr(l)
+	if !avoid || a.meta.next >= a.meta.end || a.meta.end <= from || a.meta.next >= end {
+		return from, uint64(end-from) >= n
 	}
-	a.free.Delete(got)
-	if gotLen > n {
-		a.free.Set(got+format.BlockNr(n), gotLen-n)
+	if from < a.meta.next && uint64(a.meta.next-from) >= n {
+		return from, true
+	}
+	if a.meta.end < end && uint64(end-a.meta.end) >= n {
+		return a.meta.end, true
+	}
+	return 0, false
+}
+
+// take takes [got, got+n) out of the free extent that holds it, and moves
+// the cursor past it or, if it is the cluster's next block, the cluster's
+// next block past it.
+func (a *allocator) take(got format.BlockNr, n uint64) {
+	var s format.BlockNr
+	var l uint64
+	a.free.Descend(got, func(fs format.BlockNr, fl uint64) bool {
+		s, l = fs, fl
+		return false
+	})
+	a.free.Delete(s)
+	if got > s {
+		a.free.Set(s, uint64(got-s))
+	}
+	if rest := uint64(s) + l - uint64(got) - n; rest > 0 {
+		a.free.Set(got+format.BlockNr(n), rest)
 	}
 	a.nfree -= n
-	a.cursor = got + format.BlockNr(n)
-	return got, nil
+	end := got + format.BlockNr(n)
+	switch m := &a.meta; {
+	case end <= m.next || got >= m.end:
+		a.cursor = end
+	case got <= m.next:
+		m.next = min(end, m.end)
+	default:
+		m.end = got // a hint into the middle of the cluster cuts it short
+	}
+}
+
+// metaHint returns the block the next transaction's metadata should go to,
+// given last, where the last transaction's would have gone next: the
+// metadata cluster's next block, or last, where the first allocation
+// hinted at it makes a new cluster. (A cluster made here could begin right
+// after a block of the fsync log, and the first write's data, which goes
+// after the log's block, would take its first block from the metadata.)
+func (a *allocator) metaHint(last format.BlockNr) format.BlockNr {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if m := a.meta; m.next < m.end && a.isFree(m.next) {
+		return m.next
+	}
+	a.meta = metaCluster{}
+	if last != 0 {
+		a.meta = metaCluster{next: last, end: last} // used up: moved on when hinted at
+	}
+	return last
+}
+
+// carveMeta makes a new metadata cluster: the first metaClusterBlocks
+// blocks (or all) of the first free extent of at least metaClusterMin at
+// or after from (the last cluster's end), then from the start of the
+// image; else none, until the next commit asks again (metaHint). Clusters
+// follow one another upwards, as the blocks of one do, so the blocks a
+// commit's delayed refs copy on write come after those it is applying and
+// do not break up the free-space updates it gathers. It visits at most
+// metaClusterScan extents.
+func (a *allocator) carveMeta(from format.BlockNr) bool {
+	a.meta = metaCluster{}
+	visited := 0
+	look := func(s format.BlockNr, l uint64) bool {
+		if l >= metaClusterMin {
+			a.meta = metaCluster{next: s, end: s + format.BlockNr(min(l, metaClusterBlocks))}
+			return false
+		}
+		visited++
+		return visited < metaClusterScan
+	}
+	a.free.Ascend(from, look)
+	if a.meta.end == 0 && visited < metaClusterScan {
+		a.free.Scan(look)
+	}
+	return a.meta.end != 0
+}
+
+// isFree reports whether block b is in the free index.
+func (a *allocator) isFree(b format.BlockNr) bool {
+	free := false
+	a.free.Descend(b, func(s format.BlockNr, l uint64) bool {
+		free = uint64(s)+l > uint64(b)
+		return false
+	})
+	return free
 }
 
 // release returns an extent to the index, merging it with its neighbours.

@@ -186,7 +186,7 @@ func (e *Engine) prepareCommit() (*pendingCommit, error) {
 	c := &pendingCommit{gen: t.gen, dirty: t.dirty, super: sb, roots: roots, logFree: logFree, newExtents: t.newExtents}
 	e.inflight.Store(c)
 	next := newTxn(t.gen + 1)
-	next.metaHint = t.metaHint
+	next.metaHint = e.alloc.metaHint(t.metaHint)
 	e.txn = next
 	return c, nil
 }
