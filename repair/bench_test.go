@@ -42,6 +42,11 @@ func BenchmarkFreeRebuild(b *testing.B) { benchRebuild(b, "free") }
 // the writer's overwrites keep changing them.
 func BenchmarkExtentRebuild(b *testing.B) { benchRebuild(b, "extent") }
 
+// BenchmarkCsumRebuild is BenchmarkRmapRebuild for the data checksum
+// tree: N records of one block each (4 bytes), every one readable and kept,
+// while the writer's overwrites add and free records.
+func BenchmarkCsumRebuild(b *testing.B) { benchRebuild(b, "csum") }
+
 func benchRebuild(b *testing.B, tree string) {
 	n := 1_000_000
 	if s := os.Getenv("SCRUBD_BENCH_EXTENTS"); s != "" {

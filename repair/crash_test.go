@@ -28,6 +28,7 @@ var rebuilders = map[string]struct {
 	"alloc":  {format.TreeAlloc, engine.StructAlloc, RebuildAlloc},
 	"free":   {format.TreeFree, engine.StructFree, RebuildFree},
 	"extent": {format.TreeExtent, engine.StructExtent, RebuildExtent},
+	"csum":   {format.TreeCsum, engine.StructCsum, RebuildCsum},
 }
 
 // onlyFor reports whether every finding is the row's own (in its trees, or

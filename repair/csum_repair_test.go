@@ -19,14 +19,6 @@ import (
 	"github.com/scrubd/scrubd/inject"
 )
 
-func init() {
-	rebuilders["csum"] = struct {
-		tree format.TreeID
-		st   engine.Structure
-		run  func(context.Context, *engine.Engine, RebuildOptions) (*RebuildResult, error)
-	}{format.TreeCsum, engine.StructCsum, RebuildCsum}
-}
-
 // csumKeys is what a walk of the committed csum tree reads: every record's
 // extent start, and, for one block, the range of keys its parent routes
 // to it.
