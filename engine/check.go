@@ -65,6 +65,7 @@ const (
 	ErrDirentType      ErrorID = 72 // directory entry's type differs from the inode's
 	ErrDirentIndex     ErrorID = 73 // name entry without its index twin, or the reverse
 	ErrDirNotDir       ErrorID = 74 // entries under an inode that is not a directory
+	ErrDeletedList     ErrorID = 75 // an inode with no links missing from the deleted list, or an entry for one with links
 	ErrFreeOverlap     ErrorID = 50
 	ErrSpaceLost       ErrorID = 51
 	ErrFreeNotMerged   ErrorID = 52
@@ -88,7 +89,7 @@ var errorNames = map[ErrorID]string{
 	ErrRmapDataOwner: "rmap_data_owner", ErrRmapMapping: "rmap_data_mapping", ErrExtentOverlap: "extent_overlap", ErrExtentPastEOF: "extent_past_eof", ErrExtentNoRmap: "extent_no_rmap", ErrExtentNoAlloc: "extent_no_alloc",
 	ErrCsumMissing: "csum_missing", ErrCsumOrphan: "csum_orphan",
 	ErrNlink: "nlink_mismatch", ErrDirentDangling: "dirent_dangling", ErrDirentType: "dirent_type",
-	ErrDirentIndex: "dirent_index", ErrDirNotDir: "dirent_parent_not_dir",
+	ErrDirentIndex: "dirent_index", ErrDirNotDir: "dirent_parent_not_dir", ErrDeletedList: "deleted_list",
 	ErrFreeOverlap: "free_overlap", ErrSpaceLost: "space_lost", ErrFreeNotMerged: "free_not_merged",
 	ErrBlockCrossLink: "block_cross_linked", ErrRmapSick: "rmap_sick", ErrTreeUntrusted: "tree_untrusted", ErrDataChecksum: "data_checksum",
 }

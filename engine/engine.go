@@ -30,9 +30,10 @@ type Options struct {
 	// ReadOnly opens without a writer: no transaction, no commit.
 	ReadOnly bool
 	// IgnoreBadRoots (with ReadOnly only; btrfs's rescue=ignorebadroots)
-	// opens an image whose root tree cannot be read in full and has no
-	// root backup to fall back to: the trees whose root items were read
-	// are served, the others are lost (every read needing one fails as
+	// opens an image whose root tree cannot be read in full, has no
+	// root backup to fall back to, and where the header scan cannot find
+	// every tree (roottree_scan.go): the trees whose root items were read
+	// or found are served, the others are lost (every read needing one fails as
 	// corrupt), so what is left can be copied off.
 	IgnoreBadRoots bool
 	// CommitInterval commits the running transaction periodically; 0 means
@@ -379,11 +380,23 @@ func (e *Engine) load() error {
 	e.freeCount = sb.FreeBlocks
 	roots, err := e.loadRoots(sb)
 	var rootDamage error
+	rootSource := fmt.Sprintf("the superblock's root backup of generation %d", sb.Gen)
 	if err != nil && errors.Is(err, format.ErrCorrupt) {
 		if br, ok := rootFromBackup(sb, roots); ok {
 			rootDamage, roots, err = err, br, nil
 			e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("the root tree is damaged (%v): the tree roots come from the superblock's backup of generation %d", rootDamage, sb.Gen))
 			e.log.Warn("root tree damaged, using the superblock's root backup", "gen", sb.Gen, "err", rootDamage)
+		} else if sr, scan, serr := e.rootFromScan(sb, roots); scan != nil {
+			// No backup to fall back to: the roots come from a scan of
+			// every block's header (roottree_scan.go).
+			e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("the root tree is damaged (%v) and no root backup names it: %s", err, scan))
+			roots = sr
+			if serr == nil {
+				rootDamage, err = err, nil
+				rootSource = "the roots a " + scan.String()
+			} else {
+				err = fmt.Errorf("%w; %w", err, serr)
+			}
 		}
 	}
 	if err != nil && e.opts.IgnoreBadRoots && e.opts.ReadOnly && errors.Is(err, format.ErrCorrupt) {
@@ -454,7 +467,7 @@ func (e *Engine) load() error {
 			return fmt.Errorf("replace the damaged root tree: %w", err)
 		}
 		e.openRepaired = true
-		e.noteSelfRepair(rootDamage, fmt.Sprintf("opening the image wrote a new root tree from the superblock's root backup of generation %d", sb.Gen))
+		e.noteSelfRepair(rootDamage, "opening the image wrote a new root tree from "+rootSource)
 		e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("a new root tree replaces the damaged one from generation %d on", sb.Gen+1))
 	}
 	if err := e.runRecovery(); err != nil {

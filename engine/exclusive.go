@@ -104,6 +104,11 @@ func (e *Engine) runExclusive(fn func(x *Exclusive) error) error {
 // frees them in the same transaction.
 func (tx *Tx) ReserveMeta(id format.TreeID, n int) ([]format.BlockNr, error) {
 	e := tx.e
+	if e.Sick(StructLoggedOps) {
+		// The logged operation that must go with the reservation could
+		// fail after it, aborting the transaction: refuse before.
+		return nil, fmt.Errorf("reserve %d blocks for tree %s: the logged_ops tree is damaged (repair it first)", n, id)
+	}
 	if free := e.alloc.freeBlocks(); uint64(n) > free {
 		return nil, fmt.Errorf("reserve %d blocks for tree %s, %d free: %w", n, id, free, ErrNoSpace)
 	}
@@ -272,6 +277,14 @@ func (tx *Tx) LogFreeUnreachable(owner format.TreeID, blocks []format.BlockNr) (
 }
 
 func (tx *Tx) logOp(kind uint64, owner format.TreeID, blocks []format.BlockNr) (uint64, error) {
+	// A new operation's id is the largest yet: its path is the tree's
+	// rightmost one. Read it before changing anything, so that damage
+	// fails only this step (marking logged_ops sick), not the transaction.
+	rt, _ := tx.ReadTree(format.TreeLoggedOps)
+	if _, _, err := rt.Get(format.Key{Obj: ^uint64(0), Type: ^uint8(0)}, nil); err != nil {
+		tx.e.LoggedOpsDamaged(err)
+		return 0, fmt.Errorf("log an operation: %w", err)
+	}
 	tr, err := tx.Tree(format.TreeLoggedOps)
 	if err != nil {
 		return 0, err
@@ -294,18 +307,24 @@ func (tx *Tx) logOp(kind uint64, owner format.TreeID, blocks []format.BlockNr) (
 
 // DropLoggedOp removes a logged operation (it was completed or made moot).
 func (tx *Tx) DropLoggedOp(id uint64) error {
-	tr, err := tx.Tree(format.TreeLoggedOps)
-	if err != nil {
-		return err
-	}
+	// Read before changing anything: damage fails only this step.
+	rt, _ := tx.ReadTree(format.TreeLoggedOps)
 	var keys []format.Key
-	if err := tr.Ascend(format.Key{Obj: id, Type: TypeLoggedOp}, func(k format.Key, _ []byte) bool {
+	if err := rt.Ascend(format.Key{Obj: id, Type: TypeLoggedOp}, func(k format.Key, _ []byte) bool {
 		if k.Obj != id || k.Type != TypeLoggedOp {
 			return false
 		}
 		keys = append(keys, k)
 		return true
 	}); err != nil {
+		tx.e.LoggedOpsDamaged(err)
+		return err
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	tr, err := tx.Tree(format.TreeLoggedOps)
+	if err != nil {
 		return err
 	}
 	for _, k := range keys {
@@ -317,6 +336,17 @@ func (tx *Tx) DropLoggedOp(id uint64) error {
 }
 
 // passLoggedOps completes the logged operations a crash interrupted.
+//
+// Damage does not refuse the mount. The tree is read whole before
+// anything changes: if a block of it, or an operation's record, is bad,
+// the logged_ops structure is marked sick and nothing is completed (an
+// operation half read could free too little; completing the readable ones
+// would mean deleting from a damaged tree). The blocks the operations
+// name stay allocated — leaked, never freed wrongly — until the
+// repairer (repair/loggedops_repair.go) frees every metadata block no
+// tree reaches and writes an empty tree. Damage met walking the other
+// trees (to tell which candidates are unreachable) marks that structure
+// sick and leaves every operation for a later mount.
 func passLoggedOps(_ context.Context, e *Engine) error {
 	type op struct {
 		kind   uint64
@@ -365,9 +395,13 @@ func passLoggedOps(_ context.Context, e *Engine) error {
 		}
 		return true
 	}); err != nil {
-		return err
+		derr = err
 	}
 	if derr != nil {
+		if e.LoggedOpsDamaged(derr) {
+			e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("the logged_ops tree is damaged (%v): interrupted operations left until it is rebuilt", derr))
+			return nil
+		}
 		return derr
 	}
 	if len(order) == 0 {
@@ -398,6 +432,10 @@ func passLoggedOps(_ context.Context, e *Engine) error {
 	if len(cands) > 0 {
 		var err error
 		if unreachable, err = e.unreachableMeta(cands); err != nil {
+			if e.NoteDamage(err) {
+				e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("%d interrupted logged operations left for a later mount: %v", len(order), err))
+				return nil
+			}
 			return fmt.Errorf("logged operations: %w", err)
 		}
 	}

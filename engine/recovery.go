@@ -2,9 +2,13 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
+	eb "github.com/scrubd/scrubd/engine/btree"
 	"github.com/scrubd/scrubd/engine/format"
 )
 
@@ -51,17 +55,145 @@ var recoveryPasses = []RecoveryPass{
 	{ID: PassCsumUntrusted, Name: "csum_untrusted", Marker: true},
 }
 
+// passDeletedInodes frees the inodes unlinked while open (the filesystem
+// layer's Options.DeletedInodes). Damage met reading the deleted tree
+// does not refuse the mount: the filesystem returns it before changing
+// anything, the deleted structure is marked sick and the mount goes on
+// with nothing freed (see DeletedDamaged); its repairer rebuilds the list
+// from the inodes with no links, and a later mount runs the pass normally.
+// An error after a change is the transaction's, as in any writer.
 func passDeletedInodes(_ context.Context, e *Engine) error {
 	if e.opts.DeletedInodes == nil {
 		return nil
 	}
+	var damage error
 	if err := e.Update(func(tx *Tx) error {
-		tx.touched = true
-		return e.opts.DeletedInodes(tx)
+		err := e.opts.DeletedInodes(tx)
+		if err != nil && !tx.touched && errors.Is(err, format.ErrCorrupt) {
+			damage = err
+			return nil
+		}
+		return err
 	}); err != nil {
 		return err
 	}
+	if damage != nil {
+		e.DeletedDamaged(damage)
+		e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("the deleted tree is damaged (%v): inodes unlinked while open are not freed until it is rebuilt", damage))
+	}
 	return e.Sync()
+}
+
+// Damage to the deleted and logged_ops trees.
+//
+// Neither tree is read by anything a file's contents depend on: the
+// deleted tree lists inodes unlinked while open (the deleted_inodes pass
+// frees them at the next mount), the logged_ops tree the multi-commit
+// steps of online rebuilds (the logged_ops pass completes them) and the
+// scrub cursor. What each holds can be derived again from the rest of the
+// image — the deleted list from the inodes with no links, the logged
+// operations' blocks as the metadata blocks no tree reaches — so damage
+// to either never refuses a mount or fails a writer: the recovery pass
+// that meets it marks the structure sick and goes on, leaving its work
+// for after the repair (a block or an inode left allocated a while
+// longer, never one freed wrongly), and the repairer (repair/
+// deleted_repair.go, repair/loggedops_repair.go) replaces the tree online
+// with one written from scratch and frees the blocks of the old one,
+// which may be unreadable, by reachability (Exclusive.ResetTree).
+
+// treeDamaged marks s sick for the corruption err names (its kind's
+// finding, else tree_untrusted) and reports whether err was corruption.
+func (e *Engine) treeDamaged(s Structure, what string, err error) bool {
+	if !errors.Is(err, format.ErrCorrupt) {
+		return false
+	}
+	id := ErrTreeUntrusted
+	if ce, ok := format.AsCorrupt(err); ok {
+		id = kindID(ce.Kind)
+	}
+	if !e.Sick(s) {
+		e.log.Error(what, "err", err)
+		e.CountError(id, 1)
+	}
+	e.MarkSick(s, e.committedGen(), id)
+	return true
+}
+
+// DeletedDamaged handles an error met reading or changing the deleted
+// tree: corruption marks the deleted structure sick and reports true, the
+// caller going on without the change; any other error is the caller's.
+//
+// Going on is safe both ways. An entry that cannot be added (an unlink
+// of an open inode) leaves an inode with no links and no entry: the last
+// close frees it as usual, and if a crash comes first it is left
+// allocated — not freed wrongly — until the repairer, which lists every
+// inode with no links, puts it back on the list for the next mount to
+// free. An entry that cannot be removed (the last close, a link of an
+// open unlinked file) stays behind the damage, where no lookup reaches
+// it (a B-tree Put or Delete fails at the damaged block before changing
+// anything below it, and every later path to that key meets the same
+// block); the repairer drops it, and the pass frees only an inode whose
+// link count is still zero anyway.
+func (e *Engine) DeletedDamaged(err error) bool {
+	return e.treeDamaged(StructDeleted, "deleted tree is damaged: marked sick; inodes unlinked while open are freed at their last close, or after the repair", err)
+}
+
+// DeletedDamaged is Engine.DeletedDamaged, for a filesystem in a
+// transaction.
+func (tx *Tx) DeletedDamaged(err error) bool { return tx.e.DeletedDamaged(err) }
+
+// LoggedOpsDamaged handles an error met reading the logged_ops tree:
+// corruption marks the logged_ops structure sick and reports true.
+func (e *Engine) LoggedOpsDamaged(err error) bool {
+	return e.treeDamaged(StructLoggedOps, "logged_ops tree is damaged: marked sick; the interrupted operations it holds are left until it is rebuilt", err)
+}
+
+// ResetTree replaces tree id, in this exclusive section, with a new empty
+// tree for the caller to fill, and frees those of the candidate blocks
+// (each with the tree that owns it in the rmap) that, with the new tree in
+// place, no tree reaches, that are not a superblock copy or the log head,
+// and that are still allocated as one-block metadata extents: the old
+// tree's blocks, readable or not, and any other block leaked — what the
+// logged_ops recovery pass does for its conditional operations. It
+// returns the new tree and how many blocks it freed. Reachability is
+// established before anything changes: damage met walking the other trees
+// fails it with nothing done. The caller makes sure no other rebuild has
+// blocks reserved and not linked in yet (one repair runs at a time). It
+// refuses the trees the engine maintains itself.
+func (x *Exclusive) ResetTree(id format.TreeID, cands map[format.BlockNr]format.TreeID) (*eb.Tree, int, error) {
+	e := x.e
+	switch id {
+	case format.TreeRoot, format.TreeAlloc, format.TreeRmap, format.TreeFree:
+		return nil, 0, fmt.Errorf("tree %s is maintained by the engine", id)
+	}
+	old, ok := e.trees[id]
+	if !ok {
+		return nil, 0, fmt.Errorf("no tree %s", id)
+	}
+	var un map[format.TreeID][]format.BlockNr
+	if len(cands) > 0 {
+		// Walk every tree but the one replaced (the new one, empty, is
+		// made of a block no candidate can be: it is free now).
+		delete(e.trees, id)
+		var err error
+		un, err = e.unreachableMeta(cands)
+		e.trees[id] = old
+		if err != nil {
+			return nil, 0, err
+		}
+	}
+	t, err := eb.Create(txnStore{e}, id)
+	if err != nil {
+		return nil, 0, err
+	}
+	x.touched = true
+	e.trees[id] = t
+	n := 0
+	for _, owner := range slices.Sorted(maps.Keys(un)) {
+		x.FreeMeta(owner, un[owner])
+		n += len(un[owner])
+	}
+	return t, n, nil
 }
 
 // RecoveryPasses lists the passes this build knows, in run order.

@@ -131,12 +131,29 @@ func TestRootTreeFallsBackToBackup(t *testing.T) {
 }
 
 // TestRootTreeWithoutBackups: a format 1.1 image has no root backups: a
-// damaged root tree is refused as before (named, not a panic).
+// damaged root tree is rebuilt from a header scan (roottree_scan.go) at
+// the open, which says so; the check is clean after the first commit.
 func TestRootTreeWithoutBackups(t *testing.T) {
-	img, _ := rootTreeImage(t, MkfsOptions{NoRmapMaps: true})
+	img, items := rootTreeImage(t, MkfsOptions{NoRmapMaps: true})
 	damageRootTree(t, img, "zero")
-	if _, err := Open(disk.NewMemFrom(img), Options{CommitInterval: -1}); !errors.Is(err, format.ErrCorrupt) {
+	e, err := Open(disk.NewMemFrom(img), Options{CommitInterval: -1})
+	if err != nil {
 		t.Fatalf("open: %v", err)
+	}
+	defer e.Close()
+	if notes := strings.Join(e.MountInfo().Notes, "\n"); !e.Sick(StructRoot) || !strings.Contains(notes, "header scan") {
+		t.Fatalf("sick %v, notes %q", e.Sick(StructRoot), notes)
+	}
+	if err := e.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if got := findingIDs(t, e); len(got) > 0 {
+		t.Fatalf("after the first commit: %v", got)
+	}
+	s := e.Pin()
+	defer s.Release()
+	if got := contents(t, s, format.TreeInode); !maps.Equal(got, items) {
+		t.Fatalf("%d items, want %d", len(got), len(items))
 	}
 }
 
@@ -246,12 +263,19 @@ func TestRootReplaceCrash(t *testing.T) {
 }
 
 // TestIgnoreBadRoots: an image with no root backup (format 1.1) whose root
-// tree cannot be read refuses a read-only mount, and opens with
-// IgnoreBadRoots (read-only only): the trees it could not locate are lost,
-// every read needing one fails as corrupt, the mount says which.
+// tree cannot be read and whose inode tree's root block is lost too (so
+// the header scan cannot name it) refuses a read-only mount, and opens
+// with IgnoreBadRoots (read-only only): the trees it could not locate are
+// lost, every read needing one fails as corrupt, the mount says which.
 func TestIgnoreBadRoots(t *testing.T) {
 	img, _ := rootTreeImage(t, MkfsOptions{NoRmapMaps: true})
+	ro := reopen(t, slices.Clone(img), Options{ReadOnly: true})
+	s := ro.Pin()
+	inodeRoot := s.v.roots[format.TreeInode].Root.Block
+	s.Release()
+	ro.Close()
 	damageRootTree(t, img, "bitflip")
+	clear(img[int(inodeRoot)*format.BlockSize : int(inodeRoot+1)*format.BlockSize])
 	if _, err := Open(disk.NewMemFrom(slices.Clone(img)), Options{ReadOnly: true}); !errors.Is(err, format.ErrCorrupt) {
 		t.Fatalf("read-only open without rescue: %v", err)
 	}
@@ -263,7 +287,7 @@ func TestIgnoreBadRoots(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	if notes := strings.Join(e.MountInfo().Notes, "\n"); !strings.Contains(notes, "trees lost") || !e.Sick(StructRoot) {
+	if notes := strings.Join(e.MountInfo().Notes, "\n"); !strings.Contains(notes, "trees lost: [inode]") || !e.Sick(StructRoot) {
 		t.Fatalf("notes %q, root sick %v", notes, e.Sick(StructRoot))
 	}
 	err = e.View(func(tx *Tx) error {

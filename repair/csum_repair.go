@@ -126,13 +126,13 @@ func RebuildCsum(ctx context.Context, e *engine.Engine, opts RebuildOptions) (_ 
 	if err := sh.catchUp(); err != nil {
 		return nil, err
 	}
-	plan, gen, err := r.topUp(ctx, sh, nt)
+	plan, gen, err := topUpByBytes(ctx, r.e, sh, nt)
 	if err != nil {
 		return nil, err
 	}
 
 	res.phase("load")
-	if err := r.load(res, sh, nt, plan, gen); err != nil {
+	if err := loadPlanned(res, sh, nt, plan, gen); err != nil {
 		return nil, err
 	}
 	if err := r.old.logListed(e, nt.reserved); err != nil {
@@ -140,7 +140,7 @@ func RebuildCsum(ctx context.Context, e *engine.Engine, opts RebuildOptions) (_ 
 	}
 
 	res.phase("catch-up")
-	n, err := r.catchUp(ctx, sh, nt)
+	n, err := catchUpReserving(ctx, r.e, sh, nt, r.apply)
 	res.Events += n
 	if err != nil {
 		return nil, err
@@ -163,6 +163,7 @@ func RebuildCsum(ctx context.Context, e *engine.Engine, opts RebuildOptions) (_ 
 	res.Records, res.NewBlocks, res.OldBlocks = nt.tree.Items, nt.plan.Blocks, nOld
 	res.XfileBytes = sh.xfileBytes()
 	res.Unverified = r.unverifiedList()
+	res.Salvaged = r.salvaged
 	res.phase("")
 	return res, nil
 }
@@ -211,6 +212,8 @@ type csumRebuild struct {
 
 	buf  []byte // a record read
 	data []byte // an extent's blocks read
+
+	salvaged Salvaged // what the scan kept from below damaged nodes
 }
 
 // waitingCsums are the checksums of a new extent as its Csum events
@@ -333,25 +336,51 @@ func (r *csumRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.T
 	if err != nil {
 		return nil, err
 	}
+	keep := func(k format.Key, v []byte) (bool, error) {
+		if k.Type != format.TypeCsum {
+			return false, nil
+		}
+		if _, err := format.DecodeCsums(v); err != nil {
+			return false, nil
+		}
+		return true, kept.Put(k, v)
+	}
+	walk := newWalkTrace()
 	if ct, ok := s.ScanTree(format.TreeCsum); ok {
 		// What cannot be read is computed again below: the walk's
 		// problems are the check's to report.
 		var perr error
-		err := ct.Check(eb.CheckVisitor{Item: func(k format.Key, v []byte) {
+		err := ct.Check(walk.visitor(eb.CheckVisitor{Item: func(k format.Key, v []byte) {
 			th.tick()
-			if perr != nil || k.Type != format.TypeCsum {
-				return
+			if perr == nil {
+				_, perr = keep(k, v)
 			}
-			if _, err := format.DecodeCsums(v); err == nil {
-				perr = kept.Put(k, v)
-			}
-		}})
+		}}))
 		if err == nil {
 			err = perr
 		}
 		if err != nil {
 			return nil, fmt.Errorf("read the old csum tree: %w", err)
 		}
+	}
+	if walk.damaged {
+		// The intact leaves below a damaged node keep their records,
+		// verified (salvage.go): the tree's blocks, as the rmap lists
+		// them, first.
+		var owned []format.BlockNr
+		if err := walkRmap(ctx, s, "the csum tree", func(start format.BlockNr, o format.Owner, _ format.RmapItem) error {
+			if !o.IsData() && o.Tree == format.TreeCsum {
+				owned = append(owned, start)
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		sv, err := salvage(ctx, s, format.TreeCsum, owned, walk, keep)
+		if err != nil {
+			return nil, fmt.Errorf("salvage the old csum tree: %w", err)
+		}
+		r.salvaged = sv
 	}
 
 	var old []format.BlockNr
@@ -522,116 +551,6 @@ func (r *csumRebuild) apply(t *eb.Tree, ev csumEvent) error {
 		return fmt.Errorf("csum record of the data extent at %d: %w", ev.Start, err)
 	}
 	return nil
-}
-
-// topUp freezes the shadow (it has gone live: every change so far is in
-// it) and plans its bulk load by bytes — records of 4 to 896 bytes: a
-// plan for one fixed size would be wrong or wasteful — and reserves what
-// the plan needs beyond the reservation made alongside the scan for an
-// estimate, in ordinary paced commits. It returns the plan and the
-// generation to stamp the nodes with, committed after those.
-func (r *csumRebuild) topUp(ctx context.Context, sh *shadow[csumEvent], nt *newTree) (*eb.BulkPlan, format.Gen, error) {
-	records, _, err := sh.freeze(r.e)
-	if err != nil {
-		return nil, 0, err
-	}
-	var plan *eb.BulkPlan
-	if err := lowPriority(func() error {
-		var readErr error
-		p, err := eb.PlanBulk(treeRecords(sh.tree, &readErr), nt.opts.Fill)
-		if err == nil {
-			err = readErr
-		}
-		plan = p
-		return err
-	}); err != nil {
-		return nil, 0, fmt.Errorf("plan the csum tree's bulk load: %w", err)
-	}
-	if plan.Records != records {
-		return nil, 0, fmt.Errorf("the frozen csum shadow holds %d records, its plan %d (internal error)", records, plan.Records)
-	}
-	if want := int(plan.Blocks); want > len(nt.blocks) {
-		if err := nt.reserveTo(ctx, want+max(16, want/32), nil); err != nil {
-			return nil, 0, err
-		}
-	}
-	snap := r.e.Pin()
-	defer snap.Release()
-	return plan, snap.Gen(), nil
-}
-
-// load bulk-loads the frozen shadow into the new tree's reserved blocks
-// as planned, the nodes stamped with generation gen, staged in an xfile,
-// then writes them (phase "write"), at the lowest CPU priority.
-func (r *csumRebuild) load(res *RebuildResult, sh *shadow[csumEvent], nt *newTree, plan *eb.BulkPlan, gen format.Gen) error {
-	nt.plan = plan
-	nt.sorted = slices.Sorted(slices.Values(nt.blocks))
-	var err error
-	if nt.stage, err = newStageStore(nt.opts.TempDir, nt.opts.Name+" bulk load", r.e.FSID(), gen, nt.blocks); err != nil {
-		return err
-	}
-	return lowPriority(func() error {
-		var readErr error
-		tree, err := plan.Build(nt.stage, nt.opts.Tree, treeRecords(sh.tree, &readErr), func(level int) (format.Node, eb.Ptr, error) {
-			return nt.stage.Alloc(nt.opts.Tree, level)
-		})
-		if err == nil {
-			err = readErr
-		}
-		if err != nil {
-			return fmt.Errorf("bulk load: %w", err)
-		}
-		nt.tree = tree
-		res.phase("write")
-		return nt.writeStaged(false)
-	})
-}
-
-// csumSpare is how many unused reserved blocks a catch-up round keeps
-// before each update to the staged tree (one insert splits at most a leaf
-// and each level above it, and grows a root), and csumSpareBatch how
-// many more it reserves when they run low.
-const (
-	csumSpare      = format.MaxLevel + 2
-	csumSpareBatch = 256
-)
-
-// catchUp applies the delta to the staged tree in rounds, as
-// catchUpStaged does, reserving more whenever the spare blocks run low:
-// inserts of records up to 896 bytes split leaves far more often than the
-// fixed-size records the kit's estimate is made for.
-func (r *csumRebuild) catchUp(ctx context.Context, sh *shadow[csumEvent], nt *newTree) (uint64, error) {
-	var events uint64
-	prev := -1
-	for round := 0; round < 8; round++ {
-		if err := r.e.Sync(); err != nil {
-			return events, err
-		}
-		n, err := sh.drain(func(a *xfile.Array) error {
-			return sh.q.codec.each(a, func(ev csumEvent) error {
-				if len(nt.blocks)-nt.stage.used+len(nt.stage.freed) < csumSpare {
-					// Commits the reservation: the hooks it fires append to
-					// the queue's other array.
-					if err := nt.spareFor(ctx, 16*csumSpareBatch); err != nil {
-						return err
-					}
-				}
-				return r.apply(nt.tree, ev)
-			})
-		})
-		if err != nil {
-			return events, fmt.Errorf("catch up on the staged tree: %w", err)
-		}
-		if err := nt.writeStaged(true); err != nil {
-			return events, err
-		}
-		events += uint64(n)
-		if n < 256 || prev >= 0 && n > prev/2 {
-			break
-		}
-		prev = n
-	}
-	return events, nil
 }
 
 // unverifiedChanges describes the unverified extents of a csum rebuild

@@ -259,6 +259,20 @@ func csumDamageCase(t *testing.T, img, kind string, level int) {
 	for _, u := range res.Unverified {
 		got[u.Start] = u
 	}
+	if level > 0 {
+		// An interior node damaged: the leaves below it are intact, and
+		// salvaged (salvage.go): every hidden record kept, verified.
+		for _, k := range hidden {
+			if u, ok := got[k]; ok {
+				t.Errorf("%s: the record of extent %d, in an intact leaf, listed unverified: %+v", inj.Detail, k, u)
+			}
+		}
+		if res.Salvaged.Items < uint64(len(hidden)) || res.Salvaged.Leaves == 0 {
+			t.Errorf("%s: %d records hidden, salvaged %+v", inj.Detail, len(hidden), res.Salvaged)
+		}
+		t.Logf("%s: %d hidden records salvaged", inj.Detail, len(hidden))
+		hidden = nil
+	}
 	for _, k := range hidden {
 		u, ok := got[k]
 		if !ok {
@@ -285,8 +299,8 @@ func csumDamageCase(t *testing.T, img, kind string, level int) {
 	if st := f.Stats(); st.CsumErrors != 0 {
 		t.Fatalf("%d checksum errors", st.CsumErrors)
 	}
-	t.Logf("%s: %d hidden, %d unverified; rebuild %d records, %d events, %d new blocks, %d old, paused %v",
-		inj.Detail, len(hidden), len(res.Unverified), res.Records, res.Events, res.NewBlocks, res.OldBlocks, res.ExclusivePause)
+	t.Logf("%s: %d hidden, %d unverified, salvaged %+v; rebuild %d records, %d events, %d new blocks, %d old, paused %v",
+		inj.Detail, len(hidden), len(res.Unverified), res.Salvaged, res.Records, res.Events, res.NewBlocks, res.OldBlocks, res.ExclusivePause)
 }
 
 // TestCrashDuringCsumRebuild is TestCrashDuringRebuild for the csum tree:

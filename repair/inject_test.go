@@ -124,7 +124,7 @@ func repairOutcome(t *testing.T, img string, tree format.TreeID) string {
 	rep, err := Scrub(context.Background(), f, img, ScrubOptions{Repair: true, Mode: "offline", TempDir: t.TempDir()})
 	if err == nil && rep.Status == StatusCorrected {
 		// Corrected means every file reads back as written.
-		verifyPopulated(t, f, nil)
+		verifyPopulated(t, f, reconstructedWant(t, rep))
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -159,7 +159,8 @@ func TestInjectMatrix(t *testing.T) {
 		t.Fatal(err)
 	}
 	trees := []format.TreeID{format.TreeRoot, format.TreeAlloc, format.TreeFree, format.TreeExtent, format.TreeRmap,
-		format.TreeCsum, format.TreeInode, format.TreeDir}
+		format.TreeCsum, format.TreeInode, format.TreeDir, format.TreeDeleted, format.TreeLoggedOps,
+		format.TreeSubvol, format.TreeSnapshot, format.TreeUUID}
 	var got strings.Builder
 	img := filepath.Join(t.TempDir(), "case.img")
 	for _, tree := range trees {

@@ -613,3 +613,118 @@ func (s *stageStore) unusedSlots() func(i int) bool {
 		return ok
 	}
 }
+
+// Records of varying size (csum records of 4–896 bytes, directory
+// entries of 20–274, inode items with symlink targets) are loaded by
+// bytes: the three helpers below replace the fixed-size planning of
+// rebuild[E] for the rebuilds that run their phases themselves.
+
+// topUpByBytes freezes the shadow and plans its bulk load by bytes (for
+// records of varying size: a plan for one fixed size would be wrong or
+// wasteful), reserving what the plan needs beyond the reservation made
+// alongside the scan, in ordinary paced commits. It returns the plan and
+// the generation to stamp the nodes with, committed after those.
+func topUpByBytes[E any](ctx context.Context, e *engine.Engine, sh *shadow[E], nt *newTree) (*eb.BulkPlan, format.Gen, error) {
+	records, _, err := sh.freeze(e)
+	if err != nil {
+		return nil, 0, err
+	}
+	var plan *eb.BulkPlan
+	if err := lowPriority(func() error {
+		var readErr error
+		p, err := eb.PlanBulk(treeRecords(sh.tree, &readErr), nt.opts.Fill)
+		if err == nil {
+			err = readErr
+		}
+		plan = p
+		return err
+	}); err != nil {
+		return nil, 0, fmt.Errorf("plan the %s tree's bulk load: %w", nt.opts.Tree, err)
+	}
+	if plan.Records != records {
+		return nil, 0, fmt.Errorf("the frozen %s shadow holds %d records, its plan %d (internal error)", nt.opts.Tree, records, plan.Records)
+	}
+	if want := int(plan.Blocks); want > len(nt.blocks) {
+		if err := nt.reserveTo(ctx, want+max(16, want/32), nil); err != nil {
+			return nil, 0, err
+		}
+	}
+	snap := e.Pin()
+	defer snap.Release()
+	return plan, snap.Gen(), nil
+}
+
+// loadPlanned bulk-loads the frozen shadow into the new tree's reserved
+// blocks as planned, the nodes stamped with generation gen, staged in an
+// xfile, then writes them (phase "write"), at the lowest CPU priority.
+func loadPlanned[E any](res *RebuildResult, sh *shadow[E], nt *newTree, plan *eb.BulkPlan, gen format.Gen) error {
+	nt.plan = plan
+	nt.sorted = slices.Sorted(slices.Values(nt.blocks))
+	var err error
+	if nt.stage, err = newStageStore(nt.opts.TempDir, nt.opts.Name+" bulk load", nt.e.FSID(), gen, nt.blocks); err != nil {
+		return err
+	}
+	return lowPriority(func() error {
+		var readErr error
+		tree, err := plan.Build(nt.stage, nt.opts.Tree, treeRecords(sh.tree, &readErr), func(level int) (format.Node, eb.Ptr, error) {
+			return nt.stage.Alloc(nt.opts.Tree, level)
+		})
+		if err == nil {
+			err = readErr
+		}
+		if err != nil {
+			return fmt.Errorf("bulk load: %w", err)
+		}
+		nt.tree = tree
+		res.phase("write")
+		return nt.writeStaged(false)
+	})
+}
+
+// catchUpSpare is how many unused reserved blocks a catch-up round keeps
+// before each event applied to the staged tree (an event puts two items,
+// and one insert splits at most a leaf and each level above it, and grows
+// a root), and catchUpBatch how many events' worth it reserves when they
+// run low.
+const (
+	catchUpSpare = 2 * (format.MaxLevel + 2)
+	catchUpBatch = 256
+)
+
+// catchUpReserving applies the delta to the staged tree in rounds, as
+// catchUpStaged does, reserving more whenever the spare blocks run low:
+// inserts of records of up to a few hundred bytes split leaves far more
+// often than the fixed-size records the kit's estimate is made for.
+func catchUpReserving[E any](ctx context.Context, e *engine.Engine, sh *shadow[E], nt *newTree, apply func(*eb.Tree, E) error) (uint64, error) {
+	var events uint64
+	prev := -1
+	for round := 0; round < 8; round++ {
+		if err := e.Sync(); err != nil {
+			return events, err
+		}
+		n, err := sh.drain(func(a *xfile.Array) error {
+			return sh.q.codec.each(a, func(ev E) error {
+				if len(nt.blocks)-nt.stage.used+len(nt.stage.freed) < catchUpSpare {
+					// Commits the reservation: the hooks it fires append
+					// to the queue's other array.
+					if err := nt.spareFor(ctx, 16*catchUpBatch); err != nil {
+						return err
+					}
+				}
+				return apply(nt.tree, ev)
+			})
+		})
+		if err != nil {
+			return events, fmt.Errorf("catch up on the staged tree: %w", err)
+		}
+		if err := nt.writeStaged(true); err != nil {
+			return events, err
+		}
+		events += uint64(n)
+		if n < 256 || prev >= 0 && n > prev/2 {
+			break
+		}
+		prev = n
+	}
+	return events, nil
+}

@@ -72,21 +72,25 @@ var opsTable = []Op{
 	{Name: "superblock", Trees: []format.TreeID{format.OwnerSuper}, Check: superblockCheck, Repair: repairSupers,
 		Answers: []engine.ErrorID{engine.ErrSuperCopyBad, engine.ErrSuperCopyStale, engine.ErrSuperCopyField}},
 	{Name: "root", Trees: []format.TreeID{format.TreeRoot}, Check: rootCheck, Repair: repairRoot},
-	{Name: "dir", Trees: []format.TreeID{format.TreeDir}, Check: dirCheck},
-	// The inode row fixes link counts from the directory entries; inode
-	// items lost with a leaf are not reconstructed yet.
-	{Name: "inode", Trees: []format.TreeID{format.TreeInode}, Check: inodeCheck, Repair: repairNlinks,
-		Answers: []engine.ErrorID{engine.ErrNlink}, Inputs: []string{"dir", "inode"}, OnlyAnswers: true},
+	{Name: "dir", Trees: []format.TreeID{format.TreeDir}, Check: dirCheck, Repair: repairDir, Inputs: []string{"inode"}},
 	// The extent row answers only damage proven in its own tree: an item
 	// and a record that disagree may be either one's fault, and the rmap
 	// row, rebuilding from the items, loses nothing either way — a file
 	// extent tree rebuilt from a wrong rmap would lose file data.
 	{Name: "extent", Trees: []format.TreeID{format.TreeExtent}, Check: extentCheck, Repair: repairExtent, Inputs: []string{"rmap"}},
-	{Name: "subvol", Trees: []format.TreeID{format.TreeSubvol}},
-	{Name: "snapshot", Trees: []format.TreeID{format.TreeSnapshot}},
-	{Name: "uuid", Trees: []format.TreeID{format.TreeUUID}},
-	{Name: "deleted", Trees: []format.TreeID{format.TreeDeleted}, Check: deletedCheck},
-	{Name: "logged_ops", Trees: []format.TreeID{format.TreeLoggedOps}},
+	// The inode row rebuilds the inode tree when its blocks are damaged
+	// (inode items lost with a leaf reconstructed from the directory
+	// entries, file extents and rmap), then fixes link counts from the
+	// directory entries. It comes after the extent row, whose items it
+	// reads.
+	{Name: "inode", Trees: []format.TreeID{format.TreeInode}, Check: inodeCheck, Repair: repairInode,
+		Answers: []engine.ErrorID{engine.ErrNlink}, Inputs: []string{"dir", "extent", "rmap"}},
+	// Trees this version keeps empty: rebuilt empty (empty_repair.go).
+	{Name: "subvol", Trees: []format.TreeID{format.TreeSubvol}, Repair: emptyTreeRepairer("subvol", format.TreeSubvol, engine.StructSubvol)},
+	{Name: "snapshot", Trees: []format.TreeID{format.TreeSnapshot}, Repair: emptyTreeRepairer("snapshot", format.TreeSnapshot, engine.StructSnapshot)},
+	{Name: "uuid", Trees: []format.TreeID{format.TreeUUID}, Repair: emptyTreeRepairer("uuid", format.TreeUUID, engine.StructUUID)},
+	{Name: "deleted", Trees: []format.TreeID{format.TreeDeleted}, Check: deletedCheck, Repair: repairDeleted, Inputs: []string{"inode"}},
+	{Name: "logged_ops", Trees: []format.TreeID{format.TreeLoggedOps}, Repair: repairLoggedOps},
 	{Name: "log", Trees: []format.TreeID{format.TreeLog}, Check: logCheck},
 	{
 		Name:   "rmap",
@@ -362,6 +366,6 @@ func rebuildReport(name string) func(*RebuildResult, error) (*RebuildReport, err
 		return &RebuildReport{Structure: name, Records: rr.Records, Events: rr.Events,
 			NewBlocks: rr.NewBlocks, OldBlocks: rr.OldBlocks, DurationS: rr.Duration.Seconds(),
 			PauseMs: float64(rr.ExclusivePause.Microseconds()) / 1000, XfileBytes: rr.XfileBytes, Gen: uint64(rr.Gen),
-			Unverified: rr.Unverified}, nil
+			Unverified: rr.Unverified, Changes: salvagedChanges(rr.Salvaged)}, nil
 	}
 }

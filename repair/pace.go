@@ -167,6 +167,9 @@ type RebuildResult struct {
 	// checksums no readable record kept: computed again from the data
 	// on disk, never verified against what was written.
 	Unverified []UnverifiedRange
+	// Salvaged counts the items of intact leaves below a damaged
+	// interior node the rebuild kept exactly (salvage.go).
+	Salvaged Salvaged
 
 	clock *phaseClock // while the rebuild runs
 }

@@ -96,6 +96,11 @@ type RebuildReport struct {
 	// with the damage): that data is protected again from here on, but
 	// nothing proved it was the data written.
 	Unverified []UnverifiedRange `json:"unverified,omitempty"`
+	// Reconstructed lists the inodes an inode rebuild made again from
+	// what still names them (directory entries, file extents, the deleted
+	// list): their items were lost with the damage. Each names the fields
+	// nothing recorded, which were set to a safe default.
+	Reconstructed []ReconstructedInode `json:"reconstructed,omitempty"`
 }
 
 // StructureReport is what one structure's check found.

@@ -147,7 +147,7 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 		rep.Notes = append(rep.Notes, "opening the image recomputed the superblock's free-block count")
 	}
 	if countTree(opened, format.TreeRoot) > 0 {
-		rep.Notes = append(rep.Notes, "the engine found the root tree damaged and wrote a new one (from the superblock's root backup at the open, from the roots in memory at a commit)")
+		rep.Notes = append(rep.Notes, "the engine found the root tree damaged and wrote a new one (from the superblock's root backup or a scan of every block's header at the open, from the roots in memory at a commit)")
 	}
 	markHealth(e, res.Gen, found)
 	if !opts.Repair || len(found) == 0 {

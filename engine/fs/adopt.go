@@ -127,6 +127,40 @@ func (f *FS) LostFound() (uint64, error) {
 	return a.Ino, nil
 }
 
+// LostFoundTx returns /lost+found's inode in tx, making it (mode 0700,
+// owner root) when it is missing: LostFound for a caller that already
+// holds a transaction (a repair's exclusive section, where another
+// Update would wait for itself).
+func LostFoundTx(tx *engine.Tx) (uint64, error) {
+	de, _, ok, err := lookupEntry(tx, RootIno, LostFoundName)
+	if err != nil {
+		return 0, err
+	}
+	if ok {
+		if uint32(de.Type)<<12 != syscall.S_IFDIR {
+			return 0, fmt.Errorf("/%s is not a directory: %w", LostFoundName, syscall.ENOTDIR)
+		}
+		return de.Ino, nil
+	}
+	din, err := mustInode(tx, RootIno)
+	if err != nil {
+		return 0, err
+	}
+	now := ts(time.Now())
+	ino := tx.NextObjectID()
+	in := &format.InodeItem{Mode: syscall.S_IFDIR | 0o700, Nlink: 2, Parent: RootIno, NextIndex: 2,
+		Generation: uint64(tx.Gen()), Atime: now, Mtime: now, Ctime: now, Btime: now}
+	if err := putInode(tx, ino, in); err != nil {
+		return 0, err
+	}
+	if err := addEntry(tx, RootIno, din, LostFoundName, ino, in.Mode); err != nil {
+		return 0, err
+	}
+	din.Nlink++
+	din.Mtime, din.Ctime = now, now
+	return ino, putInode(tx, RootIno, din)
+}
+
 // nameCount counts the directory entries naming ino (a scan of the
 // whole directory tree: entries are keyed by their directory, not their
 // inode).

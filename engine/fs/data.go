@@ -75,21 +75,43 @@ func (f *FS) Release(ino uint64) error {
 
 // purgeDeleted is the deleted_inodes recovery pass: nothing is open after a
 // mount, so every inode in the deleted tree goes.
+//
+// Damage never makes it fail the mount. The list is read whole before
+// anything changes: damage there is returned untouched, and the engine
+// marks the deleted tree sick and mounts without freeing anything
+// (engine/recovery.go; its repairer lists the inodes again). Damage met
+// by one inode — its item, or the file extent records its data is freed
+// through (probed first, as an unlink does) — leaves that inode and its
+// entry for a later mount, marks the structure it was met in sick, and
+// the others are freed.
 func (f *FS) purgeDeleted(tx *engine.Tx) error {
 	tr, _ := tx.ReadTree(format.TreeDeleted)
 	var inos []uint64
 	if err := tr.Ascend(format.Key{}, func(k format.Key, _ []byte) bool {
-		inos = append(inos, k.Obj)
+		if k.Type == format.TypeDeleted {
+			inos = append(inos, k.Obj)
+		}
 		return true
 	}); err != nil {
-		return err
+		return fmt.Errorf("read the deleted inodes: %w", err)
 	}
 	for _, ino := range inos {
-		if err := unmarkDeleted(tx, ino); err != nil {
-			return err
-		}
 		in, ok, err := getInode(tx, ino)
 		if err != nil {
+			if f.e.NoteDamage(err) {
+				continue
+			}
+			return err
+		}
+		if ok && in.Nlink == 0 && isReg(in) {
+			if err := f.probeExtents(tx, ino, 0, ^uint64(0)>>12); err != nil {
+				if errors.Is(err, format.ErrCorrupt) {
+					continue
+				}
+				return err
+			}
+		}
+		if err := unmarkDeleted(tx, ino); err != nil {
 			return err
 		}
 		if ok && in.Nlink == 0 {

@@ -1,6 +1,8 @@
 package fs
 
 import (
+	"errors"
+	"math"
 	"strings"
 	"syscall"
 	"time"
@@ -81,6 +83,52 @@ func lookupEntry(tx *engine.Tx, dir uint64, name string) (format.DirEntry, forma
 	return de, key, found, err
 }
 
+// NameHash is the hash a directory entry named name is keyed by
+// (format.DirEntryKey).
+func NameHash(name string) uint64 { return nameHash(name) }
+
+// Damage to the directory tree met by a namespace operation fails that
+// operation (EIO, the dir structure marked sick), never the mount: every
+// path an operation will change is read before anything changes
+// (probeDir: an insert or delete walks the path a lookup of its key
+// walks, and a transaction that fails before it changes anything is not
+// aborted), so an operation on a directory whose leaf is damaged fails
+// alone and the rest of the namespace serves until the dir rebuild
+// (repair/dir_repair.go) runs. The one change a probe cannot foresee is
+// a delete's rebalance meeting a damaged sibling leaf after the item was
+// removed: the tree is valid then (the rebalance stops), so removeEntry
+// goes on and leaves the damage to the next check.
+
+// probeDir reads the paths to keys in the directory tree.
+func probeDir(tx *engine.Tx, keys ...format.Key) error {
+	tr, _ := tx.ReadTree(format.TreeDir)
+	for _, k := range keys {
+		if _, _, err := tr.Get(k, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// probeInodeTail reads the inode tree's rightmost path, where a new
+// inode's items go (inode numbers only grow), so that damage there fails
+// the create before it changes anything, instead of the transaction after
+// it has.
+func probeInodeTail(tx *engine.Tx) error {
+	tr, _ := tx.ReadTree(format.TreeInode)
+	_, _, err := tr.Get(format.Key{Obj: math.MaxUint64, Type: math.MaxUint8, Off: math.MaxUint64, Aux: math.MaxUint64}, nil)
+	return err
+}
+
+// dirDamage marks the structure damage in err was met in sick and returns
+// err.
+func (f *FS) dirDamage(err error) error {
+	if err != nil {
+		f.e.NoteDamage(err)
+	}
+	return err
+}
+
 func fileType(mode uint32) uint8 { return uint8((mode & syscall.S_IFMT) >> 12) }
 
 // mustEntry finds name in dir and the inode it names, or ENOENT.
@@ -132,11 +180,12 @@ func removeEntry(tx *engine.Tx, dir uint64, key format.Key, de format.DirEntry) 
 	if err != nil {
 		return err
 	}
-	if _, err := tr.Delete(key); err != nil {
-		return err
-	}
-	if _, err = tr.Delete(format.DirIndexKey(dir, de.Index)); err != nil {
-		return err
+	for _, k := range []format.Key{key, format.DirIndexKey(dir, de.Index)} {
+		// Removed, then a rebalance met a damaged sibling: the tree is
+		// valid (see probeDir).
+		if ok, err := tr.Delete(k); err != nil && !(ok && errors.Is(err, format.ErrCorrupt)) {
+			return err
+		}
 	}
 	tx.Hooks().Dirent.Call(engine.DirentEvent{Gen: tx.Gen(), Op: engine.OpDelete, Dir: dir, Entry: de})
 	return nil
@@ -175,7 +224,7 @@ func (f *FS) Lookup(dir uint64, name string) (Attr, error) {
 		a = attrOf(de.Ino, in)
 		return nil
 	})
-	return a, errno(err)
+	return a, errno(f.dirDamage(err))
 }
 
 // GetAttr returns the attributes of ino.
@@ -255,6 +304,12 @@ func (f *FS) mknod(dir uint64, name string, ni NewInode) (Attr, error) {
 		} else if ok {
 			return syscall.EEXIST
 		}
+		if err := probeDir(tx, format.DirIndexKey(dir, din.NextIndex)); err != nil {
+			return err
+		}
+		if err := probeInodeTail(tx); err != nil {
+			return err
+		}
 		now := ts(time.Now())
 		ino := tx.NextObjectID()
 		in := &format.InodeItem{Mode: ni.Mode, UID: ni.UID, GID: ni.GID, Nlink: 1, Rdev: ni.Rdev,
@@ -290,7 +345,7 @@ func (f *FS) mknod(dir uint64, name string, ni NewInode) (Attr, error) {
 		f.markFull(newIno, gen)
 		f.markFull(dir, gen)
 	}
-	return a, errno(err)
+	return a, errno(f.dirDamage(err))
 }
 
 // Readlink returns a symlink's target.
@@ -348,6 +403,9 @@ func (f *FS) Link(ino, newdir uint64, newname string) (Attr, error) {
 		} else if ok {
 			return syscall.EEXIST
 		}
+		if err := probeDir(tx, format.DirIndexKey(newdir, din.NextIndex)); err != nil {
+			return err
+		}
 		now := ts(time.Now())
 		if err := addEntry(tx, newdir, din, newname, ino, in.Mode); err != nil {
 			return err
@@ -373,7 +431,7 @@ func (f *FS) Link(ino, newdir uint64, newname string) (Attr, error) {
 	if err == nil {
 		f.markFull(ino, gen)
 	}
-	return a, errno(err)
+	return a, errno(f.dirDamage(err))
 }
 
 // Unlink removes name (not a directory) from dir.
@@ -407,6 +465,9 @@ func (f *FS) remove(dir uint64, name string, wantDir bool) error {
 		if err != nil {
 			return err
 		}
+		if err := probeDir(tx, format.DirIndexKey(dir, de.Index)); err != nil {
+			return err
+		}
 		if isDir(in) != wantDir {
 			if wantDir {
 				return syscall.ENOTDIR
@@ -436,7 +497,7 @@ func (f *FS) remove(dir uint64, name string, wantDir bool) error {
 		f.markFull(dir, gen)
 		f.markFull(victim, gen)
 	}
-	return errno(err)
+	return errno(f.dirDamage(err))
 }
 
 // dropName removes one name of inode de.Ino (whose item is in) from dir and
@@ -472,7 +533,10 @@ func (f *FS) dropName(tx *engine.Tx, dir uint64, din *format.InodeItem, key form
 		if err != nil {
 			return err
 		}
-		return tr.Put(format.DeletedKey(de.Ino), nil)
+		if err := tr.Put(format.DeletedKey(de.Ino), nil); err != nil && !tx.DeletedDamaged(err) {
+			return err
+		}
+		return nil
 	}
 	return freeInode(tx, de.Ino, in)
 }
@@ -482,8 +546,10 @@ func unmarkDeleted(tx *engine.Tx, ino uint64) error {
 	if err != nil {
 		return err
 	}
-	_, err = tr.Delete(format.DeletedKey(ino))
-	return err
+	if _, err = tr.Delete(format.DeletedKey(ino)); err != nil && !tx.DeletedDamaged(err) {
+		return err
+	}
+	return nil
 }
 
 // freeInode drops an inode's data, symlink target and item.
@@ -592,6 +658,13 @@ func (f *FS) Rename(olddir uint64, oldname string, newdir uint64, newname string
 		if exists && flags&RenameNoReplace != 0 {
 			return syscall.EEXIST
 		}
+		probe := []format.Key{format.DirIndexKey(olddir, de.Index), format.DirIndexKey(newdir, ndin.NextIndex)}
+		if exists {
+			probe = append(probe, format.DirIndexKey(newdir, tde.Index))
+		}
+		if err := probeDir(tx, probe...); err != nil {
+			return err
+		}
 		gen = tx.Gen()
 		touched = append(touched, olddir, newdir, de.Ino)
 		if exists {
@@ -648,7 +721,7 @@ func (f *FS) Rename(olddir uint64, oldname string, newdir uint64, newname string
 			f.markFull(ino, gen)
 		}
 	}
-	return errno(err)
+	return errno(f.dirDamage(err))
 }
 
 // ReadDir lists dir from offset (0 = start; "." and ".." come first, then
@@ -686,7 +759,7 @@ func (f *FS) ReadDir(dir uint64, offset uint64, fn func(DirEntry) bool) error {
 		}
 		return err
 	})
-	return errno(err)
+	return errno(f.dirDamage(err))
 }
 
 // StatFS describes the filesystem's space.

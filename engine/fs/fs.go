@@ -123,10 +123,23 @@ func (f *FS) Sync() error { return errno(f.e.Sync()) }
 // Close commits and unmounts.
 func (f *FS) Close() error { return f.e.Close() }
 
+// ensureRoot creates the root directory on first mount. A root inode item
+// the damage makes unreadable (its leaf, or a node above it, is bad) does
+// not fail the mount: the inode structure is marked sick and the
+// filesystem serves what can still be read — every inode whose item is
+// readable, by number; the root's lookups read the directory tree, which
+// names its entries without the root's item — and a lookup of an inode
+// the damage hides fails with EIO for that inode alone, until the inode
+// repairer (repair/inode_repair.go) rebuilds the tree. Nothing is
+// created then: an inode the damage hides still exists.
 func (f *FS) ensureRoot() error {
 	exists := false
 	if err := f.e.View(func(tx *engine.Tx) error {
 		_, ok, err := getInode(tx, RootIno)
+		if err != nil && f.e.NoteDamage(err) {
+			tx.Note(fmt.Sprintf("the root directory's inode item is unreadable (%v): the inode tree is marked sick; what can be read is served until it is repaired", err))
+			ok, err = true, nil
+		}
 		exists = ok
 		return err
 	}); err != nil {

@@ -65,6 +65,13 @@ func Mount(fsys *fs.FS, mountpoint string, opts Options) (*Server, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	root, err := fsys.GetAttr(fs.RootIno)
+	if errors.Is(err, syscall.EIO) {
+		// Damage hides the root directory's inode item: serve it with
+		// stand-in attributes (rootStandIn) until the inode repair,
+		// rather than refuse the mount.
+		logger.Warn("the root directory's inode cannot be read: serving it as a directory of mode 0700 owned by root until it is repaired", "err", err)
+		root, err = rootStandIn(root, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: root directory: %w", mountpoint, err)
 	}

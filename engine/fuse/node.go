@@ -2,6 +2,7 @@ package fuse
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"syscall"
 	"time"
@@ -72,6 +73,19 @@ var (
 func (n *node) ino() uint64 { return n.StableAttr().Ino }
 
 // fillAttr converts engine attributes to FUSE ones.
+// rootStandIn returns, when damage hides the root directory's inode item
+// (EIO), attributes to serve the root with until the inode repair
+// restores it: a directory of mode 0700 owned by root. The kernel cannot
+// mount, nor the control socket be reached through the mountpoint,
+// without them; what is below the root is served as far as it can be
+// read.
+func rootStandIn(a fs.Attr, err error) (fs.Attr, error) {
+	if !errors.Is(err, syscall.EIO) {
+		return a, err
+	}
+	return fs.Attr{Ino: fs.RootIno, Mode: syscall.S_IFDIR | 0o700, Nlink: 2}, nil
+}
+
 func fillAttr(a fs.Attr, out *gofuse.Attr) {
 	out.Ino = a.Ino
 	out.Size = a.Size
@@ -127,6 +141,9 @@ func (n *node) Lookup(ctx context.Context, name string, out *gofuse.EntryOut) (*
 
 func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *gofuse.AttrOut) syscall.Errno {
 	a, err := n.b.fsys.GetAttr(n.ino())
+	if n.ino() == fs.RootIno {
+		a, err = rootStandIn(a, err)
+	}
 	if err != nil {
 		return n.b.errno("getattr", n.ino(), err)
 	}
