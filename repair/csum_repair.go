@@ -81,90 +81,26 @@ func RebuildCsum(ctx context.Context, e *engine.Engine, opts RebuildOptions) (_ 
 	r.follow()
 	defer r.unfollow()
 
-	res := startRebuild(e, "subscribe")
-	defer res.stop()
-	const id = format.TreeCsum
-	sh, err := newShadow(opts.TempDir, "csum", id, csumEvents, func(ev csumEvent) format.Gen { return ev.Gen }, r.apply)
-	if err != nil {
-		return nil, err
-	}
-	defer sh.close()
-	snap, err := sh.subscribe(e, &r.feed)
-	if err != nil {
-		return nil, err
-	}
-	res.ScanGen = snap.Gen()
-
-	res.phase("scan")
-	nt := newNewTree(e, newTreeOptions{Tree: id, ItemSize: csumItemGuess, Fill: opts.Fill, TempDir: opts.TempDir, Name: "csum"})
-	defer func() {
-		if err != nil {
-			var ops []uint64
-			if r.old != nil {
-				ops = r.old.opIDs()
+	res, err := rebuild(ctx, e, opts, rebuildSpec[csumEvent]{
+		Name: "csum", Tree: format.TreeCsum, Structure: engine.StructCsum, ItemSize: csumItemGuess, VarSize: true,
+		Codec: csumEvents, Gen: func(ev csumEvent) format.Gen { return ev.Gen },
+		Chain: func(*engine.Engine) *hooks.Chain[csumEvent] { return &r.feed },
+		Apply: r.apply,
+		Expect: func(s *engine.Snapshot) uint64 {
+			if t, ok := s.ScanTree(format.TreeCsum); ok {
+				return t.Items
 			}
-			nt.cancel(ops...)
-		}
-		nt.close()
-	}()
-	var oldBlocks []format.BlockNr
-	expect := uint64(0)
-	if t, ok := snap.ScanTree(id); ok {
-		expect = t.Items
-	}
-	err = nt.reserveAlongside(ctx, expect, func(progress *atomic.Uint64) (err error) {
-		defer snap.Release()
-		oldBlocks, err = r.scan(ctx, snap, sh.tree, opts.scanThrottle(), progress)
-		return err
+			return 0
+		},
+		Scan: r.scan,
+		Old:  func(o *oldTree) { r.old = o },
+		Swap: swapSteps{Stopped: func(*engine.Exclusive) { r.unfollow() }},
 	})
 	if err != nil {
 		return nil, err
 	}
-	r.old = newOldTree(id, oldBlocks)
-
-	res.phase("top-up")
-	if err := sh.catchUp(); err != nil {
-		return nil, err
-	}
-	plan, gen, err := topUpByBytes(ctx, r.e, sh, nt)
-	if err != nil {
-		return nil, err
-	}
-
-	res.phase("load")
-	if err := loadPlanned(res, sh, nt, plan, gen); err != nil {
-		return nil, err
-	}
-	if err := r.old.logListed(e, nt.reserved); err != nil {
-		return nil, err
-	}
-
-	res.phase("catch-up")
-	n, err := catchUpReserving(ctx, r.e, sh, nt, r.apply)
-	res.Events += n
-	if err != nil {
-		return nil, err
-	}
-
-	res.phase("swap")
-	err = swapIn(e, res, sh, nt, engine.StructCsum, swapSteps{
-		Stopped: func(*engine.Exclusive) { r.unfollow() },
-		Then:    func(x *engine.Exclusive) error { return r.old.logGained(x, nt.reserved) },
-	})
-	if err != nil {
-		return nil, err
-	}
-
-	res.phase("reap")
-	groups, nOld := r.old.reapGroups(nt.reserved)
-	if _, err := reap(e, id, append(nt.reapGroups(), groups...)); err != nil {
-		return nil, err
-	}
-	res.Records, res.NewBlocks, res.OldBlocks = nt.tree.Items, nt.plan.Blocks, nOld
-	res.XfileBytes = sh.xfileBytes()
 	res.Unverified = r.unverifiedList()
 	res.Salvaged = r.salvaged
-	res.phase("")
 	return res, nil
 }
 

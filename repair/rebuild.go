@@ -32,6 +32,11 @@ type rebuildSpec[E any] struct {
 	ItemSize  int
 	// SelfRecords: the tree holds a record for each of its own blocks.
 	SelfRecords bool
+	// VarSize: records vary in size (ItemSize is a guess for the
+	// reservation alongside the scan): the load is planned by bytes over
+	// the frozen shadow and a catch-up round reserves as it goes
+	// (topUpByBytes, loadPlanned, catchUpReserving).
+	VarSize bool
 
 	Codec eventCodec[E]
 	Gen   func(E) format.Gen
@@ -103,20 +108,36 @@ func rebuild[E any](ctx context.Context, e *engine.Engine, opts RebuildOptions, 
 	if err := sh.catchUp(); err != nil {
 		return nil, err
 	}
-	if err := nt.topUp(ctx, sh.items()); err != nil {
-		return nil, err
-	}
-
-	res.phase("load")
-	if err := bulkLoad(res, sh, nt); err != nil {
-		return nil, err
+	if spec.VarSize {
+		plan, gen, err := topUpByBytes(ctx, e, sh, nt)
+		if err != nil {
+			return nil, err
+		}
+		res.phase("load")
+		if err := loadPlanned(res, sh, nt, plan, gen); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := nt.topUp(ctx, sh.items()); err != nil {
+			return nil, err
+		}
+		res.phase("load")
+		if err := bulkLoad(res, sh, nt); err != nil {
+			return nil, err
+		}
 	}
 	if err := old.logListed(e, nt.reserved); err != nil {
 		return nil, err
 	}
 
 	res.phase("catch-up")
-	n, err := catchUpStaged(ctx, e, sh, nt)
+	catchUp := catchUpStaged[E]
+	if spec.VarSize {
+		catchUp = func(ctx context.Context, e *engine.Engine, sh *shadow[E], nt *newTree) (uint64, error) {
+			return catchUpReserving(ctx, e, sh, nt, spec.Apply)
+		}
+	}
+	n, err := catchUp(ctx, e, sh, nt)
 	res.Events += n
 	if err != nil {
 		return nil, err
