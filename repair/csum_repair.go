@@ -84,17 +84,12 @@ func RebuildCsum(ctx context.Context, e *engine.Engine, opts RebuildOptions) (_ 
 	res, err := rebuild(ctx, e, opts, rebuildSpec[csumEvent]{
 		Name: "csum", Tree: format.TreeCsum, Structure: engine.StructCsum, ItemSize: csumItemGuess, VarSize: true,
 		Codec: csumEvents, Gen: func(ev csumEvent) format.Gen { return ev.Gen },
-		Chain: func(*engine.Engine) *hooks.Chain[csumEvent] { return &r.feed },
-		Apply: r.apply,
-		Expect: func(s *engine.Snapshot) uint64 {
-			if t, ok := s.ScanTree(format.TreeCsum); ok {
-				return t.Items
-			}
-			return 0
-		},
-		Scan: r.scan,
-		Old:  func(o *oldTree) { r.old = o },
-		Swap: swapSteps{Stopped: func(*engine.Exclusive) { r.unfollow() }},
+		Chain:  func(*engine.Engine) *hooks.Chain[csumEvent] { return &r.feed },
+		Apply:  r.apply,
+		Expect: treeItems(format.TreeCsum),
+		Scan:   r.scan,
+		Old:    func(o *oldTree) { r.old = o },
+		Swap:   swapSteps{Stopped: func(*engine.Exclusive) { r.unfollow() }},
 	})
 	if err != nil {
 		return nil, err

@@ -118,95 +118,23 @@ func RebuildDir(ctx context.Context, f *fs.FS, opts RebuildOptions) (_ *DirRebui
 	r.follow()
 	defer r.unfollow()
 
-	res := startRebuild(e, "subscribe")
-	defer res.stop()
-	const id = format.TreeDir
-	sh, err := newShadow(opts.TempDir, "dir", id, dirEvents, func(ev dirEvent) format.Gen { return ev.Gen }, r.apply)
-	if err != nil {
-		return nil, err
-	}
-	defer sh.close()
-	snap, err := sh.subscribe(e, &r.feed)
-	if err != nil {
-		return nil, err
-	}
-	res.ScanGen = snap.Gen()
-
-	res.phase("scan")
 	// The item size only sizes the reservation made alongside the scan;
 	// the load is planned by bytes and reserves what it needs beyond.
-	nt := newNewTree(e, newTreeOptions{Tree: id, ItemSize: dirItemGuess, Fill: opts.Fill, TempDir: opts.TempDir, Name: "dir"})
-	defer func() {
-		if err != nil {
-			var ops []uint64
-			if r.old != nil {
-				ops = r.old.opIDs()
-			}
-			nt.cancel(ops...)
-		}
-		nt.close()
-	}()
-	var oldBlocks []format.BlockNr
-	expect := uint64(0)
-	if t, ok := snap.ScanTree(id); ok {
-		expect = t.Items
-	}
-	err = nt.reserveAlongside(ctx, expect, func(progress *atomic.Uint64) (err error) {
-		defer snap.Release()
-		oldBlocks, err = r.scan(ctx, snap, sh.tree, opts.scanThrottle(), progress)
-		return err
+	res, err := rebuild(ctx, e, opts, rebuildSpec[dirEvent]{
+		Name: "dir", Tree: format.TreeDir, Structure: engine.StructDir, ItemSize: dirItemGuess, VarSize: true,
+		Codec: dirEvents, Gen: func(ev dirEvent) format.Gen { return ev.Gen },
+		Chain:  func(*engine.Engine) *hooks.Chain[dirEvent] { return &r.feed },
+		Apply:  r.apply,
+		Expect: treeItems(format.TreeDir),
+		Scan:   r.scan,
+		Old:    func(o *oldTree) { r.old = o },
+		// Adoptions commit with the swap: the candidates still named by
+		// nothing once the last events reached the new tree.
+		Swap: swapSteps{Stopped: func(*engine.Exclusive) { r.unfollow() }, Then: r.adopt},
 	})
 	if err != nil {
 		return nil, err
 	}
-	r.old = newOldTree(id, oldBlocks)
-
-	res.phase("top-up")
-	if err := sh.catchUp(); err != nil {
-		return nil, err
-	}
-	plan, gen, err := topUpByBytes(ctx, e, sh, nt)
-	if err != nil {
-		return nil, err
-	}
-
-	res.phase("load")
-	if err := loadPlanned(res, sh, nt, plan, gen); err != nil {
-		return nil, err
-	}
-	if err := r.old.logListed(e, nt.reserved); err != nil {
-		return nil, err
-	}
-
-	res.phase("catch-up")
-	n, err := catchUpReserving(ctx, e, sh, nt, r.apply)
-	res.Events += n
-	if err != nil {
-		return nil, err
-	}
-
-	res.phase("swap")
-	err = swapIn(e, res, sh, nt, engine.StructDir, swapSteps{
-		Stopped: func(*engine.Exclusive) { r.unfollow() },
-		Then: func(x *engine.Exclusive) error {
-			if err := r.old.logGained(x, nt.reserved); err != nil {
-				return err
-			}
-			return r.adopt(x)
-		},
-	})
-	if err != nil {
-		return nil, err
-	}
-
-	res.phase("reap")
-	groups, nOld := r.old.reapGroups(nt.reserved)
-	if _, err := reap(e, id, append(nt.reapGroups(), groups...)); err != nil {
-		return nil, err
-	}
-	res.Records, res.NewBlocks, res.OldBlocks = nt.tree.Items, nt.plan.Blocks, nOld
-	res.XfileBytes = sh.xfileBytes()
-	res.phase("")
 	return &DirRebuildResult{RebuildResult: res, Rebuilt: r.rebuilt, Dropped: r.dropped, Adopted: r.adopted,
 		Unadopted: r.unadopted, Recovered: r.recovered}, nil
 }

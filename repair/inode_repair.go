@@ -113,97 +113,26 @@ func RebuildInode(ctx context.Context, e *engine.Engine, opts RebuildOptions) (_
 	r.follow()
 	defer r.unfollow()
 
-	res := startRebuild(e, "subscribe")
-	defer res.stop()
-	const id = format.TreeInode
-	sh, err := newShadow(opts.TempDir, "inode", id, inodeEvents, func(ev inodeEvent) format.Gen { return ev.Gen }, r.apply)
-	if err != nil {
-		return nil, err
-	}
-	defer sh.close()
-	snap, err := sh.subscribe(e, &r.feed)
-	if err != nil {
-		return nil, err
-	}
-	res.ScanGen = snap.Gen()
-
-	res.phase("scan")
-	nt := newNewTree(e, newTreeOptions{Tree: id, ItemSize: format.InodeItemSize, Fill: opts.Fill, TempDir: opts.TempDir, Name: "inode"})
-	defer func() {
-		if err != nil {
-			var ops []uint64
-			if r.old != nil {
-				ops = r.old.opIDs()
-			}
-			nt.cancel(ops...)
-		}
-		nt.close()
-	}()
-	var oldBlocks []format.BlockNr
-	expect := uint64(0)
-	if t, ok := snap.ScanTree(id); ok {
-		expect = t.Items
-	}
-	err = nt.reserveAlongside(ctx, expect, func(progress *atomic.Uint64) (err error) {
-		defer snap.Release()
-		oldBlocks, err = r.scan(ctx, snap, sh.tree, opts.scanThrottle(), progress)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	r.old = newOldTree(id, oldBlocks)
-
-	res.phase("top-up")
-	if err := sh.catchUp(); err != nil {
-		return nil, err
-	}
-	plan, gen, err := topUpByBytes(ctx, e, sh, nt)
-	if err != nil {
-		return nil, err
-	}
-
-	res.phase("load")
-	if err := loadPlanned(res, sh, nt, plan, gen); err != nil {
-		return nil, err
-	}
-	if err := r.old.logListed(e, nt.reserved); err != nil {
-		return nil, err
-	}
-
-	res.phase("catch-up")
-	n, err := catchUpStaged(ctx, e, sh, nt)
-	res.Events += n
-	if err != nil {
-		return nil, err
-	}
-
-	res.phase("swap")
-	err = swapIn(e, res, sh, nt, engine.StructInode, swapSteps{
-		Stopped: func(x *engine.Exclusive) {
-			r.unfollow()
-			r.newTargets(x)
-		},
-		Then: func(x *engine.Exclusive) error {
-			if err := r.putTargets(x); err != nil {
-				return err
-			}
-			return r.old.logGained(x, nt.reserved)
+	res, err := rebuild(ctx, e, opts, rebuildSpec[inodeEvent]{
+		Name: "inode", Tree: format.TreeInode, Structure: engine.StructInode, ItemSize: format.InodeItemSize, VarSize: true,
+		Codec: inodeEvents, Gen: func(ev inodeEvent) format.Gen { return ev.Gen },
+		Chain:  func(*engine.Engine) *hooks.Chain[inodeEvent] { return &r.feed },
+		Apply:  r.apply,
+		Expect: treeItems(format.TreeInode),
+		Scan:   r.scan,
+		Old:    func(o *oldTree) { r.old = o },
+		Swap: swapSteps{
+			Stopped: func(x *engine.Exclusive) {
+				r.unfollow()
+				r.newTargets(x)
+			},
+			Then: r.putTargets,
 		},
 	})
 	if err != nil {
 		return nil, err
 	}
-
-	res.phase("reap")
-	groups, nOld := r.old.reapGroups(nt.reserved)
-	if _, err := reap(e, id, append(nt.reapGroups(), groups...)); err != nil {
-		return nil, err
-	}
-	res.Records, res.NewBlocks, res.OldBlocks = nt.tree.Items, nt.plan.Blocks, nOld
-	res.XfileBytes = sh.xfileBytes()
 	res.Salvaged = r.salvaged
-	res.phase("")
 	return &InodeRebuildResult{RebuildResult: *res, Reconstructed: r.reconstructed()}, nil
 }
 

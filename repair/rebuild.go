@@ -60,6 +60,17 @@ type rebuildSpec[E any] struct {
 	Swap swapSteps
 }
 
+// treeItems is a rebuildSpec.Expect: the item count of tree id at the
+// scanned generation.
+func treeItems(id format.TreeID) func(*engine.Snapshot) uint64 {
+	return func(s *engine.Snapshot) uint64 {
+		if t, ok := s.ScanTree(id); ok {
+			return t.Items
+		}
+		return 0
+	}
+}
+
 // rebuild runs the phases of an online rebuild of spec's structure.
 func rebuild[E any](ctx context.Context, e *engine.Engine, opts RebuildOptions, spec rebuildSpec[E]) (_ *RebuildResult, err error) {
 	opts = opts.withDefaults()
