@@ -873,6 +873,11 @@ func (s *Server) Status() Status {
 	s.mu.Lock()
 	st.Running = s.running
 	st.State = "idle"
+	if s.running == OpScrub {
+		// Claimed and not yet started, or finished and not yet
+		// released: not idle (a new scrub would be refused as busy).
+		st.State = "running"
+	}
 	if s.ctl != nil {
 		p := s.ctl.Progress()
 		st.Progress = &p
