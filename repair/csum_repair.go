@@ -298,13 +298,8 @@ func (r *csumRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.T
 		// The intact leaves below a damaged node keep their records,
 		// verified (salvage.go): the tree's blocks, as the rmap lists
 		// them, first.
-		var owned []format.BlockNr
-		if err := walkRmap(ctx, s, "the csum tree", func(start format.BlockNr, o format.Owner, _ format.RmapItem) error {
-			if !o.IsData() && o.Tree == format.TreeCsum {
-				owned = append(owned, start)
-			}
-			return nil
-		}); err != nil {
+		owned, err := rmapTreeBlocks(ctx, s, format.TreeCsum)
+		if err != nil {
 			return nil, err
 		}
 		sv, err := salvage(ctx, s, format.TreeCsum, owned, walk, keep)

@@ -491,13 +491,7 @@ func (r *dirRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.Tr
 	}
 	// Its blocks by the rmap; those the walk did not reach, read on their
 	// own.
-	var old []format.BlockNr
-	err = walkRmap(ctx, s, "the dir tree", func(start format.BlockNr, o format.Owner, _ format.RmapItem) error {
-		if !o.IsData() && o.Tree == format.TreeDir {
-			old = append(old, start)
-		}
-		return nil
-	})
+	old, err := rmapTreeBlocks(ctx, s, format.TreeDir)
 	if err != nil {
 		return nil, err
 	}

@@ -391,13 +391,8 @@ func (r *inodeRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.
 
 	// Its blocks, as the rmap lists them (a subtree whose pointer was
 	// lost is still the tree's).
-	var old []format.BlockNr
-	if err := walkRmap(ctx, s, "the inode tree", func(start format.BlockNr, o format.Owner, _ format.RmapItem) error {
-		if !o.IsData() && o.Tree == format.TreeInode {
-			old = append(old, start)
-		}
-		return nil
-	}); err != nil {
+	old, err := rmapTreeBlocks(ctx, s, format.TreeInode)
+	if err != nil {
 		return nil, err
 	}
 

@@ -204,3 +204,16 @@ func salvage(ctx context.Context, s *engine.Snapshot, id format.TreeID, owned []
 	}
 	return out, nil
 }
+
+// rmapTreeBlocks returns the blocks the rmap of s lists as tree id's: the
+// tree's blocks at s, a subtree whose pointer was lost included.
+func rmapTreeBlocks(ctx context.Context, s *engine.Snapshot, id format.TreeID) ([]format.BlockNr, error) {
+	var out []format.BlockNr
+	err := walkRmap(ctx, s, "the "+id.String()+" tree", func(start format.BlockNr, o format.Owner, _ format.RmapItem) error {
+		if !o.IsData() && o.Tree == id {
+			out = append(out, start)
+		}
+		return nil
+	})
+	return out, err
+}
