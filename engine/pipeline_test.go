@@ -173,7 +173,7 @@ func TestConcurrentCommitCrashAtEveryFlush(t *testing.T) {
 	}
 	steps := 800
 	if testing.Short() {
-		steps = 400
+		steps = 250
 	}
 	w := newWorkload(11)
 	states := []map[format.Key]string{{}}

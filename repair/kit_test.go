@@ -192,6 +192,7 @@ func TestNewTreeCrashLeaksNothing(t *testing.T) {
 // and the operations left to the mount only ever shrink, from all of them
 // to none.
 func TestReapShrinks(t *testing.T) {
+	skipShort(t)
 	mem := kitDevice(t, 8192)
 	rec := disk.NewRecorder(mem.Bytes())
 	e, err := engine.Open(nopClose{rec}, engine.Options{CommitInterval: -1})

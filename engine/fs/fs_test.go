@@ -615,14 +615,14 @@ func (d *flushHook) Flush() error {
 
 // crashPoints returns the flush boundaries 0..n a crash test checks: every
 // one, except under the race detector (which slows each check tenfold),
-// where it checks every fifth (from an offset the seed picks) and the last;
+// where it checks every eighth (from an offset the seed picks) and the last;
 // the suite runs these tests without the race detector as well, at every
 // boundary. SCRUBD_CRASH_ALL=1 checks every boundary under the race
 // detector too.
 func crashPoints(n int, seed uint64) []int {
 	stride := 1
 	if raceEnabled && os.Getenv("SCRUBD_CRASH_ALL") == "" {
-		stride = 5
+		stride = 8
 	}
 	var ks []int
 	for k := int(seed) % stride; k <= n; k += stride {
