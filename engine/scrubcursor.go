@@ -15,11 +15,20 @@ import (
 // for the mount to complete but state for the scrub to read. Only images
 // of format 1.2 (IncompatRmapMaps) hold one: a 1.1 build, which would
 // refuse the unknown kind, cannot open those anyway.
+//
+// Two positions: NextIno, of the data scrubs that read file by file in
+// inode order (the cursors older builds wrote, 56 bytes), and NextDisk, of
+// the scrubs that read the data in disk order (64 bytes, flag DiskOrder).
+// Both are read; a resumed run honours both (the blocks of the files
+// below NextIno and the blocks below NextDisk are not read again), so an
+// old cursor resumes safely.
 
 const (
-	scrubCursorID   = 1
-	opScrubCursor   = 3
-	scrubCursorSize = 16 + 5*8
+	scrubCursorID     = 1
+	opScrubCursor     = 3
+	scrubCursorSizeV1 = 16 + 5*8
+	scrubCursorSize   = scrubCursorSizeV1 + 8
+	cursorFlagDisk    = 4
 )
 
 // ScrubCursor is a data scrub's position.
@@ -29,13 +38,22 @@ type ScrubCursor struct {
 	// Repair and Data are what the run was asked to do.
 	Repair, Data bool
 	// NextIno is the first inode the data scrub has not verified yet
-	// (inodes are scrubbed in number order).
+	// (a cursor of a scrub that read inodes in number order; 0 in a
+	// disk-order cursor unless resumed from such a one).
 	NextIno uint64
-	// Verified counts the bytes of file data verified before NextIno.
+	// DiskOrder says the scrub reads the data in disk order: NextDisk is
+	// its position.
+	DiskOrder bool
+	// NextDisk is the first disk block whose data the scrub has not
+	// verified yet (every mapped block below it was, for every file
+	// mapping it).
+	NextDisk format.BlockNr
+	// Verified counts the bytes of file data verified before the
+	// position.
 	Verified uint64
 	// Found counts the findings the run had made so far.
 	Found uint64
-	// Bad are the data blocks found bad before NextIno (at most
+	// Bad are the data blocks found bad before the position (at most
 	// MaxCursorBad are kept), so the resumed run reports them again.
 	Bad []BadBlock
 }
@@ -64,22 +82,40 @@ func (c ScrubCursor) encode() []byte {
 	if c.Repair {
 		flags |= 2
 	}
+	if c.DiskOrder {
+		flags |= cursorFlagDisk
+	}
 	le.PutUint64(v[16:], uint64(c.Run))
 	le.PutUint64(v[24:], flags)
 	le.PutUint64(v[32:], c.NextIno)
 	le.PutUint64(v[40:], c.Verified)
 	le.PutUint64(v[48:], c.Found)
+	le.PutUint64(v[56:], uint64(c.NextDisk))
 	return v
 }
 
 func decodeScrubCursor(v []byte) (ScrubCursor, error) {
 	le := binary.LittleEndian
-	if len(v) != scrubCursorSize || le.Uint64(v) != opScrubCursor || le.Uint64(v[24:])&^3 != 0 {
+	if (len(v) != scrubCursorSize && len(v) != scrubCursorSizeV1) || le.Uint64(v) != opScrubCursor {
 		return ScrubCursor{}, fmt.Errorf("scrub cursor of %d bytes: %w", len(v), format.ErrCorrupt)
 	}
 	f := le.Uint64(v[24:])
-	return ScrubCursor{Run: int64(le.Uint64(v[16:])), Data: f&1 != 0, Repair: f&2 != 0,
-		NextIno: le.Uint64(v[32:]), Verified: le.Uint64(v[40:]), Found: le.Uint64(v[48:])}, nil
+	known := uint64(3)
+	if len(v) == scrubCursorSize {
+		known |= cursorFlagDisk
+	}
+	if f&^known != 0 {
+		return ScrubCursor{}, fmt.Errorf("scrub cursor of %d bytes with flags %#x: %w", len(v), f, format.ErrCorrupt)
+	}
+	c := ScrubCursor{Run: int64(le.Uint64(v[16:])), Data: f&1 != 0, Repair: f&2 != 0, DiskOrder: f&cursorFlagDisk != 0,
+		NextIno: le.Uint64(v[32:]), Verified: le.Uint64(v[40:]), Found: le.Uint64(v[48:])}
+	if len(v) == scrubCursorSize {
+		c.NextDisk = format.BlockNr(le.Uint64(v[56:]))
+	}
+	if !c.DiskOrder && c.NextDisk != 0 {
+		return ScrubCursor{}, fmt.Errorf("scrub cursor with a disk position %d but not in disk order: %w", c.NextDisk, format.ErrCorrupt)
+	}
+	return c, nil
 }
 
 func scrubCursorKey() format.Key { return format.Key{Obj: scrubCursorID, Type: TypeLoggedOp} }

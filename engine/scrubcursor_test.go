@@ -65,3 +65,32 @@ func TestScrubCursor(t *testing.T) {
 		t.Fatalf("cursor on a 1.1 image: %v", err)
 	}
 }
+
+// TestScrubCursorVersions: a disk-order cursor keeps its position and
+// flag; an inode-order cursor of the older 56-byte form still decodes;
+// unknown flags and a disk position without the flag are refused.
+func TestScrubCursorVersions(t *testing.T) {
+	c := ScrubCursor{Run: 9, Data: true, DiskOrder: true, NextDisk: 123456, NextIno: 300, Verified: 7, Found: 2}
+	got, err := decodeScrubCursor(c.encode())
+	if err != nil || got.Run != 9 || !got.Data || got.Repair || !got.DiskOrder || got.NextDisk != 123456 || got.NextIno != 300 || got.Verified != 7 || got.Found != 2 {
+		t.Fatalf("disk-order cursor: %+v %v", got, err)
+	}
+	old := ScrubCursor{Run: 5, Data: true, NextIno: 777, Verified: 1 << 20}.encode()[:scrubCursorSizeV1]
+	got, err = decodeScrubCursor(old)
+	if err != nil || got.DiskOrder || got.NextDisk != 0 || got.NextIno != 777 || got.Verified != 1<<20 {
+		t.Fatalf("old cursor: %+v %v", got, err)
+	}
+	bad := c.encode()
+	bad[24] |= 8
+	if _, err := decodeScrubCursor(bad); !errors.Is(err, format.ErrCorrupt) {
+		t.Fatalf("unknown flag: %v", err)
+	}
+	oldDisk := ScrubCursor{Run: 5, DiskOrder: true}.encode()[:scrubCursorSizeV1]
+	if _, err := decodeScrubCursor(oldDisk); !errors.Is(err, format.ErrCorrupt) {
+		t.Fatalf("disk flag in a 56-byte cursor: %v", err)
+	}
+	noFlag := ScrubCursor{Run: 5, NextDisk: 10}.encode()
+	if _, err := decodeScrubCursor(noFlag); !errors.Is(err, format.ErrCorrupt) {
+		t.Fatalf("disk position without the flag: %v", err)
+	}
+}

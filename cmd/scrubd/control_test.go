@@ -51,7 +51,7 @@ func TestScrubBackgroundControl(t *testing.T) {
 
 	paused := false
 	for try := 0; try < 5 && !paused; try++ {
-		out := expect(t, 0, "scrub", dir, "--data", "--background")
+		out := expect(t, 0, "scrub", dir, "--data", "--background", "--rate", "64M") // the data scrub outruns a CLI round trip unlimited
 		if !strings.Contains(out, "scrub started in the background") {
 			t.Fatalf("scrub --background printed %q", out)
 		}
@@ -101,7 +101,7 @@ func TestScrubBackgroundControl(t *testing.T) {
 	// Cancel a running scrub.
 	cancelled := false
 	for try := 0; try < 5 && !cancelled; try++ {
-		expect(t, 0, "scrub", dir, "--data", "--background")
+		expect(t, 0, "scrub", dir, "--data", "--background", "--rate", "64M")
 		_, _, code := run(t, "cancel", dir)
 		cancelled = code == 0
 	}

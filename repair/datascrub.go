@@ -1,0 +1,602 @@
+package repair
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"runtime"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/scrubd/scrubd/engine"
+	"github.com/scrubd/scrubd/engine/format"
+	"github.com/scrubd/scrubd/engine/fs"
+)
+
+// The data scrub, in disk order.
+//
+// A data scrub must verify every block of file data against its crc32c
+// and name the file and offset of each bad one. Reading each file through
+// the filesystem does that, but pays per 4 KiB block for the engine lock,
+// three B-tree lookups and one small pread, on one core: far below what
+// the device and crc32c can do. So the scrub reads the data the way the
+// device likes it and the blocks' owners only when one is bad:
+//
+//  1. Plan, on one pinned generation: the file extent items of the
+//     regular files the directory tree reaches (the same items, clipped to
+//     the same sizes, a read through the filesystem would use: that is
+//     what keeps the findings those of a read), cut to the scope (--since,
+//     --errors) and to the resumed cursor, sorted by disk block. A block
+//     mapped by several files (hard links are one inode; a shared extent
+//     several) is one mapping per owner.
+//  2. Group the sorted mappings into runs of contiguous disk blocks of
+//     about dataRunBlocks (1 MiB), skipping the unmapped blocks between
+//     them. A run never splits the mappings that start at one block (so a
+//     run's start is a cursor position): that may stretch it by one
+//     extent (MaxExtentBlocks), never more.
+//  3. Per run, in order, the coordinator looks up the checksum items of
+//     the run's extents (one ascending walk of the csum tree from the
+//     run's first extent: the csum tree is keyed by disk block too), paces
+//     (the rate limit) and hands the run to a pool of GOMAXPROCS workers.
+//  4. A worker reads the run with one pread into its own reused buffer
+//     (block by block again only if that read fails, to name the
+//     unreadable blocks) and verifies every mapped block.
+//  5. The coordinator takes the results back in run order, so progress,
+//     pauses and the cursor advance in disk order: after run i, every
+//     mapping starting below run i+1's first block is verified, and that
+//     block is the cursor (engine.ScrubCursor.NextDisk).
+//
+// Why reads through the device are safe online: the pin keeps every block
+// of its generation from reuse until released (engine.Snapshot), so a
+// writer overwriting, truncating or deleting a file meanwhile writes
+// elsewhere (copy on write) and what the scrub reads is what the pinned
+// checksums describe; no false positives under load.
+//
+// A bad block is named by the first path a depth-first walk of the
+// directory tree (entries in creation order) meets its inode at — what
+// the file-by-file scrub reported — computed once, the first time one is
+// bad. Blocks whose extent has no checksum item, or a damaged one, and
+// blocks the device cannot read are findings as before (disk block 0);
+// blocks whose checksum damage to the csum tree hides are not verified,
+// and not counted as verified.
+
+// dataRunBlocks is the size of one read, in blocks: 1 MiB.
+const dataRunBlocks = 256
+
+// dataMap is one file's mapping of contiguous disk blocks, in one extent.
+type dataMap struct {
+	disk   format.BlockNr // first disk block
+	cstart format.BlockNr // the extent's start: its csum item's key
+	ino    uint64
+	fb     uint64 // first file block
+	n      uint32 // blocks
+	clen   uint32 // the extent's length
+	last   uint32 // bytes of the last block inside the file
+}
+
+// dataPlan is what a data scrub reads.
+type dataPlan struct {
+	maps    []dataMap // sorted by disk block, inode, file block
+	skipped uint64    // mapped blocks the resumed cursor skips
+	counted uint64    // mapped blocks (mappedBlocks)
+	names   *nameTree
+}
+
+// nameTree is the directory tree's entries, for paths and reachability.
+type nameTree struct {
+	ents  []nameEnt
+	dirs  map[uint64][2]int // directory → its entries [from, to) in ents
+	paths map[uint64]string // regular file → its first path (lazily)
+}
+
+type nameEnt struct {
+	ino  uint64
+	mode uint32
+	name string
+}
+
+// readNames reads the directory tree's index items (per directory, in
+// creation order: the order ReadDir lists).
+func readNames(s *engine.Snapshot) *nameTree {
+	nt := &nameTree{dirs: map[uint64][2]int{}}
+	t, ok := s.ScanTree(format.TreeDir)
+	if !ok {
+		return nt
+	}
+	cur, from := uint64(0), 0
+	// Damage stops the walk: the check reports it; the files it hides are
+	// not read, as a walk through the filesystem could not reach them.
+	_ = t.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+		if k.Type != format.TypeDirIndex || k.Off < 2 {
+			return true
+		}
+		de, err := format.DecodeDirEntry(v)
+		if err != nil {
+			return true
+		}
+		if k.Obj != cur {
+			if cur != 0 {
+				nt.dirs[cur] = [2]int{from, len(nt.ents)}
+			}
+			cur, from = k.Obj, len(nt.ents)
+		}
+		nt.ents = append(nt.ents, nameEnt{ino: de.Ino, mode: uint32(de.Type) << 12, name: de.Name})
+		return true
+	})
+	if cur != 0 {
+		nt.dirs[cur] = [2]int{from, len(nt.ents)}
+	}
+	return nt
+}
+
+// walk visits the regular files in depth-first order from the root, each
+// time it meets one (a hard-linked file once per name), with its path.
+func (nt *nameTree) walk(fn func(ino uint64, path string)) {
+	seen := map[uint64]bool{}
+	var visit func(dir uint64, path string)
+	visit = func(dir uint64, path string) {
+		if seen[dir] { // a loop only damage makes
+			return
+		}
+		seen[dir] = true
+		r, ok := nt.dirs[dir]
+		if !ok {
+			return
+		}
+		for _, de := range nt.ents[r[0]:r[1]] {
+			p := path + "/" + de.name
+			switch de.mode & syscall.S_IFMT {
+			case syscall.S_IFDIR:
+				visit(de.ino, p)
+			case syscall.S_IFREG:
+				fn(de.ino, p)
+			}
+		}
+	}
+	visit(fs.RootIno, "")
+}
+
+// reachable returns the regular files the walk from the root meets.
+func (nt *nameTree) reachable() map[uint64]bool {
+	m := map[uint64]bool{}
+	nt.walk(func(ino uint64, _ string) { m[ino] = true })
+	return m
+}
+
+// path returns the first path of ino ("" if none).
+func (nt *nameTree) path(ino uint64) string {
+	if nt.paths == nil {
+		nt.paths = map[uint64]string{}
+		nt.walk(func(ino uint64, p string) {
+			if _, ok := nt.paths[ino]; !ok {
+				nt.paths[ino] = p
+			}
+		})
+	}
+	return nt.paths[ino]
+}
+
+// planData collects what a data scrub of generation s reads (see above).
+func planData(ctx context.Context, s *engine.Snapshot, scope *dataScope, res *engine.ScrubCursor) (*dataPlan, error) {
+	return walkPlan(ctx, s, scope, res, false)
+}
+
+// mappedBlocks counts the blocks a whole data scrub of generation s reads
+// (the units of its progress).
+func mappedBlocks(ctx context.Context, s *engine.Snapshot) uint64 {
+	p, err := walkPlan(ctx, s, nil, nil, true)
+	if err != nil {
+		return 0
+	}
+	return p.counted
+}
+
+// walkPlan is planData; with count, it only counts the blocks (counted).
+func walkPlan(ctx context.Context, s *engine.Snapshot, scope *dataScope, res *engine.ScrubCursor, count bool) (*dataPlan, error) {
+	p := &dataPlan{names: readNames(s)}
+	reach := p.names.reachable()
+	sizes := map[uint64]uint64{}
+	if t, ok := s.ScanTree(format.TreeInode); ok {
+		_ = t.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+			if k.Type != format.TypeInodeItem || !reach[k.Obj] {
+				return true
+			}
+			if in, err := format.DecodeInodeItem(v); err == nil && in.Mode&syscall.S_IFMT == syscall.S_IFREG {
+				sizes[k.Obj] = in.Size
+			}
+			return true
+		})
+	}
+	t, ok := s.ScanTree(format.TreeExtent)
+	if !ok {
+		return p, nil
+	}
+	total := s.TotalBlocks()
+	stopped := map[uint64]bool{} // files whose extent items stop at damage
+	var n int
+	add := func(ino, fb, cnt uint64, fe format.FileExtent, at, size uint64) {
+		if res != nil && ino < res.NextIno {
+			p.skipped += cnt
+			return
+		}
+		d := fe.Disk(at, fb)
+		if res != nil && res.DiskOrder && d < res.NextDisk {
+			p.skipped += cnt
+			return
+		}
+		if count {
+			p.counted += cnt
+			return
+		}
+		last := uint64(format.BlockSize)
+		if end := (fb + cnt) * format.BlockSize; end > size {
+			last = size - (fb+cnt-1)*format.BlockSize
+		}
+		p.maps = append(p.maps, dataMap{disk: d, cstart: fe.Start, ino: ino, fb: fb, n: uint32(cnt), clen: uint32(fe.Len), last: uint32(last)})
+	}
+	err := t.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+		if n++; n%4096 == 0 && ctx.Err() != nil {
+			return false
+		}
+		if k.Type != format.TypeFileExtent || stopped[k.Obj] {
+			return true
+		}
+		size, ok := sizes[k.Obj]
+		if !ok {
+			return true
+		}
+		fe, err := format.DecodeFileExtent(v)
+		if err != nil || uint64(fe.Start)+fe.Len > total {
+			// A read of the file stops here: so does the scrub.
+			stopped[k.Obj] = true
+			return true
+		}
+		sizeBlocks := (size + format.BlockSize - 1) / format.BlockSize
+		if k.Off >= sizeBlocks {
+			return true
+		}
+		cnt := min(fe.Count, sizeBlocks-k.Off)
+		if scope == nil {
+			add(k.Obj, k.Off, cnt, fe, k.Off, size)
+			return true
+		}
+		for _, r := range scope.files[k.Obj] {
+			a, b := max(r.first, k.Off), min(r.first+r.n, k.Off+cnt)
+			if a < b {
+				add(k.Obj, a, b-a, fe, k.Off, size)
+			}
+		}
+		return true
+	})
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	_ = err // damage: the check reports it; what was collected is read
+	slices.SortFunc(p.maps, func(a, b dataMap) int {
+		return cmp.Or(cmp.Compare(a.disk, b.disk), cmp.Compare(a.ino, b.ino), cmp.Compare(a.fb, b.fb))
+	})
+	return p, nil
+}
+
+// dataRun is a run of contiguous disk blocks read at once.
+type dataRun struct {
+	start format.BlockNr
+	n     uint64    // blocks
+	maps  []dataMap // the mappings in it
+	cs    []csumRef // per mapping, its checksums
+	out   chan runResult
+}
+
+// csumRef is the checksum item of a mapping's extent, or why there is
+// none to use.
+type csumRef struct {
+	v     []byte
+	state csumState
+}
+
+type csumState uint8
+
+const (
+	csumOK         csumState = iota
+	csumMissing              // no item: every block is a finding
+	csumBad                  // an item of the wrong size: every block is a finding
+	csumUnverified           // damage to the csum tree hides it: not verified
+)
+
+// badData is a block found bad.
+type badData struct {
+	ino, off uint64
+	disk     format.BlockNr
+	detail   string // for checksum-less and unreadable blocks
+}
+
+type runResult struct {
+	bad      []badData
+	verified uint64 // bytes
+	blocks   uint64 // mapped blocks (units)
+}
+
+// runs groups the plan's mappings into runs (see above).
+func (p *dataPlan) runs() []*dataRun {
+	var out []*dataRun
+	var cur *dataRun
+	for i, m := range p.maps {
+		end := m.disk + format.BlockNr(m.n)
+		if cur != nil && (m.disk == p.maps[i-1].disk ||
+			(m.disk <= cur.start+format.BlockNr(cur.n) && uint64(max(end, cur.start+format.BlockNr(cur.n))-cur.start) <= dataRunBlocks)) {
+			cur.maps = cur.maps[:len(cur.maps)+1]
+			cur.n = max(cur.n, uint64(end-cur.start))
+			continue
+		}
+		cur = &dataRun{start: m.disk, n: uint64(m.n), maps: p.maps[i : i+1]}
+		out = append(out, cur)
+	}
+	return out
+}
+
+// csums looks up the checksum items of run r's extents in t (a scan of the
+// csum tree: one goroutine).
+func lookupCsums(e *engine.Engine, s *engine.Snapshot, r *dataRun) {
+	r.cs = make([]csumRef, len(r.maps))
+	first, last := r.maps[0].cstart, r.maps[0].cstart
+	for _, m := range r.maps {
+		first, last = min(first, m.cstart), max(last, m.cstart)
+	}
+	found := map[format.BlockNr][]byte{}
+	t, ok := s.ScanTree(format.TreeCsum)
+	var err error
+	if ok {
+		err = t.Ascend(format.CsumKey(first), func(k format.Key, v []byte) bool {
+			if k.Obj > uint64(last) {
+				return false
+			}
+			if k.Type == format.TypeCsum {
+				found[format.BlockNr(k.Obj)] = append([]byte(nil), v...)
+			}
+			return true
+		})
+	}
+	sick := e.Sick(engine.StructCsum)
+	for i, m := range r.maps {
+		v, ok := found[m.cstart]
+		if err != nil && !ok {
+			// The walk met damage: each extent's own lookup, as a read does.
+			var gerr error
+			v, ok, gerr = t.Get(format.CsumKey(m.cstart), nil)
+			if gerr != nil {
+				if e.CsumDamaged(gerr) {
+					r.cs[i] = csumRef{state: csumUnverified}
+					continue
+				}
+				r.cs[i] = csumRef{state: csumBad}
+				continue
+			}
+			sick = e.Sick(engine.StructCsum)
+		}
+		switch {
+		case !ok && (sick || !hasTree(s, format.TreeCsum)):
+			r.cs[i] = csumRef{state: csumUnverified}
+		case !ok:
+			r.cs[i] = csumRef{state: csumMissing}
+		case len(v)%4 != 0 || len(v) == 0 || uint64(len(v)/4) != uint64(m.clen):
+			r.cs[i] = csumRef{state: csumBad}
+		default:
+			r.cs[i] = csumRef{v: v}
+		}
+	}
+}
+
+func hasTree(s *engine.Snapshot, id format.TreeID) bool {
+	_, ok := s.Root(id)
+	return ok
+}
+
+// verifyRun reads run r into buf and verifies its mappings.
+func verifyRun(s *engine.Snapshot, r *dataRun, buf []byte) runResult {
+	const bs = format.BlockSize
+	var out runResult
+	if uint64(cap(buf)) < r.n*bs { // runs() keeps runs shorter: never
+		buf = make([]byte, r.n*bs)
+	}
+	buf = buf[:r.n*bs]
+	var unreadable map[format.BlockNr]error
+	if err := s.ReadData(r.start, buf); err != nil {
+		unreadable = map[format.BlockNr]error{}
+		for i := uint64(0); i < r.n; i++ {
+			d := r.start + format.BlockNr(i)
+			if err := s.ReadData(d, buf[i*bs:(i+1)*bs]); err != nil {
+				unreadable[d] = err
+			}
+		}
+	}
+	for j, m := range r.maps {
+		cs := r.cs[j]
+		for i := uint64(0); i < uint64(m.n); i++ {
+			out.blocks++
+			d := m.disk + format.BlockNr(i)
+			fb := m.fb + i
+			off := fb * bs
+			n := uint64(bs)
+			if i == uint64(m.n)-1 {
+				n = uint64(m.last)
+			}
+			if err := unreadable[d]; err != nil {
+				out.bad = append(out.bad, badData{ino: m.ino, off: off, detail: fmt.Sprintf("offset %d: inode %d: %v", off, m.ino, err)})
+				continue
+			}
+			switch cs.state {
+			case csumUnverified:
+				continue
+			case csumMissing:
+				out.bad = append(out.bad, badData{ino: m.ino, off: off, detail: fmt.Sprintf("offset %d: inode %d block %d: extent %d has no checksums: %v", off, m.ino, fb, m.cstart, syscall.EIO)})
+				continue
+			case csumBad:
+				out.bad = append(out.bad, badData{ino: m.ino, off: off, detail: fmt.Sprintf("offset %d: inode %d block %d: checksum item of extent %d is damaged: %v", off, m.ino, fb, m.cstart, syscall.EIO)})
+				continue
+			}
+			b := buf[uint64(d-r.start)*bs:][:bs]
+			if format.Checksum(b) != format.CsumAt(cs.v, uint64(d-m.cstart)) {
+				out.bad = append(out.bad, badData{ino: m.ino, off: off, disk: d, detail: "data checksum mismatch"})
+				continue
+			}
+			out.verified += n
+		}
+	}
+	return out
+}
+
+// dataStats is what the data scrub measured.
+type dataStats struct {
+	verified uint64        // bytes verified (with those of a resumed cursor)
+	read     uint64        // bytes verified by this run
+	elapsed  time.Duration // of this run's data scrub
+}
+
+// rate is the bytes this run verified a second (0 if it read none).
+func (d dataStats) rate() float64 {
+	if d.read == 0 || d.elapsed <= 0 {
+		return 0
+	}
+	return float64(d.read) / d.elapsed.Seconds()
+}
+
+// scrubDataDisk is the data scrub of the committed generation of e (see
+// the essay above): its findings, the bytes verified, and how long it
+// took. res and checkpoint are the resumed cursor and the cursor's
+// receiver, as for scrubData.
+func scrubDataDisk(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool, res *engine.ScrubCursor, checkpoint func(engine.ScrubCursor), scope *dataScope) ([]engine.Finding, dataStats, error) {
+	if first {
+		c.phaseStart("data", 0)
+	} else {
+		c.phaseStart("recheck data", 0)
+	}
+	started := time.Now()
+	e := fsys.Engine()
+	s := e.Pin()
+	defer s.Release()
+	plan, err := planData(ctx, s, scope, res)
+	if err != nil {
+		return nil, dataStats{}, err
+	}
+	var out []engine.Finding
+	var st dataStats
+	cur := engine.ScrubCursor{DiskOrder: true}
+	if res != nil {
+		cur.NextIno = res.NextIno
+	}
+	bad := func(b badData) {
+		path := plan.names.path(b.ino)
+		detail := b.detail
+		if b.disk == 0 {
+			detail = path + " " + detail
+		}
+		out = append(out, engine.Finding{ID: engine.ErrDataChecksum, Name: engine.ErrDataChecksum.Name(),
+			Tree: format.OwnerData, Block: b.disk, Detail: detail,
+			File: &engine.FileRef{Path: path, Inode: b.ino, Offset: b.off, DiskBlock: b.disk}})
+		cur.Bad = append(cur.Bad, engine.BadBlock{Ino: b.ino, Offset: b.off, Disk: b.disk})
+	}
+	if res != nil {
+		for _, b := range res.Bad {
+			// Reported as the file-by-file scrub did (its detail, path
+			// and all, is not kept in the cursor).
+			p := plan.names.path(b.Ino)
+			out = append(out, engine.Finding{ID: engine.ErrDataChecksum, Name: engine.ErrDataChecksum.Name(),
+				Tree: format.OwnerData, Block: b.Disk, Detail: "data checksum mismatch (found before the interruption)",
+				File: &engine.FileRef{Path: p, Inode: b.Ino, Offset: b.Offset, DiskBlock: b.Disk}})
+			cur.Bad = append(cur.Bad, b)
+		}
+		st.verified = res.Verified
+		for range plan.skipped {
+			c.tick(0)
+		}
+	}
+	runs := plan.runs()
+	workers := max(1, runtime.GOMAXPROCS(0))
+	window := 2 * workers
+	jobs := make(chan *dataRun, window)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, (dataRunBlocks+format.MaxExtentBlocks)*format.BlockSize)
+			for r := range jobs {
+				r.out <- verifyRun(s, r, buf)
+			}
+		}()
+	}
+	defer func() {
+		close(jobs)
+		wg.Wait()
+	}()
+	// The workers read at most window runs ahead of the run taken back.
+	// The rate limit paces the runs as they are taken back, so progress
+	// moves at the rate (its ETA right to the end); a limited run reads
+	// one run ahead only.
+	next := 0
+	for i, r := range runs {
+		if err := ctx.Err(); err != nil {
+			st.elapsed = time.Since(started)
+			return sortData(out), st, err // the deferred wait lets the workers finish what they hold
+		}
+		w := window
+		if c.limited() {
+			w = 1
+		}
+		for next < len(runs) && next-i < w {
+			r := runs[next]
+			r.out = make(chan runResult, 1)
+			lookupCsums(e, s, r)
+			jobs <- r
+			next++
+		}
+		rr := <-r.out
+		for _, b := range rr.bad {
+			bad(b)
+		}
+		st.verified += rr.verified
+		st.read += rr.verified
+		// Paced and counted 16 units at a time, so that progress (and its
+		// ETA) moves smoothly at the rate.
+		for done := uint64(0); done < rr.blocks; {
+			k := min(16, rr.blocks-done)
+			c.pace(r.n * format.BlockSize * k / rr.blocks)
+			for range k {
+				c.tick(0)
+			}
+			done += k
+		}
+		c.addBytes(r.n * format.BlockSize)
+		if checkpoint != nil {
+			cur.NextDisk = r.start + format.BlockNr(r.n)
+			if i+1 < len(runs) {
+				cur.NextDisk = runs[i+1].start
+			}
+			cur.Verified, cur.Found = st.verified, uint64(len(out))
+			checkpoint(cur)
+		}
+	}
+	st.elapsed = time.Since(started)
+	return sortData(out), st, nil
+}
+
+// limited says whether the run's data scrub is rate-limited.
+func (c *ScrubControl) limited() bool {
+	if c == nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rate.BytesPerSec > 0 || c.rate.Auto
+}
+
+// sortData orders data findings by inode and offset, as the file-by-file
+// scrub made them.
+func sortData(fs []engine.Finding) []engine.Finding {
+	slices.SortStableFunc(fs, func(a, b engine.Finding) int {
+		return cmp.Or(cmp.Compare(a.File.Inode, b.File.Inode), cmp.Compare(a.File.Offset, b.File.Offset))
+	})
+	return fs
+}
