@@ -236,9 +236,7 @@ func (e *Engine) writeOut(c *pendingCommit) error {
 	e.health.gen.Store(uint64(c.super.Gen))
 	e.mu.Unlock()
 	e.inflight.Store(nil)
-	for _, x := range c.logFree {
-		e.alloc.release(x.start, x.n)
-	}
+	e.releaseLogged(c.gen, c.logFree)
 	e.commits.Add(1)
 	e.releaseFreed()
 	e.log.Debug("committed", "gen", c.gen, "free", c.super.FreeBlocks)

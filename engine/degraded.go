@@ -96,8 +96,7 @@ func (e *Engine) spaceDamagedAs(s Structure, id ErrorID, err error) bool {
 		return false
 	}
 	if !e.Degraded(s) {
-		e.log.Error("space tree is damaged: marked sick, running without it until it is rebuilt", "tree", s.Name(), "err", err)
-		e.CountError(id, 1)
+		e.reportDamage(id, "space tree is damaged: marked sick, running without it until it is rebuilt", "tree", s.Name(), "err", err)
 	}
 	e.MarkSick(s, e.committedGen(), id)
 	return true
@@ -163,8 +162,7 @@ func (e *Engine) CsumDamaged(err error) bool {
 		ids = append(ids, ErrTreeUntrusted)
 	}
 	if !e.Degraded(StructCsum) {
-		e.log.Error("data checksum tree is damaged: marked sick; writes go on without the checksum changes the damage blocks, reads it hides are served unverified, until it is rebuilt", "err", err)
-		e.CountError(ids[0], 1)
+		e.reportDamage(ids[0], "data checksum tree is damaged: marked sick; writes go on without the checksum changes the damage blocks, reads it hides are served unverified, until it is rebuilt", "err", err)
 	}
 	e.MarkSick(StructCsum, e.committedGen(), ids...)
 	return true

@@ -340,7 +340,7 @@ func (e *Engine) applyRef(r refEntry, keepCsum bool) error {
 		}
 	case ne.parked && ne.refs == 0:
 		ne.parked = false
-		e.alloc.release(r.start, r.n)
+		e.releaseNew(r.start, r.n)
 	}
 	return nil
 }

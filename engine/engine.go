@@ -55,6 +55,10 @@ type Options struct {
 	// ReplayLog applies fsync log records at mount; without it a log with
 	// records is left unapplied (and a note says so).
 	ReplayLog ReplayFunc
+	// VersionUpgrade says what a read-write open does with an image of an
+	// older format minor version (versions.go); the zero value is
+	// UpgradeCompatible.
+	VersionUpgrade VersionUpgrade
 	// DeletedInodes runs at every read-write mount to free inodes that were
 	// unlinked while open (recovery pass deleted_inodes).
 	DeletedInodes func(tx *Tx) error
@@ -126,11 +130,14 @@ type Engine struct {
 	// fsyncs waiting to append to the log or appending: bulk writes
 	// (WriteMetaBehind) give way to both.
 	writingOut, fsyncing atomic.Int32
-	// waiting counts writers and readers blocked on wmu (lockWriter):
-	// settleAhead leaves them time between its slices.
+	// waiting counts writers and readers blocked on wmu (lockWriter,
+	// lockReader): settleAhead leaves them time between its slices.
 	waiting atomic.Int32
+	// reads counts the ReadHolds of reads going on out of wmu (holds.go).
+	reads readHolds
 	// flushing is read-held by each fsync flushing its log blocks out of
-	// the writer lock; Close takes it before closing the device.
+	// the writer lock, and by each ReadHold (a data read out of the
+	// lock); Close takes it before closing the device.
 	flushing sync.RWMutex
 
 	// Writer state, guarded by wmu.
@@ -259,6 +266,10 @@ type MkfsOptions struct {
 	// the extent tree cannot be rebuilt from them. For images an older
 	// build must read, and for tests of such images.
 	NoRmapMaps bool
+	// Version ("MAJOR.MINOR", versions.go) makes an image of that format
+	// version, with the features of every version up to it; "" is this
+	// build's newest. It overrides NoRmapMaps.
+	Version string
 }
 
 // Mkfs writes a new, empty filesystem onto dev, using all of it.
@@ -278,15 +289,23 @@ func Mkfs(dev disk.Device, mo MkfsOptions) error {
 		}
 	}
 	e.totalBlocks = total
+	minor := NewestMinor()
+	if mo.NoRmapMaps {
+		minor = 1
+	}
+	if mo.Version != "" {
+		m, err := ParseFormatVersion(mo.Version)
+		if err != nil {
+			return fmt.Errorf("mkfs: %w", err)
+		}
+		minor = m
+	}
 	e.super = format.Super{
-		Major: format.VersionMajor, Minor: format.VersionMinor, FSID: e.fsid,
+		Major: format.VersionMajor, Minor: minor, FSID: e.fsid,
 		BlockSize: format.BlockSize, TotalBlocks: total, Label: mo.Label,
 		NextObjectID: 256, Devices: []format.DeviceStats{{ID: 1}},
-		Incompat: format.IncompatRmapMaps | format.IncompatRootBackups,
 	}
-	if mo.NoRmapMaps {
-		e.super.Minor, e.super.Incompat = 1, 0
-	}
+	e.super.Compat, e.super.RoCompat, e.super.Incompat = featuresUpTo(minor)
 	// The allocator starts with every block but the superblocks free; the
 	// free-space tree starts with every block free, and the references the
 	// superblocks and the first tree nodes take come off it at commit like
@@ -332,6 +351,9 @@ func Open(dev disk.Device, opts Options) (*Engine, error) {
 	if !e.opts.ReadOnly {
 		if err := e.ensureLogHead(); err != nil {
 			return nil, fmt.Errorf("set up the fsync log: %w", err)
+		}
+		if err := e.upgradeOnOpen(); err != nil {
+			return nil, fmt.Errorf("format upgrade: %w", err)
 		}
 		if e.openRepaired {
 			// What the open repaired (a damaged root tree, a summary
@@ -735,6 +757,12 @@ func (tx *Tx) Gen() format.Gen { return tx.e.txn.gen }
 // Tree returns the writable tree id of the running transaction.
 func (tx *Tx) Tree(id format.TreeID) (*eb.Tree, error) {
 	t, ok := tx.e.trees[id]
+	if feat, lazy := format.CreatedOnUse(id); !ok && lazy && !tx.view {
+		if tx.e.super.RoCompat&feat != feat {
+			return nil, fmt.Errorf("tree %s: %w", id, ErrFeatureOff)
+		}
+		return tx.createTree(id) // a tree newer than the image (format/xattr.go)
+	}
 	if !ok {
 		return nil, fmt.Errorf("no tree %s", id)
 	}
@@ -746,6 +774,22 @@ func (tx *Tx) Tree(id format.TreeID) (*eb.Tree, error) {
 		return nil, fmt.Errorf("tree %s is maintained by the engine", id)
 	}
 	tx.touched = true
+	return t, nil
+}
+
+// ErrFeatureOff refuses a use of a feature the image's format version
+// does not have (see HasFeatures).
+var ErrFeatureOff = errors.New("the image's format version does not have this feature (scrubd upgrade)")
+
+// createTree creates tree id, which the image's version has but which has
+// no root yet: it reaches the disk with the transaction.
+func (tx *Tx) createTree(id format.TreeID) (*eb.Tree, error) {
+	t, err := eb.Create(txnStore{tx.e}, id)
+	if err != nil {
+		return nil, err
+	}
+	tx.touched = true
+	tx.e.trees[id] = t
 	return t, nil
 }
 
@@ -919,7 +963,7 @@ func (e *Engine) refMap(start format.BlockNr, n uint64, owner format.Owner, flag
 			case ne.applied:
 				ne.parked = true
 			default:
-				e.alloc.release(start, ne.n)
+				e.releaseNew(start, ne.n)
 			}
 			released = true
 		}
@@ -1018,14 +1062,24 @@ func (e *Engine) abort(err error) {
 
 // View runs fn against the running transaction (read-your-writes) without
 // allowing changes: Tx.Tree fails, ReadTree works. It is serialized with
-// writers.
+// writers, not with other views: views run concurrently, holding the
+// writer lock shared, so fn must only read (the trees, Tx.HoldBlocks).
 func (e *Engine) View(fn func(tx *Tx) error) error {
-	e.lockWriter()
-	defer e.wmu.Unlock()
+	e.lockReader()
+	defer e.wmu.RUnlock()
 	if e.txn == nil {
 		return ErrClosed
 	}
 	return fn(&Tx{e: e, view: true})
+}
+
+// lockReader takes wmu shared for a view, counted as waiting until it has
+// it (a view waits behind a writer as a writer does: settleAhead rests
+// between its slices for it too).
+func (e *Engine) lockReader() {
+	e.waiting.Add(1)
+	e.wmu.RLock()
+	e.waiting.Add(-1)
 }
 
 // lockWriter takes wmu for a writer or reader, counted as waiting until it
@@ -1241,7 +1295,7 @@ func (s *Snapshot) Release() {
 }
 
 // releaseFreed hands back to the allocator the blocks freed by generations
-// that no pinned reader can see any more.
+// that no pinned reader (Snapshot, ReadHold) can see any more.
 func (e *Engine) releaseFreed() {
 	e.mu.Lock()
 	if e.committed == nil {
@@ -1253,6 +1307,9 @@ func (e *Engine) releaseFreed() {
 		limit = min(limit, g)
 	}
 	e.mu.Unlock()
+	if g, ok := e.reads.oldest(); ok {
+		limit = min(limit, g)
+	}
 	for _, x := range e.alloc.releaseUpTo(limit) {
 		for b := x.start; b < x.start+format.BlockNr(x.n); b++ {
 			e.cache.drop(b)

@@ -37,12 +37,13 @@ const (
 	StructDeleted
 	StructLoggedOps
 	StructData
+	StructXattr
 	numStructures
 )
 
 var structureNames = [numStructures]string{
 	"superblock", "root", "alloc", "rmap", "free", "inode", "dir", "extent", "csum",
-	"subvol", "snapshot", "uuid", "deleted", "logged_ops", "data",
+	"subvol", "snapshot", "uuid", "deleted", "logged_ops", "data", "xattr",
 }
 
 // Structures lists every structure in order.
@@ -83,6 +84,8 @@ func StructureOfTree(t format.TreeID) (Structure, bool) {
 		return StructSuperblock, true
 	case format.OwnerData:
 		return StructData, true
+	case format.TreeXattr:
+		return StructXattr, true
 	case format.TreeRoot, format.TreeAlloc, format.TreeRmap, format.TreeFree, format.TreeInode, format.TreeDir,
 		format.TreeExtent, format.TreeCsum, format.TreeSubvol, format.TreeSnapshot, format.TreeUUID,
 		format.TreeDeleted, format.TreeLoggedOps:

@@ -72,6 +72,12 @@ type InfoDoc struct {
 	Errors       []InfoError          `json:"errors"`
 	Devices      []format.DeviceStats `json:"devices"`
 	NextObjectID uint64               `json:"next_object_id"`
+	// Features names the version table's features whose bits the image
+	// sets (versions.go); NewestVersion is this build's newest format.
+	Features      []string `json:"features"`
+	NewestVersion string   `json:"newest_version"`
+	// SilentErrors names the error ids in errors_silent.
+	SilentErrors []string `json:"silent_errors"`
 }
 
 // InfoTree is one tree in an InfoDoc.
@@ -107,6 +113,14 @@ func (in Info) Doc() InfoDoc {
 		SuperBlock: uint64(in.Mount.SuperBlock), FellBack: in.Mount.FellBack, Notes: in.Mount.Notes,
 		Devices: sb.Devices, NextObjectID: sb.NextObjectID,
 		Trees: []InfoTree{}, Errors: []InfoError{},
+	}
+	d.Features = FeaturesInUse(&sb)
+	d.NewestVersion = fmt.Sprintf("%d.%d", format.VersionMajor, NewestMinor())
+	d.SilentErrors = []string{}
+	for id := uint32(0); id < 256; id++ {
+		if sb.Silent(id) {
+			d.SilentErrors = append(d.SilentErrors, ErrorID(id).Name())
+		}
 	}
 	d.PassNames = []string{}
 	for _, p := range RecoveryPasses() {

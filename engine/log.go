@@ -312,12 +312,15 @@ func (e *Engine) advanceLog(sb *format.Super) []extent {
 	if e.flog.cur == 0 {
 		return nil
 	}
-	sb.LogStart, sb.LogSeq, sb.LogTag = e.flog.cur, e.flog.seq, e.flog.tag
-	if e.flog.named == 0 {
-		e.flog.named = sb.Gen
+	// Only an image with the log chain (format 1.1, versions.go) names
+	// one; on a 1.0 image nothing is named, so appends stay refused and
+	// an fsync commits.
+	if sb.Incompat&format.IncompatLogChain != 0 {
+		sb.LogStart, sb.LogSeq, sb.LogTag = e.flog.cur, e.flog.seq, e.flog.tag
+		if e.flog.named == 0 {
+			e.flog.named = sb.Gen
+		}
 	}
-	sb.Incompat |= format.IncompatLogChain
-	sb.Minor = max(sb.Minor, 1)
 	e.flog.rewind = true
 	var xs []extent
 	keep := e.flog.transient[:0]

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	eb "github.com/scrubd/scrubd/engine/btree"
@@ -42,13 +45,33 @@ const (
 	// PassLoggedOps completes logged operations a crash interrupted (the
 	// block reservations and reaping of online rebuilds).
 	PassLoggedOps uint = 3
+	// PassRmapMaps writes into every file's reverse mapping the range it
+	// maps (an upgrade to format 1.2, IncompatRmapMaps: versions.go).
+	PassRmapMaps uint = 8
 )
+
+// sickPasses names, for a structure whose damage a pass meets and leaves
+// for a repair, that pass: while the structure is sick the pass's bit
+// stays set, so the next mount runs the pass again (the sickness is
+// persisted).
+var sickPasses = map[Structure]uint{StructDeleted: PassDeletedInodes, StructLoggedOps: PassLoggedOps}
+
+// passSick reports whether pass id's structure is sick.
+func (e *Engine) passSick(id uint) bool {
+	for s, p := range sickPasses {
+		if p == id && e.Sick(s) {
+			return true
+		}
+	}
+	return false
+}
 
 var recoveryPasses = []RecoveryPass{
 	{ID: PassCheckAllocations, Name: "check_allocations", run: passCheckAllocations},
 	{ID: PassReplayLog, Name: "replay_log", Always: true, run: func(_ context.Context, e *Engine) error { return passReplayLog(e) }},
 	{ID: PassLoggedOps, Name: "logged_ops", Always: true, run: passLoggedOps},
 	{ID: PassDeletedInodes, Name: "deleted_inodes", Always: true, run: passDeletedInodes},
+	{ID: PassRmapMaps, Name: "rmap_maps", run: passRmapMaps},
 	{ID: PassFreeUntrusted, Name: "free_untrusted", Marker: true},
 	{ID: PassAllocUntrusted, Name: "alloc_untrusted", Marker: true},
 	{ID: PassRmapUntrusted, Name: "rmap_untrusted", Marker: true},
@@ -112,11 +135,25 @@ func (e *Engine) treeDamaged(s Structure, what string, err error) bool {
 		id = kindID(ce.Kind)
 	}
 	if !e.Sick(s) {
-		e.log.Error(what, "err", err)
-		e.CountError(id, 1)
+		e.reportDamage(id, what, "err", err)
 	}
 	e.MarkSick(s, e.committedGen(), id)
+	e.requireSickPass(s)
 	return true
+}
+
+// requireSickPass persists the sickness of s that a recovery pass would
+// meet: its bit in recovery_passes_required, written by the next commit,
+// makes the next mount run the pass again (it clears the bit once it ran
+// with s healthy). Callers hold wmu (a writer's transaction) or run at
+// mount, as every caller of treeDamaged does.
+func (e *Engine) requireSickPass(s Structure) {
+	if id, ok := sickPasses[s]; ok && e.super.RecoveryPasses&(1<<id) == 0 {
+		e.super.RecoveryPasses |= 1 << id
+		if e.txn != nil {
+			e.txn.superDirty = true
+		}
+	}
 }
 
 // DeletedDamaged handles an error met reading or changing the deleted
@@ -204,24 +241,114 @@ func (e *Engine) runRecovery() error {
 	known := uint64(0)
 	for _, p := range recoveryPasses {
 		known |= 1 << p.ID
-		if p.Marker || !p.Always && required&(1<<p.ID) == 0 {
-			continue
-		}
-		start := time.Now()
-		if err := p.run(context.Background(), e); err != nil {
-			return fmt.Errorf("recovery pass %s: %w", p.Name, err)
-		}
-		e.mount.PassesRun = append(e.mount.PassesRun, p.Name)
-		e.log.Info("recovery pass done", "pass", p.Name, "took", time.Since(start))
-		if required&(1<<p.ID) != 0 {
-			e.super.RecoveryPasses &^= 1 << p.ID
-			e.txn.superDirty = true
-		}
 	}
 	if unknown := required &^ known; unknown != 0 {
 		return fmt.Errorf("superblock requires recovery passes %#x unknown to this build: %w", unknown, format.ErrCorrupt)
 	}
-	return nil
+	_, err := e.runPasses(context.Background(), required, true)
+	return err
+}
+
+// deferredPass is a pass's answer when damage keeps it from its work: the
+// mount goes on, the pass's bit stays set for the next mount.
+type deferredPass struct{ why string }
+
+func (d *deferredPass) Error() string { return "deferred: " + d.why }
+
+// runPasses runs, in table order, the passes whose bits required sets
+// (and with always the always-on ones), clearing each bit once its pass
+// ran — unless the pass was deferred or left its structure sick. It
+// returns the names of the passes that ran.
+func (e *Engine) runPasses(ctx context.Context, required uint64, always bool) ([]string, error) {
+	var ran []string
+	for _, p := range recoveryPasses {
+		bit := uint64(1) << p.ID
+		if p.Marker || !(always && p.Always) && required&bit == 0 {
+			continue
+		}
+		start := time.Now()
+		err := p.run(ctx, e)
+		var d *deferredPass
+		if errors.As(err, &d) {
+			e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("recovery pass %s %s", p.Name, d.why))
+			e.log.Warn("recovery pass deferred", "pass", p.Name, "why", d.why)
+			continue
+		}
+		if err != nil {
+			return ran, fmt.Errorf("recovery pass %s: %w", p.Name, err)
+		}
+		ran = append(ran, p.Name)
+		e.mount.PassesRun = append(e.mount.PassesRun, p.Name)
+		e.log.Info("recovery pass done", "pass", p.Name, "took", time.Since(start))
+		if e.passSick(p.ID) {
+			continue
+		}
+		e.wmu.Lock()
+		if e.super.RecoveryPasses&bit != 0 {
+			e.super.RecoveryPasses &^= bit
+			e.txn.superDirty = true
+		}
+		e.wmu.Unlock()
+	}
+	return ran, nil
+}
+
+// ErrUnknownPass: RunPass was given a name the pass table does not hold.
+var ErrUnknownPass = errors.New("unknown recovery pass")
+
+// ErrMarkerPass: RunPass was given a marker, which is state, not work.
+var ErrMarkerPass = errors.New("marker pass")
+
+// PassNames lists the names of the passes RunPass can run.
+func PassNames() []string {
+	var out []string
+	for _, p := range recoveryPasses {
+		if !p.Marker {
+			out = append(out, p.Name)
+		}
+	}
+	return out
+}
+
+// PassByName returns the pass RunPass runs for name: ErrUnknownPass
+// (listing the names) for a name the table does not hold, ErrMarkerPass
+// for a marker.
+func PassByName(name string) (RecoveryPass, error) {
+	for _, p := range recoveryPasses {
+		if p.Name != name {
+			continue
+		}
+		if p.Marker {
+			return p, fmt.Errorf("%w %s: its bit records that a tree is untrusted (the engine runs without it), it is no work to run; repairing the tree clears it (scrubd fsck --repair)", ErrMarkerPass, name)
+		}
+		return p, nil
+	}
+	return RecoveryPass{}, fmt.Errorf("%w %q: known passes: %s", ErrUnknownPass, name, strings.Join(PassNames(), ", "))
+}
+
+// RunPass runs the recovery pass called name now (on a read-write engine)
+// and commits; its bit in recovery_passes_required is cleared when it
+// succeeds, as at mount. A marker pass is refused: its bit is a state the
+// repair of its tree clears.
+func (e *Engine) RunPass(ctx context.Context, name string) error {
+	p, err := PassByName(name)
+	if err != nil {
+		return err
+	}
+	if e.opts.ReadOnly {
+		return ErrReadOnly
+	}
+	ran, err := e.runPasses(ctx, 1<<p.ID, false)
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(ran, name) {
+		return fmt.Errorf("recovery pass %s was deferred (see the log): its bit stays set for the next mount: %w", name, format.ErrCorrupt)
+	}
+	if e.passSick(p.ID) {
+		return fmt.Errorf("recovery pass %s met damage it leaves for a repair (scrubd fsck --repair): %w", name, format.ErrCorrupt)
+	}
+	return e.Sync()
 }
 
 // RequirePasses sets passes to run at the next mount; it is persisted by the
@@ -257,6 +384,58 @@ func passCheckAllocations(ctx context.Context, e *Engine) error {
 		return fmt.Errorf("%d allocation inconsistencies, first: %s: %w", n, first, format.ErrCorrupt)
 	}
 	return nil
+}
+
+// reportDamage counts one occurrence of error id and logs msg with args
+// about it: at error level, or at info level (with silenced=true) when id
+// is in the superblock's errors_silent — silenced damage is still counted
+// and still repaired, only not shouted. Every line the engine logs about
+// damage it met goes through here. Callers hold wmu or run at mount
+// (errors_silent changes under wmu).
+func (e *Engine) reportDamage(id ErrorID, msg string, args ...any) {
+	e.CountError(id, 1)
+	lvl := slog.LevelError
+	if e.super.Silent(uint32(id)) {
+		lvl = slog.LevelInfo
+		args = append(args, "silenced", true)
+	}
+	e.log.Log(context.Background(), lvl, msg, append(args, "error", id.Name())...)
+}
+
+// ErrorIDByName returns the error id called name (ErrorID.Name) or given
+// as its number.
+func ErrorIDByName(name string) (ErrorID, bool) {
+	for _, id := range ErrorIDs() {
+		if id.Name() == name || strconv.Itoa(int(id)) == name {
+			return id, true
+		}
+	}
+	return 0, false
+}
+
+// SetErrorsSilent adds ids to the superblock's errors_silent (or, with
+// silent false, removes them) and commits: damage of a silenced id is
+// logged at info level instead of error level, and counted as before.
+func (e *Engine) SetErrorsSilent(silent bool, ids ...ErrorID) error {
+	if e.opts.ReadOnly {
+		return ErrReadOnly
+	}
+	e.wmu.Lock()
+	for _, id := range ids {
+		if id >= 256 {
+			e.wmu.Unlock()
+			return fmt.Errorf("error id %d: errors_silent holds ids below 256", id)
+		}
+		w, bit := &e.super.ErrorsSilent[id/64], uint64(1)<<(id%64)
+		if silent {
+			*w |= bit
+		} else {
+			*w &^= bit
+		}
+	}
+	e.txn.superDirty = true
+	e.wmu.Unlock()
+	return e.Sync()
 }
 
 // CountError records n occurrences of error id in the superblock's error

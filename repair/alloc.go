@@ -19,7 +19,7 @@ var allocCheck = &checker{
 				st.Reportf(engine.ErrItemBad, format.TreeAlloc, format.BlockNr(k.Obj), "alloc item %s: bad key or value (%v)", k, err)
 				return
 			}
-			st.allocs = append(st.allocs, allocRec{format.BlockNr(k.Obj), k.Off, it})
+			st.allocs.add(allocRec{format.BlockNr(k.Obj), k.Off, it})
 		},
 	},
 	cross: checkAlloc,
@@ -27,48 +27,52 @@ var allocCheck = &checker{
 
 func checkAlloc(st *checkState) {
 	allocOK, rmapOK := !st.Broken(format.TreeAlloc), !st.Broken(format.TreeRmap)
-	for i := 1; i < len(st.allocs); i++ {
-		if p, a := st.allocs[i-1], st.allocs[i]; uint64(p.start)+p.n > uint64(a.start) {
+	var p allocRec
+	for i := uint64(0); i < st.allocs.len(); i++ {
+		a := st.allocs.at(i)
+		if i > 0 && uint64(p.start)+p.n > uint64(a.start) {
 			st.Reportf(engine.ErrAllocOverlap, format.TreeAlloc, a.start, "extent %d+%d overlaps extent %d+%d", a.start, a.n, p.start, p.n)
 		}
+		p = a
 	}
 	if !allocOK {
 		return
 	}
-	allocAt := st.allocIndex()
+	// Both trees walked without damage: their records come by start.
 	if rmapOK {
-		owners := st.ownerIndex()
-		for _, r := range st.rmaps {
-			if a := allocAt[r.start]; a != nil && a.n == r.n && r.owner.IsData() != (a.item.Flags == format.ExtentData) {
+		at := st.allocSeeker()
+		st.sortedRmaps().all(func(r rmapRec) {
+			if a, ok := at.last(r.start); ok && a.n == r.n && r.owner.IsData() != (a.item.Flags == format.ExtentData) {
 				st.Reportf(engine.ErrAllocKind, format.TreeAlloc, r.start, "extent flags %#x but owner is %s", a.item.Flags, r.owner)
 			}
-		}
-		for _, a := range st.allocs {
-			if got := uint64(len(owners[a.start])); got != a.item.Refs {
+		})
+		owners := st.rmapSeeker()
+		st.allocs.all(func(a allocRec) {
+			if got := owners.seek(a.start); got != a.item.Refs {
 				st.Reportf(engine.ErrAllocRefcount, format.TreeAlloc, a.start, "extent %d+%d has %d references recorded, %d reverse mappings", a.start, a.n, a.item.Refs, got)
 			}
-		}
+		})
 	}
+	at := st.allocSeeker()
 	for _, r := range st.refs {
 		if uint64(r.Block) >= st.total {
 			continue // reported by the walk as unreadable
 		}
-		switch a := allocAt[r.Block]; {
-		case a == nil:
+		switch a, ok := at.last(r.Block); {
+		case !ok:
 			st.Reportf(engine.ErrAllocMissing, r.Tree, r.Block, "block of tree %s has no alloc record", r.Tree)
 		case a.n != 1 || a.item.Flags != format.ExtentMeta:
 			st.Reportf(engine.ErrAllocKind, r.Tree, r.Block, "block of tree %s is recorded as a %d-block extent with flags %#x", r.Tree, a.n, a.item.Flags)
 		}
 	}
 	if st.Complete() {
-		used := st.usedIndex()
-		for _, a := range st.allocs {
+		st.allocs.all(func(a allocRec) {
 			if a.item.Flags != format.ExtentMeta {
-				continue
+				return
 			}
-			if _, ok := used[a.start]; !ok {
+			if _, ok := st.usedBy(a.start); !ok {
 				st.Reportf(engine.ErrAllocLeaked, format.TreeAlloc, a.start, "metadata block is allocated but no tree uses it")
 			}
-		}
+		})
 	}
 }

@@ -3,6 +3,7 @@ package repair
 import (
 	"cmp"
 	"context"
+	"os"
 	"slices"
 
 	"github.com/scrubd/scrubd/engine"
@@ -47,27 +48,38 @@ type checker struct {
 	cross func(st *checkState)
 }
 
-// checkState is what the walk collects for the comparisons, and the
-// indexes over it they share (built on first use).
+// checkState is what the walk collects for the comparisons: streams of
+// records in xfile arrays (checkjoin.go), compared by merge joins.
 type checkState struct {
 	*engine.Checking
 	total uint64
 	maps  bool // format 1.2: files' rmap records carry their mapping
 
-	allocs  []allocRec
-	rmaps   []rmapRec
-	frees   []freeRec
-	fexts   []fileExt
-	csums   map[format.BlockNr]uint64 // extent start → checksum count
-	inodes  map[uint64]nsInode
-	deleted map[uint64]bool
-	dirents []nsDirent
+	tempDir string // for the arrays' xfiles ("": anonymous memory)
+	err     error  // the first operational error (scratch space)
+	arrays  []closer
 
-	refs    []engine.MetaRef // sorted by block
-	allocAt map[format.BlockNr]*allocRec
-	items   map[fileExtKey]format.FileExtent
-	owners  map[format.BlockNr][]rmapRec
-	used    map[format.BlockNr]format.TreeID
+	allocs  *recArr[allocRec] // by start (the walk's order)
+	rmaps   *recArr[rmapRec]  // by start, then sorted by (start, inode, offset, tree)
+	frees   *recArr[freeRec]
+	fexts   *recArr[fileExt] // by (inode, block), then sorted by (start, inode, block, seq)
+	csums   *recArr[csumRec] // by start
+	inodes  *recArr[nsInode] // by inode
+	deleted *recArr[uint64]  // sorted by inode
+	names   *recArr[nsName]  // entries by name: by directory, then sorted by inode
+	twins   *recArr[nsTwin]  // entries and index twins, sorted for pairing
+	nameBuf *nameFile
+
+	lastFext fileExt    // the extent tree's previous item (when nfexts > 0)
+	link     linkCursor // the symlink whose target is being walked (inode_repair.go)
+	nfexts   uint64
+	// pastEOF: the file extent items past their file's size (seq: the
+	// size), found before fexts is sorted by extent.
+	pastEOF *recArr[fileExt]
+
+	xattr xattrState // xattr.go
+
+	refs []engine.MetaRef // sorted by block
 }
 
 type allocRec struct {
@@ -90,40 +102,68 @@ type freeRec struct {
 
 type fileExt struct {
 	ino, fb uint64
+	seq     uint64 // place in the walk: of two items of one key, the later counts
 	fe      format.FileExtent
 }
 
-// allocIndex returns the allocation records by their start.
-func (st *checkState) allocIndex() map[format.BlockNr]*allocRec {
-	if st.allocAt == nil {
-		st.allocAt = make(map[format.BlockNr]*allocRec, len(st.allocs))
-		for i := range st.allocs {
-			st.allocAt[st.allocs[i].start] = &st.allocs[i]
-		}
-	}
-	return st.allocAt
+func newCheckState(c *engine.Checking, sb *format.Super) *checkState {
+	st := &checkState{Checking: c, total: sb.TotalBlocks, maps: sb.Incompat&format.IncompatRmapMaps != 0, tempDir: os.TempDir()}
+	st.allocs = newRecArr(st, "alloc records", allocCodec)
+	st.rmaps = newRecArr(st, "rmap records", rmapCodec)
+	st.frees = newRecArr(st, "free extents", freeCodec)
+	st.fexts = newRecArr(st, "file extents", fextCodec)
+	st.pastEOF = newRecArr(st, "file extents past EOF", fextCodec)
+	st.csums = newRecArr(st, "checksum items", csumCodec)
+	st.inodes = newRecArr(st, "inodes", inodeCodec)
+	st.deleted = newRecArr(st, "deleted inodes", u64Codec)
+	st.names = newRecArr(st, "entries", nameCodec)
+	st.twins = newRecArr(st, "entry twins", twinCodec)
+	st.nameBuf = &nameFile{st: st}
+	st.arrays = append(st.arrays, st.nameBuf)
+	return st
 }
 
-// ownerIndex returns the rmap records by their start.
-func (st *checkState) ownerIndex() map[format.BlockNr][]rmapRec {
-	if st.owners == nil {
-		st.owners = make(map[format.BlockNr][]rmapRec, len(st.rmaps))
-		for _, r := range st.rmaps {
-			st.owners[r.start] = append(st.owners[r.start], r)
-		}
+// dropAll leaves the scratch space to the kernel until it is read again.
+func (st *checkState) dropAll() {
+	for _, a := range st.arrays {
+		a.dropAll()
 	}
-	return st.owners
 }
 
-// usedIndex returns the tree using each metadata block in use.
-func (st *checkState) usedIndex() map[format.BlockNr]format.TreeID {
-	if st.used == nil {
-		st.used = make(map[format.BlockNr]format.TreeID, len(st.refs))
-		for _, r := range st.refs {
-			st.used[r.Block] = r.Tree
-		}
+// close frees the check's scratch space.
+func (st *checkState) close() {
+	for _, a := range st.arrays {
+		a.close()
 	}
-	return st.used
+}
+
+// allocSeeker looks allocation records up by start (the last of a start,
+// as the walk met them).
+func (st *checkState) allocSeeker() *seeker[allocRec, format.BlockNr] {
+	return newSeeker(st.allocs, func(a allocRec) format.BlockNr { return a.start }, cmpBlock)
+}
+
+// sortedRmaps returns the rmap records sorted by (start, inode, offset,
+// tree): by start as the walk met them, files' records in the order of
+// the file extent items they name.
+func (st *checkState) sortedRmaps() *recArr[rmapRec] {
+	st.rmaps.sortBy(32, nil)
+	return st.rmaps
+}
+
+// rmapSeeker looks the rmap records up by start.
+func (st *checkState) rmapSeeker() *seeker[rmapRec, format.BlockNr] {
+	return newSeeker(st.sortedRmaps(), func(r rmapRec) format.BlockNr { return r.start }, cmpBlock)
+}
+
+// usedBy returns the tree using metadata block b (the last of the sorted
+// refs naming it), if any.
+func (st *checkState) usedBy(b format.BlockNr) (format.TreeID, bool) {
+	i, _ := slices.BinarySearchFunc(st.refs, b+1, func(r engine.MetaRef, b format.BlockNr) int { return cmp.Compare(r.Block, b) })
+	if i > 0 && st.refs[i-1].Block == b {
+		return st.refs[i-1].Tree, true
+	}
+	return 0, false
 }
 
 // Check runs the full self-check on the snapshot's generation and streams
@@ -139,10 +179,8 @@ func Check(ctx context.Context, s *engine.Snapshot, fn func(engine.Finding)) (*e
 // ticks a check of an undamaged image makes.
 func CheckTicked(ctx context.Context, s *engine.Snapshot, fn func(engine.Finding), tick func()) (*engine.CheckResult, error) {
 	sb := s.Super()
-	st := &checkState{Checking: s.StartCheck(fn), total: sb.TotalBlocks,
-		maps:   sb.Incompat&format.IncompatRmapMaps != 0,
-		csums:  map[format.BlockNr]uint64{},
-		inodes: map[uint64]nsInode{}, deleted: map[uint64]bool{}}
+	st := newCheckState(s.StartCheck(fn), &sb)
+	defer st.close()
 	items := map[format.TreeID]engine.ItemChecker{}
 	for i := range opsTable {
 		ck := opsTable[i].Check
@@ -159,16 +197,20 @@ func CheckTicked(ctx context.Context, s *engine.Snapshot, fn func(engine.Finding
 	if err := st.WalkTrees(ctx, items, tick); err != nil {
 		return st.Result(), err
 	}
+	if st.err != nil {
+		return st.Result(), st.err
+	}
 	if !st.Missing() {
 		st.refs = slices.SortedStableFunc(slices.Values(st.Refs()), func(a, b engine.MetaRef) int { return cmp.Compare(a.Block, b.Block) })
 		checkCrossLinks(st)
 		for i := range opsTable {
 			if ck := opsTable[i].Check; ck != nil && ck.cross != nil {
 				ck.cross(st)
+				st.dropAll()
 			}
 		}
 	}
-	return st.Result(), nil
+	return st.Result(), st.err
 }
 
 // checkCrossLinks reports tree blocks in use twice: by two trees, or

@@ -19,7 +19,7 @@ var csumCheck = &checker{
 				st.Reportf(engine.ErrItemBad, format.TreeCsum, format.BlockNr(k.Obj), "checksum item %s: %v", k, err)
 				return
 			}
-			st.csums[format.BlockNr(k.Obj)] = uint64(len(val) / 4)
+			st.csums.add(csumRec{format.BlockNr(k.Obj), uint64(len(val) / 4)})
 		},
 	},
 	cross: checkCsums,
@@ -31,18 +31,20 @@ func checkCsums(st *checkState) {
 	if st.Broken(format.TreeExtent) || st.Broken(format.TreeCsum) || st.Broken(format.TreeAlloc) {
 		return
 	}
-	allocAt := st.allocIndex()
-	for _, a := range st.allocs {
+	// Both come by start; of two items of one start the later counts.
+	csums := newSeeker(st.csums, func(c csumRec) format.BlockNr { return c.start }, cmpBlock)
+	st.allocs.all(func(a allocRec) {
 		if a.item.Flags != format.ExtentData {
-			continue
+			return
 		}
-		if n, ok := st.csums[a.start]; !ok || n != a.n {
+		if c, ok := csums.last(a.start); !ok || c.n != a.n {
 			st.Reportf(engine.ErrCsumMissing, format.TreeCsum, a.start, "data extent %d+%d has no checksum item of %d entries", a.start, a.n, a.n)
 		}
-	}
-	for b := range st.csums {
-		if a := allocAt[b]; a == nil || a.item.Flags != format.ExtentData {
-			st.Reportf(engine.ErrCsumOrphan, format.TreeCsum, b, "checksum item for block %d, which starts no data extent", b)
+	})
+	at := st.allocSeeker()
+	distinct(st.csums, func(c csumRec) format.BlockNr { return c.start }, cmpBlock, func(c csumRec) {
+		if a, ok := at.last(c.start); !ok || a.item.Flags != format.ExtentData {
+			st.Reportf(engine.ErrCsumOrphan, format.TreeCsum, c.start, "checksum item for block %d, which starts no data extent", c.start)
 		}
-	}
+	})
 }

@@ -15,24 +15,26 @@ import (
 var deletedCheck = &checker{
 	items: map[format.TreeID]func(*checkState, format.BlockNr, format.Key, []byte){
 		format.TreeDeleted: func(st *checkState, _ format.BlockNr, k format.Key, _ []byte) {
-			st.deleted[k.Obj] = true
+			st.deleted.add(k.Obj)
 		},
 	},
 	cross: checkDeletedList,
 }
 
 func checkDeletedList(st *checkState) {
-	if len(st.inodes) == 0 || st.Broken(format.TreeInode) || st.Broken(format.TreeDeleted) {
+	if st.inodes.len() == 0 || st.Broken(format.TreeInode) || st.Broken(format.TreeDeleted) {
 		return
 	}
-	for ino, in := range st.inodes {
-		if in.nlink == 0 && !st.deleted[ino] {
-			st.Reportf(engine.ErrDeletedList, format.TreeDeleted, 0, "inode %d has no links and is not on the deleted list: it would never be freed", ino)
+	deleted := newSeeker(st.sortedDeleted(), ident, cmpUint)
+	distinct(st.inodes, inodeNr, cmpUint, func(in nsInode) {
+		if in.nlink == 0 && deleted.seek(in.ino) == 0 {
+			st.Reportf(engine.ErrDeletedList, format.TreeDeleted, 0, "inode %d has no links and is not on the deleted list: it would never be freed", in.ino)
 		}
-	}
-	for ino := range st.deleted {
-		if in, ok := st.inodes[ino]; ok && in.nlink != 0 {
+	})
+	inodes := newSeeker(st.inodes, inodeNr, cmpUint)
+	distinct(st.deleted, ident, cmpUint, func(ino uint64) {
+		if in, ok := inodes.last(ino); ok && in.nlink != 0 {
 			st.Reportf(engine.ErrDeletedList, format.TreeDeleted, 0, "inode %d is on the deleted list with %d links", ino, in.nlink)
 		}
-	}
+	})
 }

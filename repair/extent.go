@@ -22,69 +22,82 @@ var extentCheck = &checker{
 				st.Reportf(engine.ErrItemBad, format.TreeExtent, format.BlockNr(k.Obj), "file extent %s: %v", k, err)
 				return
 			}
-			if n := len(st.fexts); n > 0 && st.fexts[n-1].ino == k.Obj && st.fexts[n-1].fb+st.fexts[n-1].fe.Count > k.Off {
-				p := st.fexts[n-1]
+			if p := &st.lastFext; st.nfexts > 0 && p.ino == k.Obj && p.fb+p.fe.Count > k.Off {
 				st.Reportf(engine.ErrExtentOverlap, format.TreeExtent, fe.Start, "inode %d: the item at block %d maps blocks up to %d, past the item at block %d", k.Obj, p.fb, p.fb+p.fe.Count, k.Off)
 			}
-			st.fexts = append(st.fexts, fileExt{ino: k.Obj, fb: k.Off, fe: fe})
+			x := fileExt{ino: k.Obj, fb: k.Off, seq: st.nfexts, fe: fe}
+			st.nfexts++
+			st.lastFext = x
+			st.fexts.add(x)
 		},
 	},
 	cross: checkExtents,
 }
 
-// fileExtKey names a file extent item by its extent and its place in the
-// file: what a file's rmap record names.
-type fileExtKey struct {
-	start   format.BlockNr
-	ino, fb uint64
+// sortedFexts returns the file extent items sorted by (extent start,
+// inode, file block, walk order): the order of the rmap records naming
+// them.
+func (st *checkState) sortedFexts() *recArr[fileExt] {
+	if !st.fexts.sorted {
+		st.findPastEOF()
+	}
+	st.fexts.sortBy(32, nil)
+	return st.fexts
 }
 
-// extentIndex returns the file extent items by extent and place.
-func (st *checkState) extentIndex() map[fileExtKey]format.FileExtent {
-	if st.items == nil {
-		st.items = make(map[fileExtKey]format.FileExtent, len(st.fexts))
-		for _, x := range st.fexts {
-			st.items[fileExtKey{x.fe.Start, x.ino, x.fb}] = x.fe
-		}
+// findPastEOF collects the file extent items that map blocks past their
+// file's size, while the items are in the walk's order, which is the
+// inodes' (checkExtents reports them).
+func (st *checkState) findPastEOF() {
+	if st.Broken(format.TreeExtent) || st.Broken(format.TreeInode) {
+		return
 	}
-	return st.items
+	inodes := newSeeker(st.inodes, inodeNr, cmpUint)
+	st.fexts.all(func(x fileExt) {
+		in, ok := inodes.last(x.ino)
+		if !ok {
+			return
+		}
+		if end := (in.size + format.BlockSize - 1) / format.BlockSize; x.fb+x.fe.Count > end {
+			x.seq = in.size // the file's size, for the report
+			st.pastEOF.add(x)
+		}
+	})
+}
+
+// fextSeeker looks the file extent items up by (extent start, inode,
+// file block).
+func (st *checkState) fextSeeker() *seeker[fileExt, key3] {
+	return newSeeker(st.sortedFexts(), func(x fileExt) key3 { return key3{uint64(x.fe.Start), x.ino, x.fb} }, cmpKey3)
 }
 
 func checkExtents(st *checkState) {
 	if st.Broken(format.TreeExtent) {
 		return
 	}
+	fexts := st.sortedFexts()
 	if !st.Broken(format.TreeRmap) {
-		have := make(map[fileExtKey]bool, len(st.rmaps))
-		for _, r := range st.rmaps {
-			if r.owner.IsData() {
-				have[fileExtKey{r.start, r.owner.Inode, r.owner.Offset}] = true
-			}
-		}
-		for _, x := range st.fexts {
-			if !have[fileExtKey{x.fe.Start, x.ino, x.fb}] {
+		owners := newSeeker(st.sortedRmaps(), func(r rmapRec) key3 { return key3{uint64(r.start), r.owner.Inode, r.owner.Offset} }, cmpKey3)
+		fexts.all(func(x fileExt) {
+			if !owners.any(key3{uint64(x.fe.Start), x.ino, x.fb}, func(r rmapRec) bool { return r.owner.IsData() }) {
 				st.Reportf(engine.ErrExtentNoRmap, format.TreeExtent, x.fe.Start, "inode %d block %d maps extent %d+%d, which has no reverse mapping to it", x.ino, x.fb, x.fe.Start, x.fe.Len)
 			}
-		}
+		})
 	}
 	if !st.Broken(format.TreeAlloc) {
-		allocAt := st.allocIndex()
-		for _, x := range st.fexts {
-			if a := allocAt[x.fe.Start]; a == nil || a.n != x.fe.Len || a.item.Flags != format.ExtentData {
+		at := st.allocSeeker()
+		fexts.all(func(x fileExt) {
+			if a, ok := at.last(x.fe.Start); !ok || a.n != x.fe.Len || a.item.Flags != format.ExtentData {
 				st.Reportf(engine.ErrExtentNoAlloc, format.TreeExtent, x.fe.Start, "inode %d block %d maps extent %d+%d, which is not allocated as data", x.ino, x.fb, x.fe.Start, x.fe.Len)
 			}
-		}
+		})
 	}
 	if st.Broken(format.TreeInode) {
 		return
 	}
-	for _, x := range st.fexts {
-		in, ok := st.inodes[x.ino]
-		if !ok {
-			continue
-		}
-		if end := (in.size + format.BlockSize - 1) / format.BlockSize; x.fb+x.fe.Count > end {
-			st.Reportf(engine.ErrExtentPastEOF, format.TreeExtent, x.fe.Start, "inode %d of %d bytes: the item at block %d maps blocks up to %d, past its last block %d", x.ino, in.size, x.fb, x.fb+x.fe.Count, end)
-		}
-	}
+	st.pastEOF.all(func(x fileExt) {
+		size := x.seq
+		end := (size + format.BlockSize - 1) / format.BlockSize
+		st.Reportf(engine.ErrExtentPastEOF, format.TreeExtent, x.fe.Start, "inode %d of %d bytes: the item at block %d maps blocks up to %d, past its last block %d", x.ino, size, x.fb, x.fb+x.fe.Count, end)
+	})
 }

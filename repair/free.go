@@ -16,7 +16,7 @@ var freeCheck = &checker{
 				st.Reportf(engine.ErrItemBad, format.TreeFree, format.BlockNr(k.Obj), "free item %s out of range", k)
 				return
 			}
-			st.frees = append(st.frees, freeRec{format.BlockNr(k.Obj), k.Off})
+			st.frees.add(freeRec{format.BlockNr(k.Obj), k.Off})
 		},
 	},
 	cross: checkFree,
@@ -24,11 +24,14 @@ var freeCheck = &checker{
 
 func checkFree(st *checkState) {
 	var freeSum uint64
-	for i, f := range st.frees {
+	var p freeRec
+	for i := uint64(0); i < st.frees.len(); i++ {
+		f := st.frees.at(i)
 		freeSum += f.n
-		if i > 0 && uint64(st.frees[i-1].start)+st.frees[i-1].n == uint64(f.start) {
+		if i > 0 && uint64(p.start)+p.n == uint64(f.start) {
 			st.Reportf(engine.ErrFreeNotMerged, format.TreeFree, f.start, "free extent %d+%d adjoins the previous one", f.start, f.n)
 		}
+		p = f
 	}
 	if st.Broken(format.TreeFree) || st.Broken(format.TreeAlloc) {
 		return
@@ -36,18 +39,31 @@ func checkFree(st *checkState) {
 	if sb := st.Snapshot().Super(); freeSum != sb.FreeBlocks {
 		st.Reportf(engine.ErrSuperFreeCount, format.OwnerSuper, 0, "superblock counts %d free blocks, free-space tree holds %d", sb.FreeBlocks, freeSum)
 	}
-	allocs, frees := st.allocs, st.frees
+	// Both come by start: merge them and look for gaps and overlaps.
+	na, nf := st.allocs.len(), st.frees.len()
 	pos := uint64(0)
-	ai, fi := 0, 0
-	for ai < len(allocs) || fi < len(frees) {
+	ai, fi := uint64(0), uint64(0)
+	var a allocRec
+	var f freeRec
+	if na > 0 {
+		a = st.allocs.at(0)
+	}
+	if nf > 0 {
+		f = st.frees.at(0)
+	}
+	for (ai < na || fi < nf) && st.err == nil {
 		var start, n uint64
 		isFree := false
-		if fi < len(frees) && (ai >= len(allocs) || frees[fi].start <= allocs[ai].start) {
-			start, n, isFree = uint64(frees[fi].start), frees[fi].n, true
-			fi++
+		if fi < nf && (ai >= na || f.start <= a.start) {
+			start, n, isFree = uint64(f.start), f.n, true
+			if fi++; fi < nf {
+				f = st.frees.at(fi)
+			}
 		} else {
-			start, n = uint64(allocs[ai].start), allocs[ai].n
-			ai++
+			start, n = uint64(a.start), a.n
+			if ai++; ai < na {
+				a = st.allocs.at(ai)
+			}
 		}
 		switch {
 		case start > pos:

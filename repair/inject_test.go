@@ -40,6 +40,11 @@ func populatedImage(t *testing.T) string {
 				t.Fatal(err)
 			}
 		}
+		// An attribute per file: the xattr tree has interior nodes (the
+		// unlinks below drop half of them).
+		if err := f.SetXattr(a.Ino, "user.p", populatedBuf[:40+i%20], 0); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for i := 0; i < 600; i += 2 {
 		if err := f.Unlink(fs.RootIno, fmt.Sprintf("f%04d", i)); err != nil {
@@ -160,7 +165,7 @@ func TestInjectMatrix(t *testing.T) {
 	}
 	trees := []format.TreeID{format.TreeRoot, format.TreeAlloc, format.TreeFree, format.TreeExtent, format.TreeRmap,
 		format.TreeCsum, format.TreeInode, format.TreeDir, format.TreeDeleted, format.TreeLoggedOps,
-		format.TreeSubvol, format.TreeSnapshot, format.TreeUUID}
+		format.TreeSubvol, format.TreeSnapshot, format.TreeUUID, format.TreeXattr}
 	var got strings.Builder
 	img := filepath.Join(t.TempDir(), "case.img")
 	for _, tree := range trees {

@@ -13,6 +13,7 @@ import (
 var inodeCheck = &checker{
 	items: map[format.TreeID]func(*checkState, format.BlockNr, format.Key, []byte){
 		format.TreeInode: func(st *checkState, root format.BlockNr, k format.Key, val []byte) {
+			checkSymlinkItem(st, root, k, val) // inode_repair.go
 			if k.Type != format.TypeInodeItem {
 				return
 			}
@@ -21,14 +22,15 @@ var inodeCheck = &checker{
 				st.Reportf(engine.ErrItemBad, format.TreeInode, root, "inode item %d: %v", k.Obj, err)
 				return
 			}
-			st.inodes[k.Obj] = nsInode{mode: in.Mode, nlink: in.Nlink, size: in.Size}
+			st.inodes.add(nsInode{ino: k.Obj, mode: in.Mode, nlink: in.Nlink, size: in.Size})
 		},
 	},
-	cross: checkNlinks,
+	cross: func(st *checkState) { checkNlinks(st); checkSymlinkTargets(st) },
 }
 
 // nsInode is what the namespace checks read of an inode.
 type nsInode struct {
+	ino   uint64
 	mode  uint32
 	nlink uint32
 	size  uint64
@@ -41,38 +43,50 @@ const (
 
 func (in nsInode) isDir() bool { return in.mode&modeType == modeDir }
 
+func inodeNr(in nsInode) uint64 { return in.ino }
+
+func ident(v uint64) uint64 { return v }
+
+// sortedDeleted returns the deleted list sorted by inode.
+func (st *checkState) sortedDeleted() *recArr[uint64] {
+	st.deleted.sortBy(8, nil)
+	return st.deleted
+}
+
 func checkNlinks(st *checkState) {
-	if len(st.inodes) == 0 || st.Broken(format.TreeInode) || st.Broken(format.TreeDir) {
+	if st.inodes.len() == 0 || st.Broken(format.TreeInode) || st.Broken(format.TreeDir) {
 		return // no filesystem on this image (engine-only use), or damage
 	}
-	links := map[uint64]uint32{}
-	subdirs := map[uint64]uint32{}
-	for _, d := range st.dirents {
-		if d.index {
-			continue
+	// The entries by the inode they name, against the inodes (by number):
+	// first the subdirectories of each directory, then the links of each
+	// inode.
+	names := st.sortedNames()
+	subdirs := newRecArr(st, "subdirectories", u64Codec)
+	defer subdirs.close()
+	inodes := newSeeker(st.inodes, inodeNr, cmpUint)
+	names.all(func(d nsName) {
+		if in, ok := inodes.last(d.ino); ok && in.isDir() {
+			subdirs.add(d.dir)
 		}
-		in, ok := st.inodes[d.de.Ino]
-		if !ok {
-			continue
-		}
-		links[d.de.Ino]++
+	})
+	subdirs.sortBy(8, nil)
+	links := newSeeker(names, func(d nsName) uint64 { return d.ino }, cmpUint)
+	subs := newSeeker(subdirs, ident, cmpUint)
+	deleted := newSeeker(st.sortedDeleted(), ident, cmpUint)
+	distinct(st.inodes, inodeNr, cmpUint, func(in nsInode) {
+		ino, n := in.ino, uint32(links.seek(in.ino))
+		want := n
 		if in.isDir() {
-			subdirs[d.dir]++
-		}
-	}
-	for ino, in := range st.inodes {
-		want := links[ino]
-		if in.isDir() {
-			want = 2 + subdirs[ino]
-			if links[ino] == 0 && ino != fs.RootIno {
+			want = 2 + uint32(subs.seek(ino))
+			if n == 0 && ino != fs.RootIno {
 				want = 0 // an unlinked directory still open
 			}
 		}
-		if st.deleted[ino] && links[ino] == 0 {
+		if n == 0 && deleted.seek(ino) > 0 {
 			want = 0
 		}
 		if in.nlink != want {
 			st.Reportf(engine.ErrNlink, format.TreeInode, 0, "inode %d has link count %d, the directory tree implies %d", ino, in.nlink, want)
 		}
-	}
+	})
 }

@@ -157,10 +157,158 @@ type inodeRebuild struct {
 	salvaged Salvaged // what the scan kept from below damaged nodes
 }
 
-// symlinkTarget is the target of a symlink created during the rebuild.
+// symlinkTarget is the target of a symlink created during the rebuild:
+// its items (one, or a long target's chunks).
 type symlinkTarget struct {
-	ino    uint64
-	target []byte
+	ino  uint64
+	keys []format.Key
+	vals [][]byte
+}
+
+// targetOf is what the scan kept of one symlink's target: its items'
+// lengths, and the target length they claim.
+type targetOf struct {
+	total uint64
+	lens  map[format.Key]uint64
+	bad   bool // items claiming different lengths
+}
+
+// dropIncompleteTargets deletes from shadow the items of every target the
+// scan did not keep whole (a long target's chunk lost with a leaf): a
+// symlink keeps its whole target or none, never a shorter one (readlink
+// of one without fails with EIO). It marks in links the targets kept.
+func dropIncompleteTargets(shadow *eb.Tree, chunks map[uint64]*targetOf, links map[uint64]bool) error {
+	for ino, t := range chunks {
+		got := uint64(0)
+		for _, n := range t.lens {
+			got += n
+		}
+		if !t.bad && got == t.total {
+			links[ino] = true
+			continue
+		}
+		for k := range t.lens {
+			if _, err := shadow.Delete(k); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// symlinkItems returns the target items of ino in t, in key order: at
+// most maxTargetItems of them (more is an error).
+func symlinkItems(t *eb.Tree, ino uint64) ([]format.Key, [][]byte, error) {
+	var ks []format.Key
+	var vs [][]byte
+	err := t.Ascend(format.SymlinkKey(ino), func(k format.Key, v []byte) bool {
+		if k.Obj != ino || k.Type != format.TypeSymlink {
+			return false
+		}
+		ks, vs = append(ks, k), append(vs, slices.Clone(v))
+		return len(ks) <= maxTargetItems
+	})
+	if err == nil && len(ks) > maxTargetItems {
+		err = fmt.Errorf("symlink %d has more than %d target items: %w", ino, maxTargetItems, format.ErrCorrupt)
+	}
+	return ks, vs, err
+}
+
+// maxTargetItems is the most items a symlink target takes.
+const maxTargetItems = format.MaxSymlinkLen/format.MaxSymlinkItem + 1
+
+// deleteTargetItems deletes ino's target items from t.
+func deleteTargetItems(t *eb.Tree, ino uint64) error {
+	ks, _, err := symlinkItems(t, ino)
+	if err != nil {
+		return err
+	}
+	for _, k := range ks {
+		if _, err := t.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// linkCursor is what the inode checker keeps of the inode whose items
+// it is walking (an inode item comes before its target items: type 40,
+// then 45).
+type linkCursor struct {
+	ino        uint64
+	link       bool   // the inode item decoded, and is a symlink's
+	bad        bool   // a finding made: the rest of this target is not checked
+	got, total uint64 // target bytes met so far, and the length claimed
+	root       format.BlockNr
+}
+
+// checkSymlinkItem is the inode checker's rule for symlink targets
+// (called for every item of the inode tree, in key order: repair/inode.go):
+// each target item keeps the chunk layout (format.SymlinkTotal), a chunk
+// of a long target only on an image with IncompatLongSymlinks, belongs to
+// a symlink and follows the items before it; a target whose last chunks
+// are missing is reported when the next inode item, or the end
+// (checkSymlinkTargets), comes.
+func checkSymlinkItem(st *checkState, root format.BlockNr, k format.Key, v []byte) {
+	c := &st.link
+	switch k.Type {
+	case format.TypeInodeItem:
+		finishLink(st)
+		*c = linkCursor{ino: k.Obj, root: root}
+		if in, err := format.DecodeInodeItem(v); err == nil && k.Off == 0 && k.Aux == 0 {
+			c.link = in.Mode&syscall.S_IFMT == syscall.S_IFLNK
+		}
+		return
+	case format.TypeSymlink:
+	default:
+		return
+	}
+	if k.Obj == c.ino && c.bad {
+		return
+	}
+	total, err := format.SymlinkTotal(k, len(v))
+	c.bad = k.Obj == c.ino // until the item passes
+	switch {
+	case err != nil:
+		st.Reportf(engine.ErrItemBad, format.TreeInode, root, "symlink %d: %v", k.Obj, err)
+		return
+	case k.Aux != 0 && st.Snapshot().Super().Incompat&format.IncompatLongSymlinks == 0:
+		st.Reportf(engine.ErrItemBad, format.TreeInode, root, "symlink %d: target chunk %s on an image without long symlinks (incompat %#x)", k.Obj, k, format.IncompatLongSymlinks)
+		return
+	case k.Obj != c.ino:
+		// No inode item before it: an orphan target (or the item's
+		// own damage, reported with it).
+		st.Reportf(engine.ErrItemBad, format.TreeInode, root, "symlink target item %s of an inode without an item", k)
+		return
+	case !c.link:
+		st.Reportf(engine.ErrItemBad, format.TreeInode, root, "inode %d is not a symlink (or its item is bad) but has a target item %s", k.Obj, k)
+		return
+	case k.Off != c.got || (c.got != 0 && c.total != total):
+		st.Reportf(engine.ErrItemBad, format.TreeInode, root, "symlink %d: target item %s follows %d of %d bytes", k.Obj, k, c.got, c.total)
+		return
+	}
+	c.bad = false
+	c.got += uint64(len(v))
+	c.total = total
+	c.root = root
+}
+
+// finishLink reports the walked symlink if its target items stopped short
+// of the length they claim.
+func finishLink(st *checkState) {
+	c := &st.link
+	if c.link && !c.bad && c.got != c.total {
+		st.Reportf(engine.ErrItemBad, format.TreeInode, c.root, "symlink %d: target items hold %d of its %d bytes", c.ino, c.got, c.total)
+	}
+	*c = linkCursor{}
+}
+
+// checkSymlinkTargets finishes the last symlink of the walk.
+func checkSymlinkTargets(st *checkState) {
+	if st.Broken(format.TreeInode) {
+		return // items lost with the damage: the walk reported it
+	}
+	finishLink(st)
 }
 
 // Kinds of inodeEvent.
@@ -268,7 +416,7 @@ func (r *inodeRebuild) apply(t *eb.Tree, ev inodeEvent) error {
 		err = t.Put(format.InodeKey(ev.Ino), b[:format.InodeItemSize])
 	case inodeDelete:
 		r.written(ev.Ino)
-		if _, err = t.Delete(format.SymlinkKey(ev.Ino)); err == nil {
+		if err = deleteTargetItems(t, ev.Ino); err == nil {
 			_, err = t.Delete(format.InodeKey(ev.Ino))
 		}
 	case inodeBlock:
@@ -347,6 +495,7 @@ func (r *inodeRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.
 	// check's to report).
 	kept := map[uint64]bool{}
 	links := map[uint64]bool{} // symlink targets kept
+	chunks := map[uint64]*targetOf{}
 	keep := func(k format.Key, v []byte) (bool, error) {
 		switch k.Type {
 		case format.TypeInodeItem:
@@ -355,10 +504,20 @@ func (r *inodeRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.
 			}
 			kept[k.Obj] = true
 		case format.TypeSymlink:
-			if len(v) == 0 || len(v) > format.MaxSymlinkLen || k.Off != 0 || k.Aux != 0 {
+			// Each item bounds itself (format.SymlinkTotal); whether a
+			// long target's chunks are all there is known after the
+			// scan (dropIncompleteTargets).
+			total, err := format.SymlinkTotal(k, len(v))
+			if err != nil || (k.Aux != 0 && sb.Incompat&format.IncompatLongSymlinks == 0) {
 				return false, nil
 			}
-			links[k.Obj] = true
+			t := chunks[k.Obj]
+			if t == nil {
+				t = &targetOf{total: total, lens: map[format.Key]uint64{}}
+				chunks[k.Obj] = t
+			}
+			t.bad = t.bad || t.total != total
+			t.lens[k] = uint64(len(v))
 		default:
 			return false, nil // no item of this build: dropped
 		}
@@ -403,6 +562,9 @@ func (r *inodeRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.
 		return nil, fmt.Errorf("salvage the old inode tree: %w", err)
 	}
 	r.salvaged = sv
+	if err := dropIncompleteTargets(shadow, chunks, links); err != nil {
+		return nil, fmt.Errorf("drop incomplete symlink targets: %w", err)
+	}
 
 	// What names an inode whose item is gone. An inode number is
 	// plausible when it was handed out before G.
@@ -628,13 +790,13 @@ func (r *inodeRebuild) newTargets(x *engine.Exclusive) {
 		if ino < r.nextIno {
 			continue // the scan read it, or the damage took it
 		}
-		v, ok, err := t.Get(format.SymlinkKey(ino), nil)
+		ks, vs, err := symlinkItems(t, ino)
 		if err != nil {
 			r.tErr = err
 			return
 		}
-		if ok {
-			r.targets = append(r.targets, symlinkTarget{ino, slices.Clone(v)})
+		if len(ks) > 0 {
+			r.targets = append(r.targets, symlinkTarget{ino, ks, vs})
 		}
 	}
 }
@@ -648,8 +810,8 @@ func (r *inodeRebuild) putTargets(x *engine.Exclusive) error {
 	t, _ := x.ReadTree(format.TreeInode)
 	for _, st := range r.targets {
 		_, ok, err := t.Get(format.InodeKey(st.ino), nil)
-		if err == nil && ok {
-			err = t.Put(format.SymlinkKey(st.ino), st.target)
+		for i := 0; err == nil && ok && i < len(st.keys); i++ {
+			err = t.Put(st.keys[i], st.vals[i])
 		}
 		if err != nil {
 			return fmt.Errorf("symlink target of inode %d: %w", st.ino, err)

@@ -64,7 +64,7 @@ type Op struct {
 type repairFunc func(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*RebuildReport, error)
 
 // every tree whose blocks the rmap maps: the rmap rebuild reads them all.
-var allTrees = []string{"root", "alloc", "free", "inode", "dir", "extent", "csum", "subvol", "snapshot", "uuid", "deleted", "logged_ops"}
+var allTrees = []string{"root", "alloc", "free", "inode", "dir", "extent", "csum", "subvol", "snapshot", "uuid", "deleted", "logged_ops", "xattr"}
 
 // opsTable lists the structures in dependency order: a row's inputs come
 // before it, except where two rows read each other (rmap and alloc).
@@ -90,6 +90,8 @@ var opsTable = []Op{
 	{Name: "snapshot", Trees: []format.TreeID{format.TreeSnapshot}, Repair: emptyTreeRepairer("snapshot", format.TreeSnapshot, engine.StructSnapshot)},
 	{Name: "uuid", Trees: []format.TreeID{format.TreeUUID}, Repair: emptyTreeRepairer("uuid", format.TreeUUID, engine.StructUUID)},
 	{Name: "deleted", Trees: []format.TreeID{format.TreeDeleted}, Check: deletedCheck, Repair: repairDeleted, Inputs: []string{"inode"}},
+	{Name: "xattr", Trees: []format.TreeID{format.TreeXattr}, Check: xattrCheck, Repair: repairXattr,
+		Answers: []engine.ErrorID{engine.ErrXattrOrphan, engine.ErrXattrKey}, Inputs: []string{"inode"}},
 	{Name: "logged_ops", Trees: []format.TreeID{format.TreeLoggedOps}, Repair: repairLoggedOps},
 	{Name: "log", Trees: []format.TreeID{format.TreeLog}, Check: logCheck},
 	{

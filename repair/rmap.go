@@ -30,7 +30,7 @@ var rmapCheck = &checker{
 				st.Reportf(engine.ErrItemBad, format.TreeRmap, format.BlockNr(k.Obj), "rmap item %s of %d bytes: this format's records of %s are %d bytes", k, len(val), o, want)
 				return
 			}
-			st.rmaps = append(st.rmaps, rmapRec{format.BlockNr(k.Obj), ri.Len, o, ri})
+			st.rmaps.add(rmapRec{format.BlockNr(k.Obj), ri.Len, o, ri})
 		},
 	},
 	cross: checkRmap,
@@ -40,57 +40,54 @@ func checkRmap(st *checkState) {
 	if st.Broken(format.TreeRmap) {
 		return
 	}
+	rmaps := st.sortedRmaps()
 	if !st.Broken(format.TreeAlloc) {
-		allocAt := st.allocIndex()
-		for _, r := range st.rmaps {
-			switch a := allocAt[r.start]; {
-			case a == nil:
+		at := st.allocSeeker()
+		rmaps.all(func(r rmapRec) {
+			switch a, ok := at.last(r.start); {
+			case !ok:
 				st.Reportf(engine.ErrRmapOrphan, format.TreeRmap, r.start, "reverse mapping to %s for %d blocks, but no allocated extent starts there", r.owner, r.n)
 			case a.n != r.n:
 				st.Reportf(engine.ErrRmapLength, format.TreeRmap, r.start, "reverse mapping to %s says %d blocks, extent has %d", r.owner, r.n, a.n)
 			}
-		}
+		})
 	}
-	owners := st.ownerIndex()
+	owners := st.rmapSeeker()
 	for _, r := range st.refs {
 		if uint64(r.Block) >= st.total {
 			continue // reported by the walk as unreadable
 		}
-		found := false
-		for _, o := range owners[r.Block] {
-			if !o.owner.IsData() && o.owner.Tree == r.Tree {
-				found = true
-			}
-		}
-		if !found {
+		if !owners.any(r.Block, func(o rmapRec) bool { return !o.owner.IsData() && o.owner.Tree == r.Tree }) {
 			st.Reportf(engine.ErrRmapMissing, r.Tree, r.Block, "block of tree %s has no reverse mapping to it", r.Tree)
 		}
 	}
 	if st.Complete() {
-		used := st.usedIndex()
-		for _, r := range st.rmaps {
+		rmaps.all(func(r rmapRec) {
 			if r.owner.IsData() {
-				continue
+				return
 			}
-			if t, ok := used[r.start]; !ok || t != r.owner.Tree {
+			if t, ok := st.usedBy(r.start); !ok || t != r.owner.Tree {
 				st.Reportf(engine.ErrRmapOrphan, format.TreeRmap, r.start, "reverse mapping says tree %s owns block %d, but it does not use it", r.owner.Tree, r.start)
 			}
-		}
+		})
 	}
 	if st.Broken(format.TreeExtent) {
 		return
 	}
-	items := st.extentIndex()
-	for _, r := range st.rmaps {
+	// Files' records against the file extent items they name: both
+	// sorted by (start, inode, file block); of two items of one key the
+	// later counts.
+	items := st.fextSeeker()
+	rmaps.all(func(r rmapRec) {
 		if !r.owner.IsData() {
-			continue
+			return
 		}
-		fe, ok := items[fileExtKey{r.start, r.owner.Inode, r.owner.Offset}]
+		fe, ok := items.last(key3{uint64(r.start), r.owner.Inode, r.owner.Offset})
 		switch {
 		case !ok:
 			st.Reportf(engine.ErrRmapDataOwner, format.TreeRmap, r.start, "reverse mapping says inode %d block %d maps extent %d+%d, but no such file extent item exists", r.owner.Inode, r.owner.Offset, r.start, r.n)
-		case r.m.Mapped() && (r.m.Offset != fe.Offset || r.m.Count != fe.Count):
-			st.Reportf(engine.ErrRmapMapping, format.TreeRmap, r.start, "reverse mapping says inode %d block %d maps blocks [%d,+%d) of extent %d+%d; its file extent item maps [%d,+%d)", r.owner.Inode, r.owner.Offset, r.m.Offset, r.m.Count, r.start, r.n, fe.Offset, fe.Count)
+		case r.m.Mapped() && (r.m.Offset != fe.fe.Offset || r.m.Count != fe.fe.Count):
+			st.Reportf(engine.ErrRmapMapping, format.TreeRmap, r.start, "reverse mapping says inode %d block %d maps blocks [%d,+%d) of extent %d+%d; its file extent item maps [%d,+%d)", r.owner.Inode, r.owner.Offset, r.m.Offset, r.m.Count, r.start, r.n, fe.fe.Offset, fe.fe.Count)
 		}
-	}
+	})
 }

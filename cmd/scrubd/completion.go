@@ -21,7 +21,7 @@ func registerCompletions(root *cobra.Command) {
 		return nil, cobra.ShellCompDirectiveFilterDirs
 	})
 	var trees []string
-	for _, id := range append(format.KnownTrees, format.TreeLog) {
+	for _, id := range append(format.KnownTrees, format.TreeXattr, format.TreeLog) {
 		trees = append(trees, id.String())
 	}
 	for _, c := range root.Commands() {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -16,8 +17,9 @@ func newInfoCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "info IMAGE [--json]",
 		Short: "Describe an image: superblock, trees, error counters",
-		Long: `Describe an unmounted image read-only: its UUID, generation, version,
-features, every tree (root block, level, generation, items), the error
+		Long: `Describe an unmounted image read-only: its UUID, generation, format
+version and the features of the version table it uses ("scrubd upgrade"
+changes them), the error ids silenced (errors_silent), every tree (root block, level, generation, items), the error
 counters and per-device IO error counts kept in the superblock.
 
 With --json it prints one object (snake_case keys; "info_version" versions
@@ -53,6 +55,10 @@ EXIT STATUS
 			fmt.Fprintf(tw, "uuid\t%s\nlabel\t%s\nversion\t%s\ngeneration\t%d\nblock size\t%s\n", j.UUID, j.Label, j.Version, j.Generation, humanize.IBytes(uint64(j.BlockSize)))
 			fmt.Fprintf(tw, "size\t%s (%s blocks), %s free (%s blocks)\nsuperblock\tblock %d\n",
 				humanize.IBytes(j.TotalBytes), humanize.Comma(int64(j.TotalBlocks)), humanize.IBytes(j.FreeBytes), humanize.Comma(int64(j.FreeBlocks)), j.SuperBlock)
+			fmt.Fprintf(tw, "features\t%s (this build writes up to %s)\n", strings.Join(j.Features, ", "), j.NewestVersion)
+			if len(j.SilentErrors) > 0 {
+				fmt.Fprintf(tw, "errors silent\t%s\n", strings.Join(j.SilentErrors, ", "))
+			}
 			for _, n := range j.Notes {
 				fmt.Fprintf(tw, "note\t%s\n", n)
 			}

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/scrubd/scrubd/daemon"
+	"github.com/scrubd/scrubd/engine"
 	"github.com/scrubd/scrubd/engine/fs"
 	"github.com/scrubd/scrubd/history"
 	"github.com/scrubd/scrubd/repair"
@@ -33,6 +34,7 @@ type mountOptions struct {
 	rate           string
 	readOnly       bool
 	rescue         []string
+	versionUpgrade string
 }
 
 // rescues are the --rescue options (btrfs's rescue= mount options).
@@ -42,6 +44,13 @@ var rescues = []string{"ignorebadroots"}
 // implies --read-only, and a read-only mount cannot repair.
 func (o *mountOptions) fsOptions() (fs.Options, error) {
 	fo := fs.Options{NoTreeLog: o.noTreeLog, CommitInterval: o.commitInterval, ReadOnly: o.readOnly}
+	if o.versionUpgrade != "" {
+		u, err := engine.ParseVersionUpgrade(o.versionUpgrade)
+		if err != nil {
+			return fo, usageError(fmt.Errorf("--version-upgrade: %w", err))
+		}
+		fo.Engine.VersionUpgrade = u
+	}
 	for _, r := range o.rescue {
 		switch r {
 		case "ignorebadroots":
@@ -118,6 +127,14 @@ recovery pass must read). --rescue ignorebadroots also serves an image
 whose root tree cannot be read and that has no root backup (format 1.2 and
 older): the trees that cannot be located are lost, the rest is served so
 it can be copied off; it implies --read-only.
+
+--version-upgrade none|compatible|incompatible says what a read-write
+mount does with an image of an older format version (scrubd info shows
+it): none never changes it; compatible (the default) upgrades it as far as
+an older build of the same major version still mounts it (features that
+set only compat or ro-compat bits); incompatible upgrades it to this
+build's newest version, which older builds refuse. "scrubd upgrade" does
+the same offline, and also downgrades.
 
 --notify-exec CMD and --notify-webhook URL tell of a scrub that found
 damage, repaired some or failed, and of a structure going sick (damage met
@@ -243,7 +260,7 @@ EXIT STATUS
 		},
 	}
 	c.Flags().BoolVar(&o.noTreeLog, "notreelog", false, "make every fsync a full commit instead of a log write")
-	c.Flags().DurationVar(&o.commitInterval, "commit-interval", 0, "commit this often (0: the engine's default, negative: only on fsync, sync and unmount)")
+	c.Flags().DurationVar(&o.commitInterval, "commit-interval", 0, "commit this often (0: every 5s, negative: never on a timer); sync(1) and syncfs(2) do not reach a FUSE mount, so a change is durable after an fsync of it (and of its directory), after the next periodic commit, or at unmount")
 	c.Flags().BoolVar(&o.allowOther, "allow-other", false, "let other users use the mount (non-root needs user_allow_other in /etc/fuse.conf)")
 	c.Flags().BoolVar(&o.debug, "debug", false, "log every FUSE request (implies --log-level debug)")
 	c.Flags().StringArrayVar(&o.schedule, "schedule", nil, "scrub the metadata on this cron schedule (e.g. \"0 3 * * 0\", @daily)")
@@ -256,6 +273,7 @@ EXIT STATUS
 	c.Flags().BoolVar(&o.autoRepair, "auto-repair", false, "repair at once when a structure goes sick (damage met in use, or found by a scrub that does not repair)")
 	c.Flags().StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on this address at /metrics (e.g. 127.0.0.1:9417)")
 	c.Flags().BoolVar(&o.readOnly, "read-only", false, "serve the image without writing to it (writes get EROFS; fsync'd data not yet committed is not replayed)")
+	c.Flags().StringVar(&o.versionUpgrade, "version-upgrade", "compatible", "upgrade an older format version at a read-write mount: none, compatible (only features older builds still read) or incompatible (to this build's newest)")
 	c.Flags().StringSliceVar(&o.rescue, "rescue", nil, "serve what can still be read of a damaged image, read-only: ignorebadroots (trees that cannot be located are lost, the rest is served)")
 	c.Flags().IntVar(&o.historyKeep, "history-keep", history.DefaultKeep, "keep at most this many run reports (scrubd report)")
 	c.Flags().DurationVar(&o.historyMaxAge, "history-max-age", history.DefaultMaxAge, "remove run reports older than this")

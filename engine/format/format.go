@@ -14,7 +14,7 @@ const BlockSize = 4096
 // refused; a newer minor version is accepted (it only adds optional fields).
 const (
 	VersionMajor = 1
-	VersionMinor = 3
+	VersionMinor = 5
 )
 
 // BlockNr is a block number on the image (byte offset / BlockSize).
@@ -45,6 +45,7 @@ const (
 	TreeDeleted   TreeID = 12 // inodes unlinked but still open
 	TreeLoggedOps TreeID = 13 // multi-transaction operations to resume
 	TreeLog       TreeID = 14 // owner of the fsync log blocks (not in the root tree)
+	TreeXattr     TreeID = 15 // extended attributes, created on first use (xattr.go)
 
 	// OwnerSuper owns the superblock copies in the allocation and rmap trees.
 	OwnerSuper TreeID = 0xFFFF_FFFF_FFFF_FF00
@@ -63,7 +64,7 @@ var treeNames = map[TreeID]string{
 	TreeRoot: "root", TreeAlloc: "alloc", TreeRmap: "rmap", TreeFree: "free",
 	TreeInode: "inode", TreeDir: "dir", TreeExtent: "extent", TreeCsum: "csum",
 	TreeSubvol: "subvol", TreeSnapshot: "snapshot", TreeUUID: "uuid",
-	TreeDeleted: "deleted", TreeLoggedOps: "logged_ops", TreeLog: "log", OwnerSuper: "super", OwnerData: "data",
+	TreeDeleted: "deleted", TreeLoggedOps: "logged_ops", TreeLog: "log", TreeXattr: "xattr", OwnerSuper: "super", OwnerData: "data",
 }
 
 // String returns the tree's name, or "tree-N" for an unknown id.

@@ -5,14 +5,20 @@ import "fmt"
 // Filesystem item types (in the inode, dir, extent, csum and deleted trees).
 const (
 	TypeInodeItem  uint8 = 40 // inode tree: (ino, 40, 0, 0) → InodeItem
-	TypeSymlink    uint8 = 45 // inode tree: (ino, 45, 0, 0) → target bytes
+	TypeSymlink    uint8 = 45 // inode tree: (ino, 45, 0, 0) → target bytes; long targets: see SymlinkChunkKey
 	TypeDirEntry   uint8 = 50 // dir tree: (dir, 50, name hash, seq) → DirEntry
 	TypeDirIndex   uint8 = 51 // dir tree: (dir, 51, index, 0) → DirEntry
 	TypeFileExtent uint8 = 60 // extent tree: (ino, 60, file block, 0) → FileExtent
 	TypeCsum       uint8 = 70 // csum tree: (disk start, 70, 0, 0) → crc32c per block
 	TypeDeleted    uint8 = 80 // deleted tree: (ino, 80, 0, 0) → empty
 	MaxNameLen           = 255
-	MaxSymlinkLen        = 900
+	// MaxSymlinkLen is the longest symlink target (PATH_MAX less the
+	// terminating NUL, as ext4, XFS and tmpfs allow).
+	MaxSymlinkLen = 4095
+	// MaxSymlinkItem is the most target bytes one item holds: a target
+	// longer than that is split into chunks (SymlinkChunkKey), a format
+	// 1.5 feature (IncompatLongSymlinks).
+	MaxSymlinkItem = 900
 	// MaxExtentBlocks bounds a data extent so that its csum item (4 bytes a
 	// block) fits in a value with room to spare for a log record header.
 	MaxExtentBlocks = 224
@@ -190,4 +196,59 @@ func DeletedKey(ino uint64) Key         { return Key{Obj: ino, Type: TypeDeleted
 
 func (f FileExtent) String() string {
 	return fmt.Sprintf("disk %d+%d [%d,+%d)", f.Start, f.Len, f.Offset, f.Count)
+}
+
+// Symlink targets.
+//
+// A target of up to MaxSymlinkItem bytes is one item, (ino, TypeSymlink,
+// 0, 0), as in every format. A longer one (up to MaxSymlinkLen) is split
+// into chunks of MaxSymlinkItem bytes, the last one shorter: the chunk
+// at byte offset off is the item (ino, TypeSymlink, off, total), where
+// total is the whole target's length. So every chunk bounds itself — its
+// offset is a multiple of MaxSymlinkItem below total, its length
+// min(MaxSymlinkItem, total-off) — and a set of chunks is complete when
+// their lengths add up to total. Chunks with a non-zero Aux exist only
+// on images with IncompatLongSymlinks.
+
+// SymlinkChunkKey is the key of the chunk of a total-byte target at byte
+// offset off (a target of up to MaxSymlinkItem bytes: SymlinkKey).
+func SymlinkChunkKey(ino, off, total uint64) Key {
+	if total <= MaxSymlinkItem {
+		return SymlinkKey(ino)
+	}
+	return Key{Obj: ino, Type: TypeSymlink, Off: off, Aux: total}
+}
+
+// SymlinkTotal returns the length of the whole target a symlink item
+// with key k and a value of n bytes belongs to, or an error if the item
+// breaks the chunk layout.
+func SymlinkTotal(k Key, n int) (uint64, error) {
+	if k.Type != TypeSymlink {
+		return 0, corrupt(KindBadItem, TreeInode, 0, "item %s is not a symlink target", k)
+	}
+	if k.Aux == 0 {
+		if k.Off != 0 || n == 0 || n > MaxSymlinkItem {
+			return 0, corrupt(KindBadItem, TreeInode, 0, "symlink target item %s of %d bytes", k, n)
+		}
+		return uint64(n), nil
+	}
+	total, off := k.Aux, k.Off
+	if total <= MaxSymlinkItem || total > MaxSymlinkLen || off%MaxSymlinkItem != 0 || off >= total ||
+		uint64(n) != min(MaxSymlinkItem, total-off) {
+		return 0, corrupt(KindBadItem, TreeInode, 0, "symlink target chunk %s of %d bytes", k, n)
+	}
+	return total, nil
+}
+
+// SplitSymlink returns the items that hold target: keys and values.
+func SplitSymlink(ino uint64, target []byte) ([]Key, [][]byte) {
+	total := uint64(len(target))
+	var ks []Key
+	var vs [][]byte
+	for off := uint64(0); off < total; off += MaxSymlinkItem {
+		end := min(off+MaxSymlinkItem, total)
+		ks = append(ks, SymlinkChunkKey(ino, off, total))
+		vs = append(vs, target[off:end])
+	}
+	return ks, vs
 }

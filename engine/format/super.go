@@ -73,9 +73,18 @@ const (
 	// tree costs nothing: its items are in the superblock that points at
 	// it. An older build would reject the bytes as reserved.
 	IncompatRootBackups uint64 = 1 << 2
+	// IncompatLongSymlinks (format 1.5): symlink targets longer than
+	// MaxSymlinkItem bytes, split into chunks (SymlinkChunkKey). Set with
+	// the version (mkfs, an upgrade); without it a longer target is
+	// refused. An older build would read a chunk as a whole target.
+	IncompatLongSymlinks uint64 = 1 << 3
 
-	IncompatSupported        = IncompatLogChain | IncompatRmapMaps | IncompatRootBackups
-	RoCompatSupported uint64 = 0
+	IncompatSupported = IncompatLogChain | IncompatRmapMaps | IncompatRootBackups | IncompatLongSymlinks
+	// RoCompatXattr (format 1.4): the image may have the xattr tree
+	// (xattr.go); a build without it would free inodes and leave their
+	// attributes, so it mounts the image read-only.
+	RoCompatXattr     uint64 = 1 << 0
+	RoCompatSupported        = RoCompatXattr
 )
 
 // RootPtr locates a tree's root block.

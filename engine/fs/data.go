@@ -8,6 +8,7 @@ import (
 
 	"github.com/scrubd/scrubd/engine"
 	eb "github.com/scrubd/scrubd/engine/btree"
+	"github.com/scrubd/scrubd/engine/disk"
 	"github.com/scrubd/scrubd/engine/format"
 )
 
@@ -161,12 +162,54 @@ func extentAt(tx *engine.Tx, ino, fb uint64) (uint64, format.FileExtent, bool, e
 }
 
 // readBlocks reads file blocks [fb, fb+n) into p (n*bs bytes), zeros for
-// holes, verifying checksums.
+// holes, verifying checksums, all in tx (a writer's partial blocks).
 func (f *FS) readBlocks(tx *engine.Tx, ino, fb, n uint64, p []byte) error {
+	rp, err := f.planRead(tx, ino, fb, n)
+	return f.runRead(tx.Device(), ino, rp, err, p)
+}
+
+// A data read runs in two steps. planRead, in a view, resolves the file
+// blocks to device blocks and copies their checksums; runRead then reads
+// the device and checks the checksums, out of the writer lock when the
+// caller holds the blocks (Tx.HoldBlocks): readers of different files —
+// or of one — do their device reads and crc32c at the same time, and
+// writers go on meanwhile. The blocks a plan names stay as it saw them:
+// data blocks are never written in place (a write gets a new extent), and
+// the hold keeps them from being reused until the read is done. So a read
+// returns the bytes of the writes that returned before it, whatever a
+// writer does while it runs its plan.
+
+// readSeg is one run of a planned read: blocks [at, at+n) of the buffer
+// come from the device at disk (a hole when disk is 0).
+type readSeg struct {
+	at, n uint64
+	fb    uint64 // file block of the run's first block
+	disk  format.BlockNr
+	start format.BlockNr // the extent's start (its checksum item's key)
+	// csums holds the run's n checksums; nil when the run is served
+	// unverified (the damaged csum tree hides them) or is a hole.
+	csums []byte
+	// err fails the read after the run's device read (the checksum item
+	// is missing or damaged), counted as a checksum error.
+	err error
+}
+
+// readPlan is a planned read.
+type readPlan struct {
+	segs       []readSeg
+	unverified uint64 // blocks served without their checksums
+}
+
+// planRead plans the read of file blocks [fb, fb+n) of ino. An error met
+// after some runs were planned is returned with the plan of those runs,
+// which runRead reads before it returns the error (a device read error
+// there comes first, as it would have reading as it goes).
+func (f *FS) planRead(tx *engine.Tx, ino, fb, n uint64) (readPlan, error) {
+	var rp readPlan
 	for done := uint64(0); done < n; {
 		at, fe, ok, err := extentAt(tx, ino, fb+done)
 		if err != nil {
-			return err
+			return rp, err
 		}
 		if !ok {
 			// A hole up to the next extent.
@@ -174,7 +217,7 @@ func (f *FS) readBlocks(tx *engine.Tx, ino, fb, n uint64, p []byte) error {
 			tr, _ := tx.ReadTree(format.TreeExtent)
 			k, _, found, err := tr.First(format.FileExtentKey(ino, fb+done))
 			if err != nil {
-				return err
+				return rp, err
 			}
 			if found && k.Obj == ino && k.Type == format.TypeFileExtent && k.Off < next {
 				next = k.Off
@@ -182,58 +225,89 @@ func (f *FS) readBlocks(tx *engine.Tx, ino, fb, n uint64, p []byte) error {
 			if next <= fb+done {
 				// An item the covering lookup did not see (a damaged key):
 				// refuse rather than loop.
-				return fmt.Errorf("inode %d block %d: extent item %s does not map where its key says: %w", ino, fb+done, k, format.ErrCorrupt)
+				return rp, fmt.Errorf("inode %d block %d: extent item %s does not map where its key says: %w", ino, fb+done, k, format.ErrCorrupt)
 			}
-			clear(p[done*bs : (next-fb)*bs])
+			rp.segs = append(rp.segs, readSeg{at: done, n: next - fb - done, fb: fb + done})
 			done = next - fb
 			continue
 		}
 		cnt := min(at+fe.Count-(fb+done), n-done)
-		disk := fe.Disk(at, fb+done)
-		buf := p[done*bs : (done+cnt)*bs]
-		if _, err := tx.Device().ReadAt(buf, int64(disk)*bs); err != nil {
-			return fmt.Errorf("read data blocks %d+%d of inode %d: %w", disk, cnt, ino, err)
+		seg := readSeg{at: done, n: cnt, fb: fb + done, disk: fe.Disk(at, fb+done), start: fe.Start}
+		if err := f.planVerify(tx, ino, fe, &seg, &rp); err != nil {
+			return rp, err
 		}
-		if err := f.verify(tx, ino, fb+done, fe, disk, buf); err != nil {
+		rp.segs = append(rp.segs, seg)
+		done += cnt
+		if seg.err != nil {
+			break
+		}
+	}
+	return rp, nil
+}
+
+// planVerify copies the checksums of seg's blocks from the csum tree.
+// Blocks whose record damage to the tree hides — the lookup meets it, or
+// finds nothing while the tree is sick — are served unverified (counted),
+// not refused: the data is what is on disk, only its proof is lost.
+func (f *FS) planVerify(tx *engine.Tx, ino uint64, fe format.FileExtent, seg *readSeg, rp *readPlan) error {
+	tr, _ := tx.ReadTree(format.TreeCsum)
+	idx := uint64(seg.disk - fe.Start) // < fe.Len: DecodeFileExtent checks Offset+Count <= Len
+	var bad bool
+	ok, err := tr.Lookup(format.CsumKey(fe.Start), func(cs []byte) {
+		if _, err := format.DecodeCsums(cs); err != nil || uint64(len(cs)/4) != fe.Len {
+			bad = true
+			return
+		}
+		seg.csums = append([]byte(nil), cs[4*idx:4*(idx+seg.n)]...)
+	})
+	switch {
+	case err != nil:
+		if !tx.CsumDamaged(err) {
 			return err
 		}
-		done += cnt
+		rp.unverified += seg.n
+	case !ok && f.e.Sick(engine.StructCsum):
+		rp.unverified += seg.n
+	case !ok:
+		seg.err = fmt.Errorf("inode %d block %d: extent %d has no checksums: %w", ino, seg.fb, fe.Start, syscall.EIO)
+	case bad:
+		seg.err = fmt.Errorf("inode %d block %d: checksum item of extent %d is damaged: %w", ino, seg.fb, fe.Start, syscall.EIO)
 	}
 	return nil
 }
 
-// verify checks data blocks read from disk against the csum tree. Blocks
-// whose record damage to the tree hides — the lookup meets it, or finds
-// nothing while the tree is sick — are served unverified (counted), not
-// refused: the data is what is on disk, only its proof is lost.
-func (f *FS) verify(tx *engine.Tx, ino, fb uint64, fe format.FileExtent, disk format.BlockNr, buf []byte) error {
-	tr, _ := tx.ReadTree(format.TreeCsum)
-	cs, ok, err := tr.Get(format.CsumKey(fe.Start), nil)
-	if err != nil {
-		if !tx.CsumDamaged(err) {
-			return err
+// runRead reads rp's runs from dev into p (zeros for holes) and checks
+// them against their checksums; then it returns perr, the error planRead
+// stopped at, if any.
+func (f *FS) runRead(dev disk.Device, ino uint64, rp readPlan, perr error, p []byte) error {
+	for _, seg := range rp.segs {
+		buf := p[seg.at*bs : (seg.at+seg.n)*bs]
+		if seg.disk == 0 {
+			clear(buf)
+			continue
 		}
-		f.countUnverified(uint64(len(buf)) / bs)
-		return nil
-	}
-	if !ok && f.e.Sick(engine.StructCsum) {
-		f.countUnverified(uint64(len(buf)) / bs)
-		return nil
-	}
-	if !ok {
-		f.countCsumError(1)
-		return fmt.Errorf("inode %d block %d: extent %d has no checksums: %w", ino, fb, fe.Start, syscall.EIO)
-	}
-	if _, err := format.DecodeCsums(cs); err != nil || uint64(len(cs)/4) != fe.Len {
-		f.countCsumError(1)
-		return fmt.Errorf("inode %d block %d: checksum item of extent %d is damaged: %w", ino, fb, fe.Start, syscall.EIO)
-	}
-	for i := uint64(0); i < uint64(len(buf))/bs; i++ {
-		idx := uint64(disk-fe.Start) + i
-		if format.Checksum(buf[i*bs:(i+1)*bs]) != format.CsumAt(cs, idx) {
+		if _, err := dev.ReadAt(buf, int64(seg.disk)*bs); err != nil {
+			return fmt.Errorf("read data blocks %d+%d of inode %d: %w", seg.disk, seg.n, ino, err)
+		}
+		if seg.err != nil {
 			f.countCsumError(1)
-			return &ChecksumError{Ino: ino, Offset: (fb + i) * bs, Disk: disk + format.BlockNr(i)}
+			return seg.err
 		}
+		if seg.csums == nil {
+			continue
+		}
+		for i := uint64(0); i < seg.n; i++ {
+			if format.Checksum(buf[i*bs:(i+1)*bs]) != format.CsumAt(seg.csums, i) {
+				f.countCsumError(1)
+				return &ChecksumError{Ino: ino, Offset: (seg.fb + i) * bs, Disk: seg.disk + format.BlockNr(i)}
+			}
+		}
+	}
+	if perr != nil {
+		return perr
+	}
+	if rp.unverified > 0 {
+		f.countUnverified(rp.unverified)
 	}
 	return nil
 }
@@ -271,11 +345,20 @@ func (f *FS) countUnverified(n uint64) {
 }
 
 // Read reads up to len(p) bytes at off; it returns fewer at end of file.
+// It looks up the inode and plans the read in a view, and reads the device
+// and checks the checksums after the view, holding the blocks it planned
+// (see planRead).
 func (f *FS) Read(ino uint64, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, syscall.EINVAL
 	}
-	var n int
+	var (
+		rp         readPlan
+		perr       error
+		hold       *engine.ReadHold
+		dev        disk.Device
+		fb, lo, hi uint64
+	)
 	err := f.e.View(func(tx *engine.Tx) error {
 		in, err := mustInode(tx, ino)
 		if err != nil {
@@ -288,16 +371,45 @@ func (f *FS) Read(ino uint64, p []byte, off int64) (int, error) {
 			return nil
 		}
 		end := min(uint64(off)+uint64(len(p)), in.Size)
-		fb, lb := uint64(off)/bs, (end+bs-1)/bs
-		buf := make([]byte, (lb-fb)*bs)
-		if err := f.readBlocks(tx, ino, fb, lb-fb, buf); err != nil {
-			return err
+		lb := (end + bs - 1) / bs
+		fb = uint64(off) / bs
+		lo, hi = uint64(off)-fb*bs, end-fb*bs
+		rp, perr = f.planRead(tx, ino, fb, lb-fb)
+		if len(rp.segs) > 0 {
+			hold, dev = tx.HoldBlocks(), tx.Device()
 		}
-		n = copy(p, buf[uint64(off)-fb*bs:end-fb*bs])
 		return nil
 	})
-	return n, errno(err)
+	if err != nil {
+		return 0, errno(err)
+	}
+	if hold == nil {
+		return 0, errno(perr)
+	}
+	defer hold.Release()
+	if h := readHook; h != nil {
+		h(ino)
+	}
+	last := rp.segs[len(rp.segs)-1]
+	need := (last.at + last.n) * bs
+	if lo == 0 && hi == need {
+		// Whole blocks (as the kernel's reads are, but at end of file):
+		// straight into p.
+		if err := f.runRead(dev, ino, rp, perr, p[:need]); err != nil {
+			return 0, errno(err)
+		}
+		return int(hi), nil
+	}
+	buf := make([]byte, need)
+	if err := f.runRead(dev, ino, rp, perr, buf); err != nil {
+		return 0, errno(err)
+	}
+	return copy(p, buf[lo:hi]), nil
 }
+
+// readHook, when set (tests), runs in Read between the view that planned
+// the read and the device reads.
+var readHook func(ino uint64)
 
 // Write writes p at off (pwrite semantics), extending the file as needed.
 //

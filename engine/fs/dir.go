@@ -2,12 +2,14 @@ package fs
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/scrubd/scrubd/engine"
+	eb "github.com/scrubd/scrubd/engine/btree"
 	"github.com/scrubd/scrubd/engine/format"
 )
 
@@ -268,8 +270,9 @@ func (f *FS) Symlink(dir uint64, name, target string, ni NewInode) (Attr, error)
 	if len(target) == 0 {
 		return Attr{}, syscall.ENOENT
 	}
-	if len(target) > format.MaxSymlinkLen {
-		return Attr{}, syscall.ENAMETOOLONG
+	if len(target) > format.MaxSymlinkLen ||
+		len(target) > format.MaxSymlinkItem && !f.e.HasFeatures(0, format.IncompatLongSymlinks) {
+		return Attr{}, syscall.ENAMETOOLONG // long targets: format 1.5
 	}
 	ni.Mode = syscall.S_IFLNK | 0o777
 	ni.Target = target
@@ -320,11 +323,7 @@ func (f *FS) mknod(dir uint64, name string, ni NewInode) (Attr, error) {
 		}
 		if ni.Target != "" {
 			in.Size = uint64(len(ni.Target))
-			tr, err := tx.Tree(format.TreeInode)
-			if err != nil {
-				return err
-			}
-			if err := tr.Put(format.SymlinkKey(ino), []byte(ni.Target)); err != nil {
+			if err := putTarget(tx, ino, ni.Target); err != nil {
 				return err
 			}
 		}
@@ -359,18 +358,102 @@ func (f *FS) Readlink(ino uint64) (string, error) {
 		if in.Mode&syscall.S_IFMT != syscall.S_IFLNK {
 			return syscall.EINVAL
 		}
-		tr, _ := tx.ReadTree(format.TreeInode)
-		v, ok, err := tr.Get(format.SymlinkKey(ino), nil)
+		target, err = readTarget(tx, ino)
+		return err
+	})
+	return target, errno(err)
+}
+
+// Symlink targets (format.SplitSymlink): one item up to
+// format.MaxSymlinkItem bytes, chunks keyed by byte offset beyond, on
+// images whose version has IncompatLongSymlinks (format 1.5).
+// A symlink is made with its target in one transaction and never
+// changed, so the fsync log never carries a target: an fsync after the
+// symlink's creation commits (the new inode is marked full).
+
+// putTarget writes ino's target.
+func putTarget(tx *engine.Tx, ino uint64, target string) error {
+	tr, err := tx.Tree(format.TreeInode)
+	if err != nil {
+		return err
+	}
+	ks, vs := format.SplitSymlink(ino, []byte(target))
+	for i, k := range ks {
+		if err := tr.Put(k, vs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// targetKeys returns the keys of ino's target items, checking each (a
+// symlink has at most format.MaxSymlinkLen/format.MaxSymlinkItem + 1 of
+// them; more is corruption).
+func targetKeys(tr *eb.Tree, ino uint64, fn func(k format.Key, v []byte) error) error {
+	const most = format.MaxSymlinkLen/format.MaxSymlinkItem + 1
+	n := 0
+	var ferr error
+	err := tr.Ascend(format.SymlinkKey(ino), func(k format.Key, v []byte) bool {
+		if k.Obj != ino || k.Type != format.TypeSymlink {
+			return false
+		}
+		if n++; n > most {
+			ferr = fmt.Errorf("symlink %d has more than %d target items: %w", ino, most, format.ErrCorrupt)
+			return false
+		}
+		ferr = fn(k, v)
+		return ferr == nil
+	})
+	if err == nil {
+		err = ferr
+	}
+	return err
+}
+
+// readTarget reads ino's target, checking that its items are whole.
+func readTarget(tx *engine.Tx, ino uint64) (string, error) {
+	tr, _ := tx.ReadTree(format.TreeInode)
+	var b []byte
+	total := uint64(0)
+	err := targetKeys(tr, ino, func(k format.Key, v []byte) error {
+		t, err := format.SymlinkTotal(k, len(v))
 		if err != nil {
 			return err
 		}
-		if !ok {
-			return format.ErrCorrupt
+		if k.Off != uint64(len(b)) || (total != 0 && t != total) {
+			return fmt.Errorf("symlink %d: target item %s out of sequence: %w", ino, k, format.ErrCorrupt)
 		}
-		target = string(v)
+		total = t
+		b = append(b, v...)
 		return nil
 	})
-	return target, errno(err)
+	if err != nil {
+		return "", err
+	}
+	if total == 0 || uint64(len(b)) != total {
+		return "", fmt.Errorf("symlink %d: target of %d bytes holds %d: %w", ino, total, len(b), format.ErrCorrupt)
+	}
+	return string(b), nil
+}
+
+// deleteTarget deletes ino's target items (none for other inodes), well
+// formed or not.
+func deleteTarget(tx *engine.Tx, ino uint64) error {
+	tr, err := tx.Tree(format.TreeInode)
+	if err != nil {
+		return err
+	}
+	var ks []format.Key
+	// A corrupt item is deleted too: bounded only by the count.
+	if err := targetKeys(tr, ino, func(k format.Key, _ []byte) error { ks = append(ks, k); return nil }); err != nil {
+		return err
+	}
+	for _, k := range ks {
+		if _, err := tr.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Link makes newname in newdir another name of ino.
@@ -559,11 +642,14 @@ func freeInode(tx *engine.Tx, ino uint64, in *format.InodeItem) error {
 			return err
 		}
 	}
-	tr, err := tx.Tree(format.TreeInode)
-	if err != nil {
+	if err := dropXattrs(tx, ino); err != nil { // xattr.go
 		return err
 	}
-	if _, err := tr.Delete(format.SymlinkKey(ino)); err != nil {
+	if err := deleteTarget(tx, ino); err != nil {
+		return err
+	}
+	tr, err := tx.Tree(format.TreeInode)
+	if err != nil {
 		return err
 	}
 	if _, err = tr.Delete(format.InodeKey(ino)); err != nil {
@@ -617,8 +703,11 @@ func (f *FS) Rename(olddir uint64, oldname string, newdir uint64, newname string
 	if err := checkName(newname); err != nil {
 		return err
 	}
-	if flags&RenameExchange != 0 {
+	switch {
+	case flags&^(RenameNoReplace|RenameExchange) != 0, flags == RenameNoReplace|RenameExchange:
 		return syscall.EINVAL
+	case flags&RenameExchange != 0:
+		return f.exchange(olddir, oldname, newdir, newname)
 	}
 	var touched []uint64
 	var gen format.Gen
@@ -722,6 +811,132 @@ func (f *FS) Rename(olddir uint64, oldname string, newdir uint64, newname string
 		}
 	}
 	return errno(f.dirDamage(err))
+}
+
+// Exchange (renameat2 RENAME_EXCHANGE).
+//
+// Both names must exist; each keeps its directory entry items (so its
+// readdir position) with the other's inode number and type in them. A
+// directory moving to the other parent gets that parent in its inode
+// item (so ".." follows) and moves one link count from its old parent
+// to its new one; exchanging a directory with one of its own ancestors
+// (which would detach the subtree) is EINVAL, as in Linux. Everything
+// changes in one transaction, and all four inodes are marked full: an
+// fsync of any of them commits that transaction, so a crash leaves both
+// names swapped or neither (the fsync log never carries half of it).
+
+func (f *FS) exchange(olddir uint64, oldname string, newdir uint64, newname string) error {
+	var touched []uint64
+	var gen format.Gen
+	err := f.e.Update(func(tx *engine.Tx) error {
+		odin, err := mustInode(tx, olddir)
+		if err != nil {
+			return err
+		}
+		ndin := odin
+		if newdir != olddir {
+			if ndin, err = mustInode(tx, newdir); err != nil {
+				return err
+			}
+		}
+		if !isDir(odin) || !isDir(ndin) {
+			return syscall.ENOTDIR
+		}
+		de, okey, in, err := mustEntry(tx, olddir, oldname)
+		if err != nil {
+			return err
+		}
+		tde, tkey, tin, err := mustEntry(tx, newdir, newname)
+		if err != nil {
+			return err
+		}
+		if de.Ino == tde.Ino {
+			return nil // two names of one file: nothing changes
+		}
+		if newdir != olddir {
+			// Neither may land inside itself.
+			for _, c := range []struct {
+				ino    uint64
+				in     *format.InodeItem
+				parent uint64
+			}{{de.Ino, in, newdir}, {tde.Ino, tin, olddir}} {
+				if !isDir(c.in) {
+					continue
+				}
+				if anc, err := isAncestor(tx, c.ino, c.parent); err != nil {
+					return err
+				} else if anc {
+					return syscall.EINVAL
+				}
+			}
+		}
+		if err := probeDir(tx, format.DirIndexKey(olddir, de.Index), format.DirIndexKey(newdir, tde.Index)); err != nil {
+			return err
+		}
+		gen = tx.Gen()
+		touched = append(touched, olddir, newdir, de.Ino, tde.Ino)
+		now := ts(time.Now())
+		if err := replaceEntry(tx, olddir, okey, de, tde.Ino, tin.Mode); err != nil {
+			return err
+		}
+		if err := replaceEntry(tx, newdir, tkey, tde, de.Ino, in.Mode); err != nil {
+			return err
+		}
+		if newdir != olddir {
+			if isDir(in) {
+				in.Parent = newdir
+				odin.Nlink--
+				ndin.Nlink++
+			}
+			if isDir(tin) {
+				tin.Parent = olddir
+				ndin.Nlink--
+				odin.Nlink++
+			}
+		}
+		in.Ctime, tin.Ctime = now, now
+		odin.Mtime, odin.Ctime, ndin.Mtime, ndin.Ctime = now, now, now, now
+		for _, p := range []struct {
+			ino uint64
+			in  *format.InodeItem
+		}{{de.Ino, in}, {tde.Ino, tin}, {olddir, odin}, {newdir, ndin}} {
+			if p.ino == newdir && newdir == olddir {
+				continue
+			}
+			if err := putInode(tx, p.ino, p.in); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		for _, ino := range touched {
+			f.markFull(ino, gen)
+		}
+	}
+	return errno(f.dirDamage(err))
+}
+
+// replaceEntry makes the entry de of dir, found at key, name ino (of
+// mode) instead, under the same name and index.
+func replaceEntry(tx *engine.Tx, dir uint64, key format.Key, de format.DirEntry, ino uint64, mode uint32) error {
+	tr, err := tx.Tree(format.TreeDir)
+	if err != nil {
+		return err
+	}
+	nde := de
+	nde.Ino, nde.Type = ino, fileType(mode)
+	v := nde.Encode()
+	for _, k := range []format.Key{key, format.DirIndexKey(dir, de.Index)} {
+		if err := tr.Put(k, v); err != nil {
+			return err
+		}
+	}
+	// Followers (the directory rebuild, the link-count repair) see the
+	// old entry go and the new one come.
+	tx.Hooks().Dirent.Call(engine.DirentEvent{Gen: tx.Gen(), Op: engine.OpDelete, Dir: dir, Entry: de})
+	tx.Hooks().Dirent.Call(engine.DirentEvent{Gen: tx.Gen(), Op: engine.OpInsert, Dir: dir, Entry: nde})
+	return nil
 }
 
 // ReadDir lists dir from offset (0 = start; "." and ".." come first, then

@@ -25,7 +25,11 @@ import (
 // data and records durable together.
 //
 // Anything else — a new inode, a truncate, link, unlink, rename, setattr —
-// sets the entry's full flag, and fsync commits instead. So does an fsync
+// sets the entry's full flag, and fsync commits instead. A rename sets it
+// on every inode it touches (an exchange: both parents and both
+// children), so an fsync of any of them commits the whole rename, and a
+// crash leaves it done or not done, never half (a symlink's target,
+// written with its new inode, is never logged either). So does an fsync
 // when the engine has no log (--notreelog), and one whose group would
 // lack the checksums of a new extent because damage to the csum tree
 // dropped or hides them (engine/degraded.go): replay verifies a group's

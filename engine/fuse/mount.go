@@ -101,7 +101,7 @@ func Mount(fsys *fs.FS, mountpoint string, opts Options) (*Server, error) {
 			Name:          "scrubd",
 			// mount(2) when root; fusermount3 otherwise.
 			DirectMount:   true,
-			DisableXAttrs: true,
+			DisableXAttrs: false, // xattr.go
 			Debug:         opts.Debug,
 			Logger:        stdlog,
 		},

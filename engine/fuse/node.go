@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,19 +28,52 @@ type bridge struct {
 	fsys        *fs.FS
 	log         *slog.Logger
 	attrTimeout time.Duration
+	// lastWarn and suppressed rate-limit warnLimited.
+	lastWarn   atomic.Int64
+	suppressed atomic.Uint64
 }
 
 // errno turns an engine error into the errno the kernel gets, logging
 // operational failures with their cause.
+//
+// An error answered to a write, fsync, fsyncdir or flush is logged
+// whatever its errno: the kernel may report it again later, on another
+// call and as another errno — a failed writeback WRITE (mmap, or the
+// page cache's write-back) is recorded on the file and on the
+// filesystem, and close(2) then fails with EIO, fsync(2) and syncfs(2)
+// with the recorded error — so a program can meet an EIO whose only
+// trace is this line.
 func (b *bridge) errno(op string, ino uint64, err error) syscall.Errno {
 	if err == nil {
 		return 0
 	}
 	en := fs.Errno(err)
-	if en == syscall.EIO {
+	switch {
+	case en == syscall.EIO:
 		b.log.Error("fuse: "+op+" failed", "ino", ino, "err", err)
+	case reportedLater[op]:
+		b.warnLimited("fuse: "+op+" failed", "ino", ino, "errno", en.Error(), "err", err)
 	}
 	return en
+}
+
+// reportedLater are the operations whose errors the kernel may report
+// again on later calls (see errno).
+var reportedLater = map[string]bool{"write": true, "fsync": true, "fsyncdir": true, "flush": true}
+
+// warnLimited logs a warning, at most one a second (the rest are
+// counted into the next): a full disk fails every write.
+func (b *bridge) warnLimited(msg string, args ...any) {
+	now := time.Now().UnixNano()
+	last := b.lastWarn.Load()
+	if now-last < int64(time.Second) || !b.lastWarn.CompareAndSwap(last, now) {
+		b.suppressed.Add(1)
+		return
+	}
+	if n := b.suppressed.Swap(0); n > 0 {
+		args = append(args, "suppressed", n)
+	}
+	b.log.Warn(msg, args...)
 }
 
 type node struct {
@@ -227,7 +261,7 @@ func (n *node) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off int
 
 func (n *node) Write(ctx context.Context, f gofs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
 	if !n.b.haveSpace(spanBlocks(off, len(data))) {
-		return 0, syscall.ENOSPC // see space.go
+		return 0, n.b.errno("write", n.ino(), syscall.ENOSPC) // see space.go
 	}
 	wrote, err := n.b.fsys.Write(n.ino(), data, off)
 	if err != nil {

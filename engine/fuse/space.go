@@ -56,6 +56,7 @@ func (b *bridge) haveSpace(need uint64) bool {
 		return false
 	}
 	if err := b.fsys.Sync(); err != nil {
+		b.log.Error("fuse: commit to reclaim space failed: the write gets ENOSPC", "err", err)
 		return false
 	}
 	st = e.Stats()
