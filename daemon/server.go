@@ -104,6 +104,10 @@ type Server struct {
 	uuid      string
 	sickH     *hooks.Handle
 
+	// afterScrub, if set (tests, before the scrub starts), is called
+	// when a scrub's work has ended, before the run is recorded.
+	afterScrub func()
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -735,6 +739,9 @@ func (s *Server) runScrubFrom(ctx context.Context, req Request, ctl *repair.Scru
 		opts.Checkpoint = checkpoint
 	}
 	rep, err := repair.Scrub(ctx, s.fsys, s.mountpoint, opts)
+	if s.afterScrub != nil {
+		s.afterScrub() // tests: the run held between its work and its record
+	}
 	if rep != nil && scopeNote != "" {
 		rep.Notes = append(rep.Notes, scopeNote)
 	}
@@ -784,18 +791,39 @@ func (s *Server) control(req Request) Response {
 	switch req.Op {
 	case OpPause:
 		if !ctl.Pause() {
+			if ended, outcome := ctl.Ended(); ended {
+				return errResponse(CodeIdle, alreadyFinished(outcome))
+			}
 			return errResponse(CodeIdle, "the scrub is paused already")
 		}
 	case OpResume:
 		if !ctl.Resume() {
+			if ended, outcome := ctl.Ended(); ended {
+				return errResponse(CodeIdle, alreadyFinished(outcome))
+			}
 			return errResponse(CodeIdle, "the scrub is not paused")
 		}
 	case OpCancel:
-		ctl.Cancel()
+		if !ctl.Cancel() {
+			_, outcome := ctl.Ended()
+			return errResponse(CodeIdle, alreadyFinished(outcome))
+		}
 	}
 	s.log.Info("scrub "+req.Op, "by", "request")
 	st := s.Status()
 	return Response{Status: &st}
+}
+
+// alreadyFinished answers a pause, resume or cancel that came after the
+// running scrub's work ended (it is making or recording its report): too
+// late to hold or stop it, so the answer is that of an idle mount, with
+// the run's outcome ("clean", "corrected", ..., "" while not yet known).
+// Status's last_scrub shows the run once it is recorded.
+func alreadyFinished(outcome string) string {
+	if outcome == "" {
+		return "the scrub already finished its work (its report is being made)"
+	}
+	return "the scrub already finished: " + outcome
 }
 
 func (s *Server) inject(req Request) Response {

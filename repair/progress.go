@@ -21,7 +21,11 @@ import (
 // runs then. A pause takes effect at the next unit of work, phase
 // boundary (each repair is a phase) or the end of the first pass: a
 // repair that has started runs to its end, and a paused run does not
-// finish until resumed. Done never exceeds the total (a file that grew meanwhile is
+// finish until resumed. Once the run's work has ended — its first pass
+// done with nothing to repair after it, or the run returned — there is
+// nothing left for a pause to hold: Pause and Cancel refuse (Ended says
+// so, and with what outcome), and a pause taken just before is dropped,
+// so a run that finished its work never ends paused. Done never exceeds the total (a file that grew meanwhile is
 // not counted past it) and never goes backwards, so neither does the
 // percentage.
 //
@@ -47,6 +51,14 @@ type ScrubControl struct {
 	phaseDone uint64
 	cancel    context.CancelFunc
 	now       func() time.Time
+	// ended: the run's work has ended (no pause point follows); outcome
+	// is its report's status, "interrupted" or "failed" once the run
+	// returned ("" before).
+	ended   bool
+	outcome string
+	// afterWork, if set (tests), is called right after the first pass's
+	// last unit of work, with the run held there until it returns.
+	afterWork func()
 
 	// Pacing of the data scrub (SetRate).
 	rate      Rate
@@ -173,7 +185,10 @@ type ScrubProgress struct {
 	ThrottledS float64 `json:"throttled_s"`
 	// Rate is the limit: "" (none), "auto", a rate in bytes a second,
 	// or "auto" with a cap ("auto, 200 MiB/s").
-	RateLimit   string `json:"rate_limit,omitempty"`
+	RateLimit string `json:"rate_limit,omitempty"`
+	// WorkEnded: the run's work has ended (it is making or recording its
+	// report); it can no longer be paused or cancelled.
+	WorkEnded   bool   `json:"work_ended,omitempty"`
 	UnitsDetail string `json:"units"`
 }
 
@@ -196,17 +211,69 @@ func (c *ScrubControl) phaseStart(name string, n uint64) {
 	c.mu.Unlock()
 }
 
-// finishPass marks the first pass complete: done = total.
-func (c *ScrubControl) finishPass() {
+// finishPass marks the first pass complete: done = total. With final
+// (nothing is repaired after it) the run's work has ended there: in the
+// same step, so that no pause is taken after the last point that could
+// hold it. A run cancelled before that step (ctx) ends there instead,
+// with ctx's error: a Cancel either comes first and interrupts the run,
+// or comes after and is refused.
+func (c *ScrubControl) finishPass(ctx context.Context, final bool) error {
 	if c == nil {
-		return
+		return nil
 	}
 	c.mu.Lock()
 	for c.paused { // nor ends its first pass
 		c.resumed.Wait()
 	}
+	if err := ctx.Err(); err != nil {
+		c.mu.Unlock()
+		return err
+	}
 	c.done = c.total
+	if final {
+		c.ended = true
+	}
+	hook := c.afterWork
 	c.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	return nil
+}
+
+// end marks the run returned with rep and err (Scrub's), its outcome the
+// report's status, "interrupted" or "failed". A pause taken after the
+// run's last pause point (there was nothing left to hold) is dropped:
+// the run ends not paused.
+func (c *ScrubControl) end(rep *Report, err error) {
+	if c == nil {
+		return
+	}
+	outcome := "failed"
+	switch {
+	case rep != nil && rep.Interrupted:
+		outcome = "interrupted"
+	case rep != nil && err == nil:
+		outcome = rep.Status
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.paused {
+		c.paused = false
+		c.pausedD += c.now().Sub(c.pausedAt)
+		c.resumed.Broadcast()
+	}
+	c.ended, c.outcome = true, outcome
+}
+
+// Ended reports whether the run's work has ended (Pause, Resume and
+// Cancel then refuse), and its outcome once the run has returned: its
+// report's status ("clean", "corrected", ...), "interrupted" or "failed"
+// ("" while the run is still making its report).
+func (c *ScrubControl) Ended() (bool, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ended, c.outcome
 }
 
 // tick counts one unit of work done and bytes read, waiting first while
@@ -252,11 +319,12 @@ func (r Rate) String() string {
 }
 
 // Pause makes the run stop at its next unit of work until Resume. It
-// reports false if the run was paused already.
+// reports false if the run was paused already, or its work has ended
+// (Ended tells which).
 func (c *ScrubControl) Pause() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.paused {
+	if c.paused || c.ended {
 		return false
 	}
 	c.paused, c.pausedAt = true, c.now()
@@ -277,12 +345,23 @@ func (c *ScrubControl) Resume() bool {
 }
 
 // Cancel stops the run (resuming it first if paused): it returns its
-// partial report, marked interrupted.
-func (c *ScrubControl) Cancel() {
-	c.Resume()
-	if c.cancel != nil {
-		c.cancel()
+// partial report, marked interrupted. It reports false, and cancels
+// nothing, if the run's work has ended: its outcome stands.
+func (c *ScrubControl) Cancel() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended {
+		return false
 	}
+	if c.paused {
+		c.paused = false
+		c.pausedD += c.now().Sub(c.pausedAt)
+		c.resumed.Broadcast()
+	}
+	if c.cancel != nil {
+		c.cancel() // under mu: finishPass sees it, or Cancel sees the work ended
+	}
+	return true
 }
 
 // activeLocked is the time the run has been working (not paused) at now.
@@ -306,7 +385,8 @@ func (c *ScrubControl) Progress() ScrubProgress {
 	active := now.Sub(c.started) - paused
 	p := ScrubProgress{Phase: c.phase, Paused: c.paused, Done: c.done, Total: c.total,
 		BytesRead: c.bytes, ElapsedS: now.Sub(c.started).Seconds(), PausedForS: paused.Seconds(),
-		ETAS: -1, UnitsDetail: unitsDetail, ThrottledS: c.throttled.Seconds(), RateLimit: c.rate.String()}
+		ETAS: -1, UnitsDetail: unitsDetail, ThrottledS: c.throttled.Seconds(), RateLimit: c.rate.String(),
+		WorkEnded: c.ended}
 	if c.total > 0 {
 		p.Percent = 100 * float64(c.done) / float64(c.total)
 	}

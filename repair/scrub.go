@@ -62,7 +62,8 @@ type ScrubOptions struct {
 // Canceled (ctx), it returns the report of what was checked until then,
 // marked Interrupted and not Complete, together with ctx's error: the
 // caller can show the partial result.
-func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (*Report, error) {
+func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (rep *Report, err error) {
+	defer func() { opts.Control.end(rep, err) }() // progress.go
 	started := time.Now()
 	if opts.Mode == "" {
 		opts.Mode = "online"
@@ -115,7 +116,7 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 			found = append(found, df...)
 		}
 		if first && err == nil {
-			ctl.finishPass()
+			err = ctl.finishPass(ctx, !opts.Repair || len(found) == 0) // nothing to repair: the work ends here
 		}
 		first = false
 		return res, found, err
@@ -136,7 +137,7 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 	for _, f := range found {
 		e.CountError(f.ID, 1)
 	}
-	rep := newReport(opts.Mode, target, started, res, append(opened, found...))
+	rep = newReport(opts.Mode, target, started, res, append(opened, found...))
 	describe(rep, e, opts, verified)
 	rep.ThroughputBytesS = dataRate
 	if scope != nil {

@@ -22,8 +22,10 @@ type statusDoc struct {
 
 const controlExitStatus = `EXIT STATUS
   0 done; 1 failure (no scrubd mount serves MOUNTPOINT, or, for pause,
-  resume and cancel, no scrub is running — or none paused, for resume);
-  2 usage error.`
+  resume and cancel, no scrub is running — or none paused, for resume;
+  or the scrub already finished its work and is being recorded: too late
+  to pause or cancel it, the message names its outcome, "scrubd status"
+  shows it as the last scrub once recorded); 2 usage error.`
 
 // newStatusCmd is "scrubd status".
 func newStatusCmd() *cobra.Command {

@@ -51,12 +51,15 @@ func TestScrubBackgroundControl(t *testing.T) {
 
 	paused := false
 	for try := 0; try < 5 && !paused; try++ {
-		out := expect(t, 0, "scrub", dir, "--data", "--background", "--rate", "64M") // the data scrub outruns a CLI round trip unlimited
+		out := expect(t, 0, "scrub", dir, "--data", "--background", "--rate", "64M") // the data scrub outruns a CLI round trip unlimited: a pause then finds it finished (exit 1, "already finished")
 		if !strings.Contains(out, "scrub started in the background") {
 			t.Fatalf("scrub --background printed %q", out)
 		}
-		_, _, code := run(t, "pause", dir)
+		_, errs, code := run(t, "pause", dir)
 		paused = code == 0
+		if !paused && !strings.Contains(errs, "already finished") && !strings.Contains(errs, "no scrub is running") {
+			t.Fatalf("pause of a scrub that finished first: exit %d, %q", code, errs)
+		}
 		if !paused {
 			// It finished first: wait for idle and try again.
 			for statusOf(t, dir).State != "idle" {
@@ -101,9 +104,17 @@ func TestScrubBackgroundControl(t *testing.T) {
 	// Cancel a running scrub.
 	cancelled := false
 	for try := 0; try < 5 && !cancelled; try++ {
-		expect(t, 0, "scrub", dir, "--data", "--background", "--rate", "64M")
-		_, _, code := run(t, "cancel", dir)
-		cancelled = code == 0
+		expect(t, 0, "scrub", dir, "--data", "--background", "--rate", "64M") // slow enough to be running still
+		_, errs, code := run(t, "cancel", dir)
+		cancelled = code == 0 // a cancel that came too late says so (exit 1): the run finished, not interrupted
+		if !cancelled {
+			if !strings.Contains(errs, "already finished") && !strings.Contains(errs, "no scrub is running") {
+				t.Fatalf("cancel of a scrub that finished first: exit %d, %q", code, errs)
+			}
+			for statusOf(t, dir).State != "idle" {
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
 	}
 	if !cancelled {
 		t.Fatal("could not cancel a background scrub in 5 tries")
