@@ -313,6 +313,9 @@ func (r *repairRun) repairOne(ctx context.Context, op *Op) error {
 		r.rep.Notes = append(r.rep.Notes, fmt.Sprintf("%s rebuild failed: %v", op.Name, err))
 		return nil
 	}
+	if r.opts.fsys != nil {
+		r.opts.fsys.ExternalChange(op.Name) // the mount drops its caches
+	}
 	r.rep.Rebuilds = append(r.rep.Rebuilds, *rb)
 	for _, c := range rb.Changes {
 		r.rep.Notes = append(r.rep.Notes, op.Name+": "+c)

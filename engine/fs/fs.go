@@ -48,6 +48,8 @@ type FS struct {
 	// writes counts writes, truncates and fsyncs: foreground activity a
 	// scrub in adaptive mode backs off from (see Activity).
 	writes atomic.Uint64
+	// changed: caches of the FS dropping what repairs change (changed.go).
+	changed changedChain
 }
 
 // Activity returns a counter of the writes, truncates and fsyncs made so

@@ -27,10 +27,11 @@
 //     caller, and inherit the group of a set-group-ID directory.
 //
 // Kernel caching: entries and attributes are cached for Options.EntryTimeout
-// and Options.AttrTimeout (1s by default). That is safe because every change
-// to the image goes through this mount, so the kernel sees it and updates or
-// drops what it cached; failed lookups are not cached by default. No page
-// cache is kept across opens.
+// and Options.AttrTimeout (1s by default). A change made through the mount
+// updates what the kernel cached (from the replies); an online repair, which
+// changes the image underneath, makes the mount drop the kernel's cache at
+// once (notify.go). Failed lookups are not cached by default. No page cache
+// is kept across opens.
 //
 // Unmounting: Server.Unmount unmounts cleanly and fails while the mount is
 // busy; Server.Run unmounts when its context ends, and if the mount is busy

@@ -1,6 +1,7 @@
 package fuse
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,7 +24,10 @@ type Options struct {
 	EntryTimeout time.Duration
 	AttrTimeout  time.Duration
 	// NegativeTimeout is how long the kernel may cache that a name does
-	// not exist (0 or negative: not at all).
+	// not exist (0 or negative: not at all). Leave it 0 where online
+	// repairs run: a repair may bring a name back (a rebuilt directory,
+	// lost+found), and the kernel's failed lookups cannot be dropped, as
+	// nothing records which names they were (notify.go).
 	NegativeTimeout time.Duration
 	// AllowOther lets users other than the one mounting use the mount
 	// (for a non-root user it needs user_allow_other in /etc/fuse.conf).
@@ -34,7 +38,16 @@ type Options struct {
 	Debug bool
 	// Logger receives operational errors (default: discard).
 	Logger *slog.Logger
+
+	// maxWrite overrides the largest WRITE request (benchmarks compare).
+	maxWrite int
 }
+
+// maxWrite is the largest WRITE (and READ) request: 1 MiB, 256 pages, the
+// most a Linux kernel (4.20 and later: max_pages) accepts; go-fuse asks
+// the kernel for that many pages at INIT. An older kernel caps it at 128
+// KiB on its own.
+const maxWrite = 1 << 20
 
 // Server is a mounted filesystem being served.
 type Server struct {
@@ -96,7 +109,7 @@ func Mount(fsys *fs.FS, mountpoint string, opts Options) (*Server, error) {
 			// The kernel checks permissions against the attributes.
 			Options:       []string{"default_permissions"},
 			MaxBackground: 12,
-			MaxWrite:      1 << 20,
+			MaxWrite:      cmp.Or(opts.maxWrite, maxWrite),
 			FsName:        fsName,
 			Name:          "scrubd",
 			// mount(2) when root; fusermount3 otherwise.
@@ -120,14 +133,17 @@ func Mount(fsys *fs.FS, mountpoint string, opts Options) (*Server, error) {
 		// (EROFS) and says "ro" in the mount table.
 		gopts.MountOptions.Options = append(gopts.MountOptions.Options, "ro")
 	}
-	raw := gofs.NewNodeFS(&node{b: b}, gopts)
+	b.root = &node{b: b}
+	raw := gofs.NewNodeFS(b.root, gopts)
 	srv, err := gofuse.NewServer(raw, mountpoint, &gopts.MountOptions)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	s := &Server{b: b, srv: srv, mountpoint: mountpoint, log: logger, done: make(chan struct{})}
+	unwatch := b.watchChanges() // notify.go
 	go func() {
 		srv.Serve()
+		unwatch()
 		close(s.done)
 	}()
 	if err := srv.WaitMount(); err != nil {

@@ -28,6 +28,7 @@ type bridge struct {
 	fsys        *fs.FS
 	log         *slog.Logger
 	attrTimeout time.Duration
+	root        *node // the root directory (notify.go walks the tree from it)
 	// lastWarn and suppressed rate-limit warnLimited.
 	lastWarn   atomic.Int64
 	suppressed atomic.Uint64
