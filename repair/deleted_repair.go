@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/scrubd/scrubd/engine"
@@ -46,14 +45,8 @@ import (
 // repairDeleted is the deleted row's repairer.
 func repairDeleted(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*RebuildReport, error) {
 	start := time.Now()
-	var mu sync.Mutex
-	var touched []uint64
-	h := e.Hooks().Inode.Register(func(ev engine.InodeEvent) {
-		mu.Lock()
-		touched = append(touched, ev.Ino)
-		mu.Unlock()
-	})
-	defer e.Hooks().Inode.Unregister(h)
+	touched, unwatch := watchInodes(e)
+	defer unwatch()
 	if err := e.Sync(); err != nil {
 		return nil, err
 	}
@@ -93,12 +86,7 @@ func repairDeleted(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*Rebu
 	var held time.Duration
 	err = e.RunExclusive(func(x *engine.Exclusive) error {
 		defer func() { held = x.Held() }()
-		mu.Lock()
-		seen := touched
-		touched = nil
-		mu.Unlock()
-		slices.Sort(seen)
-		for _, ino := range slices.Compact(seen) {
+		for _, ino := range touched.take() {
 			in, err := inodeIn(x.Tx, ino)
 			if err != nil {
 				return fmt.Errorf("inode %d: %w", ino, err)

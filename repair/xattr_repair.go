@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/scrubd/scrubd/engine"
@@ -76,14 +75,8 @@ func (m xattrKept) dedupe() int {
 // repairXattr is the xattr row's repairer.
 func repairXattr(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*RebuildReport, error) {
 	start := time.Now()
-	var mu sync.Mutex
-	var touched []uint64
-	h := e.Hooks().Inode.Register(func(ev engine.InodeEvent) {
-		mu.Lock()
-		touched = append(touched, ev.Ino)
-		mu.Unlock()
-	})
-	defer e.Hooks().Inode.Unregister(h)
+	touched, unwatch := watchInodes(e)
+	defer unwatch()
 	if err := e.Sync(); err != nil {
 		return nil, err
 	}
@@ -149,12 +142,7 @@ func repairXattr(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*Rebuil
 		if _, ok := x.ReadTree(format.TreeXattr); !ok {
 			return nil // no tree: nothing to rebuild
 		}
-		mu.Lock()
-		seen := touched
-		touched = nil
-		mu.Unlock()
-		slices.Sort(seen)
-		for _, ino := range slices.Compact(seen) {
+		for _, ino := range touched.take() {
 			in, err := inodeIn(x.Tx, ino)
 			if err != nil {
 				return fmt.Errorf("inode %d: %w", ino, err)

@@ -100,18 +100,8 @@ func (f *FS) SetXattr(ino uint64, name string, value []byte, flags uint32) error
 			return err
 		}
 	}
-	f.writes.Add(1)
-	var gen format.Gen
-	err := f.e.Update(func(tx *engine.Tx) error {
-		in, err := mustInode(tx, ino)
-		if err != nil {
-			return err
-		}
-		tr, _ := tx.ReadTree(format.TreeXattr)
-		key, _, found, err := findXattr(tr, ino, name)
+	return f.updateXattrs(ino, name, func(tx *engine.Tx, in *format.InodeItem, key format.Key, found bool) error {
 		switch {
-		case err != nil:
-			return err
 		case found && flags&XattrCreate != 0:
 			return syscall.EEXIST
 		case !found && flags&XattrReplace != 0:
@@ -123,21 +113,40 @@ func (f *FS) SetXattr(ino uint64, name string, value []byte, flags uint32) error
 			in.Mode = in.Mode&^0o777 | perm
 			store = !minimal
 		}
-		switch {
-		case store:
-			if tr, err = tx.Tree(format.TreeXattr); err != nil {
-				return err
-			}
-			if err := tr.Put(key, format.XattrItem{Name: name, Value: value}.Encode()); err != nil {
-				return err
-			}
-		case found:
-			if tr, err = tx.Tree(format.TreeXattr); err != nil {
-				return err
-			}
-			if _, err := tr.Delete(key); err != nil {
-				return err
-			}
+		if !store && !found {
+			return nil
+		}
+		tr, err := tx.Tree(format.TreeXattr)
+		if err != nil {
+			return err
+		}
+		if store {
+			return tr.Put(key, format.XattrItem{Name: name, Value: value}.Encode())
+		}
+		_, err = tr.Delete(key)
+		return err
+	})
+}
+
+// updateXattrs runs fn in a transaction with ino's inode and the key of
+// its attribute name (found says whether it exists); when fn succeeds,
+// the inode's ctime is set and the inode marked for a full commit at its
+// next fsync (the log does not carry attributes).
+func (f *FS) updateXattrs(ino uint64, name string, fn func(tx *engine.Tx, in *format.InodeItem, key format.Key, found bool) error) error {
+	f.writes.Add(1)
+	var gen format.Gen
+	err := f.e.Update(func(tx *engine.Tx) error {
+		in, err := mustInode(tx, ino)
+		if err != nil {
+			return err
+		}
+		tr, _ := tx.ReadTree(format.TreeXattr)
+		key, _, found, err := findXattr(tr, ino, name)
+		if err != nil {
+			return err
+		}
+		if err := fn(tx, in, key, found); err != nil {
+			return err
 		}
 		in.Ctime = ts(time.Now())
 		gen = tx.Gen()
@@ -223,35 +232,17 @@ func (f *FS) RemoveXattr(ino uint64, name string) error {
 		}
 		return err
 	}
-	f.writes.Add(1)
-	var gen format.Gen
-	err := f.e.Update(func(tx *engine.Tx) error {
-		in, err := mustInode(tx, ino)
-		if err != nil {
-			return err
-		}
-		tr, _ := tx.ReadTree(format.TreeXattr)
-		key, _, found, err := findXattr(tr, ino, name)
-		if err != nil {
-			return err
-		}
+	return f.updateXattrs(ino, name, func(tx *engine.Tx, _ *format.InodeItem, key format.Key, found bool) error {
 		if !found {
 			return syscall.ENODATA
 		}
-		if tr, err = tx.Tree(format.TreeXattr); err != nil {
+		tr, err := tx.Tree(format.TreeXattr)
+		if err != nil {
 			return err
 		}
-		if _, err := tr.Delete(key); err != nil {
-			return err
-		}
-		in.Ctime = ts(time.Now())
-		gen = tx.Gen()
-		return putInode(tx, ino, in)
+		_, err = tr.Delete(key)
+		return err
 	})
-	if err == nil {
-		f.markFull(ino, gen)
-	}
-	return errno(f.dirDamage(err))
 }
 
 // dropXattrs deletes inode ino's attributes (the inode is being freed).
