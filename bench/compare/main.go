@@ -82,7 +82,7 @@ func main() {
 	flag.IntVar(&c.runtimeS, "runtime", 20, "seconds each random-write fio run lasts")
 	flag.BoolVar(&c.quick, "quick", false, "a small smoke configuration (a few thousand files, tens of MB, one round) that finishes in minutes")
 	flag.BoolVar(&c.asJSON, "json", false, "print the results as JSON instead of a table")
-	flag.StringVar(&c.only, "only", "", "run only these groups, comma-separated: check, scrub, fio, tree")
+	flag.StringVar(&c.only, "only", "", "run only these groups, comma-separated: check, scrub, fio, tree, copy")
 	flag.StringVar(&c.scrubd, "scrubd", "", "use this scrubd binary instead of building ./cmd/scrubd")
 	flag.StringVar(&c.workdir, "workdir", "", "make the temporary directory (images, mounts) under this directory (default: $TMPDIR)")
 	flag.BoolVar(&c.dropCaches, "drop-caches", true, "drop the page cache before each run of the check, scrub and read rows")
@@ -169,7 +169,7 @@ func main() {
 	}
 }
 
-var validGroup = map[string]bool{"check": true, "scrub": true, "fio": true, "tree": true}
+var validGroup = map[string]bool{"check": true, "scrub": true, "fio": true, "tree": true, "copy": true}
 
 func splitList(s string) []string {
 	var out []string
@@ -204,8 +204,8 @@ var tools = map[string]string{
 	"fusermount3": "fuse3",
 	"losetup":     "mount", "mount": "mount", "umount": "mount",
 	"cp": "coreutils", "ls": "coreutils", "rm": "coreutils", "sync": "coreutils",
-	"find": "findutils",
-	"go":   "golang-go",
+	"find": "findutils", "df": "coreutils", "sh": "dash",
+	"go": "golang-go",
 }
 
 func missingPackages() []string {

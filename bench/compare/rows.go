@@ -168,6 +168,11 @@ func (b *bench) run() error {
 			return err
 		}
 	}
+	if c.wants("copy") {
+		if err := b.copyRows(); err != nil {
+			return err
+		}
+	}
 	b.header.Finished = time.Now().UTC().Format(time.RFC3339)
 	return b.print(os.Stdout)
 }
