@@ -76,12 +76,13 @@ const (
 	ErrLogBlockBad     ErrorID = 80 // a block of the fsync log's chain is damaged
 	ErrXattrOrphan     ErrorID = 81 // an extended attribute of a missing inode
 	ErrXattrKey        ErrorID = 82 // an extended attribute under a key its name does not hash to, or a name out of namespace
+	ErrXattrChunk      ErrorID = 83 // a large attribute value's chunk missing, out of range, of the wrong length, or without its head
 )
 
 var errorNames = map[ErrorID]string{
 	ErrSuperCopyBad: "super_copy_bad", ErrSuperCopyStale: "super_copy_stale", ErrSuperFreeCount: "super_free_count",
 	ErrSuperCopyField: "super_copy_field", ErrLogBlockBad: "log_block_bad",
-	ErrXattrOrphan: "xattr_orphan", ErrXattrKey: "xattr_bad_key",
+	ErrXattrOrphan: "xattr_orphan", ErrXattrKey: "xattr_bad_key", ErrXattrChunk: "xattr_chunk",
 	ErrNodeBadMagic: "node_bad_magic", ErrNodeBadChecksum: "node_bad_checksum", ErrNodeWrongFS: "node_wrong_fs",
 	ErrNodeMisdirected: "node_misdirected", ErrNodeWrongOwner: "node_wrong_owner", ErrNodeStale: "node_stale",
 	ErrNodeBadLevel: "node_bad_level", ErrNodeBadLayout: "node_bad_layout", ErrNodeKeyOrder: "node_key_order",

@@ -46,6 +46,7 @@ var formatVersions = []FormatVersion{
 	{Minor: 3, Feature: "root_backups", Incompat: format.IncompatRootBackups, InUse: notInUse, drop: dropRootBackups},
 	{Minor: 4, Feature: "xattr", RoCompat: format.RoCompatXattr, InUse: xattrInUse},
 	{Minor: 5, Feature: "long_symlinks", Incompat: format.IncompatLongSymlinks, InUse: longSymlinksInUse},
+	{Minor: 6, Feature: "large_xattrs", Incompat: format.IncompatLargeXattrs, InUse: largeXattrsInUse},
 }
 
 func init() {
@@ -453,6 +454,27 @@ func longSymlinksInUse(s *Snapshot) (string, error) {
 	}
 	if found {
 		return "a symlink target is longer than " + fmt.Sprint(format.MaxSymlinkItem) + " bytes", nil
+	}
+	return "", nil
+}
+
+// largeXattrsInUse: an attribute value split into chunks (larger than
+// one item holds) uses large_xattrs.
+func largeXattrsInUse(s *Snapshot) (string, error) {
+	t, ok := s.ScanTree(format.TreeXattr)
+	if !ok {
+		return "", nil
+	}
+	found := false
+	err := t.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+		found = k.Type == format.TypeXattrChunk
+		return !found
+	})
+	if err != nil {
+		return "", err
+	}
+	if found {
+		return "an extended attribute's value is larger than one item holds", nil
 	}
 	return "", nil
 }

@@ -91,7 +91,7 @@ var opsTable = []Op{
 	{Name: "uuid", Trees: []format.TreeID{format.TreeUUID}, Repair: emptyTreeRepairer("uuid", format.TreeUUID, engine.StructUUID)},
 	{Name: "deleted", Trees: []format.TreeID{format.TreeDeleted}, Check: deletedCheck, Repair: repairDeleted, Inputs: []string{"inode"}},
 	{Name: "xattr", Trees: []format.TreeID{format.TreeXattr}, Check: xattrCheck, Repair: repairXattr,
-		Answers: []engine.ErrorID{engine.ErrXattrOrphan, engine.ErrXattrKey}, Inputs: []string{"inode"}},
+		Answers: []engine.ErrorID{engine.ErrXattrOrphan, engine.ErrXattrKey, engine.ErrXattrChunk}, Inputs: []string{"inode"}},
 	{Name: "logged_ops", Trees: []format.TreeID{format.TreeLoggedOps}, Repair: repairLoggedOps},
 	{Name: "log", Trees: []format.TreeID{format.TreeLog}, Check: logCheck},
 	{

@@ -60,6 +60,9 @@ func (m xattrKept) dedupe() int {
 	seen := map[name]bool{}
 	n := 0
 	for _, k := range slices.SortedFunc(maps.Keys(m), format.Key.Compare) {
+		if k.Type != format.TypeXattr {
+			continue // a chunk: whole (complete) or not
+		}
 		x, _ := format.DecodeXattrItem(m[k])
 		nm := name{k.Obj, x.Name}
 		if seen[nm] {
@@ -70,6 +73,42 @@ func (m xattrKept) dedupe() int {
 		seen[nm] = true
 	}
 	return n
+}
+
+// complete drops every large value that is not whole — a head whose chunks
+// are not all kept, each of its length, and a chunk of no kept head or
+// out of its head's range — and returns how many attributes and chunks it
+// dropped.
+func (m xattrKept) complete() (heads, chunks int) {
+	for k, v := range m {
+		if k.Type != format.TypeXattr {
+			continue
+		}
+		x, err := format.DecodeXattrItem(v)
+		if err != nil || !x.Large() {
+			continue
+		}
+		for i := 1; i <= format.XattrChunks(x.Name, x.Total); i++ {
+			_, n := format.XattrChunkSpan(x.Name, x.Total, i)
+			if c, ok := m[format.XattrChunkKey(k, i)]; !ok || len(c) != n {
+				delete(m, k)
+				heads++
+				break
+			}
+		}
+	}
+	for k := range m {
+		if k.Type != format.TypeXattrChunk {
+			continue
+		}
+		hk, i := format.XattrChunkHead(k)
+		x, err := format.DecodeXattrItem(m[hk])
+		if err != nil || !x.Large() || i > format.XattrChunks(x.Name, x.Total) {
+			delete(m, k)
+			chunks++
+		}
+	}
+	return heads, chunks
 }
 
 // repairXattr is the xattr row's repairer.
@@ -136,7 +175,7 @@ func repairXattr(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*Rebuil
 
 	var held time.Duration
 	var orphans []uint64
-	dup := 0
+	dup, partial, strays := 0, 0, 0
 	err = e.RunExclusive(func(x *engine.Exclusive) error {
 		defer func() { held = x.Held() }()
 		if _, ok := x.ReadTree(format.TreeXattr); !ok {
@@ -154,6 +193,7 @@ func repairXattr(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*Rebuil
 			rb.Events++
 		}
 		dup = kept.dedupe()
+		partial, strays = kept.complete()
 		for _, k := range slices.SortedFunc(maps.Keys(kept), format.Key.Compare) {
 			if !inodes[k.Obj] {
 				if len(orphans) == 0 || orphans[len(orphans)-1] != k.Obj {
@@ -189,6 +229,9 @@ func repairXattr(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*Rebuil
 	if dup > 0 {
 		rb.Changes = append(rb.Changes, fmt.Sprintf("dropped %d attributes stored twice on their inode", dup))
 	}
+	if partial > 0 || strays > 0 {
+		rb.Changes = append(rb.Changes, fmt.Sprintf("dropped %d large attribute values missing a chunk, and %d chunks of no whole value", partial, strays))
+	}
 	if claimed > collected {
 		rb.Changes = append(rb.Changes, fmt.Sprintf("lost %d extended attributes the damage made unreadable or invalid (the tree counted %d, %d read)", claimed-collected, claimed, collected))
 	}
@@ -213,7 +256,7 @@ func xattrReread(tx *engine.Tx, ino uint64, kept xattrKept) error {
 	var last format.Key
 	read := false
 	err := tr.Ascend(format.XattrKey(ino, 0, 0), func(k format.Key, v []byte) bool {
-		if k.Obj != ino || k.Type != format.TypeXattr {
+		if k.Obj != ino || (k.Type != format.TypeXattr && k.Type != format.TypeXattrChunk) {
 			return false
 		}
 		live.keep(k, v)

@@ -1,6 +1,7 @@
 package repair
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -325,5 +326,86 @@ func TestXattrOrphanRepair(t *testing.T) {
 	names, err := f.ListXattr(a.Ino)
 	if err != nil || !slices.Equal(names, []string{"user.k"}) {
 		t.Fatalf("attributes after the repair: %q %v", names, err)
+	}
+}
+
+// TestXattrLargeChunkRepair: a large value missing a chunk, a chunk of a
+// value that no longer has it, and a chunk of no attribute are each found
+// (xattr_chunk) and dropped by the repair; whole large values, small ones
+// and the file's data stay.
+func TestXattrLargeChunkRepair(t *testing.T) {
+	img := smallImage(t)
+	f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := f.Create(fs.RootIno, "keep", fs.NewInode{Mode: 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("data"), 3000)
+	if _, err := f.Write(a.Ino, data, 0); err != nil {
+		t.Fatal(err)
+	}
+	whole := bytes.Repeat([]byte("w"), 9000)
+	for name, v := range map[string][]byte{"user.whole": whole, "user.broken": bytes.Repeat([]byte("b"), 9000), "user.short": bytes.Repeat([]byte("s"), 3000), "user.small": []byte("x")} {
+		if err := f.SetXattr(a.Ino, name, v, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Damage that keeps every block's checksum: chunk 3 of user.broken
+	// gone, a fourth chunk left past user.short's end, and a chunk under
+	// a hash no attribute has.
+	if err := f.Engine().Update(func(tx *engine.Tx) error {
+		tr, err := tx.Tree(format.TreeXattr)
+		if err != nil {
+			return err
+		}
+		head := func(name string) format.Key { return format.XattrKey(a.Ino, format.XattrHash(name), 0) }
+		if ok, err := tr.Delete(format.XattrChunkKey(head("user.broken"), 3)); !ok || err != nil {
+			return fmt.Errorf("delete chunk: %v %v", ok, err)
+		}
+		if err := tr.Put(format.XattrChunkKey(head("user.short"), 4), []byte("stray")); err != nil {
+			return err
+		}
+		return tr.Put(format.XattrChunkKey(format.XattrKey(a.Ino, 777, 0), 1), []byte("lost"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.GetXattr(a.Ino, "user.broken"); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("get of a value missing a chunk: %v, want EIO", err)
+	}
+	rep, err := Scrub(context.Background(), f, "test", ScrubOptions{Repair: true, TempDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := rep.structure("xattr")
+	if rep.Status != StatusCorrected || st == nil {
+		t.Fatalf("scrub --repair: %s %+v %v", rep.Status, st, rep.Notes)
+	}
+	if len(st.Findings) != 3 {
+		t.Errorf("%d findings, want 3: %+v", len(st.Findings), st.Findings)
+	}
+	for _, fd := range st.Findings {
+		if fd.Name != "xattr_chunk" {
+			t.Errorf("finding %s: %s", fd.Name, fd.Detail)
+		}
+	}
+	f = remountClean(t, f, img)
+	defer f.Close()
+	names, err := f.ListXattr(a.Ino)
+	slices.Sort(names)
+	if err != nil || !slices.Equal(names, []string{"user.short", "user.small", "user.whole"}) {
+		t.Fatalf("attributes after the repair: %q %v", names, err)
+	}
+	if v, err := f.GetXattr(a.Ino, "user.whole"); err != nil || !bytes.Equal(v, whole) {
+		t.Fatalf("user.whole after the repair: %d bytes, %v", len(v), err)
+	}
+	got := make([]byte, len(data))
+	if n, err := f.Read(a.Ino, got, 0); err != nil || !bytes.Equal(got[:n], data) {
+		t.Fatalf("the file's data after the repair: %v", err)
 	}
 }

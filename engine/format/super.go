@@ -78,8 +78,13 @@ const (
 	// the version (mkfs, an upgrade); without it a longer target is
 	// refused. An older build would read a chunk as a whole target.
 	IncompatLongSymlinks uint64 = 1 << 3
+	// IncompatLargeXattrs (format 1.6): attribute values larger than one
+	// item holds, split into a head item and chunk items (xattr.go). Set
+	// with the version; without it a larger value is refused (ENOSPC).
+	// An older build would reject the head's length fields.
+	IncompatLargeXattrs uint64 = 1 << 4
 
-	IncompatSupported = IncompatLogChain | IncompatRmapMaps | IncompatRootBackups | IncompatLongSymlinks
+	IncompatSupported = IncompatLogChain | IncompatRmapMaps | IncompatRootBackups | IncompatLongSymlinks | IncompatLargeXattrs
 	// RoCompatXattr (format 1.4): the image may have the xattr tree
 	// (xattr.go); a build without it would free inodes and leave their
 	// attributes, so it mounts the image read-only.

@@ -18,14 +18,26 @@ import (
 // the (almost always one) items under the hash and compare names, as the
 // directory tree does.
 //
-// A value lives in one item, never split: the name and the value together
-// fit in MaxValueSize less the 4-byte header (1020 bytes: a value of up to
-// 1020-len(name) bytes, 997 for a POSIX ACL, which is 124 ACL entries). A
-// larger value is refused with ENOSPC, as ext4 refuses a value that does
-// not fit in its one xattr block; one over XATTR_SIZE_MAX (64 KiB) gets
-// E2BIG, as the kernel's VFS gives. Splitting a value over several items
-// would lift the limit to 64 KiB at the cost of items that can be lost
-// apart (a checker and repairer that must join them).
+// A value whose name and value together fit in MaxValueSize less the
+// 4-byte header (1020 bytes) lives in its one item. A larger one (format
+// 1.6, IncompatLargeXattrs; up to XATTR_SIZE_MAX, 64 KiB) is split: the
+// head item, under the same key, has a longer header and the value's
+// first bytes,
+//
+//	value u16 name length | 0x8000 | u16 0 | u32 value length | name | first part
+//
+// filling the item, and the rest follows in chunk items of up to
+// MaxValueSize bytes each,
+//
+//	key   (ino, TypeXattrChunk, name hash, seq<<16 | index)   index 1, 2, …
+//	value the bytes
+//
+// so every chunk's place and length follow from its key and the head's
+// length: the checker joins them (a head whose chunks are not all there,
+// or a chunk without its head, is damage), and the repair keeps an
+// attribute only whole. Without the feature a larger value is refused
+// with ENOSPC, as ext4 refuses a value that does not fit its xattr block;
+// one over XATTR_SIZE_MAX gets E2BIG, as the kernel's VFS gives.
 //
 // On an image whose version has RoCompatXattr (mkfs, an upgrade), the
 // tree is created by the first attribute set (the engine creates it on
@@ -36,6 +48,10 @@ import (
 // TypeXattr is the item type of the xattr tree: (ino, 90, name hash, seq).
 const TypeXattr uint8 = 90
 
+// TypeXattrChunk is the type of a large value's chunk items: (ino, 91,
+// name hash, seq<<16 | index).
+const TypeXattrChunk uint8 = 91
+
 const (
 	// MaxXattrName bounds an attribute's full name, as XATTR_NAME_MAX.
 	MaxXattrName = 255
@@ -45,12 +61,66 @@ const (
 	xattrHeader  = 4
 	// MaxXattrPayload bounds name plus value in one item.
 	MaxXattrPayload = MaxValueSize - xattrHeader
+	// xattrLargeHeader is the header of a large value's head item; the
+	// flag marks it in the name length.
+	xattrLargeHeader = 8
+	xattrLargeFlag   = 0x8000
 )
 
-// XattrItem is one extended attribute.
+// XattrItem is one extended attribute's item: for a large value (Total
+// more than Value holds), its head, whose Value is the first part.
 type XattrItem struct {
 	Name  string
 	Value []byte
+	Total int // the whole value's length; len(Value) for an unsplit one
+}
+
+// Large reports whether the item is the head of a split value.
+func (x XattrItem) Large() bool { return x.Total > len(x.Value) }
+
+// XattrHeadPart is how many bytes of a large value of an attribute named
+// name its head item holds.
+func XattrHeadPart(name string) int { return MaxValueSize - xattrLargeHeader - len(name) }
+
+// XattrChunks returns the number of chunk items a value of total bytes of
+// an attribute named name takes (0 when it fits one item).
+func XattrChunks(name string, total int) int {
+	if total <= MaxXattrValue(name) {
+		return 0
+	}
+	return (total - XattrHeadPart(name) + MaxValueSize - 1) / MaxValueSize
+}
+
+// XattrChunkSpan returns where chunk index (1-based) of a large value of
+// total bytes starts in the value, and its length.
+func XattrChunkSpan(name string, total, index int) (int, int) {
+	at := XattrHeadPart(name) + (index-1)*MaxValueSize
+	return at, min(MaxValueSize, total-at)
+}
+
+// XattrChunkKey is the key of chunk index of the attribute at key head.
+func XattrChunkKey(head Key, index int) Key {
+	return Key{Obj: head.Obj, Type: TypeXattrChunk, Off: head.Off, Aux: head.Aux<<16 | uint64(index)}
+}
+
+// XattrChunkHead returns the key of the head item of a chunk key, and the
+// chunk's index.
+func XattrChunkHead(k Key) (Key, int) {
+	return Key{Obj: k.Obj, Type: TypeXattr, Off: k.Off, Aux: k.Aux >> 16}, int(k.Aux & 0xffff)
+}
+
+// SplitXattr returns the items of attribute name = value: the head (or
+// only) item, and the chunk items in index order.
+func SplitXattr(name string, value []byte) (head XattrItem, chunks [][]byte) {
+	if len(value) <= MaxXattrValue(name) {
+		return XattrItem{Name: name, Value: value, Total: len(value)}, nil
+	}
+	head = XattrItem{Name: name, Value: value[:XattrHeadPart(name)], Total: len(value)}
+	for i := 1; i <= XattrChunks(name, len(value)); i++ {
+		at, n := XattrChunkSpan(name, len(value), i)
+		chunks = append(chunks, value[at:at+n])
+	}
+	return head, chunks
 }
 
 // MaxXattrValue is the largest value an attribute named name can hold.
@@ -58,6 +128,14 @@ func MaxXattrValue(name string) int { return MaxXattrPayload - len(name) }
 
 // Encode returns the item's value bytes.
 func (x XattrItem) Encode() []byte {
+	if x.Large() {
+		b := make([]byte, xattrLargeHeader+len(x.Name)+len(x.Value))
+		le.PutUint16(b, uint16(len(x.Name))|xattrLargeFlag)
+		le.PutUint32(b[4:], uint32(x.Total))
+		copy(b[xattrLargeHeader:], x.Name)
+		copy(b[xattrLargeHeader+len(x.Name):], x.Value)
+		return b
+	}
 	b := make([]byte, xattrHeader+len(x.Name)+len(x.Value))
 	le.PutUint16(b, uint16(len(x.Name)))
 	le.PutUint16(b[2:], uint16(len(x.Value)))
@@ -67,21 +145,34 @@ func (x XattrItem) Encode() []byte {
 }
 
 // DecodeXattrItem decodes an xattr item, bounding every length: a name of
-// 1..MaxXattrName bytes without NUL, a value that fills the rest exactly.
-// The value shares v's memory.
+// 1..MaxXattrName bytes without NUL, a value that fills the rest exactly;
+// a large value's head must be too large for one item, at most
+// XattrSizeMax, and its first part fill the item. The value shares v's
+// memory.
 func DecodeXattrItem(v []byte) (XattrItem, error) {
 	if len(v) < xattrHeader {
 		return XattrItem{}, corrupt(KindBadItem, TreeXattr, 0, "xattr item of %d bytes", len(v))
 	}
 	n, m := int(le.Uint16(v)), int(le.Uint16(v[2:]))
-	if n == 0 || n > MaxXattrName || n+m > MaxXattrPayload || xattrHeader+n+m != len(v) {
+	hdr, total := xattrHeader, m
+	if n&xattrLargeFlag != 0 {
+		n &^= xattrLargeFlag
+		if len(v) < xattrLargeHeader || m != 0 {
+			return XattrItem{}, corrupt(KindBadItem, TreeXattr, 0, "large xattr head of %d bytes", len(v))
+		}
+		hdr, total = xattrLargeHeader, int(le.Uint32(v[4:]))
+		if n == 0 || n > MaxXattrName || total <= MaxXattrPayload-n || total > XattrSizeMax || len(v) != MaxValueSize {
+			return XattrItem{}, corrupt(KindBadItem, TreeXattr, 0, "large xattr: name of %d bytes, value of %d, head item of %d bytes", n, total, len(v))
+		}
+		m = len(v) - hdr - n
+	} else if n == 0 || n > MaxXattrName || n+m > MaxXattrPayload || xattrHeader+n+m != len(v) {
 		return XattrItem{}, corrupt(KindBadItem, TreeXattr, 0, "xattr name of %d bytes and value of %d in a %d-byte item", n, m, len(v))
 	}
-	name := v[xattrHeader : xattrHeader+n]
+	name := v[hdr : hdr+n]
 	if bytes.IndexByte(name, 0) >= 0 {
 		return XattrItem{}, corrupt(KindBadItem, TreeXattr, 0, "xattr name %q holds a NUL", name)
 	}
-	return XattrItem{Name: string(name), Value: v[xattrHeader+n:]}, nil
+	return XattrItem{Name: string(name), Value: v[hdr+n : hdr+n+m], Total: total}, nil
 }
 
 // XattrHash is the hash an attribute named name is keyed by.

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"errors"
+	"fmt"
 	"syscall"
 	"time"
 
@@ -64,6 +65,9 @@ func findXattr(tr *eb.Tree, ino uint64, name string) (key format.Key, val []byte
 		}
 		if x.Name == name {
 			key, val, found = k, append([]byte(nil), x.Value...), true
+			if x.Large() {
+				val, derr = xattrChunks(tr, k, x, val)
+			}
 			return false
 		}
 		if k.Aux == key.Aux {
@@ -77,6 +81,51 @@ func findXattr(tr *eb.Tree, ino uint64, name string) (key format.Key, val []byte
 	return key, val, found, err
 }
 
+// xattrChunks appends a large value's chunks to val (its head's part): an
+// error if one is missing or of the wrong length.
+func xattrChunks(tr *eb.Tree, head format.Key, x format.XattrItem, val []byte) ([]byte, error) {
+	for i := 1; i <= format.XattrChunks(x.Name, x.Total); i++ {
+		_, n := format.XattrChunkSpan(x.Name, x.Total, i)
+		var got []byte
+		ok, err := tr.Lookup(format.XattrChunkKey(head, i), func(v []byte) { got = append(got, v...) })
+		if err != nil {
+			return nil, err
+		}
+		if !ok || len(got) != n {
+			return nil, fmt.Errorf("inode %d attribute %q: chunk %d missing or of %d bytes, want %d: %w", head.Obj, x.Name, i, len(got), n, format.ErrCorrupt)
+		}
+		val = append(val, got...)
+	}
+	return val, nil
+}
+
+// putXattr stores attribute name = value under key, its chunks too when
+// it is large; old is the value it replaces (nil if none), whose chunks
+// past the new value's go.
+func putXattr(tr *eb.Tree, key format.Key, name string, value, old []byte) error {
+	head, chunks := format.SplitXattr(name, value)
+	if err := tr.Put(key, head.Encode()); err != nil {
+		return err
+	}
+	for i, c := range chunks {
+		if err := tr.Put(format.XattrChunkKey(key, i+1), c); err != nil {
+			return err
+		}
+	}
+	return delXattrChunks(tr, key, name, len(chunks)+1, old)
+}
+
+// delXattrChunks deletes the chunks from index from on of the value old
+// of attribute name at key.
+func delXattrChunks(tr *eb.Tree, key format.Key, name string, from int, old []byte) error {
+	for i := from; i <= format.XattrChunks(name, len(old)); i++ {
+		if _, err := tr.Delete(format.XattrChunkKey(key, i)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // SetXattr sets ino's attribute name to value; flags is 0, XattrCreate or
 // XattrReplace.
 func (f *FS) SetXattr(ino uint64, name string, value []byte, flags uint32) error {
@@ -88,8 +137,8 @@ func (f *FS) SetXattr(ino uint64, name string, value []byte, flags uint32) error
 		return syscall.EINVAL
 	case len(value) > format.XattrSizeMax:
 		return syscall.E2BIG
-	case len(value) > format.MaxXattrValue(name):
-		return syscall.ENOSPC // does not fit in one item (format/xattr.go)
+	case len(value) > format.MaxXattrValue(name) && !f.e.HasFeatures(0, format.IncompatLargeXattrs):
+		return syscall.ENOSPC // does not fit in one item, and cannot be split (format 1.6)
 	}
 	if !f.e.HasFeatures(format.RoCompatXattr, 0) {
 		return syscall.EOPNOTSUPP // format 1.4
@@ -100,7 +149,7 @@ func (f *FS) SetXattr(ino uint64, name string, value []byte, flags uint32) error
 			return err
 		}
 	}
-	return f.updateXattrs(ino, name, func(tx *engine.Tx, in *format.InodeItem, key format.Key, found bool) error {
+	return f.updateXattrs(ino, name, func(tx *engine.Tx, in *format.InodeItem, key format.Key, old []byte, found bool) error {
 		switch {
 		case found && flags&XattrCreate != 0:
 			return syscall.EEXIST
@@ -121,10 +170,12 @@ func (f *FS) SetXattr(ino uint64, name string, value []byte, flags uint32) error
 			return err
 		}
 		if store {
-			return tr.Put(key, format.XattrItem{Name: name, Value: value}.Encode())
+			return putXattr(tr, key, name, value, old)
 		}
-		_, err = tr.Delete(key)
-		return err
+		if _, err = tr.Delete(key); err != nil {
+			return err
+		}
+		return delXattrChunks(tr, key, name, 1, old)
 	})
 }
 
@@ -132,7 +183,7 @@ func (f *FS) SetXattr(ino uint64, name string, value []byte, flags uint32) error
 // its attribute name (found says whether it exists); when fn succeeds,
 // the inode's ctime is set and the inode marked for a full commit at its
 // next fsync (the log does not carry attributes).
-func (f *FS) updateXattrs(ino uint64, name string, fn func(tx *engine.Tx, in *format.InodeItem, key format.Key, found bool) error) error {
+func (f *FS) updateXattrs(ino uint64, name string, fn func(tx *engine.Tx, in *format.InodeItem, key format.Key, old []byte, found bool) error) error {
 	f.writes.Add(1)
 	var gen format.Gen
 	err := f.e.Update(func(tx *engine.Tx) error {
@@ -141,11 +192,11 @@ func (f *FS) updateXattrs(ino uint64, name string, fn func(tx *engine.Tx, in *fo
 			return err
 		}
 		tr, _ := tx.ReadTree(format.TreeXattr)
-		key, _, found, err := findXattr(tr, ino, name)
+		key, old, found, err := findXattr(tr, ino, name)
 		if err != nil {
 			return err
 		}
-		if err := fn(tx, in, key, found); err != nil {
+		if err := fn(tx, in, key, old, found); err != nil {
 			return err
 		}
 		in.Ctime = ts(time.Now())
@@ -232,7 +283,7 @@ func (f *FS) RemoveXattr(ino uint64, name string) error {
 		}
 		return err
 	}
-	return f.updateXattrs(ino, name, func(tx *engine.Tx, _ *format.InodeItem, key format.Key, found bool) error {
+	return f.updateXattrs(ino, name, func(tx *engine.Tx, _ *format.InodeItem, key format.Key, old []byte, found bool) error {
 		if !found {
 			return syscall.ENODATA
 		}
@@ -240,8 +291,10 @@ func (f *FS) RemoveXattr(ino uint64, name string) error {
 		if err != nil {
 			return err
 		}
-		_, err = tr.Delete(key)
-		return err
+		if _, err = tr.Delete(key); err != nil {
+			return err
+		}
+		return delXattrChunks(tr, key, name, 1, old)
 	})
 }
 
@@ -255,7 +308,7 @@ func dropXattrs(tx *engine.Tx, ino uint64) error {
 	}
 	var keys []format.Key
 	err := rt.Ascend(format.XattrKey(ino, 0, 0), func(k format.Key, _ []byte) bool {
-		if k.Obj != ino || k.Type != format.TypeXattr {
+		if k.Obj != ino || (k.Type != format.TypeXattr && k.Type != format.TypeXattrChunk) {
 			return false
 		}
 		keys = append(keys, k)

@@ -26,7 +26,7 @@ func TestXattrItemCodec(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", x.Name, err)
 		}
-		if got.Name != x.Name || !bytes.Equal(got.Value, x.Value) {
+		if got.Name != x.Name || !bytes.Equal(got.Value, x.Value) || got.Total != len(x.Value) {
 			t.Fatalf("round trip of %q: got %q (%d bytes)", x.Name, got.Name, len(got.Value))
 		}
 	}
@@ -44,6 +44,22 @@ func TestXattrItemCodec(t *testing.T) {
 		"NUL in name":        bytes.Replace(slices.Clone(good), []byte("user.k"), []byte("user\x00k"), 1),
 		"over one item":      format.XattrItem{Name: "user.k", Value: make([]byte, format.MaxXattrValue("user.k")+1)}.Encode(),
 	}
+	large, _ := format.SplitXattr("user.k", make([]byte, 3000))
+	lb := large.Encode()
+	if got, err := format.DecodeXattrItem(lb); err != nil || got.Total != 3000 || len(got.Value) != format.XattrHeadPart("user.k") {
+		t.Fatalf("large head: %+v %v", got.Total, err)
+	}
+	bad["large head, short"] = lb[:len(lb)-1]
+	bad["large head, value fits one item"] = func() []byte {
+		b := slices.Clone(lb)
+		b[4], b[5], b[6], b[7] = 100, 0, 0, 0
+		return b
+	}()
+	bad["large head, value over 64 KiB"] = func() []byte {
+		b := slices.Clone(lb)
+		b[4], b[5], b[6], b[7] = 1, 0, 1, 0
+		return b
+	}()
 	for what, b := range bad {
 		if _, err := format.DecodeXattrItem(b); err == nil {
 			t.Errorf("%s: decoded", what)
@@ -59,13 +75,16 @@ func FuzzXattrItem(f *testing.F) {
 	f.Add(format.XattrItem{Name: "user.k", Value: []byte("value")}.Encode())
 	f.Add(format.XattrItem{Name: "system.posix_acl_access", Value: make([]byte, 28)}.Encode())
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
+	head, _ := format.SplitXattr("user.large", make([]byte, 5000))
+	f.Add(head.Encode())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		x, err := format.DecodeXattrItem(b)
 		if err != nil {
 			return
 		}
-		if len(x.Name) == 0 || len(x.Name) > format.MaxXattrName || len(x.Value) > format.MaxXattrValue(x.Name) {
-			t.Fatalf("accepted name of %d bytes, value of %d", len(x.Name), len(x.Value))
+		if len(x.Name) == 0 || len(x.Name) > format.MaxXattrName || len(x.Value) > format.MaxXattrValue(x.Name) && !x.Large() ||
+			x.Total > format.XattrSizeMax || x.Large() && len(x.Value) != format.XattrHeadPart(x.Name) {
+			t.Fatalf("accepted name of %d bytes, value of %d of %d", len(x.Name), len(x.Value), x.Total)
 		}
 		if !bytes.Equal(x.Encode(), b) {
 			t.Fatalf("re-encoding differs")
@@ -126,7 +145,6 @@ func TestXattrErrnos(t *testing.T) {
 		{"user.y", nil, XattrCreate | XattrReplace, syscall.EINVAL},
 		{"user.y", nil, 4, syscall.EINVAL},
 		{"user.big", make([]byte, format.XattrSizeMax+1), 0, syscall.E2BIG},
-		{"user.big", make([]byte, format.MaxXattrValue("user.big")+1), 0, syscall.ENOSPC},
 	}
 	for _, c := range cases {
 		if err := f.SetXattr(ino, c.name, c.value, c.flags); Errno(err) != c.want {
@@ -238,7 +256,11 @@ func (m xattrModel) step(t *testing.T, r *rand.Rand, f *FS, ino uint64) {
 	_, had := m[name]
 	switch op := r.IntN(10); {
 	case op < 5:
-		v := string(randBytes(r, r.IntN(format.MaxXattrValue(name)+1)))
+		n := r.IntN(format.MaxXattrValue(name) + 1)
+		if r.IntN(4) == 0 { // a large value, split over items (format 1.6)
+			n = r.IntN(format.XattrSizeMax + 1)
+		}
+		v := string(randBytes(r, n))
 		flags := uint32(r.IntN(3))
 		err := f.SetXattr(ino, name, []byte(v), flags)
 		switch {
@@ -440,4 +462,60 @@ func TestXattrFsyncCrash(t *testing.T) {
 			cf.Close()
 		}
 	}
+}
+
+// TestXattrLarge: values past one item (format 1.6) are split into chunk
+// items and read back whole; replacing, shrinking and removing one leaves
+// no chunk behind (the check would report it); an image of format 1.5
+// refuses them with ENOSPC, as before.
+func TestXattrLarge(t *testing.T) {
+	f := mount(t, nopClose{newDev(t)}, Options{})
+	a, err := f.Create(RootIno, "f", NewInode{Mode: 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(6, 6))
+	for _, n := range []int{format.MaxXattrValue("user.v") + 1, format.XattrHeadPart("user.v") + format.MaxValueSize, 5000, format.XattrSizeMax, 1500, 10, 30000} {
+		v := randBytes(r, n)
+		if err := f.SetXattr(a.Ino, "user.v", v, 0); err != nil {
+			t.Fatalf("set %d bytes: %v", n, err)
+		}
+		if err := f.SetXattr(a.Ino, "user.w"+fmt.Sprint(n%3), v[:n/2], 0); err != nil {
+			t.Fatalf("set %d bytes: %v", n/2, err)
+		}
+		got, err := f.GetXattr(a.Ino, "user.v")
+		if err != nil || !bytes.Equal(got, v) {
+			t.Fatalf("get after a set of %d bytes: %d bytes, %v", n, len(got), err)
+		}
+		mustClean(t, f)
+	}
+	names, err := f.ListXattr(a.Ino)
+	if err != nil || len(names) != 4 {
+		t.Fatalf("list: %q %v", names, err)
+	}
+	if err := f.RemoveXattr(a.Ino, "user.v"); err != nil {
+		t.Fatal(err)
+	}
+	mustClean(t, f)
+	if err := f.Unlink(RootIno, "f"); err != nil {
+		t.Fatal(err)
+	}
+	mustClean(t, f)
+	f.Close()
+
+	// Format 1.5: a value past one item is ENOSPC.
+	dev := disk.NewMem(testBlocks * format.BlockSize)
+	if err := engine.Mkfs(dev, engine.MkfsOptions{Version: "1.5"}); err != nil {
+		t.Fatal(err)
+	}
+	f = mount(t, nopClose{dev}, Options{Engine: engine.Options{VersionUpgrade: engine.UpgradeNone}})
+	defer f.Close()
+	b, _ := f.Create(RootIno, "g", NewInode{Mode: 0o644})
+	if err := f.SetXattr(b.Ino, "user.v", make([]byte, format.MaxXattrValue("user.v")+1), 0); Errno(err) != syscall.ENOSPC {
+		t.Fatalf("a large value on format 1.5: %v, want ENOSPC", err)
+	}
+	if err := f.SetXattr(b.Ino, "user.v", make([]byte, format.MaxXattrValue("user.v")), 0); err != nil {
+		t.Fatal(err)
+	}
+	mustClean(t, f)
 }
