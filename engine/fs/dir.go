@@ -709,26 +709,8 @@ func (f *FS) Rename(olddir uint64, oldname string, newdir uint64, newname string
 	case flags&RenameExchange != 0:
 		return f.exchange(olddir, oldname, newdir, newname)
 	}
-	var touched []uint64
-	var gen format.Gen
-	err := f.e.Update(func(tx *engine.Tx) error {
-		odin, err := mustInode(tx, olddir)
-		if err != nil {
-			return err
-		}
-		ndin := odin
-		if newdir != olddir {
-			if ndin, err = mustInode(tx, newdir); err != nil {
-				return err
-			}
-		}
-		if !isDir(odin) || !isDir(ndin) {
-			return syscall.ENOTDIR
-		}
-		de, okey, in, err := mustEntry(tx, olddir, oldname)
-		if err != nil {
-			return err
-		}
+	return f.renameTx(olddir, oldname, newdir, func(tx *engine.Tx, rn *renaming) error {
+		odin, ndin, de, okey, in := rn.odin, rn.ndin, rn.de, rn.okey, rn.in
 		if isDir(in) && newdir != olddir {
 			// Moving a directory into its own subtree would detach it.
 			if anc, err := isAncestor(tx, de.Ino, newdir); err != nil {
@@ -754,8 +736,7 @@ func (f *FS) Rename(olddir uint64, oldname string, newdir uint64, newname string
 		if err := probeDir(tx, probe...); err != nil {
 			return err
 		}
-		gen = tx.Gen()
-		touched = append(touched, olddir, newdir, de.Ino)
+		rn.touched = append(rn.touched, olddir, newdir, de.Ino)
 		if exists {
 			tin, err := mustInode(tx, tde.Ino)
 			if err != nil {
@@ -775,7 +756,7 @@ func (f *FS) Rename(olddir uint64, oldname string, newdir uint64, newname string
 					return syscall.ENOTEMPTY
 				}
 			}
-			touched = append(touched, tde.Ino)
+			rn.touched = append(rn.touched, tde.Ino)
 			if err := f.dropName(tx, newdir, ndin, tkey, tde, tin); err != nil {
 				return err
 			}
@@ -805,8 +786,49 @@ func (f *FS) Rename(olddir uint64, oldname string, newdir uint64, newname string
 		}
 		return nil
 	})
+}
+
+// renaming is what a rename and an exchange read first: the two parents
+// (one inode when they are the same) and the source's entry and inode;
+// touched collects the inodes the change marks full.
+type renaming struct {
+	odin, ndin *format.InodeItem
+	de         format.DirEntry
+	okey       format.Key
+	in         *format.InodeItem
+	touched    []uint64
+}
+
+// renameTx runs fn in a transaction after reading what both renames need
+// (ENOTDIR unless both parents are directories, ENOENT without the
+// source); when fn succeeds, the inodes it touched are marked full, so an
+// fsync of any of them commits the change (the fsync log never carries a
+// rename).
+func (f *FS) renameTx(olddir uint64, oldname string, newdir uint64, fn func(tx *engine.Tx, rn *renaming) error) error {
+	var rn renaming
+	var gen format.Gen
+	err := f.e.Update(func(tx *engine.Tx) error {
+		var err error
+		if rn.odin, err = mustInode(tx, olddir); err != nil {
+			return err
+		}
+		rn.ndin = rn.odin
+		if newdir != olddir {
+			if rn.ndin, err = mustInode(tx, newdir); err != nil {
+				return err
+			}
+		}
+		if !isDir(rn.odin) || !isDir(rn.ndin) {
+			return syscall.ENOTDIR
+		}
+		if rn.de, rn.okey, rn.in, err = mustEntry(tx, olddir, oldname); err != nil {
+			return err
+		}
+		gen = tx.Gen()
+		return fn(tx, &rn)
+	})
 	if err == nil {
-		for _, ino := range touched {
+		for _, ino := range rn.touched {
 			f.markFull(ino, gen)
 		}
 	}
@@ -826,26 +848,8 @@ func (f *FS) Rename(olddir uint64, oldname string, newdir uint64, newname string
 // names swapped or neither (the fsync log never carries half of it).
 
 func (f *FS) exchange(olddir uint64, oldname string, newdir uint64, newname string) error {
-	var touched []uint64
-	var gen format.Gen
-	err := f.e.Update(func(tx *engine.Tx) error {
-		odin, err := mustInode(tx, olddir)
-		if err != nil {
-			return err
-		}
-		ndin := odin
-		if newdir != olddir {
-			if ndin, err = mustInode(tx, newdir); err != nil {
-				return err
-			}
-		}
-		if !isDir(odin) || !isDir(ndin) {
-			return syscall.ENOTDIR
-		}
-		de, okey, in, err := mustEntry(tx, olddir, oldname)
-		if err != nil {
-			return err
-		}
+	return f.renameTx(olddir, oldname, newdir, func(tx *engine.Tx, rn *renaming) error {
+		odin, ndin, de, okey, in := rn.odin, rn.ndin, rn.de, rn.okey, rn.in
 		tde, tkey, tin, err := mustEntry(tx, newdir, newname)
 		if err != nil {
 			return err
@@ -873,8 +877,7 @@ func (f *FS) exchange(olddir uint64, oldname string, newdir uint64, newname stri
 		if err := probeDir(tx, format.DirIndexKey(olddir, de.Index), format.DirIndexKey(newdir, tde.Index)); err != nil {
 			return err
 		}
-		gen = tx.Gen()
-		touched = append(touched, olddir, newdir, de.Ino, tde.Ino)
+		rn.touched = append(rn.touched, olddir, newdir, de.Ino, tde.Ino)
 		now := ts(time.Now())
 		if err := replaceEntry(tx, olddir, okey, de, tde.Ino, tin.Mode); err != nil {
 			return err
@@ -909,12 +912,6 @@ func (f *FS) exchange(olddir uint64, oldname string, newdir uint64, newname stri
 		}
 		return nil
 	})
-	if err == nil {
-		for _, ino := range touched {
-			f.markFull(ino, gen)
-		}
-	}
-	return errno(f.dirDamage(err))
 }
 
 // replaceEntry makes the entry de of dir, found at key, name ino (of
