@@ -69,6 +69,7 @@ type checkState struct {
 	names   *recArr[nsName]  // entries by name: by directory, then sorted by inode
 	twins   *recArr[nsTwin]  // entries and index twins, sorted for pairing
 	nameBuf *nameFile
+	sortBuf []byte // the sorts' heap buffer (sortBy)
 
 	lastFext fileExt    // the extent tree's previous item (when nfexts > 0)
 	link     linkCursor // the symlink whose target is being walked (inode_repair.go)

@@ -33,30 +33,44 @@ type codec[T any] struct {
 // recArr is a stream of T in an xfile array, created on the first add.
 // An error (the temporary file cannot grow) is the check's, recorded in
 // st: the array then ignores what it is given.
+//
+// The records never pass through the array's mapping: adds are gathered
+// in a write buffer and appended with one pwrite per recWindow bytes,
+// reads are served from a read window filled by pread (recWindow bytes
+// while a pass moves on sequentially, a page's worth after a jump, as a
+// seeker's binary search makes), and sortBy sorts in a heap buffer
+// (xfile.SortBuffered). So no page of an array enters the resident set
+// and none is faulted in or dropped: the kernel keeps them in the page
+// cache of the temporary file, to be written back and reclaimed as it
+// needs, and the check's resident memory is its buffers.
 type recArr[T any] struct {
 	st   *checkState
 	name string
 	c    codec[T]
 	a    *xfile.Array
-	buf  []byte
 	// sorted says the array was sorted in place by its join key.
 	sorted bool
-	// lo, hi bound the records touched (appended, read, sorted) since
-	// the last drop; pages counts the pages they moved through.
-	lo, hi   uint64
-	pages    int
-	lastPage uint64
+	wbuf   []byte // records added, not yet appended to a
+	rbuf   []byte // the read window: records [rlo, rlo+rn)
+	rlo    uint64
+	rn     int
 }
 
-// What an array keeps resident: the pages touched since the last
-// dropPages page changes (a pass moves on through the pages, a seeker's
-// binary search jumps); then the range touched is dropped. The rest is
-// left to the kernel, in the page cache of the temporary file, to be
-// written back and reclaimed as it needs.
+// recWindow is the size of an array's write buffer and of its read
+// window on a sequential pass; jumpWindow that of its window after a
+// jump.
+const (
+	recWindow  = 64 << 10
+	jumpWindow = 4 << 10
+	recBack    = 16 // records
+)
+
+// dropPages: the entry names file leaves the resident set every
+// dropPages pages it grows by.
 var dropPages = 1024 // a variable for tests
 
 func newRecArr[T any](st *checkState, name string, c codec[T]) *recArr[T] {
-	r := &recArr[T]{st: st, name: name, c: c, buf: make([]byte, c.size)}
+	r := &recArr[T]{st: st, name: name, c: c}
 	st.arrays = append(st.arrays, r)
 	return r
 }
@@ -77,58 +91,79 @@ func (r *recArr[T]) add(v T) {
 		}
 		r.a = a
 	}
-	r.c.put(r.buf, v)
-	n, err := r.a.Append(r.buf)
-	if err != nil {
-		r.st.fail(err)
+	if r.wbuf == nil {
+		r.wbuf = make([]byte, 0, recWindow/r.c.size*r.c.size)
+	}
+	n := len(r.wbuf)
+	r.wbuf = r.wbuf[:n+r.c.size]
+	r.c.put(r.wbuf[n:], v)
+	if len(r.wbuf)+r.c.size > cap(r.wbuf) {
+		r.flush()
+	}
+}
+
+// flush appends the write buffer's records to the array.
+func (r *recArr[T]) flush() {
+	if len(r.wbuf) == 0 || r.st.err != nil {
 		return
 	}
-	r.touch(n)
+	if _, err := r.a.AppendRecords(r.wbuf); err != nil {
+		r.st.fail(err)
+	}
+	r.wbuf = r.wbuf[:0]
 }
 
-// touch notes that record i was touched, and drops the range touched
-// once it spans dropPages pages.
-func (r *recArr[T]) touch(i uint64) {
-	if r.lo >= r.hi {
-		r.lo, r.hi = i, i+1
-	} else {
-		r.lo, r.hi = min(r.lo, i), max(r.hi, i+1)
-	}
-	if p := i * uint64(r.c.size) / 4096; p != r.lastPage {
-		r.lastPage = p
-		if r.pages++; r.pages >= dropPages {
-			r.dropAll()
-		}
-	}
-}
-
-// dropAll takes the records touched since the last drop out of the
-// resident set.
+// dropAll frees the read window and the write buffer (their records
+// stay in the array).
 func (r *recArr[T]) dropAll() {
-	if r.a != nil && r.st.err == nil && r.lo < r.hi {
-		if err := r.a.DropResident(r.lo, r.hi); err != nil {
-			r.st.fail(err)
-		}
+	r.flush()
+	r.rbuf, r.rn = nil, 0
+	if len(r.wbuf) == 0 {
+		r.wbuf = nil
 	}
-	r.lo, r.hi, r.pages = 0, 0, 0
 }
 
 func (r *recArr[T]) len() uint64 {
 	if r.a == nil || r.st.err != nil {
 		return 0
 	}
-	return r.a.Len()
+	return r.a.Len() + uint64(len(r.wbuf)/r.c.size)
 }
 
 // at returns record i (< len).
 func (r *recArr[T]) at(i uint64) T {
-	r.touch(i)
-	if err := r.a.Get(i, r.buf); err != nil {
-		r.st.fail(err)
-		var zero T
+	if i-r.rlo < uint64(r.rn) {
+		o := int(i-r.rlo) * r.c.size
+		return r.c.get(r.rbuf[o : o+r.c.size])
+	}
+	var zero T
+	if r.st.err != nil {
 		return zero
 	}
-	return r.c.get(r.buf)
+	r.flush()
+	size, from := jumpWindow, i
+	if end := r.rlo + uint64(r.rn); r.rn > 0 && i >= end && i-end <= recBack {
+		// A pass moving on: a large window, from a few records back (a
+		// seeker reads the last of a run after passing it).
+		size, from = recWindow, i-min(i, recBack)
+	}
+	size = max(size/r.c.size, 1) * r.c.size
+	if cap(r.rbuf) < size {
+		r.rbuf = make([]byte, max(size, recWindow/r.c.size*r.c.size))
+	}
+	r.rbuf = r.rbuf[:size]
+	n, err := r.a.ReadRecords(from, r.rbuf)
+	if err == nil && uint64(n) <= i-from {
+		err = fmt.Errorf("check %s: record %d of %d", r.name, i, r.a.Len())
+	}
+	if err != nil {
+		r.st.fail(err)
+		r.rn = 0
+		return zero
+	}
+	r.rlo, r.rn = from, n
+	o := int(i-from) * r.c.size
+	return r.c.get(r.rbuf[o : o+r.c.size])
 }
 
 // all yields the records in order.
@@ -148,33 +183,46 @@ func (r *recArr[T]) sortBy(keyLen int, tie func(a, b []byte) int) {
 	}
 	r.sorted = true
 	less := func(a, b []byte) bool {
-		if c := bytes.Compare(a[:keyLen], b[:keyLen]); c != 0 || tie == nil {
+		if c := cmpWords(a, b, keyLen); c != 0 || tie == nil {
 			return c < 0
 		}
 		return tie(a, b) < 0
 	}
-	// A stream often comes sorted already (the rmap records by start
-	// are, but for the few of one start): one pass says so.
-	prev := make([]byte, r.c.size)
-	n, inOrder := r.a.Len(), true
-	for i := uint64(0); i < n && inOrder; i++ {
-		if err := r.a.Get(i, r.buf); err != nil {
-			r.st.fail(err)
-			return
-		}
-		r.touch(i)
-		inOrder = i == 0 || !less(r.buf, prev)
-		prev, r.buf = r.buf, prev
-	}
-	if inOrder {
-		r.dropAll()
+	// Sorted in the heap, run by run, and merged (xfile.SortBuffered):
+	// the array's pages never enter the resident set, and a stream that
+	// comes sorted already (the rmap records by start are, but for the
+	// few of one start) costs one pass of reads.
+	r.flush()
+	r.rn = 0 // the window's records move
+	if r.st.err != nil {
 		return
 	}
-	if err := r.a.SortResident(less, dropPages*256); err != nil {
+	if r.st.sortBuf == nil {
+		r.st.sortBuf = make([]byte, sortBufSize)
+	}
+	if err := r.a.SortBuffered(less, r.st.sortBuf); err != nil {
 		r.st.fail(err)
 	}
-	r.lo, r.hi = 0, r.a.Len()
-	r.dropAll()
+}
+
+// sortBufSize is the heap buffer of the check's sorts: runs of this
+// size are sorted in it, then merged.
+var sortBufSize = 4 << 20 // a variable for tests
+
+// cmpWords compares the first keyLen bytes (a multiple of 8) of a and b
+// as big-endian words: as bytes.Compare would, a word at a time.
+func cmpWords(a, b []byte, keyLen int) int {
+	a, b = a[:keyLen], b[:keyLen]
+	for len(a) >= 8 {
+		if x, y := be.Uint64(a), be.Uint64(b); x != y {
+			if x < y {
+				return -1
+			}
+			return 1
+		}
+		a, b = a[8:], b[8:]
+	}
+	return bytes.Compare(a, b)
 }
 
 func (r *recArr[T]) close() {

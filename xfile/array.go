@@ -19,6 +19,8 @@ type Array struct {
 	n  uint64
 	// maxLen is the most records the File can hold.
 	maxLen uint64
+	// opts made f (SortBuffered makes its successor alike).
+	opts Options
 }
 
 // NewArray creates an Array of recSize-byte records on a new File made with
@@ -39,6 +41,7 @@ func NewArray(opts Options, recSize int) (*Array, error) {
 		f:      f,
 		rs:     int64(recSize),
 		maxLen: uint64(MaxSize / int64(recSize)),
+		opts:   opts,
 	}, nil
 }
 

@@ -40,6 +40,7 @@ type CheckVisitor struct {
 // root's. Only operational (non-corruption) errors end the walk early.
 func (t *Tree) Check(v CheckVisitor) error {
 	c := checker{t: t, v: v}
+	c.pf, _ = t.Store.(Prefetcher)
 	if err := c.walk(t.Root, t.Level, nil, nil, true); err != nil {
 		return err
 	}
@@ -54,6 +55,21 @@ type checker struct {
 	v        CheckVisitor
 	items    uint64
 	complete bool
+	pf       Prefetcher
+	kids     [format.MaxLevel + 1][]Ptr // per level: the children handed to pf
+}
+
+// Prefetcher is a Store that can read a node's children ahead, in as few
+// device reads as their placement allows (runs of neighbouring blocks in
+// one read), before Check walks them one by one. A Read of a child is
+// then served from that read, verified as any other. Check calls
+// Prefetch with the children of each interior node just before walking
+// them; the buffer it fills for a level may be reused at the next
+// Prefetch of the same level, when every node read from it is done with.
+// Prefetch reports nothing: a child it could not read is read (and its
+// error reported) by Read as without it.
+type Prefetcher interface {
+	Prefetch(tree format.TreeID, kids []Ptr, level int)
 }
 
 func (c *checker) problem(b format.BlockNr, kind format.Kind, f string, args ...any) {
@@ -107,6 +123,15 @@ func (c *checker) walk(p Ptr, level int, lo, hi *format.Key, root bool) error {
 			}
 		}
 		return nil
+	}
+	if c.pf != nil && level > 0 && level <= format.MaxLevel {
+		kids := c.kids[level][:0]
+		for i := 0; i < cnt; i++ {
+			b, g := n.Child(i)
+			kids = append(kids, Ptr{b, g})
+		}
+		c.kids[level] = kids
+		c.pf.Prefetch(c.t.ID, kids, level-1)
 	}
 	for i := 0; i < cnt; i++ {
 		b, g := n.Child(i)
