@@ -145,6 +145,8 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	b := &bench{cfg: c, ctx: ctx}
 	err := b.run()
+	// Read before stop, which cancels the context too.
+	interrupted := ctx.Err() != nil
 	stop()
 	// A second Ctrl-C during the clean-up would leave mounts behind.
 	signal.Ignore(os.Interrupt, syscall.SIGTERM)
@@ -160,7 +162,7 @@ func main() {
 		b.print(os.Stdout)
 	}
 	if err != nil {
-		if ctx.Err() != nil {
+		if interrupted {
 			fmt.Fprintln(os.Stderr, "compare: interrupted; everything it made was removed")
 			os.Exit(130)
 		}
