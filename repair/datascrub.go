@@ -31,18 +31,28 @@ import (
 //     --errors) and to the resumed cursor, sorted by disk block. A block
 //     mapped by several files (hard links are one inode; a shared extent
 //     several) is one mapping per owner.
-//  2. Group the sorted mappings into runs of contiguous disk blocks of
-//     about dataRunBlocks (1 MiB), skipping the unmapped blocks between
-//     them. A run never splits the mappings that start at one block (so a
+//  2. Group the sorted mappings into runs of about dataRunBlocks (4 MiB)
+//     of disk blocks, reading across unmapped gaps of up to dataGapBlocks
+//     (256 KiB: metadata blocks a commit put between two files' data;
+//     reading them costs less than a second request) and skipping longer
+//     ones. A run never splits the mappings that start at one block (so a
 //     run's start is a cursor position): that may stretch it by one
 //     extent (MaxExtentBlocks), never more.
 //  3. Per run, in order, the coordinator looks up the checksum items of
 //     the run's extents (one ascending walk of the csum tree from the
 //     run's first extent: the csum tree is keyed by disk block too), paces
-//     (the rate limit) and hands the run to a pool of GOMAXPROCS workers.
-//  4. A worker reads the run with one pread into its own reused buffer
-//     (block by block again only if that read fails, to name the
-//     unreadable blocks) and verifies every mapped block.
+//     (the rate limit) and hands the run to a pool of workers, at least
+//     dataReadDepth of them however few cores there are: that many reads
+//     in flight, the queue depth a device (a virtual disk the more so)
+//     needs to stream at full speed.
+//  4. A worker reads the run with one read into its own reused buffer,
+//     past the page cache where the device allows it
+//     (engine.DataReader: O_DIRECT on an image file or block device; no
+//     copy out of the page cache, no readahead deciding the request size,
+//     the mount's cached pages left alone), and verifies every mapped
+//     block. Only if that read fails does it read the mapped blocks one
+//     by one, to name the unreadable ones (an unreadable gap block is
+//     nobody's finding, as before).
 //  5. The coordinator takes the results back in run order, so progress,
 //     pauses and the cursor advance in disk order: after run i, every
 //     mapping starting below run i+1's first block is verified, and that
@@ -62,19 +72,41 @@ import (
 // blocks whose checksum damage to the csum tree hides are not verified,
 // and not counted as verified.
 
-// dataRunBlocks is the size of one read, in blocks: 1 MiB.
-const dataRunBlocks = 256
+// dataRunBlocks is the size of one read, in blocks: 4 MiB (a variable:
+// tests make it small, to have many runs on a small image).
+var dataRunBlocks uint64 = 1024
 
-// dataMap is one file's mapping of contiguous disk blocks, in one extent.
+const (
+	// dataGapBlocks is the longest unmapped gap a run reads across
+	// (256 KiB): reading it costs less than a second request.
+	dataGapBlocks = 64
+	// dataLimitedRunBlocks is the size of one read of a rate-limited
+	// scrub: 1 MiB.
+	dataLimitedRunBlocks = 256
+	// dataReadDepth is the least number of workers, hence of reads in
+	// flight: a device (and a virtual disk the more so) streams fastest
+	// with several large requests queued, even where one core verifies.
+	dataReadDepth = 4
+)
+
+// dataMap is one file's mapping of contiguous disk blocks, in one extent:
+// 32 bytes (the counts inside an extent fit 16 bits).
 type dataMap struct {
-	disk   format.BlockNr // first disk block
-	cstart format.BlockNr // the extent's start: its csum item's key
-	ino    uint64
-	fb     uint64 // first file block
-	n      uint32 // blocks
-	clen   uint32 // the extent's length
-	last   uint32 // bytes of the last block inside the file
+	disk format.BlockNr // first disk block
+	ino  uint64
+	fb   uint64 // first file block
+	n    uint16 // blocks
+	coff uint16 // disk - the extent's start (its csum item's key)
+	clen uint16 // the extent's length
+	last uint16 // bytes of the last block inside the file (1..BlockSize)
 }
+
+// cstart is the start of m's extent: its csum item's key.
+func (m *dataMap) cstart() format.BlockNr { return m.disk - format.BlockNr(m.coff) }
+
+// An extent's length, a mapping's count and offset and a block's size fit
+// dataMap's 16-bit fields.
+const _ = uint16(format.MaxExtentBlocks) + uint16(format.BlockSize)
 
 // dataPlan is what a data scrub reads.
 type dataPlan struct {
@@ -234,7 +266,7 @@ func walkPlan(ctx context.Context, s *engine.Snapshot, scope *dataScope, res *en
 		if end := (fb + cnt) * format.BlockSize; end > size {
 			last = size - (fb+cnt-1)*format.BlockSize
 		}
-		p.maps = append(p.maps, dataMap{disk: d, cstart: fe.Start, ino: ino, fb: fb, n: uint32(cnt), clen: uint32(fe.Len), last: uint32(last)})
+		p.maps = append(p.maps, dataMap{disk: d, ino: ino, fb: fb, n: uint16(cnt), coff: uint16(d - fe.Start), clen: uint16(fe.Len), last: uint16(last)})
 	}
 	err := t.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
 		if n++; n%4096 == 0 && ctx.Err() != nil {
@@ -318,17 +350,22 @@ type runResult struct {
 	blocks   uint64 // mapped blocks (units)
 }
 
-// runs groups the plan's mappings into runs (see above).
-func (p *dataPlan) runs() []*dataRun {
+// runs groups the plan's mappings into runs of about size blocks, read
+// across gaps of up to gap blocks (see above).
+func (p *dataPlan) runs(size, gap uint64) []*dataRun {
 	var out []*dataRun
 	var cur *dataRun
-	for i, m := range p.maps {
+	for i := range p.maps {
+		m := &p.maps[i]
 		end := m.disk + format.BlockNr(m.n)
-		if cur != nil && (m.disk == p.maps[i-1].disk ||
-			(m.disk <= cur.start+format.BlockNr(cur.n) && uint64(max(end, cur.start+format.BlockNr(cur.n))-cur.start) <= dataRunBlocks)) {
-			cur.maps = cur.maps[:len(cur.maps)+1]
-			cur.n = max(cur.n, uint64(end-cur.start))
-			continue
+		if cur != nil {
+			cend := cur.start + format.BlockNr(cur.n)
+			if m.disk == p.maps[i-1].disk ||
+				(m.disk <= cend+format.BlockNr(gap) && uint64(max(end, cend)-cur.start) <= size) {
+				cur.maps = cur.maps[:len(cur.maps)+1]
+				cur.n = max(cur.n, uint64(end-cur.start))
+				continue
+			}
 		}
 		cur = &dataRun{start: m.disk, n: uint64(m.n), maps: p.maps[i : i+1]}
 		out = append(out, cur)
@@ -340,9 +377,10 @@ func (p *dataPlan) runs() []*dataRun {
 // csum tree: one goroutine).
 func lookupCsums(e *engine.Engine, s *engine.Snapshot, r *dataRun) {
 	r.cs = make([]csumRef, len(r.maps))
-	first, last := r.maps[0].cstart, r.maps[0].cstart
-	for _, m := range r.maps {
-		first, last = min(first, m.cstart), max(last, m.cstart)
+	first, last := r.maps[0].cstart(), r.maps[0].cstart()
+	for i := range r.maps {
+		c := r.maps[i].cstart()
+		first, last = min(first, c), max(last, c)
 	}
 	found := map[format.BlockNr][]byte{}
 	t, ok := s.ScanTree(format.TreeCsum)
@@ -359,12 +397,13 @@ func lookupCsums(e *engine.Engine, s *engine.Snapshot, r *dataRun) {
 		})
 	}
 	sick := e.Sick(engine.StructCsum)
-	for i, m := range r.maps {
-		v, ok := found[m.cstart]
+	for i := range r.maps {
+		m := &r.maps[i]
+		v, ok := found[m.cstart()]
 		if err != nil && !ok {
 			// The walk met damage: each extent's own lookup, as a read does.
 			var gerr error
-			v, ok, gerr = t.Get(format.CsumKey(m.cstart), nil)
+			v, ok, gerr = t.Get(format.CsumKey(m.cstart()), nil)
 			if gerr != nil {
 				if e.CsumDamaged(gerr) {
 					r.cs[i] = csumRef{state: csumUnverified}
@@ -393,25 +432,35 @@ func hasTree(s *engine.Snapshot, id format.TreeID) bool {
 	return ok
 }
 
-// verifyRun reads run r into buf and verifies its mappings.
-func verifyRun(s *engine.Snapshot, r *dataRun, buf []byte) runResult {
+// verifyRun reads run r into buf (with rd) and verifies its mappings.
+func verifyRun(rd *engine.DataReader, r *dataRun, buf []byte) runResult {
 	const bs = format.BlockSize
 	var out runResult
-	if uint64(cap(buf)) < r.n*bs { // runs() keeps runs shorter: never
-		buf = make([]byte, r.n*bs)
+	if uint64(len(buf)) < r.n*bs { // runs() keeps runs shorter: never
+		buf = rd.Buffer(int(r.n))
 	}
 	buf = buf[:r.n*bs]
 	var unreadable map[format.BlockNr]error
-	if err := s.ReadData(r.start, buf); err != nil {
+	if err := rd.Read(r.start, buf); err != nil {
+		// Block by block, the mapped blocks only, to name the unreadable
+		// ones (a gap the run read across is nobody's).
 		unreadable = map[format.BlockNr]error{}
-		for i := uint64(0); i < r.n; i++ {
-			d := r.start + format.BlockNr(i)
-			if err := s.ReadData(d, buf[i*bs:(i+1)*bs]); err != nil {
-				unreadable[d] = err
+		for j := range r.maps {
+			m := &r.maps[j]
+			for i := uint64(0); i < uint64(m.n); i++ {
+				d := m.disk + format.BlockNr(i)
+				o := uint64(d-r.start) * bs
+				if _, ok := unreadable[d]; ok {
+					continue
+				}
+				if err := rd.Read(d, buf[o:o+bs]); err != nil {
+					unreadable[d] = err
+				}
 			}
 		}
 	}
-	for j, m := range r.maps {
+	for j := range r.maps {
+		m := &r.maps[j]
 		cs := r.cs[j]
 		for i := uint64(0); i < uint64(m.n); i++ {
 			out.blocks++
@@ -430,14 +479,14 @@ func verifyRun(s *engine.Snapshot, r *dataRun, buf []byte) runResult {
 			case csumUnverified:
 				continue
 			case csumMissing:
-				out.bad = append(out.bad, badData{ino: m.ino, off: off, detail: fmt.Sprintf("offset %d: inode %d block %d: extent %d has no checksums: %v", off, m.ino, fb, m.cstart, syscall.EIO)})
+				out.bad = append(out.bad, badData{ino: m.ino, off: off, detail: fmt.Sprintf("offset %d: inode %d block %d: extent %d has no checksums: %v", off, m.ino, fb, m.cstart(), syscall.EIO)})
 				continue
 			case csumBad:
-				out.bad = append(out.bad, badData{ino: m.ino, off: off, detail: fmt.Sprintf("offset %d: inode %d block %d: checksum item of extent %d is damaged: %v", off, m.ino, fb, m.cstart, syscall.EIO)})
+				out.bad = append(out.bad, badData{ino: m.ino, off: off, detail: fmt.Sprintf("offset %d: inode %d block %d: checksum item of extent %d is damaged: %v", off, m.ino, fb, m.cstart(), syscall.EIO)})
 				continue
 			}
 			b := buf[uint64(d-r.start)*bs:][:bs]
-			if format.Checksum(b) != format.CsumAt(cs.v, uint64(d-m.cstart)) {
+			if format.Checksum(b) != format.CsumAt(cs.v, uint64(d-m.cstart())) {
 				out.bad = append(out.bad, badData{ino: m.ino, off: off, disk: d, detail: "data checksum mismatch"})
 				continue
 			}
@@ -512,8 +561,17 @@ func scrubDataDisk(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool
 			c.tick(0)
 		}
 	}
-	runs := plan.runs()
-	workers := max(1, runtime.GOMAXPROCS(0))
+	// A rate-limited scrub spends its budget on file data only, and in
+	// steps small enough for progress and its ETA to move evenly: 1 MiB
+	// runs, no gap read across (decided at the start: --rate auto counts
+	// as limited throughout).
+	size, gap := dataRunBlocks, uint64(dataGapBlocks)
+	if c.limited() {
+		size, gap = min(size, dataLimitedRunBlocks), 0
+	}
+	runs := plan.runs(size, gap)
+	rd := s.DataReader()
+	workers := max(dataReadDepth, runtime.GOMAXPROCS(0))
 	window := 2 * workers
 	jobs := make(chan *dataRun, window)
 	var wg sync.WaitGroup
@@ -521,20 +579,25 @@ func scrubDataDisk(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, (dataRunBlocks+format.MaxExtentBlocks)*format.BlockSize)
+			var buf []byte
 			for r := range jobs {
-				r.out <- verifyRun(s, r, buf)
+				if buf == nil { // only workers that get a run hold a buffer
+					buf = rd.Buffer(int(dataRunBlocks) + format.MaxExtentBlocks)
+				}
+				r.out <- verifyRun(rd, r, buf)
 			}
 		}()
 	}
 	defer func() {
 		close(jobs)
 		wg.Wait()
+		rd.Close()
 	}()
 	// The workers read at most window runs ahead of the run taken back.
 	// The rate limit paces the runs as they are taken back, so progress
 	// moves at the rate (its ETA right to the end); a limited run reads
-	// one run ahead only.
+	// one run ahead only (it is read while the run before it is paced:
+	// the read's latency, a direct read's the more, stays off the pace).
 	next := 0
 	for i, r := range runs {
 		if err := ctx.Err(); err != nil {
@@ -543,7 +606,7 @@ func scrubDataDisk(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool
 		}
 		w := window
 		if c.limited() {
-			w = 1
+			w = 2 // the next run is read while this one is paced
 		}
 		for next < len(runs) && next-i < w {
 			r := runs[next]

@@ -256,6 +256,8 @@ func TestDataScrubFindsExactly(t *testing.T) {
 	}
 
 	t.Run("resume", func(t *testing.T) {
+		defer func(n uint64) { dataRunBlocks = n }(dataRunBlocks)
+		dataRunBlocks = 128 // several runs on this image
 		var cps []engine.ScrubCursor
 		cctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -615,22 +617,24 @@ func TestDataRuns(t *testing.T) {
 		var p dataPlan
 		d := format.BlockNr(100)
 		for i := 0; i < 1+r.IntN(300); i++ {
-			n := uint32(1 + r.IntN(format.MaxExtentBlocks))
+			n := uint16(1 + r.IntN(format.MaxExtentBlocks))
 			p.maps = append(p.maps, dataMap{disk: d, n: n, ino: uint64(r.IntN(5))})
 			if r.IntN(4) == 0 { // shared by a second file
-				p.maps = append(p.maps, dataMap{disk: d, n: uint32(1 + r.IntN(int(n))), ino: 9})
+				p.maps = append(p.maps, dataMap{disk: d, n: uint16(1 + r.IntN(int(n))), ino: 9})
 			}
-			switch r.IntN(3) {
+			switch r.IntN(4) {
 			case 0:
 				d += format.BlockNr(n)
 			case 1:
 				d += format.BlockNr(n) + format.BlockNr(r.IntN(50))
+			case 2: // a gap a run may not read across
+				d += format.BlockNr(n) + dataGapBlocks + 1 + format.BlockNr(r.IntN(500))
 			default:
 				d += format.BlockNr(r.IntN(int(n))) // overlapping
 			}
 		}
 		slices.SortFunc(p.maps, func(a, b dataMap) int { return cmp.Or(cmp.Compare(a.disk, b.disk), cmp.Compare(a.ino, b.ino)) })
-		runs := p.runs()
+		runs := p.runs(dataRunBlocks, dataGapBlocks)
 		i := 0
 		for j, run := range runs {
 			if run.n > dataRunBlocks+format.MaxExtentBlocks {
@@ -647,6 +651,15 @@ func TestDataRuns(t *testing.T) {
 			}
 			if j > 0 && runs[j-1].maps[len(runs[j-1].maps)-1].disk >= run.start {
 				t.Fatalf("run %d starts at %d, not above its predecessor's last mapping", j, run.start)
+			}
+			for k := 1; k < len(run.maps); k++ { // no long gap inside a run
+				covered := run.start
+				for _, m := range run.maps[:k] {
+					covered = max(covered, m.disk+format.BlockNr(m.n))
+				}
+				if run.maps[k].disk > covered+dataGapBlocks {
+					t.Fatalf("run %d reads across a gap of %d blocks", j, run.maps[k].disk-covered)
+				}
 			}
 		}
 		if i != len(p.maps) {
