@@ -162,8 +162,19 @@ func TestMountSchedules(t *testing.T) {
 	}
 	startMount(t, img, dir, "--schedule", "@every 1h", "--schedule-data", "0 3 * * 0", "--repair")
 	st := statusOf(t, dir)
-	if len(st.Schedules) != 2 || st.NextScrub == nil || !st.Schedules[0].Repair || st.Schedules[1].Spec != "0 3 * * 0" || !st.Schedules[1].Data {
+	// Status lists schedules soonest first, so which comes first depends
+	// on the clock (on Sundays before 03:00 the weekly one does): find
+	// each by its expression.
+	specs := map[string]daemon.ScheduleStatus{}
+	for _, sc := range st.Schedules {
+		specs[sc.Spec] = sc
+	}
+	hourly, weekly := specs["@every 1h"], specs["0 3 * * 0"]
+	if len(st.Schedules) != 2 || st.NextScrub == nil || !hourly.Repair || hourly.Data || !weekly.Data || !weekly.Repair {
 		t.Fatalf("schedules in status: %+v", st.Schedules)
+	}
+	if !st.Schedules[0].Next.Before(st.Schedules[1].Next) && !st.Schedules[0].Next.Equal(st.Schedules[1].Next) {
+		t.Fatalf("schedules not soonest first: %+v", st.Schedules)
 	}
 	if d := time.Until(*st.NextScrub); d <= 0 || d > time.Hour+time.Minute {
 		t.Fatalf("next scrub in %v", d)
