@@ -80,12 +80,17 @@ const (
 	ErrXattrOrphan     ErrorID = 81 // an extended attribute of a missing inode
 	ErrXattrKey        ErrorID = 82 // an extended attribute under a key its name does not hash to, or a name out of namespace
 	ErrXattrChunk      ErrorID = 83 // a large attribute value's chunk missing, out of range, of the wrong length, or without its head
+	ErrSubvolRoot      ErrorID = 90 // a live subvolume whose root directory is missing, not a directory, or named in no directory
+	ErrSubvolOrphan    ErrorID = 91 // inodes in a subvolume that has no item
+	ErrUUIDMissing     ErrorID = 92 // a subvolume's UUID, or received UUID, missing from the uuid tree
+	ErrUUIDOrphan      ErrorID = 93 // a uuid tree key naming no subvolume, or a UUID its subvolume does not have
 )
 
 var errorNames = map[ErrorID]string{
 	ErrSuperCopyBad: "super_copy_bad", ErrSuperCopyStale: "super_copy_stale", ErrSuperFreeCount: "super_free_count",
 	ErrSuperCopyField: "super_copy_field", ErrLogBlockBad: "log_block_bad",
 	ErrXattrOrphan: "xattr_orphan", ErrXattrKey: "xattr_bad_key", ErrXattrChunk: "xattr_chunk",
+	ErrSubvolRoot: "subvol_root", ErrSubvolOrphan: "subvol_orphan", ErrUUIDMissing: "uuid_missing", ErrUUIDOrphan: "uuid_orphan",
 	ErrNodeBadMagic: "node_bad_magic", ErrNodeBadChecksum: "node_bad_checksum", ErrNodeWrongFS: "node_wrong_fs",
 	ErrNodeMisdirected: "node_misdirected", ErrNodeWrongOwner: "node_wrong_owner", ErrNodeStale: "node_stale",
 	ErrNodeBadLevel: "node_bad_level", ErrNodeBadLayout: "node_bad_layout", ErrNodeKeyOrder: "node_key_order",

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -62,6 +63,10 @@ type Options struct {
 	// DeletedInodes runs at every read-write mount to free inodes that were
 	// unlinked while open (recovery pass deleted_inodes).
 	DeletedInodes func(tx *Tx) error
+	// SubvolReap frees the inodes of deleted subvolumes (recovery pass
+	// subvol_reap, run when a deletion was under way; registered by the
+	// filesystem layer).
+	SubvolReap func(ctx context.Context, e *Engine) error
 	// CacheBlocks bounds the clean-block cache; 0 means the default.
 	CacheBlocks int
 	// Logger receives the engine's log; nil discards.
@@ -941,6 +946,29 @@ func (tx *Tx) NextObjectID() uint64 {
 	return id
 }
 
+// PeekObjectID returns the id NextObjectID would hand out, taking none.
+func (tx *Tx) PeekObjectID() uint64 { return tx.e.super.NextObjectID }
+
+// RequirePass sets recovery pass id in the superblock with this
+// transaction: a crash after its commit runs the pass at the next mount.
+func (tx *Tx) RequirePass(id uint) {
+	if tx.e.super.RecoveryPasses&(1<<id) == 0 {
+		tx.touched = true
+		tx.e.txn.superDirty = true
+		tx.e.super.RecoveryPasses |= 1 << id
+	}
+}
+
+// ClearPass clears recovery pass id with this transaction: the work it
+// stood for is done in it.
+func (tx *Tx) ClearPass(id uint) {
+	if tx.e.super.RecoveryPasses&(1<<id) != 0 {
+		tx.touched = true
+		tx.e.txn.superDirty = true
+		tx.e.super.RecoveryPasses &^= 1 << id
+	}
+}
+
 // ref queues a reference change, releasing at once an extent allocated in
 // this transaction whose references all went away.
 // It reports whether the extent was released.
@@ -1189,6 +1217,9 @@ func (e *Engine) periodicCommit() {
 }
 
 // Close commits (unless read-only or aborted) and closes the device.
+// Logger returns the engine's log.
+func (e *Engine) Logger() *slog.Logger { return e.log }
+
 func (e *Engine) Close() error {
 	e.mu.Lock()
 	if e.closed {

@@ -48,6 +48,10 @@ const (
 	// PassRmapMaps writes into every file's reverse mapping the range it
 	// maps (an upgrade to format 1.2, IncompatRmapMaps: versions.go).
 	PassRmapMaps uint = 8
+	// PassSubvolReap frees what deleted subvolumes still hold (set while
+	// a deletion is under way; registered by the filesystem layer through
+	// Options.SubvolReap).
+	PassSubvolReap uint = 9
 )
 
 // sickPasses names, for a structure whose damage a pass meets and leaves
@@ -72,6 +76,7 @@ var recoveryPasses = []RecoveryPass{
 	{ID: PassLoggedOps, Name: "logged_ops", Always: true, run: passLoggedOps},
 	{ID: PassDeletedInodes, Name: "deleted_inodes", Always: true, run: passDeletedInodes},
 	{ID: PassRmapMaps, Name: "rmap_maps", run: passRmapMaps},
+	{ID: PassSubvolReap, Name: "subvol_reap", run: passSubvolReap},
 	{ID: PassFreeUntrusted, Name: "free_untrusted", Marker: true},
 	{ID: PassAllocUntrusted, Name: "alloc_untrusted", Marker: true},
 	{ID: PassRmapUntrusted, Name: "rmap_untrusted", Marker: true},
@@ -105,6 +110,40 @@ func passDeletedInodes(_ context.Context, e *Engine) error {
 		e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("the deleted tree is damaged (%v): inodes unlinked while open are not freed until it is rebuilt", damage))
 	}
 	return e.Sync()
+}
+
+// passSubvolReap finishes the deletions of subvolumes a crash or an
+// unmount interrupted (engine/fs/subvol.go): their inodes are freed in
+// batches of transactions, each recording how far it went in the
+// subvolume's item, so the pass resumes where the last commit left it.
+func passSubvolReap(ctx context.Context, e *Engine) error {
+	if e.opts.SubvolReap == nil {
+		pending, err := e.subvolDeletePending()
+		if err != nil || !pending {
+			return err
+		}
+		return &deferredPass{why: "has no filesystem layer to run it (the image was opened by the engine alone)"}
+	}
+	if err := e.opts.SubvolReap(ctx, e); err != nil {
+		return err
+	}
+	return e.Sync()
+}
+
+// subvolDeletePending reports whether a subvolume is being deleted.
+func (e *Engine) subvolDeletePending() (bool, error) {
+	pending := false
+	err := e.View(func(tx *Tx) error {
+		tr, _ := tx.ReadTree(format.TreeSubvol)
+		return tr.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+			if k.Type == format.TypeSubvolItem {
+				it, err := format.DecodeSubvolItem(v)
+				pending = err != nil || it.Flags&format.SubvolDeleting != 0
+			}
+			return !pending
+		})
+	})
+	return pending, err
 }
 
 // Damage to the deleted and logged_ops trees.

@@ -47,6 +47,7 @@ var formatVersions = []FormatVersion{
 	{Minor: 4, Feature: "xattr", RoCompat: format.RoCompatXattr, InUse: xattrInUse},
 	{Minor: 5, Feature: "long_symlinks", Incompat: format.IncompatLongSymlinks, InUse: longSymlinksInUse},
 	{Minor: 6, Feature: "large_xattrs", Incompat: format.IncompatLargeXattrs, InUse: largeXattrsInUse},
+	{Minor: 7, Feature: "subvols", Incompat: format.IncompatSubvols, InUse: subvolsInUse},
 }
 
 func init() {
@@ -475,6 +476,26 @@ func largeXattrsInUse(s *Snapshot) (string, error) {
 	}
 	if found {
 		return "an extended attribute's value is larger than one item holds", nil
+	}
+	return "", nil
+}
+
+// subvolsInUse: a subvolume item (one being reaped too) uses subvols.
+func subvolsInUse(s *Snapshot) (string, error) {
+	t, ok := s.ScanTree(format.TreeSubvol)
+	if !ok {
+		return "", nil
+	}
+	found := false
+	err := t.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+		found = k.Type == format.TypeSubvolItem
+		return !found
+	})
+	if err != nil {
+		return "", err
+	}
+	if found {
+		return "the image has subvolumes", nil
 	}
 	return "", nil
 }

@@ -83,8 +83,13 @@ const (
 	// with the version; without it a larger value is refused (ENOSPC).
 	// An older build would reject the head's length fields.
 	IncompatLargeXattrs uint64 = 1 << 4
+	// IncompatSubvols (format 1.7): inode numbers carry a subvolume id
+	// in their top bits, and the subvol and uuid trees hold items
+	// (subvol.go). An older build would see inodes above its object id
+	// counter and a directory entry leading into another inode space.
+	IncompatSubvols uint64 = 1 << 5
 
-	IncompatSupported = IncompatLogChain | IncompatRmapMaps | IncompatRootBackups | IncompatLongSymlinks | IncompatLargeXattrs
+	IncompatSupported = IncompatLogChain | IncompatRmapMaps | IncompatRootBackups | IncompatLongSymlinks | IncompatLargeXattrs | IncompatSubvols
 	// RoCompatXattr (format 1.4): the image may have the xattr tree
 	// (xattr.go); a build without it would free inodes and leave their
 	// attributes, so it mounts the image read-only.

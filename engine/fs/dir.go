@@ -3,7 +3,6 @@ package fs
 import (
 	"errors"
 	"fmt"
-	"math"
 	"strings"
 	"syscall"
 	"time"
@@ -110,16 +109,6 @@ func probeDir(tx *engine.Tx, keys ...format.Key) error {
 		}
 	}
 	return nil
-}
-
-// probeInodeTail reads the inode tree's rightmost path, where a new
-// inode's items go (inode numbers only grow), so that damage there fails
-// the create before it changes anything, instead of the transaction after
-// it has.
-func probeInodeTail(tx *engine.Tx) error {
-	tr, _ := tx.ReadTree(format.TreeInode)
-	_, _, err := tr.Get(format.Key{Obj: math.MaxUint64, Type: math.MaxUint8, Off: math.MaxUint64, Aux: math.MaxUint64}, nil)
-	return err
 }
 
 // dirDamage marks the structure damage in err was met in sick and returns
@@ -310,11 +299,14 @@ func (f *FS) mknod(dir uint64, name string, ni NewInode) (Attr, error) {
 		if err := probeDir(tx, format.DirIndexKey(dir, din.NextIndex)); err != nil {
 			return err
 		}
-		if err := probeInodeTail(tx); err != nil {
+		if err := probeNewInode(tx, dir); err != nil {
 			return err
 		}
 		now := ts(time.Now())
-		ino := tx.NextObjectID()
+		ino, err := allocIno(tx, dir)
+		if err != nil {
+			return err
+		}
 		in := &format.InodeItem{Mode: ni.Mode, UID: ni.UID, GID: ni.GID, Nlink: 1, Rdev: ni.Rdev,
 			Generation: uint64(tx.Gen()), Atime: now, Mtime: now, Ctime: now, Btime: now}
 		if isDir(in) {
@@ -471,6 +463,9 @@ func (f *FS) Link(ino, newdir uint64, newname string) (Attr, error) {
 		if isDir(in) {
 			return syscall.EPERM
 		}
+		if crossSubvol(ino, newdir) {
+			return syscall.EXDEV
+		}
 		if in.Nlink >= 65000 {
 			return syscall.EMLINK
 		}
@@ -556,6 +551,9 @@ func (f *FS) remove(dir uint64, name string, wantDir bool) error {
 				return syscall.ENOTDIR
 			}
 			return syscall.EISDIR
+		}
+		if format.IsSubvolRoot(de.Ino) {
+			return syscall.EPERM // DeleteSubvol deletes a subvolume
 		}
 		if wantDir {
 			empty, err := dirEmpty(tx, de.Ino)
@@ -729,6 +727,9 @@ func (f *FS) Rename(olddir uint64, oldname string, newdir uint64, newname string
 		if exists && flags&RenameNoReplace != 0 {
 			return syscall.EEXIST
 		}
+		if exists && format.IsSubvolRoot(tde.Ino) {
+			return syscall.EPERM // DeleteSubvol deletes a subvolume
+		}
 		probe := []format.Key{format.DirIndexKey(olddir, de.Index), format.DirIndexKey(newdir, ndin.NextIndex)}
 		if exists {
 			probe = append(probe, format.DirIndexKey(newdir, tde.Index))
@@ -820,6 +821,9 @@ func (f *FS) renameTx(olddir uint64, oldname string, newdir uint64, fn func(tx *
 		}
 		if !isDir(rn.odin) || !isDir(rn.ndin) {
 			return syscall.ENOTDIR
+		}
+		if crossSubvol(olddir, newdir) {
+			return syscall.EXDEV
 		}
 		if rn.de, rn.okey, rn.in, err = mustEntry(tx, olddir, oldname); err != nil {
 			return err

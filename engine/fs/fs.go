@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -50,6 +51,10 @@ type FS struct {
 	writes atomic.Uint64
 	// changed: caches of the FS dropping what repairs change (changed.go).
 	changed changedChain
+	// The subvolume reaper (subvol.go): running, and how to stop it.
+	reaping  bool
+	reapStop context.CancelFunc
+	reapWG   sync.WaitGroup
 }
 
 // Activity returns a counter of the writes, truncates and fsyncs made so
@@ -75,6 +80,7 @@ func Open(dev disk.Device, opts Options) (*FS, error) {
 	eo.NoLog = opts.NoTreeLog
 	eo.ReplayLog = f.replay
 	eo.DeletedInodes = f.purgeDeleted
+	eo.SubvolReap = f.reap
 	if opts.CommitInterval != 0 {
 		eo.CommitInterval = opts.CommitInterval
 	}
@@ -90,6 +96,10 @@ func Open(dev disk.Device, opts Options) (*FS, error) {
 		if err := f.ensureRoot(); err != nil {
 			e.Close()
 			return nil, err
+		}
+		if f.reapPending() {
+			// A deletion the mount's pass left (deferred by damage).
+			f.startReaper()
 		}
 	}
 	return f, nil
@@ -123,7 +133,10 @@ func (f *FS) Stats() Stats {
 func (f *FS) Sync() error { return errno(f.e.Sync()) }
 
 // Close commits and unmounts.
-func (f *FS) Close() error { return f.e.Close() }
+func (f *FS) Close() error {
+	f.stopReaper()
+	return f.e.Close()
+}
 
 // ensureRoot creates the root directory on first mount. A root inode item
 // the damage makes unreadable (its leaf, or a node above it, is bad) does

@@ -1,0 +1,804 @@
+package fs
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"path"
+	"syscall"
+	"time"
+
+	"github.com/scrubd/scrubd/engine"
+	"github.com/scrubd/scrubd/engine/format"
+)
+
+// Subvolumes (format 1.7; the layout is in engine/format/subvol.go).
+//
+// A subvolume is made by CreateSubvol as a directory whose inode, and the
+// inode of everything later made beneath it, carries the subvolume's id in
+// its top bits. It is an ordinary directory to every other operation, with
+// the btrfs rules at its edges: a rename or a hard link from one
+// subvolume into another is EXDEV (a copy is what moves data between
+// them; reflinks may share it), and rmdir of a subvolume's root is EPERM
+// (DeleteSubvol deletes it).
+//
+// Deletion (the btrfs and bcachefs design) returns at once: one
+// transaction removes the root's entry, marks the item SubvolDeleting and
+// sets recovery pass subvol_reap in the superblock. A background reaper
+// then frees the subvolume's inodes, a batch per transaction, recording in
+// the item where it goes on; its last transaction removes the item and the
+// UUIDs and clears the pass. A crash leaves the pass set, so the next
+// mount finishes the work. The reaper runs only while some deletion is
+// under way. An inode still open when its turn comes goes to the deleted
+// list, as an unlinked open file does, and is freed at its last close.
+
+// SubvolInfo describes a subvolume.
+type SubvolInfo struct {
+	ID uint64 `json:"id"`
+	// Path is the root's path from the top level ("/a/b"); empty while
+	// the subvolume is being deleted.
+	Path         string    `json:"path"`
+	RootIno      uint64    `json:"root_ino"`
+	UUID         string    `json:"uuid"`
+	ParentUUID   string    `json:"parent_uuid,omitempty"`
+	ReceivedUUID string    `json:"received_uuid,omitempty"`
+	Generation   uint64    `json:"generation"` // the commit that created it
+	CTime        time.Time `json:"ctime"`
+	ReadOnly     bool      `json:"readonly"`
+	Deleting     bool      `json:"deleting,omitempty"`
+}
+
+// Errors of the subvolume calls (each also an errno for the mount).
+var (
+	ErrNoSubvols = fmt.Errorf("the image's format predates subvolumes (1.7): upgrade it first (scrubd upgrade IMAGE, or mount --version-upgrade incompatible): %w", syscall.EOPNOTSUPP)
+	ErrNotSubvol = fmt.Errorf("not a subvolume: %w", syscall.EINVAL)
+	// ErrSubvolBusy: a subvolume holding other subvolumes is not deleted
+	// (as btrfs): delete those first.
+	ErrSubvolBusy   = fmt.Errorf("the subvolume holds other subvolumes: delete them first: %w", syscall.ENOTEMPTY)
+	ErrNoSuchSubvol = fmt.Errorf("no such subvolume: %w", syscall.ENOENT)
+	ErrSubvolIDs    = fmt.Errorf("no subvolume id left: %w", syscall.ENOSPC)
+)
+
+// allocIno hands out the number of a new inode made in directory dir: in
+// dir's subvolume.
+func allocIno(tx *engine.Tx, dir uint64) (uint64, error) {
+	if tx.PeekObjectID() >= 1<<format.SubvolShift {
+		return 0, syscall.ENOSPC
+	}
+	return format.SubvolIno(format.SubvolOf(dir), tx.NextObjectID()), nil
+}
+
+// probeNewInode reads the inode tree's path to where a new inode made in
+// dir goes, so that damage there fails the create before it changes
+// anything instead of the transaction after it has.
+func probeNewInode(tx *engine.Tx, dir uint64) error {
+	tr, _ := tx.ReadTree(format.TreeInode)
+	_, _, err := tr.Get(format.InodeKey(format.SubvolIno(format.SubvolOf(dir), tx.PeekObjectID())), nil)
+	return err
+}
+
+// crossSubvol reports whether a name moving from a to b (both
+// directories) would cross a subvolume's edge.
+func crossSubvol(a, b uint64) bool { return format.SubvolOf(a) != format.SubvolOf(b) }
+
+func getSubvol(tx *engine.Tx, id uint64) (*format.SubvolItem, bool, error) {
+	tr, _ := tx.ReadTree(format.TreeSubvol)
+	v, ok, err := tr.Get(format.SubvolKey(id), nil)
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	it, err := format.DecodeSubvolItem(v)
+	if err != nil {
+		return nil, false, fmt.Errorf("subvolume %d: %w", id, err)
+	}
+	return it, true, nil
+}
+
+func putSubvol(tx *engine.Tx, id uint64, it *format.SubvolItem) error {
+	tr, err := tx.Tree(format.TreeSubvol)
+	if err != nil {
+		return err
+	}
+	return tr.Put(format.SubvolKey(id), it.Encode())
+}
+
+// putUUIDs adds (or with del removes) the uuid tree's keys of subvolume
+// id.
+func putUUIDs(tx *engine.Tx, id uint64, it *format.SubvolItem, del bool) error {
+	tr, err := tx.Tree(format.TreeUUID)
+	if err != nil {
+		return err
+	}
+	keys := []format.Key{format.UUIDKey(it.UUID, format.TypeUUIDSubvol, id)}
+	if !it.ReceivedUUID.IsZero() {
+		keys = append(keys, format.UUIDKey(it.ReceivedUUID, format.TypeUUIDReceived, id))
+	}
+	for _, k := range keys {
+		if del {
+			if _, err := tr.Delete(k); err != nil {
+				return err
+			}
+		} else if err := tr.Put(k, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nextSubvolID is one more than the largest id in use (ids are reused
+// only once a deleted subvolume is wholly gone, with its inodes).
+func nextSubvolID(tx *engine.Tx) (uint64, error) {
+	tr, _ := tx.ReadTree(format.TreeSubvol)
+	last := uint64(0)
+	err := tr.Descend(format.MaxKey, func(k format.Key, _ []byte) bool {
+		if k.Type != format.TypeSubvolItem {
+			return true
+		}
+		last = k.Obj
+		return false
+	})
+	if err != nil {
+		return 0, err
+	}
+	if last >= format.MaxSubvolID {
+		return 0, ErrSubvolIDs
+	}
+	return last + 1, nil
+}
+
+func newUUID() format.UUID {
+	var u format.UUID
+	rand.Read(u[:])
+	u[6] = u[6]&0x0f | 0x40 // version 4
+	u[8] = u[8]&0x3f | 0x80 // RFC 4122 variant
+	return u
+}
+
+// CreateSubvol makes an empty subvolume called name in directory dir.
+func (f *FS) CreateSubvol(dir uint64, name string) (SubvolInfo, error) {
+	if err := checkName(name); err != nil {
+		return SubvolInfo{}, err
+	}
+	if !f.e.HasFeatures(0, format.IncompatSubvols) {
+		return SubvolInfo{}, ErrNoSubvols
+	}
+	var info SubvolInfo
+	var gen format.Gen
+	err := f.e.Update(func(tx *engine.Tx) error {
+		din, err := mustInode(tx, dir)
+		if err != nil {
+			return err
+		}
+		if !isDir(din) {
+			return syscall.ENOTDIR
+		}
+		if din.Nlink == 0 {
+			return syscall.ENOENT
+		}
+		if _, _, ok, err := lookupEntry(tx, dir, name); err != nil {
+			return err
+		} else if ok {
+			return syscall.EEXIST
+		}
+		if err := probeDir(tx, format.DirIndexKey(dir, din.NextIndex)); err != nil {
+			return err
+		}
+		id, err := nextSubvolID(tx)
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		it := &format.SubvolItem{CTransID: uint64(tx.Gen()), UUID: newUUID(), CTime: ts(now)}
+		ino := format.SubvolRootIno(id)
+		in := &format.InodeItem{Mode: syscall.S_IFDIR | 0o755, UID: din.UID, GID: din.GID, Nlink: 2, Parent: dir, NextIndex: 2,
+			Generation: uint64(tx.Gen()), Atime: ts(now), Mtime: ts(now), Ctime: ts(now), Btime: ts(now)}
+		if err := putInode(tx, ino, in); err != nil {
+			return err
+		}
+		if err := addEntry(tx, dir, din, name, ino, in.Mode); err != nil {
+			return err
+		}
+		din.Nlink++
+		din.Mtime, din.Ctime = ts(now), ts(now)
+		if err := putInode(tx, dir, din); err != nil {
+			return err
+		}
+		if err := putSubvol(tx, id, it); err != nil {
+			return err
+		}
+		if err := putUUIDs(tx, id, it, false); err != nil {
+			return err
+		}
+		info, gen = subvolInfo(id, it), tx.Gen()
+		return nil
+	})
+	if err != nil {
+		return SubvolInfo{}, errno(f.dirDamage(err))
+	}
+	f.markFull(dir, gen)
+	f.markFull(info.RootIno, gen)
+	info.Path, _ = f.dirPath(dir, name)
+	return info, nil
+}
+
+func subvolInfo(id uint64, it *format.SubvolItem) SubvolInfo {
+	s := SubvolInfo{ID: id, RootIno: format.SubvolRootIno(id), UUID: it.UUID.String(), Generation: it.CTransID,
+		CTime:    time.Unix(it.CTime.Sec, int64(it.CTime.Nsec)),
+		ReadOnly: it.Flags&format.SubvolReadOnly != 0, Deleting: it.Flags&format.SubvolDeleting != 0}
+	if !it.ParentUUID.IsZero() {
+		s.ParentUUID = it.ParentUUID.String()
+	}
+	if !it.ReceivedUUID.IsZero() {
+		s.ReceivedUUID = it.ReceivedUUID.String()
+	}
+	return s
+}
+
+// Subvols lists every subvolume by id, with paths.
+func (f *FS) Subvols() ([]SubvolInfo, error) {
+	var out []SubvolInfo
+	err := f.e.View(func(tx *engine.Tx) error {
+		tr, _ := tx.ReadTree(format.TreeSubvol)
+		var derr error
+		err := tr.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+			if k.Type != format.TypeSubvolItem {
+				return true
+			}
+			it, err := format.DecodeSubvolItem(v)
+			if err != nil {
+				derr = fmt.Errorf("subvolume %d: %w", k.Obj, err)
+				return false
+			}
+			out = append(out, subvolInfo(k.Obj, it))
+			return true
+		})
+		if err != nil {
+			return err
+		}
+		if derr != nil {
+			return derr
+		}
+		return paths(tx, out)
+	})
+	return out, errno(f.dirDamage(err))
+}
+
+// paths fills in the paths of the live subvolumes in infos, reading each
+// parent directory once (many subvolumes often share one).
+func paths(tx *engine.Tx, infos []SubvolInfo) error {
+	pc := pathCache{tx: tx, dirs: map[uint64]string{RootIno: "/"}, names: map[uint64]map[uint64]string{}}
+	for i := range infos {
+		if infos[i].Deleting {
+			continue
+		}
+		p, err := pc.path(infos[i].RootIno)
+		if err != nil {
+			return err
+		}
+		infos[i].Path = p
+	}
+	return nil
+}
+
+// pathCache resolves directories to paths through their Parent links,
+// listing each parent's entries at most once.
+type pathCache struct {
+	tx    *engine.Tx
+	dirs  map[uint64]string            // directory → path
+	names map[uint64]map[uint64]string // parent → child directory → name
+}
+
+func (pc *pathCache) path(dir uint64) (string, error) {
+	var chain []uint64
+	for d := dir; ; {
+		if p, ok := pc.dirs[d]; ok {
+			for i := len(chain) - 1; i >= 0; i-- {
+				in, err := mustInode(pc.tx, chain[i])
+				if err != nil {
+					return "", err
+				}
+				name, err := pc.name(in.Parent, chain[i])
+				if err != nil {
+					return "", err
+				}
+				p = path.Join(p, name)
+				pc.dirs[chain[i]] = p
+			}
+			return p, nil
+		}
+		if len(chain) > 4096 {
+			return "", fmt.Errorf("directory %d: its parents loop: %w", dir, format.ErrCorrupt)
+		}
+		chain = append(chain, d)
+		in, err := mustInode(pc.tx, d)
+		if err != nil {
+			return "", err
+		}
+		if in.Nlink == 0 {
+			return "", syscall.ENOENT
+		}
+		d = in.Parent
+	}
+}
+
+func (pc *pathCache) name(parent, child uint64) (string, error) {
+	m, ok := pc.names[parent]
+	if !ok {
+		m = map[uint64]string{}
+		tr, _ := pc.tx.ReadTree(format.TreeDir)
+		var derr error
+		err := tr.Ascend(format.Key{Obj: parent, Type: format.TypeDirIndex}, func(k format.Key, v []byte) bool {
+			if k.Obj != parent || k.Type != format.TypeDirIndex {
+				return false
+			}
+			de, err := format.DecodeDirEntry(v)
+			if err != nil {
+				derr = err
+				return false
+			}
+			if de.Type == fileType(syscall.S_IFDIR) {
+				m[de.Ino] = de.Name
+			}
+			return true
+		})
+		if err == nil {
+			err = derr
+		}
+		if err != nil {
+			return "", err
+		}
+		pc.names[parent] = m
+	}
+	n, ok := m[child]
+	if !ok {
+		return "", fmt.Errorf("directory %d: not named in its parent %d: %w", child, parent, format.ErrCorrupt)
+	}
+	return n, nil
+}
+
+// dirPath is the path of name in dir.
+func (f *FS) dirPath(dir uint64, name string) (string, error) {
+	var p string
+	err := f.e.View(func(tx *engine.Tx) error {
+		pc := pathCache{tx: tx, dirs: map[uint64]string{RootIno: "/"}, names: map[uint64]map[uint64]string{}}
+		d, err := pc.path(dir)
+		p = path.Join(d, name)
+		return err
+	})
+	return p, err
+}
+
+// Subvol describes subvolume id.
+func (f *FS) Subvol(id uint64) (SubvolInfo, error) {
+	var info SubvolInfo
+	err := f.e.View(func(tx *engine.Tx) error {
+		it, ok, err := getSubvol(tx, id)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return ErrNoSuchSubvol
+		}
+		infos := []SubvolInfo{subvolInfo(id, it)}
+		if err := paths(tx, infos); err != nil {
+			return err
+		}
+		info = infos[0]
+		return nil
+	})
+	return info, errno(f.dirDamage(err))
+}
+
+// SubvolOf returns the subvolume inode ino belongs to (0: the top level,
+// which has no item).
+func SubvolOf(ino uint64) uint64 { return format.SubvolOf(ino) }
+
+// FindSubvols returns the ids of the subvolumes whose UUID, or received
+// UUID, is u: one descent of the uuid tree for each.
+func (f *FS) FindSubvols(u format.UUID) (own, received []uint64, err error) {
+	err = f.e.View(func(tx *engine.Tx) error {
+		tr, _ := tx.ReadTree(format.TreeUUID)
+		for _, typ := range []uint8{format.TypeUUIDSubvol, format.TypeUUIDReceived} {
+			from := format.UUIDKey(u, typ, 0)
+			err := tr.Ascend(from, func(k format.Key, _ []byte) bool {
+				if k.Obj != from.Obj || k.Type != typ || k.Off != from.Off {
+					return false
+				}
+				if typ == format.TypeUUIDSubvol {
+					own = append(own, k.Aux)
+				} else {
+					received = append(received, k.Aux)
+				}
+				return true
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return own, received, errno(err)
+}
+
+// ScanSubvols answers FindSubvols by reading every subvolume item (what
+// a lookup costs without the uuid tree; the benchmark's baseline, and
+// the scrub's cross-check).
+func (f *FS) ScanSubvols(u format.UUID) (own, received []uint64, err error) {
+	err = f.e.View(func(tx *engine.Tx) error {
+		tr, _ := tx.ReadTree(format.TreeSubvol)
+		var derr error
+		err := tr.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+			if k.Type != format.TypeSubvolItem {
+				return true
+			}
+			it, err := format.DecodeSubvolItem(v)
+			if err != nil {
+				derr = err
+				return false
+			}
+			if it.UUID == u {
+				own = append(own, k.Obj)
+			}
+			if it.ReceivedUUID == u {
+				received = append(received, k.Obj)
+			}
+			return true
+		})
+		if err == nil {
+			err = derr
+		}
+		return err
+	})
+	return own, received, errno(err)
+}
+
+// SetReceivedUUID sets (zero: clears) subvolume id's received UUID and
+// its uuid tree key.
+func (f *FS) SetReceivedUUID(id uint64, u format.UUID) error {
+	err := f.e.Update(func(tx *engine.Tx) error {
+		it, ok, err := getSubvol(tx, id)
+		if err != nil {
+			return err
+		}
+		if !ok || it.Flags&format.SubvolDeleting != 0 {
+			return ErrNoSuchSubvol
+		}
+		if it.ReceivedUUID == u {
+			return nil
+		}
+		if err := putUUIDs(tx, id, it, true); err != nil {
+			return err
+		}
+		it.ReceivedUUID = u
+		if err := putUUIDs(tx, id, it, false); err != nil {
+			return err
+		}
+		return putSubvol(tx, id, it)
+	})
+	return errno(f.dirDamage(err))
+}
+
+// DeleteSubvol deletes the subvolume whose root is name in dir: the name
+// goes at once, the contents in the background (see the top of this
+// file). A subvolume holding other subvolumes is refused
+// (ErrSubvolBusy).
+func (f *FS) DeleteSubvol(dir uint64, name string) (SubvolInfo, error) {
+	var info SubvolInfo
+	var gen format.Gen
+	err := f.e.Update(func(tx *engine.Tx) error {
+		din, err := mustInode(tx, dir)
+		if err != nil {
+			return err
+		}
+		if !isDir(din) {
+			return syscall.ENOTDIR
+		}
+		de, key, in, err := mustEntry(tx, dir, name)
+		if err != nil {
+			return err
+		}
+		if !format.IsSubvolRoot(de.Ino) {
+			return ErrNotSubvol
+		}
+		id := format.SubvolOf(de.Ino)
+		it, ok, err := getSubvol(tx, id)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("subvolume %d: its root is linked but it has no item: %w", id, format.ErrCorrupt)
+		}
+		if busy, err := holdsSubvols(tx, id); err != nil {
+			return err
+		} else if busy {
+			return ErrSubvolBusy
+		}
+		if err := probeDir(tx, format.DirIndexKey(dir, de.Index)); err != nil {
+			return err
+		}
+		if err := removeEntry(tx, dir, key, de); err != nil {
+			return err
+		}
+		now := ts(time.Now())
+		din.Nlink--
+		din.Mtime, din.Ctime = now, now
+		if err := putInode(tx, dir, din); err != nil {
+			return err
+		}
+		in.Nlink, in.Ctime = 0, now
+		if err := putInode(tx, de.Ino, in); err != nil {
+			return err
+		}
+		it.Flags |= format.SubvolDeleting
+		it.ReapNext = format.SubvolIno(id, 0)
+		if err := putSubvol(tx, id, it); err != nil {
+			return err
+		}
+		tx.RequirePass(engine.PassSubvolReap)
+		info, gen = subvolInfo(id, it), tx.Gen()
+		return nil
+	})
+	if err != nil {
+		return SubvolInfo{}, errno(f.dirDamage(err))
+	}
+	f.markFull(dir, gen)
+	f.startReaper()
+	return info, nil
+}
+
+// holdsSubvols reports whether a live subvolume's root is linked inside
+// subvolume id.
+func holdsSubvols(tx *engine.Tx, id uint64) (bool, error) {
+	tr, _ := tx.ReadTree(format.TreeSubvol)
+	var ids []uint64
+	err := tr.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+		if k.Type == format.TypeSubvolItem && k.Obj != id {
+			if it, err := format.DecodeSubvolItem(v); err == nil && it.Flags&format.SubvolDeleting == 0 {
+				ids = append(ids, k.Obj)
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return false, err
+	}
+	for _, o := range ids {
+		in, ok, err := getInode(tx, format.SubvolRootIno(o))
+		if err != nil {
+			return false, err
+		}
+		if ok && format.SubvolOf(in.Parent) == id {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// startReaper runs the reaper in the background unless it runs already.
+func (f *FS) startReaper() {
+	f.mu.Lock()
+	if f.reaping {
+		f.mu.Unlock()
+		return
+	}
+	f.reaping = true
+	ctx, cancel := context.WithCancel(context.Background())
+	f.reapStop = cancel
+	f.reapWG.Add(1)
+	f.mu.Unlock()
+	go func() {
+		defer f.reapWG.Done()
+		err := f.reap(ctx, f.e)
+		f.mu.Lock()
+		f.reaping = false
+		f.mu.Unlock()
+		if err != nil && !errors.Is(err, engine.ErrClosed) && !errors.Is(err, context.Canceled) {
+			f.e.Logger().Warn("subvolume reaper stopped; the next mount resumes it (recovery pass subvol_reap)", "err", err)
+		}
+	}()
+}
+
+// reapBatch bounds the inodes one reaper transaction frees.
+const reapBatch = 64
+
+// reap frees the inodes of every subvolume being deleted, then the
+// subvolume items and UUIDs, and clears pass subvol_reap. It is the pass
+// too (Options.SubvolReap), with e the engine being mounted.
+func (f *FS) reap(ctx context.Context, e *engine.Engine) error {
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		done := false
+		err := e.Update(func(tx *engine.Tx) error {
+			var err error
+			done, err = f.reapStep(tx)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+// reapStep frees up to reapBatch inodes of the first subvolume being
+// deleted, or finishes it; done reports that none is left.
+func (f *FS) reapStep(tx *engine.Tx) (done bool, err error) {
+	tr, _ := tx.ReadTree(format.TreeSubvol)
+	var id uint64
+	var it *format.SubvolItem
+	var derr error
+	if err := tr.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+		if k.Type != format.TypeSubvolItem {
+			return true
+		}
+		s, err := format.DecodeSubvolItem(v)
+		if err != nil {
+			derr = fmt.Errorf("subvolume %d: %w", k.Obj, err)
+			return false
+		}
+		if s.Flags&format.SubvolDeleting != 0 {
+			id, it = k.Obj, s
+			return false
+		}
+		return true
+	}); err != nil {
+		return false, err
+	}
+	if derr != nil {
+		return false, derr
+	}
+	if it == nil {
+		tx.ClearPass(engine.PassSubvolReap)
+		return true, nil
+	}
+	// The next inodes of the subvolume, from where the last step ended.
+	itr, _ := tx.ReadTree(format.TreeInode)
+	end := format.SubvolIno(id+1, 0)
+	var inos []uint64
+	if err := itr.Ascend(format.InodeKey(max(it.ReapNext, format.SubvolIno(id, 0))), func(k format.Key, _ []byte) bool {
+		if k.Obj >= end || len(inos) == reapBatch {
+			return false
+		}
+		if k.Type == format.TypeInodeItem {
+			inos = append(inos, k.Obj)
+		}
+		return true
+	}); err != nil {
+		return false, err
+	}
+	if len(inos) == 0 {
+		// Everything is freed: the subvolume goes.
+		if err := putUUIDs(tx, id, it, true); err != nil {
+			return false, err
+		}
+		str, err := tx.Tree(format.TreeSubvol)
+		if err != nil {
+			return false, err
+		}
+		if _, err := str.Delete(format.SubvolKey(id)); err != nil {
+			return false, err
+		}
+		return false, nil
+	}
+	for _, ino := range inos {
+		if err := f.reapInode(tx, ino); err != nil {
+			return false, err
+		}
+	}
+	it.ReapNext = inos[len(inos)-1] + 1
+	return false, putSubvol(tx, id, it)
+}
+
+// reapInode frees one inode of a deleted subvolume: its directory items
+// if a directory, everything else as the last unlink would; an inode
+// still open goes to the deleted list instead.
+func (f *FS) reapInode(tx *engine.Tx, ino uint64) error {
+	in, ok, err := getInode(tx, ino)
+	if err != nil || !ok {
+		return err
+	}
+	if isDir(in) {
+		if err := dropDirItems(tx, ino); err != nil {
+			return err
+		}
+	}
+	f.mu.Lock()
+	open := f.opens[ino] > 0
+	f.mu.Unlock()
+	if open && in.Nlink > 0 {
+		in.Nlink = 0
+		if err := putInode(tx, ino, in); err != nil {
+			return err
+		}
+		dtr, err := tx.Tree(format.TreeDeleted)
+		if err != nil {
+			return err
+		}
+		if err := dtr.Put(format.DeletedKey(ino), nil); err != nil && !tx.DeletedDamaged(err) {
+			return err
+		}
+		return nil
+	}
+	if open {
+		return nil // on the deleted list already: its last close frees it
+	}
+	if in.Nlink == 0 {
+		if err := unmarkDeleted(tx, ino); err != nil {
+			return err
+		}
+	}
+	return freeInode(tx, ino, in)
+}
+
+// dropDirItems removes every entry item of directory dir (the entries'
+// inodes are the reaper's, in the same subvolume).
+func dropDirItems(tx *engine.Tx, dir uint64) error {
+	tr, err := tx.Tree(format.TreeDir)
+	if err != nil {
+		return err
+	}
+	var keys []format.Key
+	var ents []format.DirEntry
+	if err := tr.Ascend(format.Key{Obj: dir}, func(k format.Key, v []byte) bool {
+		if k.Obj != dir {
+			return false
+		}
+		if k.Type == format.TypeDirEntry {
+			if de, err := format.DecodeDirEntry(v); err == nil {
+				ents = append(ents, de)
+			}
+		}
+		keys = append(keys, k)
+		return true
+	}); err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if _, err := tr.Delete(k); err != nil {
+			return err
+		}
+	}
+	for _, de := range ents {
+		tx.Hooks().Dirent.Call(engine.DirentEvent{Gen: tx.Gen(), Op: engine.OpDelete, Dir: dir, Entry: de})
+	}
+	return nil
+}
+
+// stopReaper stops a running reaper and waits for it (Close): the work
+// left stays recorded for the next mount.
+func (f *FS) stopReaper() {
+	f.mu.Lock()
+	stop := f.reapStop
+	f.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	f.reapWG.Wait()
+}
+
+// WaitReaper waits until the background reaper has nothing left to do.
+func (f *FS) WaitReaper() { f.reapWG.Wait() }
+
+// reapPending reports whether a deletion is under way (read at open, to
+// restart the reaper on a mount that skipped the pass).
+func (f *FS) reapPending() bool {
+	pending := false
+	f.e.View(func(tx *engine.Tx) error {
+		tr, _ := tx.ReadTree(format.TreeSubvol)
+		return tr.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+			if k.Type == format.TypeSubvolItem {
+				if it, err := format.DecodeSubvolItem(v); err == nil && it.Flags&format.SubvolDeleting != 0 {
+					pending = true
+					return false
+				}
+			}
+			return true
+		})
+	})
+	return pending
+}
