@@ -125,7 +125,16 @@ func passSubvolReap(ctx context.Context, e *Engine) error {
 		return &deferredPass{why: "has no filesystem layer to run it (the image was opened by the engine alone)"}
 	}
 	if err := e.opts.SubvolReap(ctx, e); err != nil {
-		return err
+		if !errors.Is(err, format.ErrCorrupt) || !e.NoteDamage(err) {
+			return err
+		}
+		// Damage met before a change: the deletion waits for the repair,
+		// the mount goes on (what is left stays allocated, never freed
+		// wrongly).
+		if serr := e.Sync(); serr != nil {
+			return serr
+		}
+		return &deferredPass{why: fmt.Sprintf("met damage (%v): the deletion resumes at a mount after the repair (scrubd fsck --repair)", err)}
 	}
 	return e.Sync()
 }
@@ -388,6 +397,14 @@ func (e *Engine) RunPass(ctx context.Context, name string) error {
 		return fmt.Errorf("recovery pass %s met damage it leaves for a repair (scrubd fsck --repair): %w", name, format.ErrCorrupt)
 	}
 	return e.Sync()
+}
+
+// PassRequired reports whether pass id's bit is set in the superblock
+// (after a mount: the pass was deferred, or its work is under way).
+func (e *Engine) PassRequired(id uint) bool {
+	e.lockReader()
+	defer e.wmu.RUnlock()
+	return e.super.RecoveryPasses&(1<<id) != 0
 }
 
 // RequirePasses sets passes to run at the next mount; it is persisted by the

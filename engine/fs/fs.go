@@ -97,7 +97,7 @@ func Open(dev disk.Device, opts Options) (*FS, error) {
 			e.Close()
 			return nil, err
 		}
-		if f.reapPending() {
+		if e.PassRequired(engine.PassSubvolReap) && f.reapPending() {
 			// A deletion the mount's pass left (deferred by damage).
 			f.startReaper()
 		}

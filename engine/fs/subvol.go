@@ -599,14 +599,18 @@ func (f *FS) startReaper() {
 	}()
 }
 
-// reapBatch bounds the inodes one reaper transaction frees.
-const reapBatch = 64
+// reapBatch bounds the inodes one reaper transaction frees (a variable for
+// the tests).
+var reapBatch = 64
+
+// reapCommitEvery is how many reaper transactions go into one commit.
+var reapCommitEvery = 64
 
 // reap frees the inodes of every subvolume being deleted, then the
 // subvolume items and UUIDs, and clears pass subvol_reap. It is the pass
 // too (Options.SubvolReap), with e the engine being mounted.
 func (f *FS) reap(ctx context.Context, e *engine.Engine) error {
-	for {
+	for steps := 1; ; steps++ {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -621,6 +625,14 @@ func (f *FS) reap(ctx context.Context, e *engine.Engine) error {
 		}
 		if done {
 			return nil
+		}
+		if steps%reapCommitEvery == 0 {
+			// What is freed becomes allocatable only once committed, and
+			// the progress recorded durable: a long deletion commits as it
+			// goes rather than waiting for the commit interval.
+			if err := e.Sync(); err != nil {
+				return err
+			}
 		}
 	}
 }
@@ -684,6 +696,19 @@ func (f *FS) reapStep(tx *engine.Tx) (done bool, err error) {
 			return false, err
 		}
 		return false, nil
+	}
+	// Damage where the batch's changes go fails the step before anything
+	// changes (the pass then waits for a repair).
+	for _, ino := range inos {
+		in, ok, err := getInode(tx, ino)
+		if err != nil {
+			return false, err
+		}
+		if ok && isReg(in) {
+			if err := f.probeExtents(tx, ino, 0, ^uint64(0)>>12); err != nil {
+				return false, err
+			}
+		}
 	}
 	for _, ino := range inos {
 		if err := f.reapInode(tx, ino); err != nil {

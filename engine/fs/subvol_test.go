@@ -5,11 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"math/rand/v2"
 	"slices"
 	"syscall"
 	"testing"
 
 	"github.com/scrubd/scrubd/engine"
+	"github.com/scrubd/scrubd/engine/disk"
 	"github.com/scrubd/scrubd/engine/format"
 )
 
@@ -172,4 +175,204 @@ func TestSubvolNeedsFormat17(t *testing.T) {
 	if _, err := f.CreateSubvol(RootIno, "v"); !errors.Is(err, ErrNoSubvols) || !errors.Is(err, syscall.EOPNOTSUPP) {
 		t.Fatalf("create on 1.6: %v", err)
 	}
+}
+
+// svState is what a crash test compares: the live subvolumes' paths and
+// the content of every file in them.
+type svState map[string]string
+
+func svStateOf(t *testing.T, f *FS) svState {
+	t.Helper()
+	st := svState{}
+	list, err := f.Subvols()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range list {
+		if s.Deleting {
+			continue
+		}
+		st[s.Path] = "subvol"
+		if err := f.ReadDir(s.RootIno, 0, func(de DirEntry) bool {
+			if de.Mode&syscall.S_IFMT == syscall.S_IFREG {
+				st[s.Path+"/"+de.Name] = string(fileBytes(t, f, de.Ino))
+			}
+			return true
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return st
+}
+
+// strayInodes counts inodes of subvolumes that have no item.
+func strayInodes(t *testing.T, f *FS) int {
+	t.Helper()
+	n := 0
+	err := f.Engine().View(func(tx *engine.Tx) error {
+		live := map[uint64]bool{0: true}
+		str, _ := tx.ReadTree(format.TreeSubvol)
+		if err := str.Ascend(format.Key{}, func(k format.Key, _ []byte) bool {
+			live[k.Obj] = true
+			return true
+		}); err != nil {
+			return err
+		}
+		itr, _ := tx.ReadTree(format.TreeInode)
+		return itr.Ascend(format.Key{}, func(k format.Key, _ []byte) bool {
+			if k.Type == format.TypeInodeItem && !live[format.SubvolOf(k.Obj)] {
+				n++
+			}
+			return true
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestSubvolCrashAtEveryFlush makes two subvolumes with files and deletes
+// them (the reaper in small batches, so over many commits); at every
+// flush boundary the crashed image must mount with the deletions under
+// way finished by the mount's pass, hold a state no older than the last
+// acknowledged one, check clean and keep no inode of a gone subvolume.
+func TestSubvolCrashAtEveryFlush(t *testing.T) {
+	defer func(b, c int) { reapBatch, reapCommitEvery = b, c }(reapBatch, reapCommitEvery)
+	reapBatch, reapCommitEvery = 2, 1
+	rec := disk.NewRecorder(smallDev(t).Bytes())
+	f := mount(t, nopClose{rec}, Options{})
+	keep, err := f.Create(RootIno, "keep", NewInode{Mode: syscall.S_IFREG | 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(keep.Ino, bytes.Repeat([]byte("k"), 3*bs), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	type ack struct{ flush, idx int }
+	states := []svState{{}}
+	acks := []ack{{rec.Flushes(), 0}}
+	r := rand.New(rand.NewPCG(31, 7))
+	fill := func(sv SubvolInfo, files int) {
+		d, err := f.Mkdir(sv.RootIno, "d", NewInode{Mode: syscall.S_IFDIR | 0o755})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < files; i++ {
+			dir := sv.RootIno
+			if i%2 == 1 {
+				dir = d.Ino
+			}
+			a, err := f.Create(dir, fmt.Sprint("f", i), NewInode{Mode: syscall.S_IFREG | 0o644})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.Write(a.Ino, randBytes(r, 1+r.IntN(3*bs)), 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	record := func(fsync bool) {
+		if fsync {
+			if err := f.Sync(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		states = append(states, svStateOf(t, f))
+		if fsync {
+			acks = append(acks, ack{rec.Flushes(), len(states) - 1})
+		}
+	}
+	a, err := f.CreateSubvol(RootIno, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	record(false)
+	fill(a, 9)
+	record(true)
+	b, err := f.CreateSubvol(RootIno, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fill(b, 4)
+	record(true)
+	if _, err := f.DeleteSubvol(RootIno, "a"); err != nil {
+		t.Fatal(err)
+	}
+	record(false)
+	f.WaitReaper()
+	record(true)
+	if _, err := f.DeleteSubvol(RootIno, "b"); err != nil {
+		t.Fatal(err)
+	}
+	f.WaitReaper()
+	record(true)
+	least := func(k int) int {
+		m := 0
+		for _, a := range acks {
+			if a.flush <= k {
+				m = max(m, a.idx)
+			}
+		}
+		return m
+	}
+	rng := rand.New(rand.NewPCG(31, 8))
+	stride := 1
+	if testing.Short() || raceEnabled {
+		stride = 3
+	}
+	t.Logf("%d flushes, %d states", rec.Flushes(), len(states))
+	resumed := 0
+	for pi, k := range crashPoints(rec.Flushes(), 31) {
+		if k < acks[0].flush || (pi%stride != 0 && k != rec.Flushes()) {
+			continue
+		}
+		for _, mode := range []disk.CrashMode{disk.CrashDropAll, disk.CrashRandom} {
+			name := fmt.Sprintf("flush %d %v", k, mode)
+			img := rec.CrashImage(k, mode, rng)
+			ro, err := Open(disk.NewMemFrom(slices.Clone(img)), Options{ReadOnly: true})
+			if err != nil {
+				t.Fatalf("%s: read-only mount: %v", name, err)
+			}
+			if ro.reapPending() {
+				resumed++
+			}
+			ro.Close()
+			cf, err := Open(disk.NewMemFrom(img), Options{CommitInterval: -1})
+			if err != nil {
+				t.Fatalf("%s: mount: %v", name, err)
+			}
+			if cf.reapPending() {
+				t.Fatalf("%s: a deletion left after the mount", name)
+			}
+			got := svStateOf(t, cf)
+			ok := false
+			for _, s := range states[least(k):] {
+				ok = ok || maps.Equal(got, s)
+			}
+			if !ok {
+				t.Fatalf("%s: state %v matches none at or after the acknowledged one", name, slices.Sorted(maps.Keys(got)))
+			}
+			if n := strayInodes(t, cf); n > 0 {
+				t.Fatalf("%s: %d inodes of gone subvolumes", name, n)
+			}
+			if got := fileBytes(t, cf, keep.Ino); len(got) != 3*bs {
+				t.Fatalf("%s: keep has %d bytes", name, len(got))
+			}
+			mustClean(t, cf)
+			cf.Close()
+		}
+	}
+	if resumed == 0 {
+		t.Fatal("no crash image had a deletion under way: the mount's pass was never tested")
+	}
+	t.Logf("%d crash images had a deletion under way", resumed)
+	if n := strayInodes(t, f); n > 0 {
+		t.Fatalf("%d inodes of gone subvolumes", n)
+	}
+	mustClean(t, f)
+	f.Close()
 }
