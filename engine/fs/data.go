@@ -61,6 +61,7 @@ func (f *FS) Release(ino uint64) error {
 	if !last {
 		return nil
 	}
+	freed := false
 	err := f.e.Update(func(tx *engine.Tx) error {
 		in, ok, err := getInode(tx, ino)
 		if err != nil || !ok || in.Nlink > 0 {
@@ -69,8 +70,14 @@ func (f *FS) Release(ino uint64) error {
 		if err := unmarkDeleted(tx, ino); err != nil {
 			return err
 		}
+		freed = true
 		return freeInode(tx, ino, in)
 	})
+	if err == nil && freed && format.SubvolOf(ino) != 0 && f.e.PassRequired(engine.PassSubvolReap) {
+		// The last open inode of a deleted subvolume may be what its
+		// deletion waits for (subvol.go).
+		f.startReaper()
+	}
 	return errno(err)
 }
 

@@ -52,9 +52,9 @@ type FS struct {
 	// changed: caches of the FS dropping what repairs change (changed.go).
 	changed changedChain
 	// The subvolume reaper (subvol.go): running, and how to stop it.
-	reaping  bool
-	reapStop context.CancelFunc
-	reapWG   sync.WaitGroup
+	reaping, reapAgain, reapClosed bool
+	reapStop                       context.CancelFunc
+	reapWG                         sync.WaitGroup
 }
 
 // Activity returns a counter of the writes, truncates and fsyncs made so

@@ -578,23 +578,36 @@ func holdsSubvols(tx *engine.Tx, id uint64) (bool, error) {
 // startReaper runs the reaper in the background unless it runs already.
 func (f *FS) startReaper() {
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.reapClosed {
+		return
+	}
 	if f.reaping {
-		f.mu.Unlock()
+		// It may be past the point where it looks for work: it looks
+		// again before it stops.
+		f.reapAgain = true
 		return
 	}
 	f.reaping = true
 	ctx, cancel := context.WithCancel(context.Background())
 	f.reapStop = cancel
 	f.reapWG.Add(1)
-	f.mu.Unlock()
 	go func() {
 		defer f.reapWG.Done()
-		err := f.reap(ctx, f.e)
-		f.mu.Lock()
-		f.reaping = false
-		f.mu.Unlock()
-		if err != nil && !errors.Is(err, engine.ErrClosed) && !errors.Is(err, context.Canceled) {
-			f.e.Logger().Warn("subvolume reaper stopped; the next mount resumes it (recovery pass subvol_reap)", "err", err)
+		for {
+			err := f.reap(ctx, f.e)
+			if err != nil && !errors.Is(err, engine.ErrClosed) && !errors.Is(err, context.Canceled) {
+				f.e.Logger().Warn("subvolume reaper stopped; the next mount resumes it (recovery pass subvol_reap)", "err", err)
+			}
+			f.mu.Lock()
+			if err == nil && f.reapAgain {
+				f.reapAgain = false
+				f.mu.Unlock()
+				continue
+			}
+			f.reaping, f.reapAgain = false, false
+			f.mu.Unlock()
+			return
 		}
 	}()
 }
@@ -610,6 +623,7 @@ var reapCommitEvery = 64
 // subvolume items and UUIDs, and clears pass subvol_reap. It is the pass
 // too (Options.SubvolReap), with e the engine being mounted.
 func (f *FS) reap(ctx context.Context, e *engine.Engine) error {
+	waiting := map[uint64]bool{}
 	for steps := 1; ; steps++ {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -617,7 +631,7 @@ func (f *FS) reap(ctx context.Context, e *engine.Engine) error {
 		done := false
 		err := e.Update(func(tx *engine.Tx) error {
 			var err error
-			done, err = f.reapStep(tx)
+			done, err = f.reapStep(tx, waiting)
 			return err
 		})
 		if err != nil {
@@ -638,12 +652,18 @@ func (f *FS) reap(ctx context.Context, e *engine.Engine) error {
 }
 
 // reapStep frees up to reapBatch inodes of the first subvolume being
-// deleted, or finishes it; done reports that none is left.
-func (f *FS) reapStep(tx *engine.Tx) (done bool, err error) {
+// deleted that is not waiting, or finishes it; done reports that none is
+// left to work on. A subvolume whose only inodes left are open (on the
+// deleted list) waits: its item stays until they are freed — at their
+// last close, which starts the reaper again, or by the next mount's
+// deleted_inodes pass — so no inode is ever left in a subvolume without
+// an item, and the pass stays required meanwhile.
+func (f *FS) reapStep(tx *engine.Tx, waiting map[uint64]bool) (done bool, err error) {
 	tr, _ := tx.ReadTree(format.TreeSubvol)
 	var id uint64
 	var it *format.SubvolItem
 	var derr error
+	deleting := false
 	if err := tr.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
 		if k.Type != format.TypeSubvolItem {
 			return true
@@ -654,8 +674,11 @@ func (f *FS) reapStep(tx *engine.Tx) (done bool, err error) {
 			return false
 		}
 		if s.Flags&format.SubvolDeleting != 0 {
-			id, it = k.Obj, s
-			return false
+			deleting = true
+			if !waiting[k.Obj] {
+				id, it = k.Obj, s
+				return false
+			}
 		}
 		return true
 	}); err != nil {
@@ -665,7 +688,9 @@ func (f *FS) reapStep(tx *engine.Tx) (done bool, err error) {
 		return false, derr
 	}
 	if it == nil {
-		tx.ClearPass(engine.PassSubvolReap)
+		if !deleting {
+			tx.ClearPass(engine.PassSubvolReap)
+		}
 		return true, nil
 	}
 	// The next inodes of the subvolume, from where the last step ended.
@@ -684,6 +709,19 @@ func (f *FS) reapStep(tx *engine.Tx) (done bool, err error) {
 		return false, err
 	}
 	if len(inos) == 0 {
+		// Inodes left behind the position are open ones, on the deleted
+		// list: the subvolume waits for them.
+		left := false
+		if err := itr.Ascend(format.InodeKey(format.SubvolIno(id, 0)), func(k format.Key, _ []byte) bool {
+			left = k.Obj < end
+			return false
+		}); err != nil {
+			return false, err
+		}
+		if left {
+			waiting[id] = true
+			return false, nil
+		}
 		// Everything is freed: the subvolume goes.
 		if err := putUUIDs(tx, id, it, true); err != nil {
 			return false, err
@@ -799,6 +837,7 @@ func dropDirItems(tx *engine.Tx, dir uint64) error {
 func (f *FS) stopReaper() {
 	f.mu.Lock()
 	stop := f.reapStop
+	f.reapClosed = true
 	f.mu.Unlock()
 	if stop != nil {
 		stop()

@@ -376,3 +376,70 @@ func TestSubvolCrashAtEveryFlush(t *testing.T) {
 	mustClean(t, f)
 	f.Close()
 }
+
+// TestSubvolDeleteWhileOpen: a file open in a deleted subvolume stays
+// readable; the subvolume waits for it (its item stays, so no inode is
+// ever in a subvolume without one) and goes at its last close, or, if
+// the filesystem is closed first, at the next mount.
+func TestSubvolDeleteWhileOpen(t *testing.T) {
+	for _, closeFirst := range []bool{false, true} {
+		t.Run(fmt.Sprint("unmount first ", closeFirst), func(t *testing.T) {
+			dev := newDev(t)
+			f := mount(t, nopClose{dev}, Options{})
+			sv, err := f.CreateSubvol(RootIno, "v")
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, err := f.Create(sv.RootIno, "open", NewInode{Mode: syscall.S_IFREG | 0o644})
+			if err != nil {
+				t.Fatal(err)
+			}
+			data := bytes.Repeat([]byte("still here "), 1000)
+			if _, err := f.Write(a.Ino, data, 0); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 5; i++ {
+				if _, err := f.Create(sv.RootIno, fmt.Sprint("f", i), NewInode{Mode: syscall.S_IFREG | 0o644}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := f.Open(a.Ino); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.DeleteSubvol(RootIno, "v"); err != nil {
+				t.Fatal(err)
+			}
+			f.WaitReaper()
+			if got := fileBytes(t, f, a.Ino); !bytes.Equal(got, data) {
+				t.Fatal("the open file changed")
+			}
+			list, err := f.Subvols()
+			if err != nil || len(list) != 1 || !list[0].Deleting {
+				t.Fatalf("while the file is open: %+v %v", list, err)
+			}
+			if n := strayInodes(t, f); n != 0 {
+				t.Fatalf("%d stray inodes", n)
+			}
+			if closeFirst {
+				if err := f.Close(); err != nil {
+					t.Fatal(err)
+				}
+				f = mount(t, nopClose{dev}, Options{})
+			} else if err := f.Release(a.Ino); err != nil {
+				t.Fatal(err)
+			}
+			f.WaitReaper()
+			if list, err := f.Subvols(); err != nil || len(list) != 0 {
+				t.Fatalf("after the close: %+v %v", list, err)
+			}
+			if f.Engine().PassRequired(engine.PassSubvolReap) {
+				t.Fatal("pass subvol_reap still required")
+			}
+			if n := strayInodes(t, f); n != 0 {
+				t.Fatalf("%d stray inodes", n)
+			}
+			mustClean(t, f)
+			f.Close()
+		})
+	}
+}
