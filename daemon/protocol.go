@@ -59,6 +59,12 @@ type Request struct {
 	Copy   *uint64 `json:"copy,omitempty"`
 	File   string  `json:"file,omitempty"`
 	Offset uint64  `json:"offset,omitempty"`
+	// Path, UUID and Wait are the subvolume ops' (subvol.go): a path of
+	// the filesystem from its top level, a UUID, and for delete, waiting
+	// until its space is freed.
+	Path string `json:"path,omitempty"`
+	UUID string `json:"uuid,omitempty"`
+	Wait bool   `json:"wait,omitempty"`
 }
 
 // Response is one line the server answers; exactly one field is set.
@@ -66,6 +72,7 @@ type Response struct {
 	Report *repair.Report `json:"report,omitempty"`
 	Inject *inject.Result `json:"inject,omitempty"`
 	Status *Status        `json:"status,omitempty"`
+	Subvol *SubvolResult  `json:"subvol,omitempty"`
 	Error  string         `json:"error,omitempty"`
 	Code   string         `json:"code,omitempty"`
 }

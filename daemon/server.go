@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -549,9 +550,11 @@ func (s *Server) do(ctx context.Context, b []byte) Response {
 		resp = s.inject(req)
 	case OpPause, OpResume, OpCancel:
 		resp = s.control(req)
+	case OpSubvolCreate, OpSubvolList, OpSubvolShow, OpSubvolDelete, OpSubvolFind, OpSubvolSetReceived:
+		resp = s.subvol(ctx, req)
 	default:
-		return errResponse(CodeBadRequest, fmt.Sprintf("unknown op %q (ops: %s, %s, %s, %s, %s, %s)", req.Op,
-			OpStatus, OpScrub, OpInject, OpPause, OpResume, OpCancel))
+		return errResponse(CodeBadRequest, fmt.Sprintf("unknown op %q (ops: %s, %s, %s, %s, %s, %s, %s)", req.Op,
+			OpStatus, OpScrub, OpInject, OpPause, OpResume, OpCancel, strings.Join(SubvolOps, ", ")))
 	}
 	lvl := slog.LevelInfo
 	if req.Op == OpStatus {

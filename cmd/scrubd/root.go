@@ -58,7 +58,7 @@ EXIT STATUS
 	root.PersistentFlags().StringVar(&global.tmpDir, "tmpdir", "", "directory for repairs' temporary files (default: anonymous memory, swappable)")
 	root.PersistentFlags().StringVar(&global.stateDir, "state-dir", "", "where run reports are kept (default: $SCRUBD_STATE_DIR, /var/lib/scrubd for root, else $XDG_STATE_HOME/scrubd)")
 	root.AddCommand(newMkfsCmd(), newInfoCmd(), newFsckCmd(), newDemoCmd(), newMountCmd(), newScrubCmd(), newInjectCmd(), newVersionCmd(),
-		newStatusCmd(), newPauseCmd(), newResumeCmd(), newCancelCmd(), newReportCmd(), newHealthCmd(), newGenerateCmd(), newUpgradeCmd())
+		newStatusCmd(), newPauseCmd(), newResumeCmd(), newCancelCmd(), newReportCmd(), newHealthCmd(), newGenerateCmd(), newUpgradeCmd(), newSubvolCmd())
 	root.InitDefaultHelpCmd()
 	root.InitDefaultCompletionCmd()
 	for _, c := range root.Commands() {

@@ -54,7 +54,7 @@ type FS struct {
 	// The subvolume reaper (subvol.go): running, and how to stop it.
 	reaping, reapAgain, reapClosed bool
 	reapStop                       context.CancelFunc
-	reapWG                         sync.WaitGroup
+	reapDone                       chan struct{} // closed when the running reaper ends
 }
 
 // Activity returns a counter of the writes, truncates and fsyncs made so

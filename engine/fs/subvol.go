@@ -591,9 +591,10 @@ func (f *FS) startReaper() {
 	f.reaping = true
 	ctx, cancel := context.WithCancel(context.Background())
 	f.reapStop = cancel
-	f.reapWG.Add(1)
+	done := make(chan struct{})
+	f.reapDone = done
 	go func() {
-		defer f.reapWG.Done()
+		defer close(done)
 		for {
 			err := f.reap(ctx, f.e)
 			if err != nil && !errors.Is(err, engine.ErrClosed) && !errors.Is(err, context.Canceled) {
@@ -842,11 +843,20 @@ func (f *FS) stopReaper() {
 	if stop != nil {
 		stop()
 	}
-	f.reapWG.Wait()
+	f.WaitReaper()
 }
 
-// WaitReaper waits until the background reaper has nothing left to do.
-func (f *FS) WaitReaper() { f.reapWG.Wait() }
+// WaitReaper waits until the background reaper, if one runs, has nothing
+// left to do. Any number of callers may wait, while deletions start
+// others.
+func (f *FS) WaitReaper() {
+	f.mu.Lock()
+	running, done := f.reaping, f.reapDone
+	f.mu.Unlock()
+	if running {
+		<-done
+	}
+}
 
 // reapPending reports whether a deletion is under way (read at open, to
 // restart the reaper on a mount that skipped the pass).
