@@ -53,8 +53,12 @@ type config struct {
 	scrubd     string
 	workdir    string
 	dropCaches bool
-	keepGoing  bool
-	fromJSON   string
+	// prealloc: "written" (every image written whole with zeros before
+	// mkfs: no run makes the host convert unwritten extents) or
+	// "fallocate" (reserved but unwritten, as before).
+	prealloc  string
+	keepGoing bool
+	fromJSON  string
 }
 
 func main() {
@@ -86,6 +90,7 @@ func main() {
 	flag.StringVar(&c.scrubd, "scrubd", "", "use this scrubd binary instead of building ./cmd/scrubd")
 	flag.StringVar(&c.workdir, "workdir", "", "make the temporary directory (images, mounts) under this directory (default: $TMPDIR)")
 	flag.BoolVar(&c.dropCaches, "drop-caches", true, "drop the page cache before each run of the check, scrub and read rows")
+	flag.StringVar(&c.prealloc, "prealloc", "written", "how the image files are reserved: written (zeros, like mkfs --preallocate) or fallocate (unwritten extents, whose first write costs the host a metadata commit)")
 	flag.BoolVar(&c.keepGoing, "keep-going", true, "when one row fails, note it and go on with the others")
 	flag.StringVar(&c.fromJSON, "from-json", "", "print the table of a document an earlier --json run wrote to this file (needs no root; runs nothing)")
 	flag.Usage = func() {

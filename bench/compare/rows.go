@@ -189,8 +189,13 @@ func (b *bench) autoImageGB() int {
 }
 
 // makeImages makes the scrubd image and the three peers' images on loop
-// devices; all four files are fallocated, so that none of them has the
-// host filesystem allocate blocks during a run.
+// devices. All four files are reserved whole, so that none of them has
+// the host filesystem allocate blocks during a run; by default they are
+// written with zeros (scrubd's by mkfs --preallocate), because a block
+// reserved but never written (fallocate's unwritten extent) costs the
+// host a metadata commit at its first write and fsync — a cost a
+// copy-on-write filesystem, whose writes go to new places, would pay on
+// every fsync and one that overwrites in place would not.
 func (b *bench) makeImages(sizeGB int) error {
 	b.images, b.loops, b.mnts, b.server = map[string]string{}, map[string]string{}, map[string]string{}, map[string]*server{}
 	imgDir, err := b.mkdir("images")
@@ -204,12 +209,21 @@ func (b *bench) makeImages(sizeGB int) error {
 		if b.mnts[name], err = b.mkdir("mnt", name); err != nil {
 			return err
 		}
+		written := b.cfg.prealloc != "fallocate"
 		if name == "scrubd" {
-			if _, err := b.sh(b.bin, "mkfs", img, "--size", fmt.Sprintf("%dG", sizeGB)); err != nil {
+			args := []string{"mkfs", img, "--size", fmt.Sprintf("%dG", sizeGB)}
+			if written {
+				args = append(args, "--preallocate")
+			}
+			if _, err := b.sh(b.bin, args...); err != nil {
 				return err
 			}
 		}
-		if err := fallocate(img, size); err != nil {
+		if written && name != "scrubd" {
+			if err := zeroFill(img, size); err != nil {
+				return err
+			}
+		} else if err := fallocate(img, size); err != nil {
 			return err
 		}
 		if name == "scrubd" {
@@ -235,6 +249,26 @@ func (b *bench) makeImages(sizeGB int) error {
 	}
 	b.mnts["loopback"], err = b.mkdir("mnt", "loopback")
 	return err
+}
+
+// zeroFill writes size bytes of zeros to p, flushed.
+func zeroFill(p string, size int64) error {
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	buf := make([]byte, 4<<20)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		n := min(int64(len(buf)), size-off)
+		if _, err := f.WriteAt(buf[:n], off); err != nil {
+			return fmt.Errorf("write zeros to %s: %w", p, err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 func fallocate(p string, size int64) error {
@@ -685,8 +719,8 @@ func machineHeader() header {
 }
 
 func (c config) describe() string {
-	s := fmt.Sprintf("rounds %d, %d files, tree %d files, 2 × %d MiB fragmented, %.3g GiB data, seq %d MiB, readers 4 × %d MiB, random writes on %d MiB for %d s, drop caches %v",
-		c.rounds, c.files, c.treeFiles, c.fragMiB, c.dataGB, c.seqMiB, c.readerMiB, c.randMiB, c.runtimeS, c.dropCaches)
+	s := fmt.Sprintf("rounds %d, %d files, tree %d files, 2 × %d MiB fragmented, %.3g GiB data, seq %d MiB, readers 4 × %d MiB, random writes on %d MiB for %d s, drop caches %v, images %s",
+		c.rounds, c.files, c.treeFiles, c.fragMiB, c.dataGB, c.seqMiB, c.readerMiB, c.randMiB, c.runtimeS, c.dropCaches, c.prealloc)
 	if c.quick {
 		s = "quick: " + s
 	}
