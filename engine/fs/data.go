@@ -418,12 +418,19 @@ func (f *FS) Read(ino uint64, p []byte, off int64) (int, error) {
 // the read and the device reads.
 var readHook func(ino uint64)
 
-// Write writes p at off (pwrite semantics), extending the file as needed.
+// Write writes p at off (pwrite semantics), extending the file as needed,
+// as a caller with CAP_FSETID would (WriteAs).
 //
 // Everything that can fail for ordinary reasons (no space, an unreadable
 // partial block) is checked before the first change, so a failed write
 // changes nothing; an error after a change would abort the transaction.
 func (f *FS) Write(ino uint64, p []byte, off int64) (int, error) {
+	return f.WriteAs(ino, p, off, Caller{})
+}
+
+// WriteAs is Write by caller c, which may clear the set-ID bits as the
+// write goes in (killpriv.go). Any write drops security.capability.
+func (f *FS) WriteAs(ino uint64, p []byte, off int64, c Caller) (int, error) {
 	f.writes.Add(1)
 	if off < 0 || uint64(off)+uint64(len(p)) > 1<<50 {
 		return 0, syscall.EFBIG
@@ -432,6 +439,7 @@ func (f *FS) Write(ino uint64, p []byte, off int64) (int, error) {
 		return 0, nil
 	}
 	var gen format.Gen
+	var capsDropped bool
 	fb := uint64(off) / bs
 	lb := (uint64(off) + uint64(len(p)) + bs - 1) / bs
 	f.makeRoom(lb - fb)
@@ -447,6 +455,10 @@ func (f *FS) Write(ino uint64, p []byte, off int64) (int, error) {
 			return err
 		}
 		if err := tx.ReserveData(lb - fb); err != nil {
+			return err
+		}
+		kill, err := privsToKill(tx, ino, in, c)
+		if err != nil {
 			return err
 		}
 		// The partial first and last blocks keep their old bytes.
@@ -469,6 +481,11 @@ func (f *FS) Write(ino uint64, p []byte, off int64) (int, error) {
 			}
 		}
 		gen = tx.Gen()
+		if kill {
+			if capsDropped, err = killPrivs(tx, ino, in, c); err != nil {
+				return err
+			}
+		}
 		for a := fb; a < lb; a += format.MaxExtentBlocks {
 			b := min(lb, a+format.MaxExtentBlocks)
 			buf := make([]byte, (b-a)*bs)
@@ -495,6 +512,9 @@ func (f *FS) Write(ino uint64, p []byte, off int64) (int, error) {
 		return 0, errno(err)
 	}
 	f.markModified(ino, gen, fb, lb)
+	if capsDropped {
+		f.markFull(ino, gen) // the log does not carry an attribute
+	}
 	return len(p), nil
 }
 
@@ -748,6 +768,11 @@ type SetAttrIn struct {
 	UID, GID     *uint32
 	Size         *uint64
 	Atime, Mtime *time.Time
+	// Caller clears the set-ID bits as the change goes in when Kill is
+	// set (the kernel's FATTR_KILL_SUIDGID: a truncate by a caller
+	// without CAP_FSETID, a chown of anything but a directory;
+	// killpriv.go).
+	Caller Caller
 }
 
 // SetAttr changes attributes and returns the new ones.
@@ -760,6 +785,14 @@ func (f *FS) SetAttr(ino uint64, s SetAttrIn) (Attr, error) {
 			return err
 		}
 		gen = tx.Gen()
+		if isReg(in) && (s.Caller.Kill || s.Size != nil || s.UID != nil || s.GID != nil) {
+			// A truncate or chown drops the capabilities too.
+			if _, err := killPrivs(tx, ino, in, s.Caller); err != nil {
+				return err // SetAttr marks the inode full anyway
+			}
+		} else if !isDir(in) {
+			s.Caller.clearSetID(in)
+		}
 		if s.Size != nil && *s.Size != in.Size {
 			if isDir(in) {
 				return syscall.EISDIR

@@ -115,8 +115,11 @@ func Mount(fsys *fs.FS, mountpoint string, opts Options) (*Server, error) {
 			// mount(2) when root; fusermount3 otherwise.
 			DirectMount:   true,
 			DisableXAttrs: false, // xattr.go
-			Debug:         opts.Debug,
-			Logger:        stdlog,
+			// The mount, not the kernel, drops set-ID bits and
+			// capabilities on write, truncate and chown (killpriv.go).
+			ExtraCapabilities: gofuse.CAP_HANDLE_KILLPRIV_V2,
+			Debug:             opts.Debug,
+			Logger:            stdlog,
 		},
 		EntryTimeout:    timeout(opts.EntryTimeout),
 		AttrTimeout:     timeout(opts.AttrTimeout),
@@ -134,7 +137,7 @@ func Mount(fsys *fs.FS, mountpoint string, opts Options) (*Server, error) {
 		gopts.MountOptions.Options = append(gopts.MountOptions.Options, "ro")
 	}
 	b.root = &node{b: b}
-	raw := gofs.NewNodeFS(b.root, gopts)
+	raw := killprivRaw{RawFileSystem: gofs.NewNodeFS(b.root, gopts), kill: &b.kill}
 	srv, err := gofuse.NewServer(raw, mountpoint, &gopts.MountOptions)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)

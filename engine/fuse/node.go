@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -32,6 +33,11 @@ type bridge struct {
 	// lastWarn and suppressed rate-limit warnLimited.
 	lastWarn   atomic.Int64
 	suppressed atomic.Uint64
+	// kill notes the writes that must clear set-ID bits (killpriv.go).
+	kill sync.Map
+	// getxattrs counts GETXATTR requests (a test reads it: writes must
+	// not bring one each).
+	getxattrs atomic.Uint64
 }
 
 // errno turns an engine error into the errno the kernel gets, logging
@@ -206,6 +212,7 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *gofuse.SetAtt
 	if t, ok := in.GetMTime(); ok {
 		s.Mtime = &t
 	}
+	s.Caller = n.b.caller(ctx, in.Valid&gofuse.FATTR_KILL_SUIDGID != 0) // killpriv.go
 	a, err := n.b.fsys.SetAttr(n.ino(), s)
 	if err != nil {
 		return n.b.errno("setattr", n.ino(), err)
@@ -264,7 +271,7 @@ func (n *node) Write(ctx context.Context, f gofs.FileHandle, data []byte, off in
 	if !n.b.haveSpace(spanBlocks(off, len(data))) {
 		return 0, n.b.errno("write", n.ino(), syscall.ENOSPC) // see space.go
 	}
-	wrote, err := n.b.fsys.Write(n.ino(), data, off)
+	wrote, err := n.b.fsys.WriteAs(n.ino(), data, off, n.b.caller(ctx, n.b.killSUIDGID(ctx)))
 	if err != nil {
 		return 0, n.b.errno("write", n.ino(), err)
 	}

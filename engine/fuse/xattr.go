@@ -25,6 +25,7 @@ var (
 )
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	n.b.getxattrs.Add(1)
 	v, err := n.b.fsys.GetXattr(n.ino(), attr)
 	if err != nil {
 		return 0, n.b.errno("getxattr", n.ino(), err)
