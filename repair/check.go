@@ -29,6 +29,7 @@ import (
 //	inode.go       link counts against the directory entries
 //	deleted.go     the deleted inodes (read by inode.go)
 //	dir.go         directory entries against the inodes they name
+//	subvol.go      subvolumes against their roots, inodes and UUIDs
 //
 // A comparison runs only when every tree it reads was walked without
 // damage: damage is reported once, by the walk, not again as a thousand
@@ -78,7 +79,8 @@ type checkState struct {
 	// size), found before fexts is sorted by extent.
 	pastEOF *recArr[fileExt]
 
-	xattr xattrState // xattr.go
+	xattr  xattrState  // xattr.go
+	subvol subvolState // subvol.go
 
 	refs []engine.MetaRef // sorted by block
 }

@@ -62,7 +62,7 @@ func repairDeleted(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*Rebu
 		if err != nil {
 			return err
 		}
-		if in.Nlink == 0 {
+		if in.Nlink == 0 && !format.IsSubvolRoot(k.Obj) { // a root's last link goes with its subvolume's deletion
 			unlinked[k.Obj] = true
 		}
 		return nil
@@ -91,7 +91,7 @@ func repairDeleted(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*Rebu
 			if err != nil {
 				return fmt.Errorf("inode %d: %w", ino, err)
 			}
-			if in != nil && in.Nlink == 0 {
+			if in != nil && in.Nlink == 0 && !format.IsSubvolRoot(ino) {
 				unlinked[ino] = true
 			} else {
 				delete(unlinked, ino)

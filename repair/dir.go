@@ -57,6 +57,9 @@ func checkDirs(st *checkState) {
 	st.sortedNames().all(func(d nsName) {
 		in, ok := inodes.last(d.ino)
 		if !ok {
+			if st.halfFreed(d.dir) {
+				return // a subvolume being deleted (subvol.go)
+			}
 			st.Reportf(engine.ErrDirentDangling, format.TreeDir, 0, "entry %q in directory %d names inode %d, which does not exist", st.nameBuf.get(d.name), d.dir, d.ino)
 			return
 		}

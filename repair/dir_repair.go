@@ -658,8 +658,9 @@ func (r *dirRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.Tr
 	if err != nil {
 		return nil, err
 	}
+	settled := settledInodes(s) // subvol.go
 	for ino := range modes {
-		if ino != fs.RootIno && !named[ino] && !deleted[ino] {
+		if ino != fs.RootIno && !named[ino] && !deleted[ino] && settled(ino) {
 			r.names[ino] = 0
 		}
 	}

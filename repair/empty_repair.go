@@ -12,9 +12,10 @@ import (
 )
 
 // The repair of the trees this version of the format creates and never
-// fills: subvolumes, snapshots and UUIDs (mkfs makes each an empty leaf;
-// the issue that adds subvolumes fills them, and replaces these repairers
-// with ones that rebuild the trees from what names their items). An image
+// fills: today the snapshot tree (mkfs makes it an empty leaf; the
+// subvolume and uuid trees, filled since format 1.7, have their own
+// repairers in subvol_repair.go, which rebuild them from what names their
+// items). An image
 // this version wrote holds no item in them, so a damaged one is rebuilt
 // exactly by writing a new empty tree and freeing the old tree's blocks
 // (engine.Exclusive.ResetTree, one commit: a crash leaves the old tree or

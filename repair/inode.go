@@ -74,6 +74,9 @@ func checkNlinks(st *checkState) {
 	subs := newSeeker(subdirs, ident, cmpUint)
 	deleted := newSeeker(st.sortedDeleted(), ident, cmpUint)
 	distinct(st.inodes, inodeNr, cmpUint, func(in nsInode) {
+		if st.halfFreed(in.ino) {
+			return // a subvolume being deleted (subvol.go)
+		}
 		ino, n := in.ino, uint32(links.seek(in.ino))
 		want := n
 		if in.isDir() {

@@ -146,7 +146,7 @@ type inodeRebuild struct {
 
 	old     *oldTree // set after the scan, before any apply
 	heads   map[uint64][inodeHalf]byte
-	nextIno uint64 // the first inode number handed out after the scan
+	nextIno uint64 // the first local inode number (format.LocalIno) handed out after the scan
 	targets []symlinkTarget
 	tErr    error
 
@@ -567,8 +567,13 @@ func (r *inodeRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.
 	}
 
 	// What names an inode whose item is gone. An inode number is
-	// plausible when it was handed out before G.
-	plausible := func(ino uint64) bool { return ino >= fs.RootIno && ino < sb.NextObjectID && !kept[ino] }
+	// plausible when it was handed out before G: its number within its
+	// subvolume (format.LocalIno; the top 24 bits are the subvolume's id)
+	// came from the object id counter.
+	plausible := func(ino uint64) bool {
+		l := format.LocalIno(ino)
+		return l >= fs.RootIno && l < sb.NextObjectID && !kept[ino]
+	}
 	names := map[uint64]*nameOf{}
 	subdirs := map[uint64]uint32{}   // of directories without an item
 	nextIndex := map[uint64]uint64{} // of directories without an item
@@ -787,7 +792,7 @@ func (r *inodeRebuild) newTargets(x *engine.Exclusive) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for ino := range r.links {
-		if ino < r.nextIno {
+		if format.LocalIno(ino) < r.nextIno {
 			continue // the scan read it, or the damage took it
 		}
 		ks, vs, err := symlinkItems(t, ino)

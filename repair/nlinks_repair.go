@@ -124,6 +124,7 @@ func repairNlinks(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*Re
 			return nil
 		})
 	}
+	settled := settledInodes(pin) // subvol.go
 	pin.Release()
 	if err != nil {
 		return nil, fmt.Errorf("scan the namespace at generation %d: %w", gen, err)
@@ -134,7 +135,7 @@ func repairNlinks(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*Re
 	var candidates []uint64
 	orphans := false
 	for ino, in := range inodes {
-		if w := counts.want(ino, in.mode); w != in.nlink {
+		if w := counts.want(ino, in.mode); w != in.nlink && settled(ino) {
 			candidates = append(candidates, ino)
 			orphans = orphans || w == 0
 		}
@@ -169,6 +170,9 @@ func repairNlinks(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*Re
 		slices.Sort(inos)
 		inos = slices.Compact(inos)
 		for _, ino := range inos {
+			if !settled(ino) {
+				continue // a subvolume being deleted, or without an item
+			}
 			in, err := inodeIn(tx, ino)
 			if err != nil {
 				return err

@@ -85,10 +85,20 @@ var opsTable = []Op{
 	// reads.
 	{Name: "inode", Trees: []format.TreeID{format.TreeInode}, Check: inodeCheck, Repair: repairInode,
 		Answers: []engine.ErrorID{engine.ErrNlink}, Inputs: []string{"dir", "extent", "rmap"}},
-	// Trees this version keeps empty: rebuilt empty (empty_repair.go).
-	{Name: "subvol", Trees: []format.TreeID{format.TreeSubvol}, Repair: emptyTreeRepairer("subvol", format.TreeSubvol, engine.StructSubvol)},
+	// The subvolume row rebuilds the subvolume tree from its readable
+	// items, the inodes (a subvolume for every id that has some) and the
+	// uuid tree (their UUIDs) when its blocks are damaged or a subvolume's
+	// item is missing; it answers subvol_root where that is a deletion
+	// whose flag the damage lost (subvol_repair.go). The uuid tree is not
+	// among its inputs: damage there costs UUIDs, not subvolumes.
+	{Name: "subvol", Trees: []format.TreeID{format.TreeSubvol}, Check: subvolCheck, Repair: repairSubvol,
+		Answers: []engine.ErrorID{engine.ErrSubvolOrphan, engine.ErrSubvolRoot}, Inputs: []string{"inode", "dir"}},
+	// A tree this version keeps empty: rebuilt empty (empty_repair.go).
 	{Name: "snapshot", Trees: []format.TreeID{format.TreeSnapshot}, Repair: emptyTreeRepairer("snapshot", format.TreeSnapshot, engine.StructSnapshot)},
-	{Name: "uuid", Trees: []format.TreeID{format.TreeUUID}, Repair: emptyTreeRepairer("uuid", format.TreeUUID, engine.StructUUID)},
+	// The uuid tree holds nothing the subvolume items do not: rebuilt
+	// from them (subvol_repair.go).
+	{Name: "uuid", Trees: []format.TreeID{format.TreeUUID}, Check: uuidCheck, Repair: repairUUID,
+		Answers: []engine.ErrorID{engine.ErrUUIDMissing, engine.ErrUUIDOrphan}, Inputs: []string{"subvol"}},
 	{Name: "deleted", Trees: []format.TreeID{format.TreeDeleted}, Check: deletedCheck, Repair: repairDeleted, Inputs: []string{"inode"}},
 	{Name: "xattr", Trees: []format.TreeID{format.TreeXattr}, Check: xattrCheck, Repair: repairXattr,
 		Answers: []engine.ErrorID{engine.ErrXattrOrphan, engine.ErrXattrKey, engine.ErrXattrChunk}, Inputs: []string{"inode"}},

@@ -24,7 +24,7 @@ import (
 // The uuid tree is the btrfs one: an index from a subvolume's own UUID,
 // and from its received UUID, to the subvolume's id, so a lookup by UUID
 // is one descent. It holds nothing the subvolume items do not: it can be
-// rebuilt from them at any time (repair/uuid_repair.go).
+// rebuilt from them at any time (repair/subvol_repair.go).
 const (
 	TypeSubvolItem   uint8 = 100
 	TypeUUIDSubvol   uint8 = 110
@@ -145,7 +145,7 @@ func (s *SubvolItem) Encode() []byte {
 // DecodeSubvolItem decodes a subvolume item.
 func DecodeSubvolItem(b []byte) (*SubvolItem, error) {
 	if len(b) != SubvolItemSize {
-		return nil, fmt.Errorf("subvolume item of %d bytes, want %d: %w", len(b), SubvolItemSize, ErrCorrupt)
+		return nil, corrupt(KindBadItem, TreeSubvol, 0, "subvolume item of %d bytes, want %d", len(b), SubvolItemSize)
 	}
 	s := &SubvolItem{Flags: le.Uint64(b[0:]), CTransID: le.Uint64(b[16:]),
 		ReapNext: le.Uint64(b[24:]), CTime: getTime(b[80:])}
@@ -153,13 +153,13 @@ func DecodeSubvolItem(b []byte) (*SubvolItem, error) {
 	copy(s.ParentUUID[:], b[48:])
 	copy(s.ReceivedUUID[:], b[64:])
 	if s.Flags&^subvolKnownFlags != 0 {
-		return nil, fmt.Errorf("subvolume item: unknown flags %#x: %w", s.Flags&^subvolKnownFlags, ErrCorrupt)
+		return nil, corrupt(KindBadItem, TreeSubvol, 0, "subvolume item: unknown flags %#x", s.Flags&^subvolKnownFlags)
 	}
 	if s.UUID.IsZero() {
-		return nil, fmt.Errorf("subvolume item: no uuid: %w", ErrCorrupt)
+		return nil, corrupt(KindBadItem, TreeSubvol, 0, "subvolume item: no uuid")
 	}
 	if le.Uint64(b[8:]) != 0 {
-		return nil, fmt.Errorf("subvolume item: reserved bytes set: %w", ErrCorrupt)
+		return nil, corrupt(KindBadItem, TreeSubvol, 0, "subvolume item: reserved bytes set")
 	}
 	return s, nil
 }

@@ -101,6 +101,13 @@ func Open(dev disk.Device, opts Options) (*FS, error) {
 			// A deletion the mount's pass left (deferred by damage).
 			f.startReaper()
 		}
+		// The subvolume repair may find a deletion whose flag was lost
+		// and mark it: the reaper then goes on with it at once.
+		f.changed.Register(func(ev ChangedEvent) {
+			if ev.Structure == "subvol" && f.e.PassRequired(engine.PassSubvolReap) {
+				f.startReaper()
+			}
+		})
 	}
 	return f, nil
 }

@@ -103,6 +103,23 @@ func putSubvol(tx *engine.Tx, id uint64, it *format.SubvolItem) error {
 	return tr.Put(format.SubvolKey(id), it.Encode())
 }
 
+// probeUUIDs reads the uuid tree's paths to subvolume id's keys (it as
+// it is: the keys putUUIDs adds or removes), so that damage there fails a
+// change before it has changed anything.
+func probeUUIDs(tx *engine.Tx, id uint64, it *format.SubvolItem) error {
+	tr, _ := tx.ReadTree(format.TreeUUID)
+	keys := []format.Key{format.UUIDKey(it.UUID, format.TypeUUIDSubvol, id)}
+	if !it.ReceivedUUID.IsZero() {
+		keys = append(keys, format.UUIDKey(it.ReceivedUUID, format.TypeUUIDReceived, id))
+	}
+	for _, k := range keys {
+		if _, _, err := tr.Get(k, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // putUUIDs adds (or with del removes) the uuid tree's keys of subvolume
 // id.
 func putUUIDs(tx *engine.Tx, id uint64, it *format.SubvolItem, del bool) error {
@@ -190,6 +207,9 @@ func (f *FS) CreateSubvol(dir uint64, name string) (SubvolInfo, error) {
 		}
 		now := time.Now()
 		it := &format.SubvolItem{CTransID: uint64(tx.Gen()), UUID: newUUID(), CTime: ts(now)}
+		if err := probeUUIDs(tx, id, it); err != nil {
+			return err
+		}
 		ino := format.SubvolRootIno(id)
 		in := &format.InodeItem{Mode: syscall.S_IFDIR | 0o755, UID: din.UID, GID: din.GID, Nlink: 2, Parent: dir, NextIndex: 2,
 			Generation: uint64(tx.Gen()), Atime: ts(now), Mtime: ts(now), Ctime: ts(now), Btime: ts(now)}
@@ -467,6 +487,13 @@ func (f *FS) SetReceivedUUID(id uint64, u format.UUID) error {
 		if it.ReceivedUUID == u {
 			return nil
 		}
+		next := *it
+		next.ReceivedUUID = u
+		for _, x := range []*format.SubvolItem{it, &next} {
+			if err := probeUUIDs(tx, id, x); err != nil {
+				return err
+			}
+		}
 		if err := putUUIDs(tx, id, it, true); err != nil {
 			return err
 		}
@@ -724,6 +751,9 @@ func (f *FS) reapStep(tx *engine.Tx, waiting map[uint64]bool) (done bool, err er
 			return false, nil
 		}
 		// Everything is freed: the subvolume goes.
+		if err := probeUUIDs(tx, id, it); err != nil {
+			return false, err
+		}
 		if err := putUUIDs(tx, id, it, true); err != nil {
 			return false, err
 		}
