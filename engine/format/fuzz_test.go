@@ -1,6 +1,8 @@
 package format
 
 import (
+	"bytes"
+	"errors"
 	"testing"
 )
 
@@ -178,4 +180,39 @@ func cmpBytes(a, b []byte) int {
 		}
 	}
 	return 0
+}
+
+func FuzzDecodeSubvolItem(f *testing.F) {
+	f.Add((&SubvolItem{Flags: SubvolDeleting, CTransID: 7, UUID: UUID{1, 2}, ReceivedUUID: UUID{3}, ReapNext: 1 << 40}).Encode())
+	f.Add(make([]byte, SubvolItemSize))
+	f.Fuzz(func(t *testing.T, v []byte) {
+		s, err := DecodeSubvolItem(v)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error %v is not corruption", err)
+			}
+			return
+		}
+		enc := s.Encode()
+		if !bytes.Equal(enc, v) {
+			t.Fatalf("round trip: %x, was %x", enc, v)
+		}
+		if s.UUID.IsZero() || s.Flags&^(SubvolReadOnly|SubvolDeleting) != 0 {
+			t.Fatalf("accepted %+v", s)
+		}
+	})
+}
+
+func FuzzParseUUID(f *testing.F) {
+	f.Add("2b6f0c1e-8d3a-4b8e-9f4e-5a1d2c3b4a59")
+	f.Add("2b6f0c1e8d3a4b8e9f4e5a1d2c3b4a59")
+	f.Fuzz(func(t *testing.T, s string) {
+		u, err := ParseUUID(s)
+		if err != nil {
+			return
+		}
+		if u2, err := ParseUUID(u.String()); err != nil || u2 != u {
+			t.Fatalf("round trip of %q: %v %v", s, u2, err)
+		}
+	})
 }
