@@ -238,6 +238,9 @@ type NewInode struct {
 	UID, GID uint32
 	Rdev     uint64
 	Target   string // symlinks
+	// Umask, when set, is the caller's umask, applied unless the
+	// directory's default ACL decides the mode instead (aclcreate.go).
+	Umask *uint32
 }
 
 // Create makes a regular file (Mode's type bits may be 0) in dir.
@@ -302,6 +305,15 @@ func (f *FS) mknod(dir uint64, name string, ni NewInode) (Attr, error) {
 		if err := probeNewInode(tx, dir); err != nil {
 			return err
 		}
+		access, def, err := inheritACL(tx, dir, &ni) // aclcreate.go
+		if err != nil {
+			return err
+		}
+		if access != nil || def != nil {
+			if err := probeNewACLs(tx, format.SubvolIno(format.SubvolOf(dir), tx.PeekObjectID())); err != nil {
+				return err
+			}
+		}
 		now := ts(time.Now())
 		ino, err := allocIno(tx, dir)
 		if err != nil {
@@ -320,6 +332,9 @@ func (f *FS) mknod(dir uint64, name string, ni NewInode) (Attr, error) {
 			}
 		}
 		if err := putInode(tx, ino, in); err != nil {
+			return err
+		}
+		if err := putNewACLs(tx, ino, access, def); err != nil {
 			return err
 		}
 		if err := addEntry(tx, dir, din, name, ino, in.Mode); err != nil {

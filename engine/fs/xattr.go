@@ -332,10 +332,10 @@ func dropXattrs(tx *engine.Tx, ino uint64) error {
 	return nil
 }
 
-// POSIX ACLs. Without FUSE_POSIX_ACL the kernel passes the ACL of
-// system.posix_acl_access through as an attribute and leaves the mode to
-// the filesystem; this does what the kernel's posix_acl_update_mode does
-// for ext4: the owner, group (the mask when there is one) and other
+// POSIX ACLs. A set of system.posix_acl_access keeps the mode in step,
+// as the kernel's posix_acl_update_mode does for ext4 (through the mount
+// the kernel, which enforces the ACLs, has done the same before it sends
+// the set; through the Go API this is the only place it happens): the owner, group (the mask when there is one) and other
 // entries are the mode's permission bits, and an ACL that says no more
 // than the mode (no named user or group entry) is not stored, only the
 // mode changed (cp -a sets one on every file it copies). A read returns

@@ -42,15 +42,7 @@ func TestKillPrivs(t *testing.T) {
 	}
 	// A version 2 file capability (CAP_NET_BIND_SERVICE permitted).
 	capv2 := []byte{0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-	asNobody := func(name string, args ...string) error {
-		cmd := exec.Command(name, args...)
-		cmd.Stdin = strings.NewReader("x")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return errors.New(strings.TrimSpace(string(out)))
-		}
-		return nil
-	}
+	asNobody := func(name string, args ...string) error { return asUser(65534, name, args...) }
 	cases := []struct {
 		name string
 		mode os.FileMode
@@ -139,4 +131,16 @@ func TestWritesAskNoXattr(t *testing.T) {
 	if n := m.srv.b.getxattrs.Load() - before; n > 1 {
 		t.Fatalf("100 writes brought %d GETXATTR requests", n)
 	}
+}
+
+// asUser runs a command as uid (group the same number) with "x" on its
+// standard input; the error holds its output.
+func asUser(uid uint32, name string, args ...string) error {
+	cmd := exec.Command(name, args...)
+	cmd.Stdin = strings.NewReader("x")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return errors.New(strings.TrimSpace(string(out)))
+	}
+	return nil
 }

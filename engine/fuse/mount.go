@@ -116,8 +116,11 @@ func Mount(fsys *fs.FS, mountpoint string, opts Options) (*Server, error) {
 			DirectMount:   true,
 			DisableXAttrs: false, // xattr.go
 			// The mount, not the kernel, drops set-ID bits and
-			// capabilities on write, truncate and chown (killpriv.go).
-			ExtraCapabilities: gofuse.CAP_HANDLE_KILLPRIV_V2,
+			// capabilities on write, truncate and chown (killpriv.go),
+			// and applies the umask or the default ACL to new inodes
+			// (engine/fs/aclcreate.go) while the kernel enforces ACLs.
+			ExtraCapabilities: gofuse.CAP_HANDLE_KILLPRIV_V2 | gofuse.CAP_DONT_MASK,
+			EnableAcl:         true,
 			Debug:             opts.Debug,
 			Logger:            stdlog,
 		},
@@ -137,7 +140,7 @@ func Mount(fsys *fs.FS, mountpoint string, opts Options) (*Server, error) {
 		gopts.MountOptions.Options = append(gopts.MountOptions.Options, "ro")
 	}
 	b.root = &node{b: b}
-	raw := killprivRaw{RawFileSystem: gofs.NewNodeFS(b.root, gopts), kill: &b.kill}
+	raw := noteRaw{RawFileSystem: gofs.NewNodeFS(b.root, gopts), notes: &b.notes}
 	srv, err := gofuse.NewServer(raw, mountpoint, &gopts.MountOptions)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)

@@ -33,8 +33,9 @@ type bridge struct {
 	// lastWarn and suppressed rate-limit warnLimited.
 	lastWarn   atomic.Int64
 	suppressed atomic.Uint64
-	// kill notes the writes that must clear set-ID bits (killpriv.go).
-	kill sync.Map
+	// notes holds what noteRaw noted of the requests running
+	// (killpriv.go).
+	notes sync.Map
 	// getxattrs counts GETXATTR requests (a test reads it: writes must
 	// not bring one each).
 	getxattrs atomic.Uint64
@@ -159,6 +160,9 @@ func caller(ctx context.Context) (uid, gid uint32) {
 func (n *node) newInode(ctx context.Context, mode uint32) (fs.NewInode, syscall.Errno) {
 	uid, gid := caller(ctx)
 	ni := fs.NewInode{Mode: mode, UID: uid, GID: gid}
+	if note := n.b.note(ctx); note.hasUmask {
+		ni.Umask = &note.umask // applied by the filesystem (FUSE_DONT_MASK)
+	}
 	da, err := n.b.fsys.GetAttr(n.ino())
 	if err != nil {
 		return ni, n.b.errno("getattr", n.ino(), err)
@@ -271,7 +275,7 @@ func (n *node) Write(ctx context.Context, f gofs.FileHandle, data []byte, off in
 	if !n.b.haveSpace(spanBlocks(off, len(data))) {
 		return 0, n.b.errno("write", n.ino(), syscall.ENOSPC) // see space.go
 	}
-	wrote, err := n.b.fsys.WriteAs(n.ino(), data, off, n.b.caller(ctx, n.b.killSUIDGID(ctx)))
+	wrote, err := n.b.fsys.WriteAs(n.ino(), data, off, n.b.caller(ctx, n.b.note(ctx).kill))
 	if err != nil {
 		return 0, n.b.errno("write", n.ino(), err)
 	}

@@ -12,10 +12,11 @@ import (
 // asks for the size needed, a buffer too small gets ERANGE. The kernel
 // checks permissions first (default_permissions: user. needs write
 // access to change, trusted. needs CAP_SYS_ADMIN). POSIX ACLs
-// (system.posix_acl_access, system.posix_acl_default) are stored and
-// returned as they are: the mount does not ask the kernel for ACL support
-// (FUSE_POSIX_ACL), so the kernel neither enforces them nor applies
-// default ACLs to new files; permission checks use the mode bits alone.
+// (system.posix_acl_access, system.posix_acl_default) are stored; the
+// mount asks the kernel for ACL support (FUSE_POSIX_ACL), so the kernel
+// reads them (cached) and enforces them in its permission checks, and the
+// filesystem applies a directory's default ACL to what is made in it
+// (engine/fs/aclcreate.go).
 
 var (
 	_ gofs.NodeGetxattrer    = (*node)(nil)
