@@ -38,17 +38,21 @@ func SetNlink(tx *engine.Tx, ino uint64, n uint32) (old uint32, ok bool, err err
 // AdoptTx), and returns the path given. It refuses an inode an entry still
 // names (EEXIST: it scans the directory tree to know).
 func (f *FS) Adopt(ino uint64) (string, error) {
-	lf, err := f.LostFound()
-	if err != nil {
-		return "", err
+	var lf uint64 // a subvolume's inode: AdoptTx finds its lost+found
+	if format.SubvolOf(ino) == 0 {
+		var err error
+		if lf, err = f.LostFound(); err != nil {
+			return "", err
+		}
 	}
 	var path string
-	err = f.e.Update(func(tx *engine.Tx) error {
+	err := f.e.Update(func(tx *engine.Tx) error {
 		if named, err := nameCount(tx, ino); err != nil {
 			return err
 		} else if named > 0 {
 			return syscall.EEXIST
 		}
+		var err error
 		path, err = AdoptTx(tx, ino, lf)
 		return err
 	})
@@ -63,8 +67,23 @@ func (f *FS) Adopt(ino uint64) (string, error) {
 // for a directory two plus its subdirectories, its parent lf (whose count
 // grows by one). The caller knows no entry names ino (the link-count
 // repair's scan). It refuses an inode unlinked while open (EBUSY: it is
-// freed when closed) and returns the path given.
+// freed when closed) and returns the path given. An inode of another
+// subvolume than lf's goes into its own subvolume's lost+found (made in
+// the subvolume's root when missing), never across the edge.
 func AdoptTx(tx *engine.Tx, ino, lf uint64) (string, error) {
+	prefix := "/"
+	if sv := format.SubvolOf(ino); sv != format.SubvolOf(lf) {
+		root := format.SubvolRootIno(sv)
+		var err error
+		if lf, err = lostFoundIn(tx, root); err != nil {
+			return "", err
+		}
+		pc := pathCache{tx: tx, dirs: map[uint64]string{RootIno: "/"}, names: map[uint64]map[uint64]string{}}
+		if prefix, err = pc.path(root); err != nil {
+			prefix = fmt.Sprintf("<subvolume %d>", sv)
+		}
+		prefix += "/"
+	}
 	name := fmt.Sprintf("#%d", ino)
 	in, err := mustInode(tx, ino)
 	if err != nil {
@@ -104,7 +123,7 @@ func AdoptTx(tx *engine.Tx, ino, lf uint64) (string, error) {
 	if err := putInode(tx, lf, din); err != nil {
 		return "", err
 	}
-	return "/" + LostFoundName + "/" + name, nil
+	return prefix + LostFoundName + "/" + name, nil
 }
 
 // LostFound returns /lost+found's inode, making it (mode 0700, owner
@@ -131,8 +150,12 @@ func (f *FS) LostFound() (uint64, error) {
 // owner root) when it is missing: LostFound for a caller that already
 // holds a transaction (a repair's exclusive section, where another
 // Update would wait for itself).
-func LostFoundTx(tx *engine.Tx) (uint64, error) {
-	de, _, ok, err := lookupEntry(tx, RootIno, LostFoundName)
+func LostFoundTx(tx *engine.Tx) (uint64, error) { return lostFoundIn(tx, RootIno) }
+
+// lostFoundIn returns the lost+found directory in directory root (a
+// subvolume's root), making it when missing.
+func lostFoundIn(tx *engine.Tx, root uint64) (uint64, error) {
+	de, _, ok, err := lookupEntry(tx, root, LostFoundName)
 	if err != nil {
 		return 0, err
 	}
@@ -142,23 +165,26 @@ func LostFoundTx(tx *engine.Tx) (uint64, error) {
 		}
 		return de.Ino, nil
 	}
-	din, err := mustInode(tx, RootIno)
+	din, err := mustInode(tx, root)
 	if err != nil {
 		return 0, err
 	}
 	now := ts(time.Now())
-	ino := tx.NextObjectID()
-	in := &format.InodeItem{Mode: syscall.S_IFDIR | 0o700, Nlink: 2, Parent: RootIno, NextIndex: 2,
+	ino, err := allocIno(tx, root)
+	if err != nil {
+		return 0, err
+	}
+	in := &format.InodeItem{Mode: syscall.S_IFDIR | 0o700, Nlink: 2, Parent: root, NextIndex: 2,
 		Generation: uint64(tx.Gen()), Atime: now, Mtime: now, Ctime: now, Btime: now}
 	if err := putInode(tx, ino, in); err != nil {
 		return 0, err
 	}
-	if err := addEntry(tx, RootIno, din, LostFoundName, ino, in.Mode); err != nil {
+	if err := addEntry(tx, root, din, LostFoundName, ino, in.Mode); err != nil {
 		return 0, err
 	}
 	din.Nlink++
 	din.Mtime, din.Ctime = now, now
-	return ino, putInode(tx, RootIno, din)
+	return ino, putInode(tx, root, din)
 }
 
 // nameCount counts the directory entries naming ino (a scan of the

@@ -443,3 +443,42 @@ func TestSubvolDeleteWhileOpen(t *testing.T) {
 		})
 	}
 }
+
+// TestSubvolAdopt: an orphan of a subvolume is adopted into the
+// subvolume's own lost+found (made in its root), never across the edge.
+func TestSubvolAdopt(t *testing.T) {
+	f := mount(t, newDev(t), Options{})
+	defer f.Close()
+	sv, err := f.CreateSubvol(RootIno, "vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := f.Create(sv.RootIno, "orphan", NewInode{Mode: syscall.S_IFREG | 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Engine().Update(func(tx *engine.Tx) error {
+		de, key, _, err := mustEntry(tx, sv.RootIno, "orphan")
+		if err != nil {
+			return err
+		}
+		return removeEntry(tx, sv.RootIno, key, de)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := f.Adopt(a.Ino)
+	if err != nil || p != fmt.Sprintf("/vol/%s/#%d", LostFoundName, a.Ino) {
+		t.Fatalf("adopt: %q %v", p, err)
+	}
+	lf, err := f.Lookup(sv.RootIno, LostFoundName)
+	if err != nil || SubvolOf(lf.Ino) != sv.ID {
+		t.Fatalf("the subvolume's lost+found: %+v %v", lf, err)
+	}
+	if got, err := f.Resolve(p); err != nil || got.Ino != a.Ino {
+		t.Fatalf("resolve %s: %+v %v", p, got, err)
+	}
+	if _, err := f.Lookup(RootIno, LostFoundName); !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("a top-level lost+found: %v", err)
+	}
+	mustClean(t, f)
+}
