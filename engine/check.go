@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	eb "github.com/scrubd/scrubd/engine/btree"
+	"github.com/scrubd/scrubd/engine/disk"
 	"github.com/scrubd/scrubd/engine/format"
 )
 
@@ -289,7 +290,7 @@ func (c *Checking) WalkTrees(ctx context.Context, items map[format.TreeID]ItemCh
 		err := w.consume(i, tc, func(ev *walkEv, val []byte, prob *eb.Problem) {
 			switch ev.kind {
 			case evBlock:
-				c.refs = append(c.refs, MetaRef{ev.p.Block, id})
+				c.refs = append(c.refs, MetaRef{format.BlockNr(ev.k.Obj), id})
 			case evProblem:
 				p := prob
 				if p.Kind != format.KindItemCount {
@@ -419,6 +420,15 @@ func NewFinding(id ErrorID, tree format.TreeID, b format.BlockNr, f string, args
 // an image whose files were created one after the other (each tree's
 // leaves interleaved with the others' and with data) it halves the
 // reads; a tree written in one go reads a leaf level in a few reads.
+//
+// An offline check also has the kernel read the neighbourhood of every
+// block the walk is about to read, ahead of it (adviser): tree blocks lie
+// in clusters, the trees' leaves interleaved with each other's, so a few
+// large device reads fill the page cache with what the walks of this
+// tree and of the next ones will read, where each block or short run read
+// on its own would be a device request of its own (on the virtual disk
+// of the benchmarks, an exit to the host each: most of the check's
+// system time there).
 type checkStore struct {
 	viewStore
 	ra   *readahead
@@ -431,10 +441,12 @@ const (
 	raMaxBuf = 256 // blocks buffered per level (1 MiB)
 )
 
-// readahead holds, per level, the runs read ahead for it.
+// readahead holds, per level, the runs read ahead for it, and the
+// check's adviser (nil: none).
 type readahead struct {
 	lv      [format.MaxLevel + 1]raLevel
 	scratch []format.BlockNr
+	adv     *adviser
 }
 
 type raLevel struct {
@@ -449,8 +461,8 @@ type raRun struct {
 	off   int
 }
 
-func newCheckStore(e *Engine) checkStore {
-	return checkStore{viewStore: viewStore{e: e, ring: &scanRing{}}, ra: &readahead{}}
+func newCheckStore(e *Engine, adv *adviser) checkStore {
+	return checkStore{viewStore: viewStore{e: e, ring: &scanRing{}}, ra: &readahead{adv: adv}}
 }
 
 func (s checkStore) Prefetch(tree format.TreeID, kids []eb.Ptr, level int) {
@@ -460,9 +472,6 @@ func (s checkStore) Prefetch(tree format.TreeID, kids []eb.Ptr, level int) {
 	e, ra := s.e, s.ra
 	lv := &ra.lv[level]
 	lv.runs = lv.runs[:0]
-	if len(kids) < 2 {
-		return
-	}
 	bs := ra.scratch[:0]
 	for _, k := range kids {
 		if k.Block != 0 && uint64(k.Block) < e.totalBlocks {
@@ -471,6 +480,7 @@ func (s checkStore) Prefetch(tree format.TreeID, kids []eb.Ptr, level int) {
 	}
 	slices.Sort(bs)
 	ra.scratch = bs
+	ra.adv.advise(bs)
 	used := 0
 	for i := 0; i < len(bs); {
 		start, last, j := bs[i], bs[i], i+1
@@ -525,6 +535,65 @@ func (s checkStore) Read(tree format.TreeID, p eb.Ptr, level int) (format.Node, 
 	return s.viewStore.Read(tree, p, level)
 }
 
+// raChunk is the adviser's unit: blocks [k*raChunk, (k+1)*raChunk) are
+// read ahead together, once per check.
+const raChunk = 128 // 512 KiB
+
+// adviser has the kernel read, ahead of the walks, the chunks of the
+// device holding blocks they are about to read (disk.File.WillNeed:
+// large reads into the page cache, which the walks' reads then copy
+// from, where each block or run read on its own would wait for a device
+// request of its own). Only an offline check (CheckImage) of an image
+// file or block device has one: nothing else reads its device, and the
+// page cache it fills is not the process's memory. It is advice only:
+// what it reads is verified when the walk reads it, and a hint that
+// fails only costs the reads it would have saved (so its error is not
+// the check's).
+type adviser struct {
+	f    *disk.File
+	mu   sync.Mutex
+	done []uint64 // chunks advised, a bit each
+}
+
+// newAdviser returns the adviser of an offline check of e, or nil.
+func newAdviser(e *Engine) *adviser {
+	f, ok := e.dev.(*disk.File)
+	if !ok || !e.tolerant {
+		return nil
+	}
+	chunks := (e.totalBlocks + raChunk - 1) / raChunk
+	return &adviser{f: f, done: make([]uint64, (chunks+63)/64)}
+}
+
+// advise reads ahead the chunks of bs (sorted) not read ahead yet,
+// adjacent chunks with one call.
+func (a *adviser) advise(bs []format.BlockNr) {
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var from, to uint64 // chunks [from, to), to advise
+	flush := func() {
+		if to > from {
+			_ = a.f.WillNeed(int64(from)*raChunk*format.BlockSize, int64(to-from)*raChunk*format.BlockSize)
+		}
+	}
+	for _, b := range bs {
+		c := uint64(b) / raChunk
+		if c/64 >= uint64(len(a.done)) || a.done[c/64]&(1<<(c%64)) != 0 {
+			continue
+		}
+		a.done[c/64] |= 1 << (c % 64)
+		if c != to {
+			flush()
+			from = c
+		}
+		to = c + 1
+	}
+	flush()
+}
+
 // checkTree is tree id of the snapshot for the check's walk (checkStore).
 func (s *Snapshot) checkTree(id format.TreeID, st checkStore) (*eb.Tree, bool) {
 	ri, ok := s.v.roots[id]
@@ -562,13 +631,16 @@ const (
 )
 
 // walkEv is one thing the walk met: a block referenced, a problem, or an
-// item (its value at data[off:off+n] of the batch).
+// item (its value at data[off:off+n] of the batch). It is 48 bytes: the
+// walk writes one per item and the checking goroutine, on the other
+// core, reads it, so its size is cache traffic between the two.
 type walkEv struct {
-	kind walkKind
-	p    eb.Ptr     // evBlock
-	k    format.Key // evItem
+	// evItem: the item's key; evBlock: the block number, in k.Obj (the
+	// checking goroutine needs no more of the pointer)
+	k format.Key
 	// evItem: the value at data[off:off+n]; evProblem: probs[off]
 	off, n int32
+	kind   walkKind
 }
 
 type walkBatch struct {
@@ -591,6 +663,7 @@ type treeWalks struct {
 	stores  []checkStore // each walk's, while it runs
 	spare   []*walkBatch // batches of finished walks, for the next
 	spareSt []checkStore // stores of finished walks, for the next
+	adv     *adviser     // shared by the walks
 	quit    chan struct{}
 	wg      sync.WaitGroup
 	stopped bool
@@ -599,7 +672,7 @@ type treeWalks struct {
 var errWalkStopped = errors.New("check walk stopped")
 
 func newTreeWalks(s *Snapshot) *treeWalks {
-	w := &treeWalks{s: s, quit: make(chan struct{})}
+	w := &treeWalks{s: s, quit: make(chan struct{}), adv: newAdviser(s.e)}
 	for _, id := range s.Trees() {
 		if _, ok := s.v.roots[id]; ok {
 			w.ids = append(w.ids, id)
@@ -620,7 +693,7 @@ func (w *treeWalks) start(i int) {
 	if k := len(w.spareSt); k > 0 {
 		st, w.spareSt = w.spareSt[k-1], w.spareSt[:k-1]
 	} else {
-		st = newCheckStore(w.s.e)
+		st = newCheckStore(w.s.e, w.adv)
 		st.quit = w.quit
 	}
 	w.stores[i] = st
@@ -678,7 +751,7 @@ func (w *treeWalks) walk(tr *eb.Tree, out, free chan *walkBatch) {
 	v := eb.CheckVisitor{
 		Block: func(p eb.Ptr, _ int) {
 			if ok {
-				b.evs = append(b.evs, walkEv{kind: evBlock, p: p})
+				b.evs = append(b.evs, walkEv{kind: evBlock, k: format.Key{Obj: uint64(p.Block)}})
 				flush()
 			}
 		},

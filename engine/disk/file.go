@@ -308,6 +308,19 @@ func (d *File) Writeback(off, n int64, wait bool) error {
 	return nil
 }
 
+// WillNeed has the kernel start reading [off, off+n) into the page cache
+// (posix_fadvise WILLNEED on Linux; nothing elsewhere), for reads to come:
+// a hint, which reads nothing into the caller's memory.
+func (d *File) WillNeed(off, n int64) error {
+	if d.closed.Load() {
+		return ErrClosed
+	}
+	if err := willNeed(d.f, off, n); err != nil {
+		return fmt.Errorf("disk: %s: read-ahead advice: %w", d.path, err)
+	}
+	return nil
+}
+
 // Flush makes every completed write durable with fdatasync. A read-only
 // File has nothing to flush and returns nil unless it is closed.
 func (d *File) Flush() error {

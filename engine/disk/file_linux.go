@@ -99,3 +99,12 @@ func writeback(f *os.File, off, n int64, wait bool) error {
 		return unix.SyncFileRange(fd, off, n, flags)
 	})
 }
+
+// willNeed advises the kernel that [off, off+n) will be read
+// (posix_fadvise WILLNEED): it starts reading the range into the page
+// cache and returns.
+func willNeed(f *os.File, off, n int64) error {
+	return retryEINTR(f, "fadvise", func(fd int) error {
+		return unix.Fadvise(fd, off, n, unix.FADV_WILLNEED)
+	})
+}

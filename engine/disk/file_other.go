@@ -19,3 +19,6 @@ func lockFile(f *os.File, exclusive bool) error { return nil }
 
 // writeback has no portable equivalent: the next Flush does the work.
 func writeback(f *os.File, off, n int64, wait bool) error { return nil }
+
+// willNeed has no portable equivalent: reads go to the device as asked.
+func willNeed(f *os.File, off, n int64) error { return nil }
