@@ -284,22 +284,8 @@ func (f *FS) mknod(dir uint64, name string, ni NewInode) (Attr, error) {
 	var newIno uint64
 	var gen format.Gen
 	err := f.e.Update(func(tx *engine.Tx) error {
-		din, err := mustInode(tx, dir)
+		din, err := newEntryDir(tx, dir, name)
 		if err != nil {
-			return err
-		}
-		if !isDir(din) {
-			return syscall.ENOTDIR
-		}
-		if din.Nlink == 0 {
-			return syscall.ENOENT
-		}
-		if _, _, ok, err := lookupEntry(tx, dir, name); err != nil {
-			return err
-		} else if ok {
-			return syscall.EEXIST
-		}
-		if err := probeDir(tx, format.DirIndexKey(dir, din.NextIndex)); err != nil {
 			return err
 		}
 		if err := probeNewInode(tx, dir); err != nil {
@@ -461,6 +447,32 @@ func deleteTarget(tx *engine.Tx, ino uint64) error {
 		}
 	}
 	return nil
+}
+
+// newEntryDir reads directory dir, where name is to be made: ENOTDIR,
+// ENOENT for a directory already removed, EEXIST when the name is taken;
+// it reads the path to where the new index entry goes, so that damage
+// there fails the create before it changes anything.
+func newEntryDir(tx *engine.Tx, dir uint64, name string) (*format.InodeItem, error) {
+	din, err := mustInode(tx, dir)
+	if err != nil {
+		return nil, err
+	}
+	if !isDir(din) {
+		return nil, syscall.ENOTDIR
+	}
+	if din.Nlink == 0 {
+		return nil, syscall.ENOENT
+	}
+	if _, _, ok, err := lookupEntry(tx, dir, name); err != nil {
+		return nil, err
+	} else if ok {
+		return nil, syscall.EEXIST
+	}
+	if err := probeDir(tx, format.DirIndexKey(dir, din.NextIndex)); err != nil {
+		return nil, err
+	}
+	return din, nil
 }
 
 // Link makes newname in newdir another name of ino.

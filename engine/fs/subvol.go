@@ -183,22 +183,8 @@ func (f *FS) CreateSubvol(dir uint64, name string) (SubvolInfo, error) {
 	var info SubvolInfo
 	var gen format.Gen
 	err := f.e.Update(func(tx *engine.Tx) error {
-		din, err := mustInode(tx, dir)
+		din, err := newEntryDir(tx, dir, name)
 		if err != nil {
-			return err
-		}
-		if !isDir(din) {
-			return syscall.ENOTDIR
-		}
-		if din.Nlink == 0 {
-			return syscall.ENOENT
-		}
-		if _, _, ok, err := lookupEntry(tx, dir, name); err != nil {
-			return err
-		} else if ok {
-			return syscall.EEXIST
-		}
-		if err := probeDir(tx, format.DirIndexKey(dir, din.NextIndex)); err != nil {
 			return err
 		}
 		id, err := nextSubvolID(tx)

@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
-
-	"github.com/scrubd/scrubd/engine/fs"
 )
 
 // aclBlob encodes a POSIX ACL attribute: entries of (tag, perm, id);
@@ -34,20 +32,7 @@ const (
 // default ACL decides a new file's and directory's mode and ACLs instead
 // of the umask; without one the umask applies.
 func TestACLs(t *testing.T) {
-	needFuse(t)
-	img := newImage(t)
-	fsys, err := fs.OpenPath(img, fs.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	srv, err := Mount(fsys, dir, Options{FsName: img, AllowOther: true})
-	if err != nil {
-		fsys.Close()
-		t.Fatal(err)
-	}
-	m := &testMount{t: t, img: img, dir: dir, fsys: fsys, srv: srv}
-	t.Cleanup(m.close)
+	m := mountAllowOther(t)
 	ref := t.TempDir()
 	for _, d := range []string{ref, filepath.Dir(ref)} {
 		if err := os.Chmod(d, 0o755); err != nil {

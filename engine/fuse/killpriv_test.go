@@ -18,21 +18,7 @@ import (
 // that the mount does it itself (FUSE_HANDLE_KILLPRIV_V2) — by a caller
 // without CAP_FSETID (nobody) and by root.
 func TestKillPrivs(t *testing.T) {
-	// Others than the mounting user reach the mount only with allow_other.
-	needFuse(t)
-	img := newImage(t)
-	fsys, err := fs.OpenPath(img, fs.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	srv, err := Mount(fsys, dir, Options{FsName: img, AllowOther: true})
-	if err != nil {
-		fsys.Close()
-		t.Fatal(err)
-	}
-	m := &testMount{t: t, img: img, dir: dir, fsys: fsys, srv: srv}
-	t.Cleanup(m.close)
+	m := mountAllowOther(t)
 	ref := t.TempDir()
 	// nobody must reach both directories (the mount's root is 0755).
 	for _, d := range []string{ref, filepath.Dir(ref), filepath.Dir(m.dir)} {
@@ -143,4 +129,25 @@ func asUser(uid uint32, name string, args ...string) error {
 		return errors.New(strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// mountAllowOther mounts a new image for users other than root too
+// (allow_other): only then do their requests reach the mount.
+func mountAllowOther(t *testing.T) *testMount {
+	t.Helper()
+	needFuse(t)
+	img := newImage(t)
+	fsys, err := fs.OpenPath(img, fs.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	srv, err := Mount(fsys, dir, Options{FsName: img, AllowOther: true})
+	if err != nil {
+		fsys.Close()
+		t.Fatal(err)
+	}
+	m := &testMount{t: t, img: img, dir: dir, fsys: fsys, srv: srv}
+	t.Cleanup(m.close)
+	return m
 }
