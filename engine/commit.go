@@ -104,6 +104,14 @@ func (e *Engine) prepareCommit() (*pendingCommit, error) {
 	t := e.txn
 	began := time.Now()
 	defer func() { e.holds.record(time.Since(began)) }()
+	if e.opts.BeforeCommit != nil {
+		tx := &Tx{e: e}
+		if err := e.opts.BeforeCommit(tx); err != nil {
+			err = fmt.Errorf("commit generation %d: write out delayed allocations: %w", t.gen, err)
+			e.abort(err)
+			return nil, err
+		}
+	}
 	if e.takeErrorCounts() {
 		t.superDirty = true
 	}

@@ -67,6 +67,12 @@ type Options struct {
 	// subvol_reap, run when a deletion was under way; registered by the
 	// filesystem layer).
 	SubvolReap func(ctx context.Context, e *Engine) error
+	// BeforeCommit runs first in every commit, under the writer lock, in
+	// the running transaction (the filesystem layer writes out the file
+	// data it holds back, delayed allocation). An error fails the commit
+	// and aborts the transaction: it must return only errors met after a
+	// change.
+	BeforeCommit func(tx *Tx) error
 	// CacheBlocks bounds the clean-block cache; 0 means the default.
 	CacheBlocks int
 	// Logger receives the engine's log; nil discards.

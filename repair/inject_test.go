@@ -46,6 +46,10 @@ func populatedImage(t *testing.T) string {
 			t.Fatal(err)
 		}
 	}
+	// Written out (delayed allocation) before half go again.
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
 	for i := 0; i < 600; i += 2 {
 		if err := f.Unlink(fs.RootIno, fmt.Sprintf("f%04d", i)); err != nil {
 			t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 
 type mountOptions struct {
 	noTreeLog      bool
+	noDelalloc     bool
 	commitInterval time.Duration
 	allowOther     bool
 	debug          bool
@@ -43,7 +44,7 @@ var rescues = []string{"ignorebadroots"}
 // fsOptions turns the flags into the filesystem's options; --rescue
 // implies --read-only, and a read-only mount cannot repair.
 func (o *mountOptions) fsOptions() (fs.Options, error) {
-	fo := fs.Options{NoTreeLog: o.noTreeLog, CommitInterval: o.commitInterval, ReadOnly: o.readOnly}
+	fo := fs.Options{NoTreeLog: o.noTreeLog, NoDelayedAlloc: o.noDelalloc, CommitInterval: o.commitInterval, ReadOnly: o.readOnly}
 	if o.versionUpgrade != "" {
 		u, err := engine.ParseVersionUpgrade(o.versionUpgrade)
 		if err != nil {
@@ -106,7 +107,7 @@ func (o *mountOptions) schedules() ([]daemon.Schedule, error) {
 func newMountCmd() *cobra.Command {
 	var o mountOptions
 	c := &cobra.Command{
-		Use:   "mount IMAGE MOUNTPOINT [--config FILE] [--schedule SPEC] [--schedule-data SPEC] [--repair] [--read-only] [--rescue ignorebadroots] [--notreelog]",
+		Use:   "mount IMAGE MOUNTPOINT [--config FILE] [--schedule SPEC] [--schedule-data SPEC] [--repair] [--read-only] [--rescue ignorebadroots] [--notreelog] [--no-delalloc]",
 		Short: "Serve an image through FUSE until it is unmounted",
 		Long: `Mount IMAGE on MOUNTPOINT through FUSE and serve it in the foreground, so
 any program can use it. "mounted IMAGE on MOUNTPOINT" is printed once the
@@ -260,6 +261,7 @@ EXIT STATUS
 		},
 	}
 	c.Flags().BoolVar(&o.noTreeLog, "notreelog", false, "make every fsync a full commit instead of a log write")
+	c.Flags().BoolVar(&o.noDelalloc, "no-delalloc", false, "allocate every write's blocks at once instead of gathering them until the commit or fsync (delayed allocation)")
 	c.Flags().DurationVar(&o.commitInterval, "commit-interval", 0, "commit this often (0: every 5s, negative: never on a timer); sync(1) and syncfs(2) do not reach a FUSE mount, so a change is durable after an fsync of it (and of its directory), after the next periodic commit, or at unmount")
 	c.Flags().BoolVar(&o.allowOther, "allow-other", false, "let other users use the mount (non-root needs user_allow_other in /etc/fuse.conf)")
 	c.Flags().BoolVar(&o.debug, "debug", false, "log every FUSE request (implies --log-level debug)")

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"errors"
+	"fmt"
 	"syscall"
 	"time"
 
@@ -77,10 +78,16 @@ func (f *FS) CloneRange(src uint64, srcOff int64, dst uint64, dstOff int64, n in
 	nb := (uint64(n) + bs - 1) / bs
 	sa, da := uint64(srcOff)/bs, uint64(dstOff)/bs
 	var done uint64 // blocks cloned
+	flushes := 0
 	for done < nb {
 		var gen format.Gen
 		var step uint64
 		err := f.e.Update(func(tx *engine.Tx) error {
+			// What is shared, and what the destination range drops, must
+			// be in the trees (delalloc.go): written out by flushBoth.
+			if f.dirty(src) != nil || f.dirty(dst) != nil {
+				return errBuffered
+			}
 			sin, err := mustInode(tx, src)
 			if err != nil {
 				return err
@@ -155,6 +162,27 @@ func (f *FS) CloneRange(src uint64, srcOff int64, dst uint64, dstOff int64, n in
 			gen = tx.Gen()
 			return putInode(tx, dst, din)
 		})
+		if errors.Is(err, errBuffered) && flushes < 8 {
+			// Write the buffers out and try again; if writers keep
+			// adding to them, by a commit, which writes out everything.
+			flushes++
+			if flushes <= 4 {
+				err = f.e.Update(func(tx *engine.Tx) error {
+					if err := f.flushIno(tx, src); err != nil {
+						return err
+					}
+					return f.flushIno(tx, dst)
+				})
+			} else {
+				err = f.e.Sync()
+			}
+			if err == nil {
+				continue
+			}
+		}
+		if errors.Is(err, errBuffered) {
+			err = fmt.Errorf("writers keep adding to the files: %w", syscall.EAGAIN)
+		}
 		if err != nil {
 			if done > 0 {
 				return int64(min(uint64(n), done*bs)), errno(err)
@@ -166,6 +194,9 @@ func (f *FS) CloneRange(src uint64, srcOff int64, dst uint64, dstOff int64, n in
 	}
 	return n, nil
 }
+
+// errBuffered: a file the clone reads or changes has buffered blocks.
+var errBuffered = errors.New("file has buffered blocks")
 
 // cloneItem is a source file extent item at file block at.
 type cloneItem struct {

@@ -71,7 +71,7 @@ func (f *FS) Release(ino uint64) error {
 			return err
 		}
 		freed = true
-		return freeInode(tx, ino, in)
+		return f.freeInode(tx, ino, in)
 	})
 	if err == nil && freed && format.SubvolOf(ino) != 0 && f.e.PassRequired(engine.PassSubvolReap) {
 		// The last open inode of a deleted subvolume may be what its
@@ -123,7 +123,7 @@ func (f *FS) purgeDeleted(tx *engine.Tx) error {
 			return err
 		}
 		if ok && in.Nlink == 0 {
-			if err := freeInode(tx, ino, in); err != nil {
+			if err := f.freeInode(tx, ino, in); err != nil {
 				return err
 			}
 		}
@@ -199,6 +199,9 @@ type readSeg struct {
 	// err fails the read after the run's device read (the checksum item
 	// is missing or damaged), counted as a checksum error.
 	err error
+	// mem holds the run's data when it is buffered, not yet written out
+	// (delalloc.go): copied from the buffer while the plan was made.
+	mem []byte
 }
 
 // readPlan is a planned read.
@@ -213,14 +216,36 @@ type readPlan struct {
 // there comes first, as it would have reading as it goes).
 func (f *FS) planRead(tx *engine.Tx, ino, fb, n uint64) (readPlan, error) {
 	var rp readPlan
+	df := f.dirty(ino)
 	for done := uint64(0); done < n; {
+		lim := n // the blocks up to the next buffered one
+		if df != nil {
+			var mem []byte
+			cnt := uint64(0)
+			df.blocks.Ascend(fb+done, func(b uint64, d *dirtyBlock) bool {
+				if b != fb+done+cnt || done+cnt >= n {
+					if cnt == 0 && b < fb+n {
+						lim = b - fb
+					}
+					return false
+				}
+				mem = append(mem, d.data...)
+				cnt++
+				return true
+			})
+			if cnt > 0 {
+				rp.segs = append(rp.segs, readSeg{at: done, n: cnt, fb: fb + done, mem: mem})
+				done += cnt
+				continue
+			}
+		}
 		at, fe, ok, err := extentAt(tx, ino, fb+done)
 		if err != nil {
 			return rp, err
 		}
 		if !ok {
 			// A hole up to the next extent.
-			next := fb + n
+			next := fb + lim
 			tr, _ := tx.ReadTree(format.TreeExtent)
 			k, _, found, err := tr.First(format.FileExtentKey(ino, fb+done))
 			if err != nil {
@@ -238,7 +263,7 @@ func (f *FS) planRead(tx *engine.Tx, ino, fb, n uint64) (readPlan, error) {
 			done = next - fb
 			continue
 		}
-		cnt := min(at+fe.Count-(fb+done), n-done)
+		cnt := min(at+fe.Count-(fb+done), lim-done)
 		seg := readSeg{at: done, n: cnt, fb: fb + done, disk: fe.Disk(at, fb+done), start: fe.Start}
 		if err := f.planVerify(tx, ino, fe, &seg, &rp); err != nil {
 			return rp, err
@@ -289,6 +314,10 @@ func (f *FS) planVerify(tx *engine.Tx, ino uint64, fe format.FileExtent, seg *re
 func (f *FS) runRead(dev disk.Device, ino uint64, rp readPlan, perr error, p []byte) error {
 	for _, seg := range rp.segs {
 		buf := p[seg.at*bs : (seg.at+seg.n)*bs]
+		if seg.mem != nil {
+			copy(buf, seg.mem)
+			continue
+		}
 		if seg.disk == 0 {
 			clear(buf)
 			continue
@@ -442,6 +471,45 @@ func (f *FS) WriteAs(ino uint64, p []byte, off int64, c Caller) (int, error) {
 	var capsDropped bool
 	fb := uint64(off) / bs
 	lb := (uint64(off) + uint64(len(p)) + bs - 1) / bs
+	if f.delayedOn() {
+		f.makeRoom(lb - fb + f.DelayedBlocks())
+		err := f.e.Update(func(tx *engine.Tx) error {
+			in, err := mustInode(tx, ino)
+			if err != nil {
+				return err
+			}
+			if !isReg(in) {
+				return syscall.EINVAL
+			}
+			kill, err := privsToKill(tx, ino, in, c)
+			if err != nil {
+				return err
+			}
+			gen = tx.Gen()
+			err = f.bufferWrite(tx, ino, in, p, uint64(off), func() error {
+				if kill {
+					capsDropped, err = killPrivs(tx, ino, in, c)
+				}
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			if end := uint64(off) + uint64(len(p)); end > in.Size {
+				in.Size = end
+			}
+			now := ts(time.Now())
+			in.Mtime, in.Ctime = now, now
+			return putInode(tx, ino, in)
+		})
+		if err != nil {
+			return 0, errno(err)
+		}
+		if capsDropped {
+			f.markFull(ino, gen) // the log does not carry an attribute
+		}
+		return len(p), nil
+	}
 	f.makeRoom(lb - fb)
 	err := f.e.Update(func(tx *engine.Tx) error {
 		in, err := mustInode(tx, ino)
@@ -745,6 +813,7 @@ func (f *FS) truncate(tx *engine.Tx, ino uint64, in *format.InodeItem, size uint
 			}
 		}
 		keep := (size + bs - 1) / bs
+		f.trimDirty(ino, size)
 		unmapped, err := punch(tx, ino, keep, ^uint64(0)>>12)
 		if err != nil {
 			return err
@@ -820,7 +889,7 @@ func (f *FS) SetAttr(ino uint64, s SetAttrIn) (Attr, error) {
 			in.Mtime = ts(*s.Mtime)
 		}
 		in.Ctime = ts(time.Now())
-		a = attrOf(ino, in)
+		a = f.attrOf(ino, in)
 		return putInode(tx, ino, in)
 	})
 	if err == nil {

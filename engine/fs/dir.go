@@ -195,14 +195,14 @@ func (f *FS) Lookup(dir uint64, name string) (Attr, error) {
 		}
 		switch name {
 		case ".":
-			a = attrOf(dir, din)
+			a = f.attrOf(dir, din)
 			return nil
 		case "..":
 			pin, err := mustInode(tx, din.Parent)
 			if err != nil {
 				return err
 			}
-			a = attrOf(din.Parent, pin)
+			a = f.attrOf(din.Parent, pin)
 			return nil
 		}
 		if len(name) > format.MaxNameLen {
@@ -212,7 +212,7 @@ func (f *FS) Lookup(dir uint64, name string) (Attr, error) {
 		if err != nil {
 			return err
 		}
-		a = attrOf(de.Ino, in)
+		a = f.attrOf(de.Ino, in)
 		return nil
 	})
 	return a, errno(f.dirDamage(err))
@@ -226,7 +226,7 @@ func (f *FS) GetAttr(ino uint64) (Attr, error) {
 		if err != nil {
 			return err
 		}
-		a = attrOf(ino, in)
+		a = f.attrOf(ino, in)
 		return nil
 	})
 	return a, errno(err)
@@ -330,7 +330,7 @@ func (f *FS) mknod(dir uint64, name string, ni NewInode) (Attr, error) {
 		if err := putInode(tx, dir, din); err != nil {
 			return err
 		}
-		a, newIno, gen = attrOf(ino, in), ino, tx.Gen()
+		a, newIno, gen = f.attrOf(ino, in), ino, tx.Gen()
 		return nil
 	})
 	if err == nil {
@@ -530,7 +530,7 @@ func (f *FS) Link(ino, newdir uint64, newname string) (Attr, error) {
 		if err := putInode(tx, newdir, din); err != nil {
 			return err
 		}
-		a, gen = attrOf(ino, in), tx.Gen()
+		a, gen = f.attrOf(ino, in), tx.Gen()
 		return nil
 	})
 	if err == nil {
@@ -646,7 +646,7 @@ func (f *FS) dropName(tx *engine.Tx, dir uint64, din *format.InodeItem, key form
 		}
 		return nil
 	}
-	return freeInode(tx, de.Ino, in)
+	return f.freeInode(tx, de.Ino, in)
 }
 
 func unmarkDeleted(tx *engine.Tx, ino uint64) error {
@@ -660,8 +660,10 @@ func unmarkDeleted(tx *engine.Tx, ino uint64) error {
 	return nil
 }
 
-// freeInode drops an inode's data, symlink target and item.
-func freeInode(tx *engine.Tx, ino uint64, in *format.InodeItem) error {
+// freeInode drops an inode's data (buffered too), symlink target and
+// item.
+func (f *FS) freeInode(tx *engine.Tx, ino uint64, in *format.InodeItem) error {
+	f.dropDirty(ino)
 	if isReg(in) {
 		if _, err := punch(tx, ino, 0, ^uint64(0)>>12); err != nil {
 			return err
@@ -1021,7 +1023,8 @@ type StatFS struct {
 // StatFS reports space and inode counts.
 func (f *FS) StatFS() StatFS {
 	st := f.e.Stats()
-	free := st.Allocatable
+	// Buffered blocks (delalloc.go) will each take a block.
+	free := st.Allocatable - min(st.Allocatable, f.DelayedBlocks())
 	return StatFS{BlockSize: format.BlockSize, Blocks: f.e.TotalBlocks(), BlocksFree: free, BlocksAvail: free,
 		Files: 1 << 32, FilesFree: 1<<32 - 1, NameMax: format.MaxNameLen, FSID: f.e.FSID(), Generation: st.Gen}
 }

@@ -25,6 +25,12 @@ const RootIno = 256
 type Options struct {
 	// NoTreeLog makes every fsync a full commit (as btrfs's notreelog).
 	NoTreeLog bool
+	// NoDelayedAlloc makes every write allocate its extent at once
+	// instead of buffering its blocks until the commit (delalloc.go).
+	NoDelayedAlloc bool
+	// MaxDelayedBlocks bounds the file blocks buffered by delayed
+	// allocation, all files together; 0 means the default (32 MiB).
+	MaxDelayedBlocks int
 	// ReadOnly mounts without writing.
 	ReadOnly bool
 	// CommitInterval is the periodic commit interval (0: engine default,
@@ -55,6 +61,9 @@ type FS struct {
 	reaping, reapAgain, reapClosed bool
 	reapStop                       context.CancelFunc
 	reapDone                       chan struct{} // closed when the running reaper ends
+	// delay holds the blocks written and not yet allocated (delalloc.go),
+	// under the engine's writer lock.
+	delay delayed
 }
 
 // Activity returns a counter of the writes, truncates and fsyncs made so
@@ -69,6 +78,9 @@ type Stats struct {
 	// UnverifiedReads counts data blocks served without verification:
 	// damage to the csum tree hid their checksums (see data.go).
 	UnverifiedReads uint64
+	// DelayedKept counts write-outs of buffered file data that damage
+	// held back to a later commit (delalloc.go).
+	DelayedKept uint64
 }
 
 // Open mounts the filesystem on dev (which the FS then owns), creating the
@@ -81,6 +93,13 @@ func Open(dev disk.Device, opts Options) (*FS, error) {
 	eo.ReplayLog = f.replay
 	eo.DeletedInodes = f.purgeDeleted
 	eo.SubvolReap = f.reap
+	if !opts.NoDelayedAlloc {
+		f.delay.max = uint64(opts.MaxDelayedBlocks)
+		if opts.MaxDelayedBlocks <= 0 {
+			f.delay.max = defaultMaxDelayedBlocks
+		}
+		eo.BeforeCommit = f.beforeCommit
+	}
 	if opts.CommitInterval != 0 {
 		eo.CommitInterval = opts.CommitInterval
 	}

@@ -578,6 +578,18 @@ func TestCorruptDataBlockEIO(t *testing.T) {
 // its last acknowledged fsync, never garbage.
 func TestFsyncCrashAtEveryFlush(t *testing.T) { fsyncCrashSeeds(t, plain) }
 
+// TestFsyncCrashAtEveryFlushDelalloc is TestFsyncCrashAtEveryFlush with a
+// buffer bound of 3 blocks, so that writers write out each other's
+// buffered blocks between fsyncs and commits (delalloc.go); ...NoDelalloc
+// with every write allocated at once.
+func TestFsyncCrashAtEveryFlushDelalloc(t *testing.T) {
+	fsyncCrashSeedsWith(t, plain, Options{MaxDelayedBlocks: 3})
+}
+
+func TestFsyncCrashAtEveryFlushNoDelalloc(t *testing.T) {
+	fsyncCrashSeedsWith(t, plain, Options{NoDelayedAlloc: true})
+}
+
 // TestFsyncDuringWriteOutCrashAtEveryFlush is TestFsyncCrashAtEveryFlush
 // with writes and fsyncs inside each commit's write-out (after its blocks
 // are written, or after they are flushed and before the superblock): an
@@ -634,21 +646,27 @@ func crashPoints(n int, seed uint64) []int {
 	return ks
 }
 
-func fsyncCrashSeeds(t *testing.T, overlap fsyncOverlap) {
+func fsyncCrashSeeds(t *testing.T, overlap fsyncOverlap) { fsyncCrashSeedsWith(t, overlap, Options{}) }
+
+// fsyncCrashSeedsWith runs fsyncCrash with opts: four seeds, one under
+// -short or the race detector, and one for a variant of the default
+// options unless SCRUBD_CRASH_ALL=1.
+func fsyncCrashSeedsWith(t *testing.T, overlap fsyncOverlap, opts Options) {
 	seeds := uint64(4)
-	if raceEnabled || testing.Short() {
+	variant := opts.NoDelayedAlloc || opts.MaxDelayedBlocks != 0
+	if raceEnabled || testing.Short() || variant && os.Getenv("SCRUBD_CRASH_ALL") == "" {
 		seeds = 1
 	}
 	for seed := uint64(4); seed < 4+seeds; seed++ {
-		t.Run(fmt.Sprint(seed), func(t *testing.T) { fsyncCrash(t, seed, overlap) })
+		t.Run(fmt.Sprint(seed), func(t *testing.T) { fsyncCrash(t, seed, overlap, opts) })
 	}
 }
 
-func fsyncCrash(t *testing.T, seed uint64, overlap fsyncOverlap) {
+func fsyncCrash(t *testing.T, seed uint64, overlap fsyncOverlap, opts Options) {
 	base := newDev(t)
 	rec := disk.NewRecorder(base.Bytes())
 	hook := &flushHook{Device: rec}
-	f := mount(t, nopClose{hook}, Options{})
+	f := mount(t, nopClose{hook}, opts)
 	const nfiles = 3
 	r := rand.New(rand.NewPCG(seed, 4))
 	inos := make([]uint64, nfiles)

@@ -812,7 +812,7 @@ func (f *FS) reapInode(tx *engine.Tx, ino uint64) error {
 			return err
 		}
 	}
-	return freeInode(tx, ino, in)
+	return f.freeInode(tx, ino, in)
 }
 
 // dropDirItems removes every entry item of directory dir (the entries'

@@ -11,7 +11,9 @@ import "github.com/scrubd/scrubd/engine/format"
 // whole running transaction rather than answer ENOSPC. A full disk is an
 // ordinary event, so writes check for space first:
 //
-//   - A write needs the blocks it spans, plus room for the commit to write
+//   - A write needs the blocks it spans, plus one for every block written
+//     earlier and not yet allocated (engine/fs/delalloc.go), plus room
+//     for the commit to write
 //     the metadata blocks dirtied so far (copy-on-write), plus a reserve
 //     for the metadata the write itself and the operations after it dirty
 //     (the larger of reserveBlocks and 1% of the image).
@@ -48,7 +50,9 @@ func spanBlocks(off int64, n int) uint64 {
 func (b *bridge) haveSpace(need uint64) bool {
 	e := b.fsys.Engine()
 	st := e.Stats()
-	want := need + uint64(st.DirtyBlocks) + b.reserve()
+	// Blocks written and not yet allocated (delayed allocation) each
+	// take one when they are written out.
+	want := need + b.fsys.DelayedBlocks() + uint64(st.DirtyBlocks) + b.reserve()
 	if st.Allocatable >= want {
 		return true
 	}
@@ -60,7 +64,7 @@ func (b *bridge) haveSpace(need uint64) bool {
 		return false
 	}
 	st = e.Stats()
-	return st.Allocatable >= need+uint64(st.DirtyBlocks)+b.reserve()
+	return st.Allocatable >= need+b.fsys.DelayedBlocks()+uint64(st.DirtyBlocks)+b.reserve()
 }
 
 // freeBlocks returns the blocks free now or once the running transaction
@@ -68,6 +72,7 @@ func (b *bridge) haveSpace(need uint64) bool {
 func (b *bridge) freeBlocks() (free, avail uint64) {
 	st := b.fsys.Engine().Stats()
 	free = st.Allocatable + st.PendingBlocks
+	free -= min(free, b.fsys.DelayedBlocks())
 	if r := b.reserve(); free > r {
 		avail = free - r
 	}
