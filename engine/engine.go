@@ -1150,16 +1150,36 @@ func (e *Engine) lockCommits() (unlock func()) {
 // and the flush no longer matters. A failed flush fails the engine, as a
 // failed write-out does.
 func (e *Engine) FsyncView(fn func(tx *Tx) error) error {
+	return e.fsync(&Tx{e: e, view: true, logging: true}, fn)
+}
+
+// FsyncUpdate is FsyncView in which fn may also change the running
+// transaction before it appends to the log (the filesystem writes out a
+// file's buffered blocks, then logs them, in one hold of the writer
+// lock). If fn fails after a change, the transaction is aborted, as in
+// Update.
+func (e *Engine) FsyncUpdate(fn func(tx *Tx) error) error {
+	return e.fsync(&Tx{e: e, logging: true}, fn)
+}
+
+func (e *Engine) fsync(tx *Tx, fn func(tx *Tx) error) error {
 	e.fsyncing.Add(1)
 	defer e.fsyncing.Add(-1)
-	tx := &Tx{e: e, view: true, logging: true}
 	err := func() error {
 		e.lockWriter()
 		defer e.wmu.Unlock()
 		if e.txn == nil {
 			return ErrClosed
 		}
+		if !tx.view {
+			if err := e.writable(); err != nil {
+				return err
+			}
+		}
 		if err := fn(tx); err != nil {
+			if tx.touched {
+				e.abort(err)
+			}
 			return err
 		}
 		if tx.flush {

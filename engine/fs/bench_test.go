@@ -54,7 +54,7 @@ func init() {
 // commit per fsync (notreelog), and pwrite+fdatasync on a host file (the
 // physical limit).
 func BenchmarkFsyncRandom4K(b *testing.B) {
-	for _, mode := range []string{"log", "notreelog", "hostfile"} {
+	for _, mode := range []string{"log", "log-nodelalloc", "notreelog", "hostfile"} {
 		b.Run(mode, func(b *testing.B) {
 			r := rand.New(rand.NewPCG(1, 1))
 			block := make([]byte, 4096)
@@ -75,7 +75,7 @@ func BenchmarkFsyncRandom4K(b *testing.B) {
 				write = func(off int64) error { _, err := fh.WriteAt(block, off); return err }
 				sync = func() error { return unix.Fdatasync(int(fh.Fd())) }
 			default:
-				f, _ := benchFS(b, 1<<30, Options{NoTreeLog: mode == "notreelog"})
+				f, _ := benchFS(b, 1<<30, Options{NoTreeLog: mode == "notreelog", NoDelayedAlloc: mode == "log-nodelalloc"})
 				defer f.Close()
 				a, err := f.Create(RootIno, "data", NewInode{Mode: 0o644})
 				if err != nil {

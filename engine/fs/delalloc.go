@@ -288,7 +288,11 @@ func (f *FS) flushFile(tx *engine.Tx, ino uint64) error {
 	}
 	// The change.
 	gen := tx.Gen()
-	buf := make([]byte, 0, format.MaxExtentBlocks*bs)
+	longest := uint64(0)
+	for _, r := range runs {
+		longest = max(longest, r.b-r.a)
+	}
+	buf := make([]byte, 0, longest*bs)
 	for _, r := range runs {
 		buf = buf[:0]
 		for b := r.a; b < r.b; b++ {

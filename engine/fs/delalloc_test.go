@@ -120,7 +120,7 @@ func TestDelallocModel(t *testing.T) {
 func delallocModel(t *testing.T, seed uint64) {
 	r := rand.New(rand.NewPCG(seed, 31))
 	dev := newDev(t)
-	opts := Options{MaxDelayedBlocks: 6, NoDelayedAlloc: os.Getenv("NODELAY") != ""}
+	opts := Options{MaxDelayedBlocks: 6}
 	f := mount(t, nopClose{dev}, opts)
 	const nfiles = 3
 	inos := make([]uint64, nfiles)
@@ -135,6 +135,8 @@ func delallocModel(t *testing.T, seed uint64) {
 		inos[i] = a.Ino
 		history[i] = [][]byte{nil}
 	}
+	// DELTRACE=1 (debugging) compares every file after every step and
+	// logs the steps of a failed run.
 	var trace []string
 	logf := func(format string, a ...any) {
 		if os.Getenv("DELTRACE") != "" {
@@ -436,6 +438,22 @@ func TestDelallocDamageKeepsBuffer(t *testing.T) {
 	}
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
+	}
+	// An unmount now would lose the blocks, and says so.
+	kdev := disk.NewMemFrom(dev.Bytes())
+	if _, err := kdev.WriteAt(saved, at); err != nil {
+		t.Fatal(err)
+	}
+	k := mount(t, nopClose{kdev}, Options{})
+	if _, err := k.Write(a.Ino, newer, 2*bs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.e.Device().WriteAt(bad, at); err != nil {
+		t.Fatal(err)
+	}
+	k.e.DropCached(leaf)
+	if err := k.Close(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("unmount with blocks that cannot be written out: %v, want EIO", err)
 	}
 	// As a repair would leave it: the records read again.
 	if _, err := dev.WriteAt(saved, at); err != nil {

@@ -161,7 +161,12 @@ func (f *FS) Sync() error { return errno(f.e.Sync()) }
 // Close commits and unmounts.
 func (f *FS) Close() error {
 	f.stopReaper()
-	return f.e.Close()
+	err := f.e.Close()
+	if n := f.delay.blocks; n > 0 && err == nil {
+		// The last commit could not write them out (delalloc.go).
+		err = fmt.Errorf("%d buffered blocks of %d files were not written out (damage to their extent records) and are lost: %w", n, len(f.delay.files), syscall.EIO)
+	}
+	return err
 }
 
 // ensureRoot creates the root directory on first mount. A root inode item

@@ -51,46 +51,17 @@ const typeLogDropRange uint8 = 61 // (ino, 61, start block, end block)
 func (f *FS) Fsync(ino uint64) error {
 	f.writes.Add(1)
 	full, logged := false, false
-	for try := 0; ; try++ {
-		buffered, err := f.fsyncOnce(ino, try < 2, &full, &logged)
-		if err != nil {
-			return errno(err)
-		}
-		if !buffered {
-			break
-		}
-		// The file's buffered blocks go to the trees first
-		// (delalloc.go); a writer adding more meanwhile sends the
-		// fsync round again, and at the third round to a commit.
-		if err := f.e.Update(func(tx *engine.Tx) error { return f.flushIno(tx, ino) }); err != nil {
-			return errno(err)
-		}
+	run := f.e.FsyncView
+	if f.delayedOn() && !f.opts.ReadOnly {
+		// The file's buffered blocks go to the trees first, in the same
+		// hold of the writer lock (delalloc.go).
+		run = f.e.FsyncUpdate
 	}
-	f.mu.Lock()
-	if logged {
-		f.stats.FsyncLogged++
-	} else if full {
-		f.stats.FsyncFull++
-	}
-	f.mu.Unlock()
-	if full {
-		return errno(f.e.Sync())
-	}
-	return nil
-}
-
-// fsyncOnce logs ino's changes (or sets *full when only a commit will do).
-// When ino has buffered blocks it does nothing and reports them, unless
-// mayFlush is false: then it sets *full.
-func (f *FS) fsyncOnce(ino uint64, mayFlush bool, full, logged *bool) (buffered bool, err error) {
-	err = f.e.FsyncView(func(tx *engine.Tx) error {
+	err := run(func(tx *engine.Tx) error {
 		if f.dirty(ino) != nil {
-			if mayFlush {
-				buffered = true
-			} else {
-				*full = true
+			if err := f.flushIno(tx, ino); err != nil {
+				return err
 			}
-			return nil
 		}
 		f.mu.Lock()
 		c := f.caches[ino]
@@ -99,7 +70,7 @@ func (f *FS) fsyncOnce(ino uint64, mayFlush bool, full, logged *bool) (buffered 
 			return nil // nothing changed since the last durable commit
 		}
 		if c.full {
-			*full = true
+			full = true
 			f.mu.Unlock()
 			return nil
 		}
@@ -114,7 +85,7 @@ func (f *FS) fsyncOnce(ino uint64, mayFlush bool, full, logged *bool) (buffered 
 		}
 		items, pins, err := f.logItems(tx, ino, ranges)
 		if errors.Is(err, errNoCsums) {
-			*full = true
+			full = true
 			return nil
 		}
 		if err != nil {
@@ -127,18 +98,31 @@ func (f *FS) fsyncOnce(ino uint64, mayFlush bool, full, logged *bool) (buffered 
 		}
 		if err := tx.AppendLog(items); err != nil {
 			if err == engine.ErrNoLog {
-				*full = true
+				full = true
 				return nil
 			}
 			return err
 		}
-		*logged = true
+		logged = true
 		f.mu.Lock()
 		c.modified.Clear()
 		f.mu.Unlock()
 		return nil
 	})
-	return buffered, err
+	if err != nil {
+		return errno(err)
+	}
+	f.mu.Lock()
+	if logged {
+		f.stats.FsyncLogged++
+	} else if full {
+		f.stats.FsyncFull++
+	}
+	f.mu.Unlock()
+	if full {
+		return errno(f.e.Sync())
+	}
+	return nil
 }
 
 // errNoCsums: the checksums of an extent a log group needs are not in the
