@@ -970,7 +970,9 @@ func replaceEntry(tx *engine.Tx, dir uint64, key format.Key, de format.DirEntry,
 }
 
 // ReadDir lists dir from offset (0 = start; "." and ".." come first, then
-// entries in creation order) and calls fn until it returns false.
+// entries in creation order) and calls fn until it returns false. fn runs
+// inside a view (the writer lock held shared): it must not call the FS,
+// or a writer waiting meanwhile deadlocks both; collect, then act.
 func (f *FS) ReadDir(dir uint64, offset uint64, fn func(DirEntry) bool) error {
 	err := f.e.View(func(tx *engine.Tx) error {
 		din, err := mustInode(tx, dir)

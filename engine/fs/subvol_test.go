@@ -193,13 +193,20 @@ func svStateOf(t *testing.T, f *FS) svState {
 			continue
 		}
 		st[s.Path] = "subvol"
+		// Listed first, read after: fn runs inside ReadDir's view, and a
+		// read there would take the writer lock shared a second time
+		// (a writer waiting between the two would deadlock them).
+		var files []DirEntry
 		if err := f.ReadDir(s.RootIno, 0, func(de DirEntry) bool {
 			if de.Mode&syscall.S_IFMT == syscall.S_IFREG {
-				st[s.Path+"/"+de.Name] = string(fileBytes(t, f, de.Ino))
+				files = append(files, de)
 			}
 			return true
 		}); err != nil {
 			t.Fatal(err)
+		}
+		for _, de := range files {
+			st[s.Path+"/"+de.Name] = string(fileBytes(t, f, de.Ino))
 		}
 	}
 	return st
