@@ -74,6 +74,11 @@ func (e *Engine) commitLocked() error {
 // writers are held out only while it is prepared (after the delayed refs
 // were applied ahead, in slices).
 func (e *Engine) commit() error {
+	if e.opts.FlushAhead != nil {
+		if err := e.opts.FlushAhead(); err != nil {
+			return err
+		}
+	}
 	if err := e.settleAhead(); err != nil {
 		return err
 	}

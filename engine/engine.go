@@ -73,6 +73,11 @@ type Options struct {
 	// and aborts the transaction: it must return only errors met after a
 	// change.
 	BeforeCommit func(tx *Tx) error
+	// FlushAhead runs at the start of a commit, before it takes any lock
+	// (the filesystem writes most of its buffered data out in short
+	// transactions of its own, so that BeforeCommit, under the commit's
+	// hold, finds little left). An error fails the commit.
+	FlushAhead func() error
 	// CacheBlocks bounds the clean-block cache; 0 means the default.
 	CacheBlocks int
 	// Logger receives the engine's log; nil discards.

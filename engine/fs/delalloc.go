@@ -251,20 +251,28 @@ var errKept = errors.New("buffered data kept")
 // met before any change (the buffer stays, the transaction is untouched);
 // any other error came after a change, and the transaction must abort.
 func (f *FS) flushFile(tx *engine.Tx, ino uint64) error {
+	_, err := f.flushFileN(tx, ino, 0)
+	return err
+}
+
+// flushFileN is flushFile stopping after the run that reaches limit
+// blocks (0: no limit); the blocks not written out stay buffered. It
+// returns the blocks written out.
+func (f *FS) flushFileN(tx *engine.Tx, ino uint64, limit uint64) (uint64, error) {
 	df := f.dirty(ino)
 	if df == nil {
-		return nil
+		return 0, nil
 	}
 	in, ok, err := getInode(tx, ino)
 	if err != nil {
 		f.e.NoteDamage(err)
-		return fmt.Errorf("%w: inode %d: %w", errKept, ino, err)
+		return 0, fmt.Errorf("%w: inode %d: %w", errKept, ino, err)
 	}
 	if !ok || !isReg(in) {
 		// Gone (a repair removed it): nothing to write the data to.
 		f.e.Logger().Warn("buffered data of a file that no longer exists dropped", "ino", ino, "blocks", df.blocks.Len())
 		f.dropDirty(ino)
-		return nil
+		return 0, nil
 	}
 	// The runs, and the extent items each will change, read first.
 	type run struct{ a, b uint64 }
@@ -277,14 +285,21 @@ func (f *FS) flushFile(tx *engine.Tx, ino uint64) error {
 		}
 		return true
 	})
+	n := uint64(0)
+	for k, r := range runs {
+		if limit > 0 && n >= limit {
+			runs = runs[:k]
+			break
+		}
+		n += r.b - r.a
+	}
 	for _, r := range runs {
 		if err := f.probeExtents(tx, ino, r.a, r.b); err != nil {
-			return fmt.Errorf("%w: %w", errKept, err)
+			return 0, fmt.Errorf("%w: %w", errKept, err)
 		}
 	}
-	n := uint64(df.blocks.Len())
 	if err := tx.ReserveData(n); err != nil {
-		return fmt.Errorf("%w: %w", errKept, err)
+		return 0, fmt.Errorf("%w: %w", errKept, err)
 	}
 	// The change.
 	gen := tx.Gen()
@@ -300,12 +315,23 @@ func (f *FS) flushFile(tx *engine.Tx, ino uint64) error {
 			buf = append(buf, d.data...)
 		}
 		if err := f.putData(tx, ino, in, r.a, buf); err != nil {
-			return err
+			return 0, err
 		}
 		f.markModified(ino, gen, r.a, r.b)
 	}
-	f.dropDirty(ino)
-	return putInode(tx, ino, in)
+	if n == uint64(df.blocks.Len()) {
+		f.dropDirty(ino)
+	} else {
+		for _, r := range runs {
+			for b := r.a; b < r.b; b++ {
+				if d, _ := df.blocks.Delete(b); !d.mapped {
+					df.unmapped--
+				}
+			}
+		}
+		f.delay.shrink(n)
+	}
+	return n, putInode(tx, ino, in)
 }
 
 // flushAll writes out every buffer, in inode order, in tx. A file whose
@@ -360,6 +386,57 @@ func (f *FS) flushIno(tx *engine.Tx, ino uint64) error {
 // in the generation being committed.
 func (f *FS) beforeCommit(tx *engine.Tx) error {
 	return f.flushAll(tx)
+}
+
+// aheadSlice bounds the blocks one transaction of flushAhead writes out.
+const aheadSlice = 512
+
+// flushAhead is the engine's hook before a commit takes its locks: it
+// writes the buffers out in transactions of about aheadSlice blocks, so
+// writers wait for one slice at a time rather than for all of them
+// inside the commit (whose hook then finds little left: what came in
+// between). Files whose write-out meets damage are left to the commit's
+// hook, which reports them.
+func (f *FS) flushAhead() error {
+	if !f.ahead.CompareAndSwap(false, true) {
+		return nil // a commit a slice's throttle started: the outer loop goes on
+	}
+	defer f.ahead.Store(false)
+	skip := map[uint64]bool{}
+	// At most what is buffered now: writers adding as fast as this writes
+	// out must not keep the commit waiting.
+	for left := f.DelayedBlocks(); left > 0; {
+		wrote := uint64(0)
+		err := f.e.Update(func(tx *engine.Tx) error {
+			inos := make([]uint64, 0, len(f.delay.files))
+			for ino := range f.delay.files {
+				if !skip[ino] {
+					inos = append(inos, ino)
+				}
+			}
+			slices.Sort(inos)
+			for _, ino := range inos {
+				if wrote >= aheadSlice {
+					break
+				}
+				n, err := f.flushFileN(tx, ino, aheadSlice-wrote)
+				if errors.Is(err, errKept) {
+					skip[ino] = true
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				wrote += n
+			}
+			return nil
+		})
+		if err != nil || wrote == 0 {
+			return err
+		}
+		left -= min(left, wrote)
+	}
+	return nil
 }
 
 // trimDirty drops the buffered blocks of ino past size and zeroes the

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	eb "github.com/scrubd/scrubd/engine/btree"
+	"github.com/scrubd/scrubd/engine"
 	"github.com/scrubd/scrubd/engine/disk"
 	"github.com/scrubd/scrubd/engine/format"
 )
@@ -510,4 +511,104 @@ func TestDelallocBlocksAndUnlink(t *testing.T) {
 		t.Fatalf("%d blocks still buffered for a freed file", n)
 	}
 	mustClean(t, f)
+}
+
+// A commit writes most buffered blocks out ahead, in transactions of
+// about aheadSlice blocks (writers wait for one slice at a time), leaving
+// the file partly buffered between them: reads, st_blocks and the image
+// stay right at every step.
+func TestDelallocFlushAhead(t *testing.T) {
+	f := mount(t, nopClose{newDev(t)}, Options{MaxDelayedBlocks: 4096})
+	defer f.Close()
+	r := rand.New(rand.NewPCG(7, 7))
+	var inos []uint64
+	var want [][]byte
+	for i := 0; i < 3; i++ {
+		a, err := f.Create(RootIno, fmt.Sprint("f", i), NewInode{Mode: 0o644})
+		if err != nil {
+			t.Fatal(err)
+		}
+		inos = append(inos, a.Ino)
+		data := make([]byte, 700*bs)
+		// Every third block a hole: runs of two.
+		for b := 0; b < 700; b++ {
+			if b%3 == 2 {
+				continue
+			}
+			blk := randBytes(r, bs)
+			copy(data[b*bs:], blk)
+			if _, err := f.Write(a.Ino, blk, int64(b*bs)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want = append(want, data)
+	}
+	buffered := f.DelayedBlocks()
+	if buffered != 3*467 {
+		t.Fatalf("%d blocks buffered", buffered)
+	}
+	var slices int
+	err := f.e.Update(func(tx *engine.Tx) error {
+		n, err := f.flushFileN(tx, inos[0], 100)
+		if n != 100 {
+			t.Errorf("a write-out limited to 100 blocks wrote %d", n)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.DelayedBlocks(); got != buffered-100 {
+		t.Fatalf("%d buffered after writing 100 out", got)
+	}
+	for i, ino := range inos {
+		if got := fileBytes(t, f, ino); !bytes.Equal(got, want[i]) {
+			t.Fatalf("file %d reads back wrong while partly written out", i)
+		}
+		if a, _ := f.GetAttr(ino); a.Blocks != 467 {
+			t.Fatalf("file %d: st_blocks %d, want 467", i, a.Blocks)
+		}
+	}
+	for f.DelayedBlocks() > 0 {
+		before := f.DelayedBlocks()
+		if err := f.e.Update(func(tx *engine.Tx) error {
+			_, err := f.flushFileN(tx, inos[slices%3], aheadSlice)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if f.DelayedBlocks() == before && f.dirty(inos[slices%3]) != nil {
+			t.Fatal("a slice wrote nothing out")
+		}
+		slices++
+	}
+	if err := f.flushAhead(); err != nil {
+		t.Fatal(err)
+	}
+	for i, ino := range inos {
+		if got := fileBytes(t, f, ino); !bytes.Equal(got, want[i]) {
+			t.Fatalf("file %d reads back wrong", i)
+		}
+	}
+	mustClean(t, f)
+	// And through a commit: flushAhead leaves the hook nothing.
+	for i, ino := range inos {
+		blk := randBytes(r, bs)
+		copy(want[i][5*bs:], blk)
+		if _, err := f.Write(ino, blk, 5*bs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.flushAhead(); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.DelayedBlocks(); n != 0 {
+		t.Fatalf("%d blocks left after flushAhead", n)
+	}
+	mustClean(t, f)
+	for i, ino := range inos {
+		if got := fileBytes(t, f, ino); !bytes.Equal(got, want[i]) {
+			t.Fatalf("file %d reads back wrong", i)
+		}
+	}
 }

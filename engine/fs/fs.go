@@ -64,6 +64,7 @@ type FS struct {
 	// delay holds the blocks written and not yet allocated (delalloc.go),
 	// under the engine's writer lock.
 	delay delayed
+	ahead atomic.Bool // flushAhead runs
 }
 
 // Activity returns a counter of the writes, truncates and fsyncs made so
@@ -99,6 +100,7 @@ func Open(dev disk.Device, opts Options) (*FS, error) {
 			f.delay.max = defaultMaxDelayedBlocks
 		}
 		eo.BeforeCommit = f.beforeCommit
+		eo.FlushAhead = f.flushAhead
 	}
 	if opts.CommitInterval != 0 {
 		eo.CommitInterval = opts.CommitInterval
