@@ -10,8 +10,8 @@ import (
 	"syscall"
 	"testing"
 
-	eb "github.com/scrubd/scrubd/engine/btree"
 	"github.com/scrubd/scrubd/engine"
+	eb "github.com/scrubd/scrubd/engine/btree"
 	"github.com/scrubd/scrubd/engine/disk"
 	"github.com/scrubd/scrubd/engine/format"
 )
