@@ -208,11 +208,11 @@ func verifyFiles(t *testing.T, dir string, want map[string][]byte) {
 }
 
 func TestMountKillRemount(t *testing.T) {
-	for _, mode := range []string{"treelog", "notreelog"} {
+	for _, mode := range []string{"treelog", "notreelog", "no-delalloc"} {
 		t.Run(mode, func(t *testing.T) {
 			var args []string
-			if mode == "notreelog" {
-				args = append(args, "--notreelog")
+			if mode != "treelog" {
+				args = append(args, "--"+mode)
 			}
 			// No periodic commits: what survives the kill is what fsync made
 			// durable (a full commit for new files, the log for rewrites).

@@ -495,12 +495,7 @@ func (f *FS) WriteAs(ino uint64, p []byte, off int64, c Caller) (int, error) {
 			if err != nil {
 				return err
 			}
-			if end := uint64(off) + uint64(len(p)); end > in.Size {
-				in.Size = end
-			}
-			now := ts(time.Now())
-			in.Mtime, in.Ctime = now, now
-			return putInode(tx, ino, in)
+			return putWritten(tx, ino, in, uint64(off)+uint64(len(p)))
 		})
 		if err != nil {
 			return 0, errno(err)
@@ -569,12 +564,7 @@ func (f *FS) WriteAs(ino uint64, p []byte, off int64, c Caller) (int, error) {
 				return err
 			}
 		}
-		if end > in.Size {
-			in.Size = end
-		}
-		now := ts(time.Now())
-		in.Mtime, in.Ctime = now, now
-		return putInode(tx, ino, in)
+		return putWritten(tx, ino, in, end)
 	})
 	if err != nil {
 		return 0, errno(err)
@@ -584,6 +574,17 @@ func (f *FS) WriteAs(ino uint64, p []byte, off int64, c Caller) (int, error) {
 		f.markFull(ino, gen) // the log does not carry an attribute
 	}
 	return len(p), nil
+}
+
+// putWritten stores ino's item after a write that ended at byte end: the
+// size grows to cover it, and the times are now.
+func putWritten(tx *engine.Tx, ino uint64, in *format.InodeItem, end uint64) error {
+	if end > in.Size {
+		in.Size = end
+	}
+	now := ts(time.Now())
+	in.Mtime, in.Ctime = now, now
+	return putInode(tx, ino, in)
 }
 
 // makeRoom commits first when a write of n blocks would not fit but blocks
