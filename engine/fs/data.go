@@ -487,9 +487,11 @@ func (f *FS) WriteAs(ino uint64, p []byte, off int64, c Caller) (int, error) {
 			}
 			gen = tx.Gen()
 			err = f.bufferWrite(tx, ino, in, p, uint64(off), func() error {
-				if kill {
-					capsDropped, err = killPrivs(tx, ino, in, c)
+				if !kill {
+					return nil
 				}
+				var err error
+				capsDropped, err = killPrivs(tx, ino, in, c)
 				return err
 			})
 			if err != nil {
