@@ -82,34 +82,18 @@ type dirtyFile struct {
 
 // delayed holds the buffers of all files.
 type delayed struct {
-	files  map[uint64]*dirtyFile
-	blocks uint64 // buffered blocks, all files
+	files map[uint64]*dirtyFile
+	// blocks counts the buffered blocks of all files; changed under the
+	// writer lock, read without it too (space checks, statfs).
+	blocks atomic.Uint64
 	max    uint64 // Options.MaxDelayedBlocks
-	// shown mirrors blocks for readers without the writer lock.
-	shown atomic.Uint64
-}
-
-// grow and shrink change the count of buffered blocks.
-func (d *delayed) grow(n uint64) {
-	d.blocks += n
-	d.shown.Store(d.blocks)
-}
-
-func (d *delayed) shrink(n uint64) {
-	d.blocks -= n
-	d.shown.Store(d.blocks)
 }
 
 func (f *FS) delayedOn() bool { return f.delay.max > 0 }
 
 // dirty returns ino's buffer, nil if it has none (under the writer lock,
 // shared or not).
-func (f *FS) dirty(ino uint64) *dirtyFile {
-	if f.delay.files == nil {
-		return nil
-	}
-	return f.delay.files[ino]
-}
+func (f *FS) dirty(ino uint64) *dirtyFile { return f.delay.files[ino] }
 
 // unmappedBlocks is what st_blocks adds for ino's buffered holes.
 func (f *FS) unmappedBlocks(ino uint64) uint64 {
@@ -132,7 +116,7 @@ func (f *FS) bufferWrite(tx *engine.Tx, ino uint64, in *format.InodeItem, p []by
 	if err := f.probeExtents(tx, ino, fb, lb); err != nil {
 		return err
 	}
-	if f.delay.blocks+(lb-fb) > f.delay.max {
+	if f.delay.blocks.Load()+(lb-fb) > f.delay.max {
 		// Past the bound: everything is written out first (before the
 		// blocks already buffered are told from those to add).
 		if err := f.flushAll(tx); err != nil {
@@ -171,11 +155,12 @@ func (f *FS) bufferWrite(tx *engine.Tx, ino uint64, in *format.InodeItem, p []by
 		add = append(add, fresh{b, data, mapped})
 	}
 	n := uint64(len(add))
-	if f.delay.blocks+n > 2*f.delay.max && f.delay.blocks+n > lb-fb {
-		return fmt.Errorf("%d blocks wait to be written out (damage met their extent records): %w", f.delay.blocks, syscall.EIO)
+	held := f.delay.blocks.Load()
+	if held+n > 2*f.delay.max && held+n > lb-fb {
+		return fmt.Errorf("%d blocks wait to be written out (damage met their extent records): %w", held, syscall.EIO)
 	}
-	if free := tx.DataFree(); free < f.delay.blocks+n {
-		return fmt.Errorf("%d data blocks needed (%d buffered), %d free outside the metadata reserve: %w", f.delay.blocks+n, f.delay.blocks, free, engine.ErrNoSpace)
+	if free := tx.DataFree(); free < held+n {
+		return fmt.Errorf("%d data blocks needed (%d buffered), %d free outside the metadata reserve: %w", held+n, held, free, engine.ErrNoSpace)
 	}
 	if err := kill(); err != nil {
 		return err
@@ -194,7 +179,7 @@ func (f *FS) bufferWrite(tx *engine.Tx, ino uint64, in *format.InodeItem, p []by
 			df.unmapped++
 		}
 	}
-	f.delay.grow(n)
+	f.delay.blocks.Add(n)
 	df.blocks.Ascend(fb, func(b uint64, d *dirtyBlock) bool {
 		if b >= lb {
 			return false
@@ -329,7 +314,7 @@ func (f *FS) flushFileN(tx *engine.Tx, ino uint64, limit uint64) (uint64, error)
 				}
 			}
 		}
-		f.delay.shrink(n)
+		f.delay.blocks.Add(-n)
 	}
 	return n, putInode(tx, ino, in)
 }
@@ -458,7 +443,7 @@ func (f *FS) trimDirty(ino, size uint64) {
 			df.unmapped--
 		}
 	}
-	f.delay.shrink(uint64(len(drop)))
+	f.delay.blocks.Add(-uint64(len(drop)))
 	if size%bs != 0 {
 		if d, ok := df.blocks.Get(size / bs); ok {
 			clear(d.data[size%bs:])
@@ -473,13 +458,13 @@ func (f *FS) trimDirty(ino, size uint64) {
 // written out; under the writer lock).
 func (f *FS) dropDirty(ino uint64) {
 	if df := f.dirty(ino); df != nil {
-		f.delay.shrink(uint64(df.blocks.Len()))
+		f.delay.blocks.Add(-uint64(df.blocks.Len()))
 		delete(f.delay.files, ino)
 	}
 }
 
 // DelayedBlocks returns the file blocks buffered and not yet written out.
-func (f *FS) DelayedBlocks() uint64 { return f.delay.shown.Load() }
+func (f *FS) DelayedBlocks() uint64 { return f.delay.blocks.Load() }
 
 // attrOf is the attributes of ino, whose item is in, with its buffered
 // holes counted in st_blocks.

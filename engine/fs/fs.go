@@ -164,7 +164,7 @@ func (f *FS) Sync() error { return errno(f.e.Sync()) }
 func (f *FS) Close() error {
 	f.stopReaper()
 	err := f.e.Close()
-	if n := f.delay.blocks; n > 0 && err == nil {
+	if n := f.DelayedBlocks(); n > 0 && err == nil {
 		// The last commit could not write them out (delalloc.go).
 		err = fmt.Errorf("%d buffered blocks of %d files were not written out (damage to their extent records) and are lost: %w", n, len(f.delay.files), syscall.EIO)
 	}
