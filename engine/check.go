@@ -85,6 +85,8 @@ const (
 	ErrSubvolOrphan    ErrorID = 91 // inodes in a subvolume that has no item
 	ErrUUIDMissing     ErrorID = 92 // a subvolume's UUID, or received UUID, missing from the uuid tree
 	ErrUUIDOrphan      ErrorID = 93 // a uuid tree key naming no subvolume, or a UUID its subvolume does not have
+	ErrSnapFill        ErrorID = 94 // a snapshot fill item naming no live snapshot of a live source
+	ErrSnapWhiteout    ErrorID = 95 // a snapshot whiteout of a subvolume with no fill under way
 )
 
 var errorNames = map[ErrorID]string{
@@ -92,6 +94,7 @@ var errorNames = map[ErrorID]string{
 	ErrSuperCopyField: "super_copy_field", ErrLogBlockBad: "log_block_bad",
 	ErrXattrOrphan: "xattr_orphan", ErrXattrKey: "xattr_bad_key", ErrXattrChunk: "xattr_chunk",
 	ErrSubvolRoot: "subvol_root", ErrSubvolOrphan: "subvol_orphan", ErrUUIDMissing: "uuid_missing", ErrUUIDOrphan: "uuid_orphan",
+	ErrSnapFill: "snapshot_fill", ErrSnapWhiteout: "snapshot_whiteout",
 	ErrNodeBadMagic: "node_bad_magic", ErrNodeBadChecksum: "node_bad_checksum", ErrNodeWrongFS: "node_wrong_fs",
 	ErrNodeMisdirected: "node_misdirected", ErrNodeWrongOwner: "node_wrong_owner", ErrNodeStale: "node_stale",
 	ErrNodeBadLevel: "node_bad_level", ErrNodeBadLayout: "node_bad_layout", ErrNodeKeyOrder: "node_key_order",

@@ -67,6 +67,12 @@ type Options struct {
 	// subvol_reap, run when a deletion was under way; registered by the
 	// filesystem layer).
 	SubvolReap func(ctx context.Context, e *Engine) error
+	// SnapshotFill copies into snapshots being filled what they still
+	// read from their source (recovery pass snapshot_fill; registered by
+	// the filesystem layer). At a mount the pass leaves the work to the
+	// filesystem, which fills in the background; run explicitly (RunPass)
+	// it fills everything before it returns.
+	SnapshotFill func(ctx context.Context, e *Engine) error
 	// BeforeCommit runs first in every commit, under the writer lock, in
 	// the running transaction (the filesystem layer writes out the file
 	// data it holds back, delayed allocation). An error fails the commit
@@ -133,6 +139,8 @@ type Engine struct {
 	openRepaired    bool        // the open repaired something (a damaged root tree, a counter): it commits
 	tolerant        bool        // offline check: load what is readable, report the rest
 	replaying       bool        // log replay in progress (mount only)
+	mountPasses     bool        // the mount's recovery passes are running (not RunPass)
+	guard           atomic.Pointer[GuardFunc]
 
 	// cmu serializes commits (held from prepareCommit through writeOut)
 	// and fsync log appends; taken before wmu.
@@ -715,6 +723,24 @@ func (e *Engine) FSID() format.FSID { return e.fsid }
 
 // TotalBlocks returns the image size in blocks.
 func (e *Engine) TotalBlocks() uint64 { return e.totalBlocks }
+
+// GuardFunc is called with the running transaction before every change of
+// a key of a tree (see SetGuard).
+type GuardFunc func(tx *Tx, tree format.TreeID, k format.Key) error
+
+// SetGuard makes fn see every change to the trees of the running
+// transaction before it is made, under the writer lock; a nil fn removes
+// the guard. fn may change other keys through tx (a copy made before its
+// source changes); an error fails the change before it is made. The
+// filesystem sets one only while a snapshot is being filled
+// (engine/fs/snapshot.go): no guard costs one atomic load per change.
+func (e *Engine) SetGuard(fn GuardFunc) {
+	if fn == nil {
+		e.guard.Store(nil)
+		return
+	}
+	e.guard.Store(&fn)
+}
 
 // Hooks returns the engine's hook chains for subscribers.
 func (e *Engine) Hooks() *Hooks { return &e.hooks }

@@ -52,6 +52,9 @@ const (
 	// a deletion is under way; registered by the filesystem layer through
 	// Options.SubvolReap).
 	PassSubvolReap uint = 9
+	// PassSnapshotFill finishes filling snapshots (set while one is being
+	// filled; engine/fs/snapshot.go, Options.SnapshotFill).
+	PassSnapshotFill uint = 10
 )
 
 // sickPasses names, for a structure whose damage a pass meets and leaves
@@ -77,6 +80,7 @@ var recoveryPasses = []RecoveryPass{
 	{ID: PassDeletedInodes, Name: "deleted_inodes", Always: true, run: passDeletedInodes},
 	{ID: PassRmapMaps, Name: "rmap_maps", run: passRmapMaps},
 	{ID: PassSubvolReap, Name: "subvol_reap", run: passSubvolReap},
+	{ID: PassSnapshotFill, Name: "snapshot_fill", run: passSnapshotFill},
 	{ID: PassFreeUntrusted, Name: "free_untrusted", Marker: true},
 	{ID: PassAllocUntrusted, Name: "alloc_untrusted", Marker: true},
 	{ID: PassRmapUntrusted, Name: "rmap_untrusted", Marker: true},
@@ -137,6 +141,50 @@ func passSubvolReap(ctx context.Context, e *Engine) error {
 		return &deferredPass{why: fmt.Sprintf("met damage (%v): the deletion resumes at a mount after the repair (scrubd fsck --repair)", err)}
 	}
 	return e.Sync()
+}
+
+// passSnapshotFill fills the snapshots a crash or an unmount left half
+// filled. At a mount it only defers to the filesystem layer, which fills
+// in the background once the mount is up (a snapshot is readable while
+// it is filled: what it has not copied yet it reads from its source); run
+// explicitly (fsck --pass snapshot_fill) it fills everything.
+func passSnapshotFill(ctx context.Context, e *Engine) error {
+	if e.opts.SnapshotFill == nil {
+		pending, err := e.snapshotFillPending()
+		if err != nil || !pending {
+			return err
+		}
+		return &deferredPass{why: "has no filesystem layer to run it (the image was opened by the engine alone)"}
+	}
+	if e.mountPasses {
+		return &deferredPass{why: "continues in the background after the mount", background: true}
+	}
+	if err := e.opts.SnapshotFill(ctx, e); err != nil {
+		if !errors.Is(err, format.ErrCorrupt) || !e.NoteDamage(err) {
+			return err
+		}
+		if serr := e.Sync(); serr != nil {
+			return serr
+		}
+		return &deferredPass{why: fmt.Sprintf("met damage (%v): the fill resumes after the repair (scrubd fsck --repair)", err)}
+	}
+	return e.Sync()
+}
+
+// snapshotFillPending reports whether a snapshot is being filled.
+func (e *Engine) snapshotFillPending() (bool, error) {
+	pending := false
+	err := e.View(func(tx *Tx) error {
+		tr, ok := tx.ReadTree(format.TreeSnapshot)
+		if !ok {
+			return nil
+		}
+		return tr.Ascend(format.Key{}, func(k format.Key, _ []byte) bool {
+			pending = k.Type == format.TypeSnapFill
+			return !pending
+		})
+	})
+	return pending, err
 }
 
 // subvolDeletePending reports whether a subvolume is being deleted.
@@ -293,13 +341,18 @@ func (e *Engine) runRecovery() error {
 	if unknown := required &^ known; unknown != 0 {
 		return fmt.Errorf("superblock requires recovery passes %#x unknown to this build: %w", unknown, format.ErrCorrupt)
 	}
+	e.mountPasses = true
 	_, err := e.runPasses(context.Background(), required, true)
+	e.mountPasses = false
 	return err
 }
 
 // deferredPass is a pass's answer when damage keeps it from its work: the
 // mount goes on, the pass's bit stays set for the next mount.
-type deferredPass struct{ why string }
+type deferredPass struct {
+	why        string
+	background bool // not damage: the work goes on after the mount
+}
 
 func (d *deferredPass) Error() string { return "deferred: " + d.why }
 
@@ -319,7 +372,11 @@ func (e *Engine) runPasses(ctx context.Context, required uint64, always bool) ([
 		var d *deferredPass
 		if errors.As(err, &d) {
 			e.mount.Notes = append(e.mount.Notes, fmt.Sprintf("recovery pass %s %s", p.Name, d.why))
-			e.log.Warn("recovery pass deferred", "pass", p.Name, "why", d.why)
+			if d.background {
+				e.log.Info("recovery pass continues in the background", "pass", p.Name)
+			} else {
+				e.log.Warn("recovery pass deferred", "pass", p.Name, "why", d.why)
+			}
 			continue
 		}
 		if err != nil {

@@ -160,6 +160,15 @@ func (s viewStore) Free(format.TreeID, eb.Ptr, int) error { return ErrReadOnly }
 // e.wmu) uses it.
 type txnStore struct{ e *Engine }
 
+// BeforeChange calls the filesystem's guard (SetGuard), if one is set,
+// before a change to tree at k.
+func (s txnStore) BeforeChange(tree format.TreeID, k format.Key) error {
+	if g := s.e.guard.Load(); g != nil {
+		return (*g)(&Tx{e: s.e, touched: true}, tree, k)
+	}
+	return nil
+}
+
 type dirtyBlock struct {
 	node  format.Node
 	owner format.TreeID

@@ -48,6 +48,7 @@ var formatVersions = []FormatVersion{
 	{Minor: 5, Feature: "long_symlinks", Incompat: format.IncompatLongSymlinks, InUse: longSymlinksInUse},
 	{Minor: 6, Feature: "large_xattrs", Incompat: format.IncompatLargeXattrs, InUse: largeXattrsInUse},
 	{Minor: 7, Feature: "subvols", Incompat: format.IncompatSubvols, InUse: subvolsInUse},
+	{Minor: 8, Feature: "snapshots", Incompat: format.IncompatSnapshots, InUse: snapshotsInUse},
 }
 
 func init() {
@@ -476,6 +477,40 @@ func largeXattrsInUse(s *Snapshot) (string, error) {
 	}
 	if found {
 		return "an extended attribute's value is larger than one item holds", nil
+	}
+	return "", nil
+}
+
+// snapshotsInUse: a snapshot (a subvolume with a parent UUID) or a fill
+// item uses snapshots.
+func snapshotsInUse(s *Snapshot) (string, error) {
+	if t, ok := s.ScanTree(format.TreeSnapshot); ok {
+		found := false
+		if err := t.Ascend(format.Key{}, func(format.Key, []byte) bool { found = true; return false }); err != nil {
+			return "", err
+		}
+		if found {
+			return "a snapshot is being filled", nil
+		}
+	}
+	t, ok := s.ScanTree(format.TreeSubvol)
+	if !ok {
+		return "", nil
+	}
+	found := false
+	err := t.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+		if k.Type == format.TypeSubvolItem {
+			if it, err := format.DecodeSubvolItem(v); err != nil || !it.ParentUUID.IsZero() {
+				found = true
+			}
+		}
+		return !found
+	})
+	if err != nil {
+		return "", err
+	}
+	if found {
+		return "the image has snapshots", nil
 	}
 	return "", nil
 }

@@ -81,6 +81,7 @@ type checkState struct {
 
 	xattr  xattrState  // xattr.go
 	subvol subvolState // subvol.go
+	snap   snapState   // snapshot.go
 
 	refs []engine.MetaRef // sorted by block
 }

@@ -93,8 +93,10 @@ var opsTable = []Op{
 	// among its inputs: damage there costs UUIDs, not subvolumes.
 	{Name: "subvol", Trees: []format.TreeID{format.TreeSubvol}, Check: subvolCheck, Repair: repairSubvol,
 		Answers: []engine.ErrorID{engine.ErrSubvolOrphan, engine.ErrSubvolRoot}, Inputs: []string{"inode", "dir"}},
-	// A tree this version keeps empty: rebuilt empty (empty_repair.go).
-	{Name: "snapshot", Trees: []format.TreeID{format.TreeSnapshot}, Repair: emptyTreeRepairer("snapshot", format.TreeSnapshot, engine.StructSnapshot)},
+	// The fills of snapshots under way: rebuilt from the readable items
+	// that belong to a live snapshot of a live source (snapshot.go).
+	{Name: "snapshot", Trees: []format.TreeID{format.TreeSnapshot}, Check: snapshotCheck, Repair: repairSnapshot,
+		Answers: []engine.ErrorID{engine.ErrSnapFill, engine.ErrSnapWhiteout}, Inputs: []string{"subvol"}},
 	// The uuid tree holds nothing the subvolume items do not: rebuilt
 	// from them (subvol_repair.go).
 	{Name: "uuid", Trees: []format.TreeID{format.TreeUUID}, Check: uuidCheck, Repair: repairUUID,

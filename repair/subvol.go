@@ -133,7 +133,7 @@ func (st *checkState) halfFreed(ino uint64) bool {
 		return true
 	}
 	it := st.subvol.items[id]
-	return it == nil || it.Flags&format.SubvolDeleting != 0 || st.interrupted()[id]
+	return it == nil || it.Flags&format.SubvolDeleting != 0 || st.interrupted()[id] || st.snapFilling(id)
 }
 
 // interrupted returns the live subvolumes whose root is gone or has no
@@ -332,8 +332,9 @@ func settledInodes(s *engine.Snapshot) func(ino uint64) bool {
 			live[id] = found && derr == nil && in.Nlink > 0
 		}
 	}
+	filling, swhole := fillingSnapshots(s) // snapshot.go
 	return func(ino uint64) bool {
 		id := format.SubvolOf(ino)
-		return id == 0 || whole && live[id]
+		return id == 0 || whole && swhole && live[id] && !filling[id]
 	}
 }

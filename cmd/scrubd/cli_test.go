@@ -84,7 +84,7 @@ func TestMkfsInfoFsckClean(t *testing.T) {
 	img := mkfs(t)
 	in := info(t, img)
 	// mkfs commits the root directory after the empty trees.
-	if in.UUID == "" || in.Generation < 2 || in.BlockSize != 4096 || in.Version != "1.7" || len(in.Trees) < 13 {
+	if in.UUID == "" || in.Generation < 2 || in.BlockSize != 4096 || in.Version != "1.8" || len(in.Trees) < 13 {
 		t.Fatalf("info: %+v", in)
 	}
 	for _, tr := range in.Trees {

@@ -57,11 +57,11 @@ func TestUpgradeCLI(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &doc); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	if doc.From != "1.1" || doc.To != "1.7" || !doc.Changed || !slices.Equal(doc.Added, []string{"rmap_maps", "root_backups", "xattr", "long_symlinks", "large_xattrs", "subvols"}) || !slices.Equal(doc.Passes, []string{"rmap_maps"}) {
+	if doc.From != "1.1" || doc.To != "1.8" || !doc.Changed || !slices.Equal(doc.Added, []string{"rmap_maps", "root_backups", "xattr", "long_symlinks", "large_xattrs", "subvols", "snapshots"}) || !slices.Equal(doc.Passes, []string{"rmap_maps"}) {
 		t.Fatalf("upgrade: %+v", doc)
 	}
 	fsckClean(t, img)
-	if v := versionOf(t, img); v.Version != "1.7" || !slices.Equal(v.Features, []string{"log_chain", "rmap_maps", "root_backups", "xattr", "long_symlinks", "large_xattrs", "subvols"}) || v.Passes != 0 {
+	if v := versionOf(t, img); v.Version != "1.8" || !slices.Equal(v.Features, []string{"log_chain", "rmap_maps", "root_backups", "xattr", "long_symlinks", "large_xattrs", "subvols", "snapshots"}) || v.Passes != 0 {
 		t.Fatalf("after: %+v", v)
 	}
 	if out, _, code := run(t, "upgrade", img); code != 0 || !strings.Contains(out, "already") {
@@ -71,10 +71,10 @@ func TestUpgradeCLI(t *testing.T) {
 	if _, errs, code := run(t, "upgrade", img, "--to", "1.1"); code != 1 || !strings.Contains(errs, "rmap_maps") || !strings.Contains(errs, "in use") {
 		t.Fatalf("downgrade to 1.1: exit %d %s", code, errs)
 	}
-	if v := versionOf(t, img); v.Version != "1.7" {
+	if v := versionOf(t, img); v.Version != "1.8" {
 		t.Fatalf("a refused downgrade changed the version: %+v", v)
 	}
-	if out, errs, code := run(t, "upgrade", img, "--to", "1.2"); code != 0 || !strings.Contains(out, "dropped subvols, large_xattrs, long_symlinks, xattr, root_backups") {
+	if out, errs, code := run(t, "upgrade", img, "--to", "1.2"); code != 0 || !strings.Contains(out, "dropped snapshots, subvols, large_xattrs, long_symlinks, xattr, root_backups") {
 		t.Fatalf("downgrade to 1.2: exit %d %s %s", code, out, errs)
 	}
 	fsckClean(t, img)

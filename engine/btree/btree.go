@@ -33,6 +33,22 @@ type Store interface {
 	Free(tree format.TreeID, p Ptr, level int) error
 }
 
+// Guard is implemented by a store that must see every change before it
+// is made: Insert, Put, Update and Delete call BeforeChange with the key
+// first, and fail with its error before they change anything. The store
+// may change other keys of the tree meanwhile (the filesystem copies a
+// snapshot's inode before its source changes: engine/fs/snapshot.go).
+type Guard interface {
+	BeforeChange(tree format.TreeID, k format.Key) error
+}
+
+func (t *Tree) guard(k format.Key) error {
+	if g, ok := t.Store.(Guard); ok {
+		return g.BeforeChange(t.ID, k)
+	}
+	return nil
+}
+
 // ErrValueTooLarge is returned for values over format.MaxValueSize.
 var ErrValueTooLarge = errors.New("btree: value too large")
 
@@ -114,6 +130,9 @@ func (t *Tree) put(k format.Key, v []byte, replace bool) error {
 	if len(v) > format.MaxValueSize {
 		return ErrValueTooLarge
 	}
+	if err := t.guard(k); err != nil {
+		return err
+	}
 	depth, err := t.cowPath(k, true)
 	if err != nil {
 		return err
@@ -147,6 +166,9 @@ func (t *Tree) put(k format.Key, v []byte, replace bool) error {
 // Update calls fn with the value under k in place, in a writable node; fn may
 // change the bytes but not the length. It reports ErrNotFound.
 func (t *Tree) Update(k format.Key, fn func(v []byte)) error {
+	if err := t.guard(k); err != nil {
+		return err
+	}
 	found := false
 	if _, err := t.Lookup(k, func([]byte) { found = true }); err != nil {
 		return err
@@ -169,6 +191,9 @@ func (t *Tree) Update(k format.Key, fn func(v []byte)) error {
 
 // Delete removes k and reports whether it was present.
 func (t *Tree) Delete(k format.Key) (bool, error) {
+	if err := t.guard(k); err != nil {
+		return false, err
+	}
 	found := false
 	if _, err := t.Lookup(k, func([]byte) { found = true }); err != nil || !found {
 		return false, err

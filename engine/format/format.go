@@ -14,7 +14,7 @@ const BlockSize = 4096
 // refused; a newer minor version is accepted (it only adds optional fields).
 const (
 	VersionMajor = 1
-	VersionMinor = 7
+	VersionMinor = 8
 )
 
 // BlockNr is a block number on the image (byte offset / BlockSize).

@@ -203,6 +203,27 @@ func FuzzDecodeSubvolItem(f *testing.F) {
 	})
 }
 
+func FuzzDecodeSnapFillItem(f *testing.F) {
+	f.Add((&SnapFillItem{Source: 3, Limit: 1000, Next: 257}).Encode())
+	f.Add(make([]byte, SnapFillItemSize))
+	f.Add([]byte{1, 2, 3})
+	f.Fuzz(func(t *testing.T, v []byte) {
+		s, err := DecodeSnapFillItem(v)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error %v is not corruption", err)
+			}
+			return
+		}
+		if enc := s.Encode(); !bytes.Equal(enc, v) {
+			t.Fatalf("round trip: %x, was %x", enc, v)
+		}
+		if s.Source > MaxSubvolID || s.Limit >= 1<<SubvolShift || s.Next > s.Limit+1 {
+			t.Fatalf("accepted %+v", s)
+		}
+	})
+}
+
 func FuzzParseUUID(f *testing.F) {
 	f.Add("2b6f0c1e-8d3a-4b8e-9f4e-5a1d2c3b4a59")
 	f.Add("2b6f0c1e8d3a4b8e9f4e5a1d2c3b4a59")

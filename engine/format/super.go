@@ -88,8 +88,13 @@ const (
 	// (subvol.go). An older build would see inodes above its object id
 	// counter and a directory entry leading into another inode space.
 	IncompatSubvols uint64 = 1 << 5
+	// IncompatSnapshots (format 1.8): the snapshot tree holds the fills
+	// of snapshots (snapshot.go); a subvolume whose fill is under way has
+	// directory entries naming inodes it has not copied yet. An older
+	// build would see them as dangling.
+	IncompatSnapshots uint64 = 1 << 6
 
-	IncompatSupported = IncompatLogChain | IncompatRmapMaps | IncompatRootBackups | IncompatLongSymlinks | IncompatLargeXattrs | IncompatSubvols
+	IncompatSupported = IncompatLogChain | IncompatRmapMaps | IncompatRootBackups | IncompatLongSymlinks | IncompatLargeXattrs | IncompatSubvols | IncompatSnapshots
 	// RoCompatXattr (format 1.4): the image may have the xattr tree
 	// (xattr.go); a build without it would free inodes and leave their
 	// attributes, so it mounts the image read-only.

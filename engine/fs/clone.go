@@ -68,6 +68,12 @@ func (f *FS) CloneRange(src uint64, srcOff int64, dst uint64, dstOff int64, n in
 		uint64(srcOff)+uint64(n) > 1<<50 || uint64(dstOff)+uint64(n) > 1<<50 {
 		return 0, syscall.EINVAL
 	}
+	if err := f.writable(dst); err != nil {
+		return 0, err
+	}
+	if err := f.prepare(src, dst); err != nil {
+		return 0, errno(err)
+	}
 	if src == dst && srcOff < dstOff+n && dstOff < srcOff+n {
 		return 0, syscall.EINVAL
 	}
@@ -248,6 +254,12 @@ const copyChunk = 1 << 20
 func (f *FS) CopyRange(src uint64, srcOff int64, dst uint64, dstOff int64, n int64) (int64, error) {
 	if srcOff < 0 || dstOff < 0 || n < 0 {
 		return 0, syscall.EINVAL
+	}
+	if err := f.writable(dst); err != nil {
+		return 0, err
+	}
+	if err := f.prepare(src, dst); err != nil {
+		return 0, errno(err)
 	}
 	a, err := f.GetAttr(src)
 	if err != nil {

@@ -388,6 +388,9 @@ func (f *FS) Read(ino uint64, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, syscall.EINVAL
 	}
+	if err := f.prepare(ino); err != nil { // snapshot.go
+		return 0, errno(err)
+	}
 	var (
 		rp         readPlan
 		perr       error
@@ -463,6 +466,12 @@ func (f *FS) WriteAs(ino uint64, p []byte, off int64, c Caller) (int, error) {
 	f.writes.Add(1)
 	if off < 0 || uint64(off)+uint64(len(p)) > 1<<50 {
 		return 0, syscall.EFBIG
+	}
+	if err := f.writable(ino); err != nil {
+		return 0, err
+	}
+	if err := f.prepare(ino); err != nil {
+		return 0, errno(err)
 	}
 	if len(p) == 0 {
 		return 0, nil
@@ -768,6 +777,12 @@ func (f *FS) Truncate(ino uint64, size uint64) error {
 	if size > 1<<50 {
 		return syscall.EFBIG
 	}
+	if err := f.writable(ino); err != nil {
+		return err
+	}
+	if err := f.prepare(ino); err != nil {
+		return errno(err)
+	}
 	var gen format.Gen
 	err := f.e.Update(func(tx *engine.Tx) error {
 		in, err := mustInode(tx, ino)
@@ -849,6 +864,12 @@ type SetAttrIn struct {
 
 // SetAttr changes attributes and returns the new ones.
 func (f *FS) SetAttr(ino uint64, s SetAttrIn) (Attr, error) {
+	if err := f.writable(ino); err != nil {
+		return Attr{}, err
+	}
+	if err := f.prepare(ino); err != nil {
+		return Attr{}, errno(err)
+	}
 	var a Attr
 	var gen format.Gen
 	err := f.e.Update(func(tx *engine.Tx) error {

@@ -184,6 +184,9 @@ func removeEntry(tx *engine.Tx, dir uint64, key format.Key, de format.DirEntry) 
 
 // Lookup finds name in directory dir.
 func (f *FS) Lookup(dir uint64, name string) (Attr, error) {
+	if err := f.prepareEntry(dir, name); err != nil { // snapshot.go
+		return Attr{}, errno(err)
+	}
 	var a Attr
 	err := f.e.View(func(tx *engine.Tx) error {
 		din, err := mustInode(tx, dir)
@@ -220,6 +223,9 @@ func (f *FS) Lookup(dir uint64, name string) (Attr, error) {
 
 // GetAttr returns the attributes of ino.
 func (f *FS) GetAttr(ino uint64) (Attr, error) {
+	if err := f.prepare(ino); err != nil {
+		return Attr{}, errno(err)
+	}
 	var a Attr
 	err := f.e.View(func(tx *engine.Tx) error {
 		in, err := mustInode(tx, ino)
@@ -279,6 +285,12 @@ func (f *FS) Mknod(dir uint64, name string, ni NewInode) (Attr, error) {
 func (f *FS) mknod(dir uint64, name string, ni NewInode) (Attr, error) {
 	if err := checkName(name); err != nil {
 		return Attr{}, err
+	}
+	if err := f.writable(dir); err != nil {
+		return Attr{}, err
+	}
+	if err := f.prepare(dir); err != nil {
+		return Attr{}, errno(err)
 	}
 	var a Attr
 	var newIno uint64
@@ -342,6 +354,9 @@ func (f *FS) mknod(dir uint64, name string, ni NewInode) (Attr, error) {
 
 // Readlink returns a symlink's target.
 func (f *FS) Readlink(ino uint64) (string, error) {
+	if err := f.prepare(ino); err != nil {
+		return "", errno(err)
+	}
 	var target string
 	err := f.e.View(func(tx *engine.Tx) error {
 		in, err := mustInode(tx, ino)
@@ -480,6 +495,12 @@ func (f *FS) Link(ino, newdir uint64, newname string) (Attr, error) {
 	if err := checkName(newname); err != nil {
 		return Attr{}, err
 	}
+	if err := f.writable(ino, newdir); err != nil {
+		return Attr{}, err
+	}
+	if err := f.prepare(ino, newdir); err != nil {
+		return Attr{}, errno(err)
+	}
 	var a Attr
 	var gen format.Gen
 	err := f.e.Update(func(tx *engine.Tx) error {
@@ -552,6 +573,12 @@ func (f *FS) Rmdir(dir uint64, name string) error {
 func (f *FS) remove(dir uint64, name string, wantDir bool) error {
 	if name == "." {
 		return syscall.EINVAL
+	}
+	if err := f.writable(dir); err != nil {
+		return err
+	}
+	if err := f.prepareEntry(dir, name); err != nil {
+		return errno(err)
 	}
 	if name == ".." {
 		return syscall.ENOTEMPTY
@@ -683,7 +710,7 @@ func (f *FS) freeInode(tx *engine.Tx, ino uint64, in *format.InodeItem) error {
 		return err
 	}
 	tx.Hooks().Inode.Call(engine.InodeEvent{Gen: tx.Gen(), Op: engine.OpDelete, Ino: ino})
-	return nil
+	return f.snapFreed(tx, ino) // snapshot.go
 }
 
 func dirEmpty(tx *engine.Tx, dir uint64) (bool, error) {
@@ -729,6 +756,18 @@ func (f *FS) Rename(olddir uint64, oldname string, newdir uint64, newname string
 	}
 	if err := checkName(newname); err != nil {
 		return err
+	}
+	if err := f.writable(olddir, newdir); err != nil {
+		return err
+	}
+	if err := f.prepareEntry(olddir, oldname); err != nil {
+		return errno(err)
+	}
+	if err := f.prepareEntry(newdir, newname); err != nil {
+		return errno(err)
+	}
+	if err := f.prepareAncestors(newdir); err != nil {
+		return errno(err)
 	}
 	switch {
 	case flags&^(RenameNoReplace|RenameExchange) != 0, flags == RenameNoReplace|RenameExchange:
@@ -974,6 +1013,9 @@ func replaceEntry(tx *engine.Tx, dir uint64, key format.Key, de format.DirEntry,
 // inside a view (the writer lock held shared): it must not call the FS,
 // or a writer waiting meanwhile deadlocks both; collect, then act.
 func (f *FS) ReadDir(dir uint64, offset uint64, fn func(DirEntry) bool) error {
+	if err := f.prepare(dir); err != nil {
+		return errno(err)
+	}
 	err := f.e.View(func(tx *engine.Tx) error {
 		din, err := mustInode(tx, dir)
 		if err != nil {

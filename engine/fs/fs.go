@@ -65,6 +65,9 @@ type FS struct {
 	// under the engine's writer lock.
 	delay delayed
 	ahead atomic.Bool // flushAhead runs
+	// snap: the snapshots being filled and the read-only subvolumes
+	// (snapshot.go).
+	snap snapState
 }
 
 // Activity returns a counter of the writes, truncates and fsyncs made so
@@ -94,6 +97,7 @@ func Open(dev disk.Device, opts Options) (*FS, error) {
 	eo.ReplayLog = f.replay
 	eo.DeletedInodes = f.purgeDeleted
 	eo.SubvolReap = f.reap
+	eo.SnapshotFill = f.fillAll
 	if !opts.NoDelayedAlloc {
 		f.delay.max = uint64(opts.MaxDelayedBlocks)
 		if opts.MaxDelayedBlocks <= 0 {
@@ -113,10 +117,14 @@ func Open(dev disk.Device, opts Options) (*FS, error) {
 		return nil, err
 	}
 	f.e = e
+	f.loadSnapshots() // snapshot.go
 	if !opts.ReadOnly {
 		if err := f.ensureRoot(); err != nil {
 			e.Close()
 			return nil, err
+		}
+		if f.snap.fills.Load() > 0 {
+			f.startFiller() // the snapshot_fill pass left it to us
 		}
 		if e.PassRequired(engine.PassSubvolReap) && f.reapPending() {
 			// A deletion the mount's pass left (deferred by damage).
@@ -127,6 +135,13 @@ func Open(dev disk.Device, opts Options) (*FS, error) {
 		f.changed.Register(func(ev ChangedEvent) {
 			if ev.Structure == "subvol" && f.e.PassRequired(engine.PassSubvolReap) {
 				f.startReaper()
+			}
+			if ev.Structure == "subvol" || ev.Structure == "snapshot" {
+				// What the repair wrote (snapshot.go).
+				f.loadSnapshots()
+				if f.snap.fills.Load() > 0 {
+					f.startFiller()
+				}
 			}
 		})
 	}
@@ -162,6 +177,7 @@ func (f *FS) Sync() error { return errno(f.e.Sync()) }
 
 // Close commits and unmounts.
 func (f *FS) Close() error {
+	f.stopFiller()
 	f.stopReaper()
 	err := f.e.Close()
 	if n := f.DelayedBlocks(); n > 0 && err == nil {

@@ -47,6 +47,8 @@ type SubvolInfo struct {
 	CTime        time.Time `json:"ctime"`
 	ReadOnly     bool      `json:"readonly"`
 	Deleting     bool      `json:"deleting,omitempty"`
+	// Filling: a snapshot whose fill is under way (snapshot.go).
+	Filling bool `json:"filling,omitempty"`
 }
 
 // Errors of the subvolume calls (each also an errno for the mount).
@@ -180,6 +182,12 @@ func (f *FS) CreateSubvol(dir uint64, name string) (SubvolInfo, error) {
 	if !f.e.HasFeatures(0, format.IncompatSubvols) {
 		return SubvolInfo{}, ErrNoSubvols
 	}
+	if err := f.writable(dir); err != nil {
+		return SubvolInfo{}, err
+	}
+	if err := f.prepare(dir); err != nil {
+		return SubvolInfo{}, errno(err)
+	}
 	var info SubvolInfo
 	var gen format.Gen
 	err := f.e.Update(func(tx *engine.Tx) error {
@@ -256,7 +264,9 @@ func (f *FS) Subvols() ([]SubvolInfo, error) {
 				derr = fmt.Errorf("subvolume %d: %w", k.Obj, err)
 				return false
 			}
-			out = append(out, subvolInfo(k.Obj, it))
+			s := subvolInfo(k.Obj, it)
+			_, s.Filling = f.snap.fillOf(k.Obj)
+			out = append(out, s)
 			return true
 		})
 		if err != nil {
@@ -387,6 +397,7 @@ func (f *FS) Subvol(id uint64) (SubvolInfo, error) {
 			return ErrNoSuchSubvol
 		}
 		infos := []SubvolInfo{subvolInfo(id, it)}
+		_, infos[0].Filling = f.snap.fillOf(id)
 		if err := paths(tx, infos); err != nil {
 			return err
 		}
@@ -497,8 +508,15 @@ func (f *FS) SetReceivedUUID(id uint64, u format.UUID) error {
 // file). A subvolume holding other subvolumes is refused
 // (ErrSubvolBusy).
 func (f *FS) DeleteSubvol(dir uint64, name string) (SubvolInfo, error) {
+	if err := f.writable(dir); err != nil {
+		return SubvolInfo{}, err
+	}
+	if err := f.prepare(dir); err != nil {
+		return SubvolInfo{}, errno(err)
+	}
 	var info SubvolInfo
 	var gen format.Gen
+	filling := false
 	err := f.e.Update(func(tx *engine.Tx) error {
 		din, err := mustInode(tx, dir)
 		if err != nil {
@@ -527,6 +545,9 @@ func (f *FS) DeleteSubvol(dir uint64, name string) (SubvolInfo, error) {
 		} else if busy {
 			return ErrSubvolBusy
 		}
+		if len(f.snap.sourceFills(id)) > 0 {
+			return ErrSnapSource
+		}
 		if err := probeDir(tx, format.DirIndexKey(dir, de.Index)); err != nil {
 			return err
 		}
@@ -548,6 +569,13 @@ func (f *FS) DeleteSubvol(dir uint64, name string) (SubvolInfo, error) {
 		if err := putSubvol(tx, id, it); err != nil {
 			return err
 		}
+		if _, filling = f.snap.fillOf(id); filling {
+			// What it has not copied is never needed now.
+			if err := f.dropFill(tx, id); err != nil {
+				return err
+			}
+			f.unregisterFill(id)
+		}
 		tx.RequirePass(engine.PassSubvolReap)
 		info, gen = subvolInfo(id, it), tx.Gen()
 		return nil
@@ -555,6 +583,7 @@ func (f *FS) DeleteSubvol(dir uint64, name string) (SubvolInfo, error) {
 	if err != nil {
 		return SubvolInfo{}, errno(f.dirDamage(err))
 	}
+	f.setReadOnly(info.ID, false)
 	f.markFull(dir, gen)
 	f.startReaper()
 	return info, nil

@@ -132,6 +132,12 @@ func (f *FS) SetXattr(ino uint64, name string, value []byte, flags uint32) error
 	if err := checkXattrName(name); err != nil {
 		return err
 	}
+	if err := f.writable(ino); err != nil {
+		return err
+	}
+	if err := f.prepare(ino); err != nil {
+		return errno(err)
+	}
 	switch {
 	case flags&^(XattrCreate|XattrReplace) != 0 || flags == XattrCreate|XattrReplace:
 		return syscall.EINVAL
@@ -217,6 +223,9 @@ func (f *FS) GetXattr(ino uint64, name string) ([]byte, error) {
 		}
 		return nil, err
 	}
+	if err := f.prepare(ino); err != nil {
+		return nil, errno(err)
+	}
 	var val []byte
 	err := f.e.View(func(tx *engine.Tx) error {
 		if _, err := mustInode(tx, ino); err != nil {
@@ -245,6 +254,9 @@ func (f *FS) GetXattr(ino uint64, name string) ([]byte, error) {
 
 // ListXattr returns the names of ino's attributes, in key order.
 func (f *FS) ListXattr(ino uint64) ([]string, error) {
+	if err := f.prepare(ino); err != nil {
+		return nil, errno(err)
+	}
 	var names []string
 	err := f.e.View(func(tx *engine.Tx) error {
 		if _, err := mustInode(tx, ino); err != nil {
@@ -282,6 +294,12 @@ func (f *FS) RemoveXattr(ino uint64, name string) error {
 			return syscall.ENODATA
 		}
 		return err
+	}
+	if err := f.writable(ino); err != nil {
+		return err
+	}
+	if err := f.prepare(ino); err != nil {
+		return errno(err)
 	}
 	return f.updateXattrs(ino, name, func(tx *engine.Tx, _ *format.InodeItem, key format.Key, old []byte, found bool) error {
 		if !found {
