@@ -65,6 +65,11 @@ type Request struct {
 	Path string `json:"path,omitempty"`
 	UUID string `json:"uuid,omitempty"`
 	Wait bool   `json:"wait,omitempty"`
+	// Dest and ReadOnly are subvol_snapshot's: the path of the snapshot
+	// to make (Path is its source), read-only or not. Wait, for a
+	// snapshot, waits until its fill has ended.
+	Dest     string `json:"dest,omitempty"`
+	ReadOnly bool   `json:"readonly,omitempty"`
 }
 
 // Response is one line the server answers; exactly one field is set.

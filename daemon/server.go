@@ -550,7 +550,7 @@ func (s *Server) do(ctx context.Context, b []byte) Response {
 		resp = s.inject(req)
 	case OpPause, OpResume, OpCancel:
 		resp = s.control(req)
-	case OpSubvolCreate, OpSubvolList, OpSubvolShow, OpSubvolDelete, OpSubvolFind, OpSubvolSetReceived:
+	case OpSubvolCreate, OpSubvolList, OpSubvolShow, OpSubvolDelete, OpSubvolFind, OpSubvolSetReceived, OpSubvolSnapshot:
 		resp = s.subvol(ctx, req)
 	default:
 		return errResponse(CodeBadRequest, fmt.Sprintf("unknown op %q (ops: %s, %s, %s, %s, %s, %s, %s)", req.Op,

@@ -33,10 +33,11 @@ const (
 	OpSubvolDelete      = "subvol_delete"       // path (wait: until its space is freed)
 	OpSubvolFind        = "subvol_find"         // uuid: the subvolumes with that UUID or received UUID
 	OpSubvolSetReceived = "subvol_set_received" // path, uuid (all zeros: clear)
+	OpSubvolSnapshot    = "subvol_snapshot"     // path (the source), dest, readonly (wait: until filled)
 )
 
 // SubvolOps are the subvolume operations.
-var SubvolOps = []string{OpSubvolCreate, OpSubvolList, OpSubvolShow, OpSubvolDelete, OpSubvolFind, OpSubvolSetReceived}
+var SubvolOps = []string{OpSubvolCreate, OpSubvolList, OpSubvolShow, OpSubvolDelete, OpSubvolFind, OpSubvolSetReceived, OpSubvolSnapshot}
 
 // isSubvolOp reports whether op is a subvolume operation.
 func isSubvolOp(op string) bool {
@@ -95,6 +96,12 @@ func subvolCall(ctx context.Context, fsys *sfs.FS, req Request, changed func()) 
 		req.Tree != "" || req.Kind != "" || req.Seed != 0 || req.Level != nil || req.Copy != nil || req.File != "" || req.Offset != 0 {
 		return nil, badArg("%s takes path, uuid and wait only", req.Op)
 	}
+	if req.Op != OpSubvolSnapshot && (req.Dest != "" || req.ReadOnly) {
+		return nil, badArg("only %s takes dest and readonly", OpSubvolSnapshot)
+	}
+	if req.Op == OpSubvolSnapshot && req.Dest == "" {
+		return nil, badArg("%s needs a dest (the path of the snapshot to make)", req.Op)
+	}
 	needPath := req.Op != OpSubvolList && req.Op != OpSubvolFind
 	needUUID := req.Op == OpSubvolFind || req.Op == OpSubvolSetReceived
 	switch {
@@ -106,8 +113,8 @@ func subvolCall(ctx context.Context, fsys *sfs.FS, req Request, changed func()) 
 		return nil, badArg("%s needs a uuid", req.Op)
 	case !needUUID && req.UUID != "":
 		return nil, badArg("%s takes no uuid", req.Op)
-	case req.Wait && req.Op != OpSubvolDelete:
-		return nil, badArg("only %s waits", OpSubvolDelete)
+	case req.Wait && req.Op != OpSubvolDelete && req.Op != OpSubvolSnapshot:
+		return nil, badArg("only %s and %s wait", OpSubvolDelete, OpSubvolSnapshot)
 	}
 	var u format.UUID
 	if needUUID {
@@ -147,6 +154,8 @@ func subvolCall(ctx context.Context, fsys *sfs.FS, req Request, changed func()) 
 			return nil, err
 		}
 		return one(fsys.Subvol(id))
+	case OpSubvolSnapshot:
+		return snapshot(ctx, fsys, p, path.Clean("/"+req.Dest), req, changed)
 	}
 	// create and delete: a name in a directory.
 	if p == "/" {
@@ -175,6 +184,62 @@ func subvolCall(ctx context.Context, fsys *sfs.FS, req Request, changed func()) 
 		}
 	}
 	return &SubvolResult{Subvols: []sfs.SubvolInfo{info}}, nil
+}
+
+// snapshot makes a snapshot of the subvolume rooted at src as dst.
+func snapshot(ctx context.Context, fsys *sfs.FS, src, dst string, req Request, changed func()) (*SubvolResult, error) {
+	if dst == "/" {
+		return nil, badArg("the dest names the top level: give a new path below it")
+	}
+	a, err := fsys.Resolve(src)
+	if err != nil {
+		return nil, err
+	}
+	if a.Ino == sfs.RootIno {
+		return nil, sfs.ErrSnapTopLevel
+	}
+	if !format.IsSubvolRoot(a.Ino) {
+		return nil, sfs.ErrNotSubvol
+	}
+	dir, name, err := fsys.ResolveParent(dst)
+	if err != nil {
+		return nil, fmt.Errorf("dest %s: %w", dst, err)
+	}
+	info, err := fsys.CreateSnapshot(a.Ino, dir, name, req.ReadOnly)
+	if err != nil {
+		return nil, err
+	}
+	changed()
+	if req.Wait {
+		if err := waitFilled(ctx, fsys, info.ID); err != nil {
+			return nil, fmt.Errorf("made, but waiting for its fill to end: %w", err)
+		}
+		if info, err = fsys.Subvol(info.ID); err != nil {
+			return nil, err
+		}
+	}
+	return &SubvolResult{Subvols: []sfs.SubvolInfo{info}}, nil
+}
+
+// waitFilled waits until snapshot id's fill has ended (or ctx ends, or
+// the snapshot is gone).
+func waitFilled(ctx context.Context, fsys *sfs.FS, id uint64) error {
+	t := time.NewTicker(waitPoll)
+	defer t.Stop()
+	for {
+		cur, err := fsys.Subvol(id)
+		if err != nil {
+			return err
+		}
+		if !cur.Filling {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // subvolAt returns the id of the subvolume whose root is at p.

@@ -54,9 +54,10 @@ const subvolExitStatus = `EXIT STATUS
   0 done (find: also when nothing has the UUID); 1 failure: the path is
   not inside a scrubd mount, the image is mounted (use the mountpoint) or
   cannot be opened, or the filesystem refused (not a subvolume, the name
-  exists, the subvolume holds other subvolumes, no such subvolume, the
-  image's format predates subvolumes: upgrade it to 1.7); 2 usage error
-  (missing or extra arguments, an unknown subcommand, a bad UUID).`
+  exists, the subvolume holds other subvolumes, no such subvolume, a
+  read-only subvolume, a snapshot still being filled, the image's format
+  predates subvolumes or snapshots: upgrade it to 1.7 or 1.8); 2 usage
+  error (missing or extra arguments, an unknown subcommand, a bad UUID).`
 
 // subvolOptions are the flags every subvol subcommand takes.
 type subvolOptions struct {
@@ -73,12 +74,13 @@ func (o *subvolOptions) flags(c *cobra.Command) {
 func newSubvolCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "subvol COMMAND",
-		Short: "Create, list, show, find and delete subvolumes",
+		Short: "Create, snapshot, list, show, find and delete subvolumes",
 		Long: `Manage the subvolumes of a scrubd filesystem (format 1.7): directories whose
 contents form their own subvolume, with a UUID, a received UUID and a
 creation generation. A rename or hard link from one subvolume into another
 fails with EXDEV (mv copies instead) and rmdir of a subvolume with EPERM:
-"scrubd subvol delete" deletes one.
+"scrubd subvol delete" deletes one. "scrubd subvol snapshot" (format 1.8)
+makes a subvolume that holds what another held at that moment.
 
 Each command works on a mounted filesystem, through the control socket of
 the scrubd mount holding PATH (any path inside the mount), or offline on an
@@ -91,13 +93,14 @@ unmounted image with --image IMAGE, PATH then being a path inside the image
   scrubd subvol show /mnt/fs/vols/home
   scrubd subvol find /mnt/fs --uuid 2b6f0c1e-8d3a-4b8e-9f4e-5a1d2c3b4a59
   scrubd subvol set-received-uuid /mnt/fs/vols/home 2b6f0c1e-8d3a-4b8e-9f4e-5a1d2c3b4a59
+  scrubd subvol snapshot /mnt/fs/vols/home /mnt/fs/snaps/home-monday --readonly
   scrubd subvol delete /mnt/fs/vols/home --wait
   scrubd subvol list --image fs.img`,
 		// Runnable, so that an unknown subcommand ("scrubd subvol
-		// snapshot") is a usage error rather than the help.
+		// nosuch") is a usage error rather than the help.
 		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
 	}
-	c.AddCommand(newSubvolCreateCmd(), newSubvolListCmd(), newSubvolShowCmd(), newSubvolDeleteCmd(),
+	c.AddCommand(newSubvolCreateCmd(), newSubvolSnapshotCmd(), newSubvolListCmd(), newSubvolShowCmd(), newSubvolDeleteCmd(),
 		newSubvolFindCmd(), newSubvolSetReceivedCmd())
 	for _, sc := range c.Commands() {
 		usageErrors(sc)
@@ -132,6 +135,97 @@ that made it. What is made inside it later belongs to it.
 		},
 	}
 	o.flags(c)
+	return c
+}
+
+func newSubvolSnapshotCmd() *cobra.Command {
+	var o subvolOptions
+	var readonly, wait bool
+	c := &cobra.Command{
+		Use:   "snapshot SRC DST [--readonly] [--wait] [--image IMAGE] [--json]",
+		Short: "Make DST a snapshot of the subvolume rooted at SRC",
+		Long: `Make DST a new subvolume holding exactly what the subvolume rooted at SRC
+holds at this moment (format 1.8), read-only with --readonly. DST's parent
+directory must exist and must not hold the name; both paths must be in one
+filesystem. The snapshot's parent UUID is SRC's UUID.
+
+The command returns, with the snapshot durable, in a time that does not
+depend on SRC's size: only SRC's root directory is copied then. File data
+is never copied (the snapshot shares SRC's blocks until either side
+changes them). The rest of SRC's metadata is copied into the snapshot in
+the background (its fill; "filling" in the flags until it ends) while
+both are in use: the snapshot reads what it has not copied yet from SRC,
+and SRC copies a file into the snapshot before it changes it. With --wait
+the command returns once the fill has ended; offline it always waits.
+
+Refused: the top level (snapshot a subvolume), a subvolume holding other
+subvolumes, a snapshot whose own fill has not ended, a DST inside a
+read-only subvolume. A subvolume is not deleted while a snapshot of it
+is being filled. A read-only snapshot refuses every change (EROFS); it
+can be deleted with "scrubd subvol delete".
+
+` + subvolExitStatus,
+		Example: `  scrubd subvol snapshot /mnt/fs/vols/home /mnt/fs/snaps/home-monday --readonly
+  scrubd subvol snapshot /mnt/fs/vols/db /mnt/fs/vols/db-test --wait --json
+  scrubd subvol snapshot --image fs.img /vols/home /snaps/home-1`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := daemon.Request{Op: daemon.OpSubvolSnapshot, ReadOnly: readonly, Wait: wait || o.image != ""}
+			var res *daemon.SubvolResult
+			var where subvolWhere
+			var err error
+			if o.image != "" {
+				where.image = o.image
+				req.Path, req.Dest = args[0], args[1]
+				res, err = subvolOffline(cmd, o.image, req)
+			} else {
+				var smnt, dmnt string
+				if smnt, req.Path, err = daemon.Locate(args[0]); err != nil {
+					return err
+				}
+				if dmnt, req.Dest, err = daemon.Locate(args[1]); err != nil {
+					return err
+				}
+				if smnt != dmnt {
+					return fmt.Errorf("%s and %s are in different mounts (%s, %s): a snapshot is made in its source's filesystem", args[0], args[1], smnt, dmnt)
+				}
+				where.mountpoint = smnt
+				var cl *daemon.Client
+				if cl, err = daemon.Dial(smnt); err != nil {
+					return err
+				}
+				defer cl.Close()
+				res, err = cl.Subvol(cmd.Context(), req)
+			}
+			if err != nil {
+				var re *daemon.RemoteError
+				if errors.Is(err, daemon.ErrBadArgument) || (errors.As(err, &re) && re.Code == daemon.CodeBadRequest) {
+					return usageError(fmt.Errorf("%s: %w", args[0], err))
+				}
+				return fmt.Errorf("snapshot %s as %s: %w", args[0], args[1], err)
+			}
+			if len(res.Subvols) != 1 {
+				return fmt.Errorf("%s answered %d subvolumes, want 1", req.Op, len(res.Subvols))
+			}
+			info := res.Subvols[0]
+			if o.asJSON {
+				return printJSON(cmd.OutOrStdout(), where.doc(info, nil))
+			}
+			kind := "snapshot"
+			if info.ReadOnly {
+				kind = "read-only snapshot"
+			}
+			fill := "filled"
+			if info.Filling {
+				fill = "being filled in the background"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "made %s %d at %s (uuid %s, parent uuid %s); %s\n", kind, info.ID, where.show(info.Path), info.UUID, info.ParentUUID, fill)
+			return nil
+		},
+	}
+	o.flags(c)
+	c.Flags().BoolVar(&readonly, "readonly", false, "make a read-only snapshot (every change in it is refused)")
+	c.Flags().BoolVar(&wait, "wait", false, "return only once the snapshot's fill has ended")
 	return c
 }
 
@@ -430,6 +524,8 @@ func subvolOffline(cmd *cobra.Command, image string, req daemon.Request) (*daemo
 		return nil, err
 	}
 	ro := req.Op == daemon.OpSubvolList || req.Op == daemon.OpSubvolShow || req.Op == daemon.OpSubvolFind
+	// (A read-only open of an image with a snapshot being filled reads
+	// that snapshot's files only once a read-write open finished it.)
 	f, err := fs.OpenPath(image, fs.Options{ReadOnly: ro, CommitInterval: -1, Logger: log,
 		Engine: engine.Options{VersionUpgrade: engine.UpgradeNone}})
 	if err != nil {
@@ -464,6 +560,9 @@ func subvolFlags(info fs.SubvolInfo) string {
 	}
 	if info.Deleting {
 		f = append(f, "deleting")
+	}
+	if info.Filling {
+		f = append(f, "filling")
 	}
 	return dash(strings.Join(f, ","))
 }

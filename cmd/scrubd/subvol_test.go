@@ -264,7 +264,7 @@ func TestSubvolMounted(t *testing.T) {
 
 // TestSubvolOffline: the subvolume commands on an unmounted image, and
 // their bad input: usage errors (exit 2, a JSON error object of kind
-// usage) for an unknown subcommand (snapshot is not one), missing or
+// usage) for an unknown subcommand, missing or
 // extra arguments and bad UUIDs; failures (exit 1) naming the cause for
 // a plain directory, a missing path, the top level, and an image whose
 // format predates subvolumes.
@@ -305,9 +305,9 @@ func TestSubvolOffline(t *testing.T) {
 		t.Fatalf("find after clearing the received uuid: %+v %+v", f, a)
 	}
 
-	// An unknown subcommand (snapshot is none yet); "subvol" itself takes
-	// no --json, so that error object names the flag.
-	for _, args := range [][]string{{"subvol", "nosuch"}, {"subvol", "snapshot", "/mnt/a", "/mnt/b"}} {
+	// An unknown subcommand; "subvol" itself takes no --json, so that
+	// error object names the flag.
+	for _, args := range [][]string{{"subvol", "nosuch"}} {
 		_, errs, code := run(t, args...)
 		if code != 2 || !strings.Contains(errs, fmt.Sprintf("unknown command %q for \"scrubd subvol\"", args[1])) {
 			t.Fatalf("scrubd %s: exit %d %q", strings.Join(args, " "), code, errs)
@@ -368,6 +368,179 @@ func TestSubvolOffline(t *testing.T) {
 	expect(t, 0, "upgrade", img)
 	expect(t, 0, "subvol", "create", "--image", img, "/plain/b")
 	fsckClean(t, img)
+}
+
+// TestSubvolSnapshotMounted: through a real FUSE mount, "subvol
+// snapshot" of a subvolume written through the mount; the snapshot
+// shows the files as they were while the source is changed after (cp,
+// rm, overwrite); a read-only snapshot refuses writes with EROFS; the
+// source is not deleted while a fill reads from it; the image checks
+// clean after the unmount and holds both trees.
+func TestSubvolSnapshotMounted(t *testing.T) {
+	needFuse(t)
+	privateRuntimeDir(t)
+	img := mkfs(t)
+	dir := t.TempDir()
+	p := startMount(t, img, dir)
+	var a subvolDoc
+	subvolOut(t, &a, "subvol", "create", filepath.Join(dir, "a"))
+	r := rand.New(rand.NewPCG(8, 8))
+	files := map[string][]byte{"f1": randBytes(r, 200000), "d/f2": randBytes(r, 3000), "d/e/f3": randBytes(r, 70)}
+	if err := os.MkdirAll(filepath.Join(dir, "a", "d", "e"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range files {
+		writeSynced(t, filepath.Join(dir, "a", name), data, 0)
+	}
+	var s, ro subvolDoc
+	subvolOut(t, &s, "subvol", "snapshot", filepath.Join(dir, "a"), filepath.Join(dir, "s"))
+	if s.Subvol.Path != "/s" || s.Subvol.ParentUUID != a.Subvol.UUID || s.Mountpoint != dir {
+		t.Fatalf("snapshot: %+v", s)
+	}
+	// The source changes; the snapshot does not.
+	if err := os.WriteFile(filepath.Join(dir, "a", "f1"), []byte("changed"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "a", "d", "e")); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", filepath.Join(dir, "a", "d", "f2"), filepath.Join(dir, "a", "new")).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	sfiles := map[string][]byte{}
+	for name, data := range files {
+		sfiles["s/"+name] = data
+	}
+	verifyFiles(t, dir, sfiles)
+	if _, err := os.Stat(filepath.Join(dir, "s", "new")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a file made in the source after the snapshot: %v", err)
+	}
+	// The snapshot is writable; the source does not see it.
+	if err := os.WriteFile(filepath.Join(dir, "s", "d", "f2"), []byte("snap"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "a", "d", "f2")); err != nil || !bytes.Equal(got, files["d/f2"]) {
+		t.Fatalf("source's d/f2 after the snapshot's write: %v", err)
+	}
+	subvolOut(t, &ro, "subvol", "snapshot", filepath.Join(dir, "s"), filepath.Join(dir, "ro"), "--readonly", "--wait")
+	if !ro.Subvol.ReadOnly || ro.Subvol.Filling {
+		t.Fatalf("read-only snapshot --wait: %+v", ro)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ro", "f1"), []byte("x"), 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Fatalf("write into a read-only snapshot: %v", err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "ro", "x"), 0o755); !errors.Is(err, syscall.EROFS) {
+		t.Fatalf("mkdir in a read-only snapshot: %v", err)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "ro", "d", "f2")); err != nil || string(got) != "snap" {
+		t.Fatalf("read-only snapshot's d/f2: %q %v", got, err)
+	}
+	if out := expect(t, 0, "subvol", "list", dir); !strings.Contains(out, "readonly") || !strings.Contains(out, "/ro") {
+		t.Fatalf("list:\n%s", out)
+	}
+	subvolFails(t, 1, "top level", "subvol", "snapshot", dir, filepath.Join(dir, "t"))
+	subvolFails(t, 1, "not a subvolume", "subvol", "snapshot", filepath.Join(dir, "a", "d"), filepath.Join(dir, "t"))
+	subvolFails(t, 1, "not inside a scrubd mount", "subvol", "snapshot", filepath.Join(dir, "a"), filepath.Join(t.TempDir(), "t"))
+	expect(t, 0, "subvol", "delete", filepath.Join(dir, "ro"), "--wait")
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(); code != 0 {
+		t.Fatalf("unmount: exit %d\n%s", code, p.stderr)
+	}
+	fsckClean(t, img)
+	fsys, err := fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	fsys.WaitFill()
+	at, err := fsys.Resolve("/s/d/e/f3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 100)
+	if n, err := fsys.Read(at.Ino, got, 0); err != nil || !bytes.Equal(got[:n], files["d/e/f3"]) {
+		t.Fatalf("/s/d/e/f3 after remount: %v", err)
+	}
+}
+
+// TestSubvolSnapshotOffline: "subvol snapshot --image" makes a snapshot
+// and waits for its fill; the snapshot holds the source's files as they
+// were, a read-only one refuses changes; the refusals (top level, a plain
+// directory, a snapshot into a read-only one, too few arguments) exit 1
+// or 2 naming the cause; the image checks clean.
+func TestSubvolSnapshotOffline(t *testing.T) {
+	img := mkfs(t)
+	var a subvolDoc
+	subvolOut(t, &a, "subvol", "create", "--image", img, "/a")
+	fsys, err := fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(9, 9))
+	data := randBytes(r, 50000)
+	f, err := fsys.Create(a.Subvol.RootIno, "f", fs.NewInode{Mode: 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fsys.Write(f.Ino, data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fsys.Mkdir(fs.RootIno, "plain", fs.NewInode{Mode: 0o755}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fsys.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var s, ro subvolDoc
+	subvolOut(t, &s, "subvol", "snapshot", "--image", img, "/a", "/s")
+	if s.Subvol.Path != "/s" || s.Subvol.ParentUUID != a.Subvol.UUID || s.Subvol.Filling || s.Subvol.ReadOnly || s.Image != img {
+		t.Fatalf("snapshot: %+v", s)
+	}
+	subvolOut(t, &ro, "subvol", "snapshot", "--image", img, "/a", "/plain/ro", "--readonly")
+	if !ro.Subvol.ReadOnly || ro.Subvol.ParentUUID != a.Subvol.UUID {
+		t.Fatalf("read-only snapshot: %+v", ro)
+	}
+	if out := expect(t, 0, "subvol", "show", "--image", img, "/plain/ro"); !strings.Contains(out, "readonly") || !strings.Contains(out, a.Subvol.UUID) {
+		t.Fatalf("show:\n%s", out)
+	}
+	out := expect(t, 0, "subvol", "snapshot", "--image", img, "/s", "/s2")
+	if !strings.Contains(out, "made snapshot") || !strings.Contains(out, "/s2 in "+img) {
+		t.Fatalf("snapshot text: %s", out)
+	}
+	for _, c := range []struct {
+		msg  string
+		args []string
+	}{
+		{"top level", []string{"subvol", "snapshot", "--image", img, "/", "/t"}},
+		{"not a subvolume", []string{"subvol", "snapshot", "--image", img, "/plain", "/t"}},
+		{"read-only", []string{"subvol", "snapshot", "--image", img, "/a", "/plain/ro/t"}},
+		{"file exists", []string{"subvol", "snapshot", "--image", img, "/a", "/s"}},
+		{"no such file", []string{"subvol", "snapshot", "--image", img, "/nosuch", "/t"}},
+	} {
+		subvolFails(t, 1, c.msg, c.args...)
+	}
+	subvolFails(t, 2, "accepts 2 arg", "subvol", "snapshot", "--image", img, "/a")
+	subvolFails(t, 2, "top level", "subvol", "snapshot", "--image", img, "/a", "/")
+	fsckClean(t, img)
+	fsys, err = fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	for _, p := range []string{"/a/f", "/s/f", "/plain/ro/f", "/s2/f"} {
+		at, err := fsys.Resolve(p)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		got := make([]byte, len(data)+1)
+		n, err := fsys.Read(at.Ino, got, 0)
+		if err != nil || !bytes.Equal(got[:n], data) {
+			t.Fatalf("%s: %d bytes, %v", p, n, err)
+		}
+		if _, err := fsys.Write(at.Ino, []byte("x"), 0); (p == "/plain/ro/f") != errors.Is(err, syscall.EROFS) {
+			t.Fatalf("write %s: %v", p, err)
+		}
+	}
 }
 
 // TestSubvolHelp: the subvol commands' help has EXAMPLES and an EXIT
