@@ -125,3 +125,98 @@ func TestDataScrubSharedBlocks(t *testing.T) {
 		t.Fatalf("the file-by-file scrub found\n%v\nwant\n%v", got, want)
 	}
 }
+
+// TestDataScrubSnapshotShared: a damaged block that a subvolume and two
+// snapshots of it share is one finding per owner, each with its own path
+// ("damage in a block shared by several snapshots is reported once per
+// owner"); a block the source rewrote after the snapshots is named
+// in the source only, the old one in the snapshots only.
+func TestDataScrubSnapshotShared(t *testing.T) {
+	img := newImage(t)
+	f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv, err := f.CreateSubvol(fs.RootIno, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := f.Create(sv.RootIno, "f", fs.NewInode{Mode: 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 64<<10)
+	for i := range data {
+		data[i] = byte(i*7) ^ byte(i>>11)
+	}
+	if _, err := f.Write(a.Ino, data, 0); err != nil {
+		t.Fatal(err)
+	}
+	s1, err := f.CreateSnapshot(sv.RootIno, fs.RootIno, "s1", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WaitFill()
+	s2, err := f.CreateSnapshot(sv.RootIno, fs.RootIno, "s2", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WaitFill()
+	// The source rewrites its block 3 after both snapshots.
+	if _, err := f.Write(a.Ino, bytes.Repeat([]byte{9}, format.BlockSize), 3*format.BlockSize); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	ino := func(p string) uint64 {
+		at, err := f.Resolve(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return at.Ino
+	}
+	f1, f2 := ino("/s1/f"), ino("/s2/f")
+	if fs.SubvolOf(f1) != s1.ID || fs.SubvolOf(f2) != s2.ID {
+		t.Fatalf("snapshot files %#x %#x", f1, f2)
+	}
+	shared := diskOf(t, f, a.Ino, 1<<12)
+	old := diskOf(t, f, f1, 3<<12)
+	own := diskOf(t, f, a.Ino, 3<<12)
+	if diskOf(t, f, f1, 1<<12) != shared || diskOf(t, f, f2, 1<<12) != shared || diskOf(t, f, f2, 3<<12) != old || own == old {
+		t.Fatal("the blocks are not shared as the test expects")
+	}
+	want := []dataHit{
+		{"/a/f", a.Ino, 1 << 12, shared}, {"/s1/f", f1, 1 << 12, shared}, {"/s2/f", f2, 1 << 12, shared},
+		{"/s1/f", f1, 3 << 12, old}, {"/s2/f", f2, 3 << 12, old},
+		{"/a/f", a.Ino, 3 << 12, own},
+	}
+	sortHits(want)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fh, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []format.BlockNr{shared, old, own} {
+		if _, err := fh.WriteAt(bytes.Repeat([]byte{0xee}, format.BlockSize), int64(b)*format.BlockSize); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fh.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err = fs.OpenPath(img, fs.Options{CommitInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mustClean(t, f.Engine()); f.Close() })
+	rep, err := Scrub(context.Background(), f, img, ScrubOptions{Data: true, Mode: "offline"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := reportHits(rep); !slices.Equal(got, want) || rep.Found != len(want) {
+		t.Fatalf("the scrub found (%d in all)\n%v\nwant\n%v", rep.Found, got, want)
+	}
+}

@@ -20,7 +20,9 @@ import (
 // (item_bad otherwise). Then, against the subvolume items:
 //
 //   - a fill item names a live subvolume whose parent UUID is the UUID of
-//     its source, a live subvolume too (snapshot_fill);
+//     its source, a live subvolume too, and which is marked being filled
+//     with the same limit; a subvolume marked being filled has a fill
+//     item (snapshot_fill);
 //   - a whiteout belongs to a subvolume with a fill item
 //     (snapshot_whiteout).
 //
@@ -105,6 +107,22 @@ func snapFillProblem(id uint64, fi *format.SnapFillItem, items map[uint64]*forma
 	return ""
 }
 
+// snapFlagProblem says why subvolume item it and its fill item fi (nil:
+// none) disagree on the fill, or "": the repair makes them agree (a fill
+// item again from the flag, the flag again from the fill item).
+func snapFlagProblem(it *format.SubvolItem, fi *format.SnapFillItem) string {
+	filling := it.Flags&format.SubvolFilling != 0 && it.Flags&format.SubvolDeleting == 0
+	switch {
+	case filling && fi == nil:
+		return "it is marked being filled but has no fill item"
+	case !filling && fi != nil:
+		return "it has a fill item but is not marked being filled"
+	case fi != nil && fi.Limit != it.FillLimit:
+		return fmt.Sprintf("its fill item's limit %d is not its item's %d", fi.Limit, it.FillLimit)
+	}
+	return ""
+}
+
 func checkSnapshots(st *checkState) {
 	sn := &st.snap
 	if !st.subvolsKnown() || st.Broken(format.TreeSnapshot) || sn.bad {
@@ -113,6 +131,15 @@ func checkSnapshots(st *checkState) {
 	for _, id := range slices.Sorted(maps.Keys(sn.fills)) {
 		if why := snapFillProblem(id, sn.fills[id], st.subvol.items); why != "" {
 			st.Reportf(engine.ErrSnapFill, format.TreeSnapshot, 0, "snapshot fill of subvolume %d: %s", id, why)
+		} else if why := snapFlagProblem(st.subvol.items[id], sn.fills[id]); why != "" {
+			st.Reportf(engine.ErrSnapFill, format.TreeSnapshot, 0, "snapshot fill of subvolume %d: %s", id, why)
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(st.subvol.items)) {
+		if it := st.subvol.items[id]; sn.fills[id] == nil {
+			if why := snapFlagProblem(it, nil); why != "" {
+				st.Reportf(engine.ErrSnapFill, format.TreeSnapshot, 0, "subvolume %d: %s", id, why)
+			}
 		}
 	}
 	last := uint64(0)
@@ -128,11 +155,11 @@ func checkSnapshots(st *checkState) {
 // it has a fill item, or, while the snapshot tree cannot be read whole,
 // it is a snapshot.
 func (st *checkState) snapFilling(id uint64) bool {
+	it := st.subvol.items[id]
 	if st.Broken(format.TreeSnapshot) || st.snap.bad {
-		it := st.subvol.items[id]
 		return it != nil && !it.ParentUUID.IsZero()
 	}
-	return st.snap.fills[id] != nil
+	return st.snap.fills[id] != nil || it != nil && it.Flags&format.SubvolFilling != 0
 }
 
 // fillingSnapshots reads the snapshot tree of s for settledInodes: the
@@ -161,11 +188,15 @@ func fillingSnapshots(s *engine.Snapshot) (ids map[uint64]bool, whole bool) {
 
 // repairSnapshot rebuilds the snapshot tree from its readable items that
 // belong (the checks above): a fill item of a live snapshot of a live
-// source, whiteouts of a fill kept. What a damaged block held is lost: a
-// fill item lost leaves its snapshot incomplete (it no longer reads what
-// it had not copied from its source), which the rebuild reports; a
-// whiteout lost may let the fill copy back an inode the snapshot had
-// freed, which the link-count repair then adopts into lost+found.
+// source, whiteouts of a fill kept. A subvolume marked being filled whose
+// fill item is gone gets one again from its item (its source by parent
+// UUID, its limit; position 0: the fill copies only what the snapshot
+// does not hold), and a fill item kept whose subvolume is not marked gets
+// the mark (and the limit) back in the subvolume item. What a damaged
+// block held beyond that is lost: the fill's position (a fill started
+// again may copy back inodes the snapshot had deleted, unnamed: the
+// link-count repair adopts them into lost+found) and whiteouts (the
+// same).
 func repairSnapshot(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*RebuildReport, error) {
 	start := time.Now()
 	if err := e.Sync(); err != nil {
@@ -183,7 +214,8 @@ func repairSnapshot(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*Reb
 	}
 	rb := &RebuildReport{Structure: "snapshot", Gen: uint64(gen)}
 	var held time.Duration
-	var kept, dropped, lost int
+	var kept, dropped int
+	var remade, marked []uint64
 	err = e.RunExclusive(func(x *engine.Exclusive) error {
 		defer func() { held = x.Held() }()
 		old, ok := x.ReadTree(format.TreeSnapshot)
@@ -199,10 +231,10 @@ func repairSnapshot(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*Reb
 			v []byte
 		}
 		var keep []kv
-		fills := map[uint64]bool{}
+		fills := map[uint64]*format.SnapFillItem{}
 		var whiteouts []format.Key
 		// The readable items, walking past what cannot be read.
-		skipped, err := readableTreeItems(old, func(k format.Key, v []byte) {
+		if _, err := readableTreeItems(old, func(k format.Key, v []byte) {
 			it, why := snapItemProblem(k, v)
 			switch {
 			case why != "":
@@ -212,26 +244,35 @@ func repairSnapshot(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*Reb
 			case snapFillProblem(k.Obj, it, items) != "":
 				dropped++
 			default:
-				fills[k.Obj] = true
+				fills[k.Obj] = it
 				keep = append(keep, kv{k, slices.Clone(v)})
 			}
-		})
-		if err != nil {
+		}); err != nil {
 			return err
 		}
+		// The fills the subvolume items say are under way.
+		for _, id := range slices.Sorted(maps.Keys(items)) {
+			it := items[id]
+			if fills[id] != nil || it.Flags&format.SubvolFilling == 0 || it.Flags&format.SubvolDeleting != 0 {
+				continue
+			}
+			for _, sid := range slices.Sorted(maps.Keys(items)) {
+				if s := items[sid]; s.UUID == it.ParentUUID && s.Flags&format.SubvolDeleting == 0 {
+					fi := &format.SnapFillItem{Source: sid, Limit: it.FillLimit}
+					fills[id] = fi
+					keep = append(keep, kv{format.SnapFillKey(id), fi.Encode()})
+					remade = append(remade, id)
+					break
+				}
+			}
+		}
+		// Whiteouts of the fills kept or made again (a fill that starts
+		// over needs them most).
 		for _, k := range whiteouts {
-			if fills[k.Obj] {
+			if fills[k.Obj] != nil {
 				keep = append(keep, kv{k, nil})
 			} else {
 				dropped++
-			}
-		}
-		// Snapshots that may have lost their fill: a snapshot not
-		// being filled is whole, unless its fill item was in a block
-		// the damage took.
-		for id, it := range items {
-			if !it.ParentUUID.IsZero() && it.Flags&format.SubvolDeleting == 0 && !fills[id] && skipped {
-				lost++
 			}
 		}
 		slices.SortFunc(keep, func(a, b kv) int { return a.k.Compare(b.k) })
@@ -245,7 +286,41 @@ func repairSnapshot(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*Reb
 				return fmt.Errorf("snapshot item %s: %w", it.k, err)
 			}
 		}
-		kept = len(keep)
+		// The subvolume items the fills kept say are being filled.
+		for _, id := range slices.Sorted(maps.Keys(fills)) {
+			it := items[id]
+			if snapFlagProblem(it, fills[id]) == "" {
+				continue
+			}
+			it.Flags |= format.SubvolFilling
+			it.FillLimit = fills[id].Limit
+			str, err := x.Tree(format.TreeSubvol)
+			if err != nil {
+				return err
+			}
+			if err := str.Put(format.SubvolKey(id), it.Encode()); err != nil {
+				return fmt.Errorf("subvolume %d's item: %w", id, err)
+			}
+			marked = append(marked, id)
+		}
+		// A subvolume marked being filled whose source is gone: its fill
+		// cannot go on; unmarked, it is what it holds.
+		for _, id := range slices.Sorted(maps.Keys(items)) {
+			it := items[id]
+			if fills[id] != nil || it.Flags&format.SubvolFilling == 0 {
+				continue
+			}
+			it.Flags &^= format.SubvolFilling
+			str, err := x.Tree(format.TreeSubvol)
+			if err != nil {
+				return err
+			}
+			if err := str.Put(format.SubvolKey(id), it.Encode()); err != nil {
+				return fmt.Errorf("subvolume %d's item: %w", id, err)
+			}
+			rb.Changes = append(rb.Changes, fmt.Sprintf("subvolume %d was marked being filled, but its source is gone: unmarked (what it had not copied is lost)", id))
+		}
+		kept = len(keep) - len(remade)
 		rb.OldBlocks, rb.NewBlocks = uint64(n), treeBlocks(t)
 		e.MarkRepaired(engine.StructSnapshot, x.Gen())
 		return nil
@@ -253,16 +328,19 @@ func repairSnapshot(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*Reb
 	if err != nil {
 		return nil, err
 	}
-	rb.Records = uint64(kept)
+	rb.Records = uint64(kept + len(remade))
 	rb.DurationS = time.Since(start).Seconds()
 	rb.PauseMs = float64(held.Microseconds()) / 1000
-	if kept == 0 {
+	if kept+len(remade) == 0 {
 		rb.Changes = append(rb.Changes, fmt.Sprintf("wrote a new empty snapshot tree (no fill under way; dropped %d items that belong to none)", dropped))
 	} else {
 		rb.Changes = append(rb.Changes, fmt.Sprintf("wrote a new snapshot tree from its readable items: kept %d, dropped %d that belong to no fill under way", kept, dropped))
 	}
-	if lost > 0 {
-		rb.Changes = append(rb.Changes, fmt.Sprintf("%d snapshots have no fill item now; if the damage took one, that snapshot misses what it had not copied from its source yet", lost))
+	for _, id := range remade {
+		rb.Changes = append(rb.Changes, fmt.Sprintf("subvolume %d is marked being filled and had lost its fill item: made again from its item, its fill starts over (inodes it had deleted may come back unnamed, for the link-count repair)", id))
+	}
+	for _, id := range marked {
+		rb.Changes = append(rb.Changes, fmt.Sprintf("subvolume %d's item marked being filled again, from its fill item", id))
 	}
 	if note != "" {
 		rb.Changes = append(rb.Changes, note)

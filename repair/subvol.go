@@ -313,7 +313,7 @@ func settledInodes(s *engine.Snapshot) func(ino uint64) bool {
 				bad = true
 				return false
 			}
-			live[k.Obj] = it.Flags&format.SubvolDeleting == 0
+			live[k.Obj] = it.Flags&(format.SubvolDeleting|format.SubvolFilling) == 0
 			return true
 		})
 		whole = err == nil && !bad

@@ -355,6 +355,18 @@ func repairSubvol(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*Rebui
 		for _, it := range items {
 			uuidsUsed[it.UUID] = true
 		}
+		// The snapshots being filled (snapshot.go): a snapshot's item made
+		// again gets its parent UUID and its fill mark from them.
+		snapFills := map[uint64]*format.SnapFillItem{}
+		if nt, ok := x.ReadTree(format.TreeSnapshot); ok {
+			if _, err := readableTreeItems(nt, func(k format.Key, v []byte) {
+				if fi, why := snapItemProblem(k, v); why == "" && fi != nil {
+					snapFills[k.Obj] = fi
+				}
+			}); err != nil {
+				return err
+			}
+		}
 		deleting := false
 		for _, id := range slices.Sorted(maps.Keys(ids)) {
 			if items[id] != nil {
@@ -390,6 +402,12 @@ func repairSubvol(ctx context.Context, e *engine.Engine, _ ScrubOptions) (*Rebui
 			if u, ok := only(sc.uuids[id][format.TypeUUIDReceived]); ok {
 				it.ReceivedUUID = u
 				how = append(how, "its received UUID from the uuid tree")
+			}
+			if fi := snapFills[id]; fi != nil && items[fi.Source] != nil {
+				it.ParentUUID = items[fi.Source].UUID
+				it.Flags |= format.SubvolFilling
+				it.FillLimit = fi.Limit
+				how = append(how, fmt.Sprintf("its parent UUID and fill from its snapshot fill item (a snapshot of subvolume %d being filled)", fi.Source))
 			}
 			if sc.named[format.SubvolRootIno(id)] <= 0 && (root == nil || root.Nlink == 0) {
 				it.Flags |= format.SubvolDeleting

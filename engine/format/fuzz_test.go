@@ -197,7 +197,7 @@ func FuzzDecodeSubvolItem(f *testing.F) {
 		if !bytes.Equal(enc, v) {
 			t.Fatalf("round trip: %x, was %x", enc, v)
 		}
-		if s.UUID.IsZero() || s.Flags&^(SubvolReadOnly|SubvolDeleting) != 0 {
+		if s.UUID.IsZero() || s.Flags&^(SubvolReadOnly|SubvolDeleting|SubvolFilling) != 0 || s.FillLimit >= 1<<SubvolShift {
 			t.Fatalf("accepted %+v", s)
 		}
 	})

@@ -107,8 +107,12 @@ const (
 	// gone and the background reaper frees its inodes (the subvol_reap
 	// recovery pass resumes it after a crash). Its item and UUIDs go last.
 	SubvolDeleting uint64 = 1 << 1
+	// SubvolFilling (format 1.8): a snapshot whose fill is under way
+	// (snapshot.go). Its fill item in the snapshot tree says where the
+	// fill is; this flag and FillLimit let a repair make that item again.
+	SubvolFilling uint64 = 1 << 2
 
-	subvolKnownFlags = SubvolReadOnly | SubvolDeleting
+	subvolKnownFlags = SubvolReadOnly | SubvolDeleting | SubvolFilling
 )
 
 // SubvolItem describes one subvolume.
@@ -122,6 +126,10 @@ type SubvolItem struct {
 	// ReapNext is where the reaper goes on (inode number), while
 	// SubvolDeleting is set.
 	ReapNext uint64
+	// FillLimit (format 1.8; reserved, 0, before): for a snapshot, the
+	// largest local inode number it can hold from its source (the fill
+	// item's Limit, kept here too).
+	FillLimit uint64
 }
 
 // SubvolItemSize is the encoded size. (The directory a subvolume's root
@@ -132,7 +140,7 @@ const SubvolItemSize = 4*8 + 3*16 + 12
 func (s *SubvolItem) Encode() []byte {
 	b := make([]byte, SubvolItemSize)
 	le.PutUint64(b[0:], s.Flags)
-	// b[8:16] reserved (zero)
+	le.PutUint64(b[8:], s.FillLimit)
 	le.PutUint64(b[16:], s.CTransID)
 	le.PutUint64(b[24:], s.ReapNext)
 	copy(b[32:], s.UUID[:])
@@ -147,7 +155,7 @@ func DecodeSubvolItem(b []byte) (*SubvolItem, error) {
 	if len(b) != SubvolItemSize {
 		return nil, corrupt(KindBadItem, TreeSubvol, 0, "subvolume item of %d bytes, want %d", len(b), SubvolItemSize)
 	}
-	s := &SubvolItem{Flags: le.Uint64(b[0:]), CTransID: le.Uint64(b[16:]),
+	s := &SubvolItem{Flags: le.Uint64(b[0:]), FillLimit: le.Uint64(b[8:]), CTransID: le.Uint64(b[16:]),
 		ReapNext: le.Uint64(b[24:]), CTime: getTime(b[80:])}
 	copy(s.UUID[:], b[32:])
 	copy(s.ParentUUID[:], b[48:])
@@ -158,8 +166,8 @@ func DecodeSubvolItem(b []byte) (*SubvolItem, error) {
 	if s.UUID.IsZero() {
 		return nil, corrupt(KindBadItem, TreeSubvol, 0, "subvolume item: no uuid")
 	}
-	if le.Uint64(b[8:]) != 0 {
-		return nil, corrupt(KindBadItem, TreeSubvol, 0, "subvolume item: reserved bytes set")
+	if s.FillLimit >= 1<<SubvolShift || s.FillLimit != 0 && s.ParentUUID.IsZero() || s.Flags&SubvolFilling != 0 && s.ParentUUID.IsZero() {
+		return nil, corrupt(KindBadItem, TreeSubvol, 0, "subvolume item: a fill limit or filling flag without a parent uuid, or a limit out of range")
 	}
 	return s, nil
 }

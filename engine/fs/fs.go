@@ -33,6 +33,11 @@ type Options struct {
 	MaxDelayedBlocks int
 	// ReadOnly mounts without writing.
 	ReadOnly bool
+	// NoBackgroundFill leaves the fills of snapshots to a later open (or
+	// to the snapshot_fill pass run explicitly): for tools that open an
+	// image briefly, and tests that look at a snapshot mid-fill. The
+	// snapshots read and copy as usual meanwhile (snapshot.go).
+	NoBackgroundFill bool
 	// CommitInterval is the periodic commit interval (0: engine default,
 	// negative: none).
 	CommitInterval time.Duration

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -215,12 +216,18 @@ func (f *FS) loadSnapshotsTx(tx *engine.Tx) {
 	var ro []uint64
 	var fills []snapFill
 	var fillErr error
+	items := map[uint64]*format.SubvolItem{}
 	str, _ := tx.ReadTree(format.TreeSubvol)
 	roErr := str.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
 		if k.Type != format.TypeSubvolItem {
 			return true
 		}
-		if it, err := format.DecodeSubvolItem(v); err == nil && it.Flags&format.SubvolReadOnly != 0 && it.Flags&format.SubvolDeleting == 0 {
+		it, err := format.DecodeSubvolItem(v)
+		if err != nil {
+			return true
+		}
+		items[k.Obj] = it
+		if it.Flags&format.SubvolReadOnly != 0 && it.Flags&format.SubvolDeleting == 0 {
 			ro = append(ro, k.Obj)
 		}
 		return true
@@ -263,11 +270,35 @@ func (f *FS) loadSnapshotsTx(tx *engine.Tx) {
 		f.e.Logger().Warn("the snapshot tree is damaged: changes inside subvolumes are refused until its repair", "err", fillErr)
 		return
 	}
-	// Reconcile: a repair may have dropped a fill item, or kept one
-	// this FS did not know.
+	// A snapshot marked being filled whose fill item is missing (lost to
+	// damage): filled again from the start, from the source its parent
+	// UUID names; the first fill step writes the item again.
 	onDisk := map[uint64]bool{}
 	for _, fl := range fills {
 		onDisk[fl.id] = true
+	}
+	for _, id := range slices.Sorted(maps.Keys(items)) {
+		it := items[id]
+		if it.Flags&format.SubvolFilling == 0 || it.Flags&format.SubvolDeleting != 0 || onDisk[id] {
+			continue
+		}
+		src := uint64(0)
+		for sid, s := range items {
+			if s.UUID == it.ParentUUID && s.Flags&format.SubvolDeleting == 0 {
+				src = sid
+			}
+		}
+		if src == 0 {
+			f.e.Logger().Warn("a snapshot being filled has no fill item and its source is gone: what it had not copied is lost", "subvol", id)
+			continue
+		}
+		f.e.Logger().Warn("a snapshot being filled has no fill item: its fill starts again", "subvol", id, "source", src)
+		fills = append(fills, snapFill{id: id, source: src, limit: it.FillLimit})
+		onDisk[id] = true
+	}
+	// Reconcile: a repair may have dropped a fill item, or kept one
+	// this FS did not know.
+	for _, fl := range fills {
 		if !slices.Contains(known, fl.id) {
 			f.registerFill(fl)
 		}
@@ -669,7 +700,9 @@ func (f *FS) CreateSnapshot(src, dir uint64, name string, readonly bool) (Subvol
 			return err
 		}
 		now := time.Now()
-		it := &format.SubvolItem{CTransID: uint64(tx.Gen()), UUID: newUUID(), ParentUUID: sit.UUID, CTime: ts(now)}
+		limit := tx.PeekObjectID() - 1
+		it := &format.SubvolItem{Flags: format.SubvolFilling, FillLimit: limit, CTransID: uint64(tx.Gen()),
+			UUID: newUUID(), ParentUUID: sit.UUID, CTime: ts(now)}
 		if readonly {
 			it.Flags |= format.SubvolReadOnly
 		}
@@ -690,7 +723,7 @@ func (f *FS) CreateSnapshot(src, dir uint64, name string, readonly bool) (Subvol
 				return err
 			}
 		}
-		fl := snapFill{id: id, source: sid, limit: tx.PeekObjectID() - 1}
+		fl := snapFill{id: id, source: sid, limit: limit}
 		// From here every change to the source copies first: the
 		// directory taking the name too, if it is the source's.
 		f.registerFill(fl)
@@ -809,7 +842,7 @@ func (f *FS) startFiller() {
 	s := &f.snap
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || f.opts.ReadOnly || !fillAuto {
+	if s.closed || f.opts.ReadOnly || f.opts.NoBackgroundFill || !fillAuto {
 		return
 	}
 	if s.running {
@@ -935,6 +968,16 @@ func (f *FS) fillStep(tx *engine.Tx) (done bool, err error) {
 	if len(ns) < fillBatch {
 		// Past the source's last inode the snapshot can need: it is
 		// whole.
+		it, ok, err := getSubvol(tx, fl.id)
+		if err != nil {
+			return false, err
+		}
+		if ok && it.Flags&format.SubvolFilling != 0 {
+			it.Flags &^= format.SubvolFilling
+			if err := putSubvol(tx, fl.id, it); err != nil {
+				return false, err
+			}
+		}
 		if err := f.dropFill(tx, fl.id); err != nil {
 			return false, err
 		}

@@ -564,7 +564,7 @@ func (f *FS) DeleteSubvol(dir uint64, name string) (SubvolInfo, error) {
 		if err := putInode(tx, de.Ino, in); err != nil {
 			return err
 		}
-		it.Flags |= format.SubvolDeleting
+		it.Flags = it.Flags&^format.SubvolFilling | format.SubvolDeleting
 		it.ReapNext = format.SubvolIno(id, 0)
 		if err := putSubvol(tx, id, it); err != nil {
 			return err
