@@ -21,7 +21,7 @@ trap cleanup EXIT
 for n in "${@:-1000 10000 100000}"; do
 	truncate -s 8G "$img"
 	loop=$(losetup --find --show "$img")
-	mkfs.btrfs -q -f "$loop"
+	mkfs.btrfs -q -f "$loop" 2>/dev/null
 	mkdir -p "$mnt"
 	mount "$loop" "$mnt"
 	btrfs -q subvolume create "$mnt/src"
