@@ -89,6 +89,7 @@ type snapFill struct {
 type snapState struct {
 	mu       sync.Mutex
 	fills    atomic.Int32 // how many: the fast path of every check
+	endedN   atomic.Int32 // len(ended)
 	byID     map[uint64]*snapFill
 	bySource map[uint64][]*snapFill
 	roAny    atomic.Bool // ro is not empty, or blind
@@ -96,10 +97,20 @@ type snapState struct {
 	// blind: the snapshot tree could not be read, so the fills are not
 	// known: every change inside a subvolume is refused.
 	blind bool
+	// ended: fills that ended (or were dropped) in a generation not yet
+	// durable: their subvolumes' fsyncs still commit, since a crash
+	// would bring the fill back under way beside a log replayed without
+	// the copies it needs.
+	ended []endedFill
 	// The background filler: running, and how to stop it.
 	running, again, closed bool
 	stop                   context.CancelFunc
 	done                   chan struct{}
+}
+
+type endedFill struct {
+	id, source uint64
+	gen        format.Gen
 }
 
 // fillOf returns a copy of subvolume id's fill, if it is being filled.
@@ -148,14 +159,19 @@ func (f *FS) registerFill(fl snapFill) {
 	}
 }
 
-// unregisterFill forgets snapshot id's fill, and the guard with the last.
-func (f *FS) unregisterFill(id uint64) {
+// unregisterFill forgets snapshot id's fill, and the guard with the last;
+// gen is the generation that ended it (0: none did, it never was).
+func (f *FS) unregisterFill(id uint64, gen format.Gen) {
 	s := &f.snap
 	s.mu.Lock()
 	fl := s.byID[id]
 	if fl == nil {
 		s.mu.Unlock()
 		return
+	}
+	if gen != 0 {
+		s.ended = append(s.ended, endedFill{id: id, source: fl.source, gen: gen})
+		s.endedN.Store(int32(len(s.ended)))
 	}
 	delete(s.byID, id)
 	s.bySource[fl.source] = slices.DeleteFunc(s.bySource[fl.source], func(p *snapFill) bool { return p == fl })
@@ -305,7 +321,7 @@ func (f *FS) loadSnapshotsTx(tx *engine.Tx) {
 	}
 	for _, id := range known {
 		if !onDisk[id] {
-			f.unregisterFill(id)
+			f.unregisterFill(id, tx.Gen())
 		}
 	}
 }
@@ -600,14 +616,31 @@ func (f *FS) writable(inos ...uint64) error {
 // snapInvolved reports whether ino's subvolume is being filled or is a
 // fill's source: its fsync commits (the fast-fsync log's replay knows
 // nothing of copies made before a change).
+//
+// A fill that ended in a generation not yet durable still counts: a crash
+// would bring it back under way, and the log replayed onto it would make
+// changes the snapshot never copied.
 func (f *FS) snapInvolved(ino uint64) bool {
-	if f.snap.fills.Load() == 0 {
+	s := &f.snap
+	if s.fills.Load() == 0 && s.endedN.Load() == 0 {
 		return false
 	}
 	id := format.SubvolOf(ino)
-	f.snap.mu.Lock()
-	defer f.snap.mu.Unlock()
-	return f.snap.byID[id] != nil || len(f.snap.bySource[id]) > 0
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.byID[id] != nil || len(s.bySource[id]) > 0 {
+		return true
+	}
+	involved := false
+	s.ended = slices.DeleteFunc(s.ended, func(e endedFill) bool {
+		if f.e.Durable(e.gen) {
+			return true
+		}
+		involved = involved || e.id == id || e.source == id
+		return false
+	})
+	s.endedN.Store(int32(len(s.ended)))
+	return involved
 }
 
 // snapFreed leaves a whiteout when a snapshot being filled frees an inode
@@ -764,7 +797,7 @@ func (f *FS) CreateSnapshot(src, dir uint64, name string, readonly bool) (Subvol
 	})
 	if err != nil {
 		if registered != 0 {
-			f.unregisterFill(registered)
+			f.unregisterFill(registered, 0)
 		}
 		return SubvolInfo{}, errno(f.dirDamage(err))
 	}
@@ -981,7 +1014,7 @@ func (f *FS) fillStep(tx *engine.Tx) (done bool, err error) {
 		if err := f.dropFill(tx, fl.id); err != nil {
 			return false, err
 		}
-		f.unregisterFill(fl.id)
+		f.unregisterFill(fl.id, tx.Gen())
 		if f.snap.fills.Load() == 0 {
 			tx.ClearPass(engine.PassSnapshotFill)
 		}

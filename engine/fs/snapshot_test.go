@@ -509,3 +509,56 @@ func TestSnapshotFillConcurrent(t *testing.T) {
 	mustClean(t, f)
 	f.Close()
 }
+
+// TestSnapshotFsyncCommitsUntilFillDurable: while a fill is under way, and
+// after it ended until that end is committed, an fsync in its source
+// commits rather than logging (a crash would replay the log onto the
+// fill under way, without the copies the guard made); after the commit
+// fsync logs again. A crash right after each fsync leaves the snapshot
+// as it was taken.
+func TestSnapshotFsyncCommitsUntilFillDurable(t *testing.T) {
+	manualFill(t, 2)
+	dev := newDev(t)
+	f := mount(t, nopClose{dev}, Options{})
+	sv, err := f.CreateSubvol(RootIno, "src")
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := bytes.Repeat([]byte("orig "), 2000)
+	a := mustCreate(t, f, sv.RootIno, "f", orig)
+	for i := 0; i < 6; i++ {
+		mustCreate(t, f, sv.RootIno, fmt.Sprint("g", i), []byte{byte(i)})
+	}
+	if _, err := f.CreateSnapshot(sv.RootIno, RootIno, "snap", false); err != nil {
+		t.Fatal(err)
+	}
+	fsync := func(what string, wantFull bool) {
+		t.Helper()
+		before := f.Stats()
+		if _, err := f.Write(a.Ino, []byte(what), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Fsync(a.Ino); err != nil {
+			t.Fatal(err)
+		}
+		after := f.Stats()
+		if full := after.FsyncFull > before.FsyncFull; full != wantFull {
+			t.Fatalf("fsync %q: full commit %v, want %v (logged %d→%d)", what, full, wantFull, before.FsyncLogged, after.FsyncLogged)
+		}
+		// A crash now: the snapshot is as it was taken.
+		k := mount(t, nopClose{disk.NewMemFrom(slices.Clone(dev.Bytes()))}, Options{})
+		if got := readPath(t, k, "/snap/f"); !bytes.Equal(got, orig) {
+			t.Fatalf("after %q and a crash, the snapshot's f reads %q…", what, got[:8])
+		}
+		mustClean(t, k)
+		k.Close()
+	}
+	fsync("mid-fill", true)
+	if err := f.fillAll(t.Context(), f.e); err != nil {
+		t.Fatal(err)
+	}
+	fsync("ended, not committed", true)
+	fsync("ended, committed", false)
+	mustClean(t, f)
+	f.Close()
+}

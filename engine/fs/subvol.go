@@ -574,7 +574,7 @@ func (f *FS) DeleteSubvol(dir uint64, name string) (SubvolInfo, error) {
 			if err := f.dropFill(tx, id); err != nil {
 				return err
 			}
-			f.unregisterFill(id)
+			f.unregisterFill(id, tx.Gen())
 		}
 		tx.RequirePass(engine.PassSubvolReap)
 		info, gen = subvolInfo(id, it), tx.Gen()
