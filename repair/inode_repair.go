@@ -574,6 +574,10 @@ func (r *inodeRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.
 		l := format.LocalIno(ino)
 		return l >= fs.RootIno && l < sb.NextObjectID && !kept[ino]
 	}
+	// A snapshot being filled names inodes it reads from its source
+	// until it copies them: a name alone is no evidence there (its own
+	// items — extents, entries — are).
+	filling := snapshotsFilling(s) // snapshot.go
 	names := map[uint64]*nameOf{}
 	subdirs := map[uint64]uint32{}   // of directories without an item
 	nextIndex := map[uint64]uint64{} // of directories without an item
@@ -644,6 +648,9 @@ func (r *inodeRebuild) scan(ctx context.Context, s *engine.Snapshot, shadow *eb.
 	// filesystem has any inode at all.
 	var want []uint64
 	for ino := range names {
+		if filling[format.SubvolOf(ino)] && files[ino] == nil && nextIndex[ino] == 0 && !deleted[ino] && !links[ino] {
+			continue // named only: the snapshot still reads it from its source
+		}
 		want = append(want, ino)
 	}
 	for ino := range files {

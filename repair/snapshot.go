@@ -186,6 +186,25 @@ func fillingSnapshots(s *engine.Snapshot) (ids map[uint64]bool, whole bool) {
 	return ids, err == nil && !bad
 }
 
+// snapshotsFilling returns the subvolumes of s that may be snapshots
+// being filled (a fill item, or the mark in their item; every snapshot
+// while the snapshot tree cannot be read whole): their directories name
+// inodes they do not hold yet, which no repair may make up.
+func snapshotsFilling(s *engine.Snapshot) map[uint64]bool {
+	ids, whole := fillingSnapshots(s)
+	if t, ok := s.Tree(format.TreeSubvol); ok {
+		_ = t.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+			if it, _ := subvolItemProblem(k, v); it != nil {
+				if it.Flags&format.SubvolFilling != 0 || !whole && !it.ParentUUID.IsZero() {
+					ids[k.Obj] = true
+				}
+			}
+			return true
+		})
+	}
+	return ids
+}
+
 // repairSnapshot rebuilds the snapshot tree from its readable items that
 // belong (the checks above): a fill item of a live snapshot of a live
 // source, whiteouts of a fill kept. A subvolume marked being filled whose
