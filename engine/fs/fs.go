@@ -62,10 +62,9 @@ type FS struct {
 	writes atomic.Uint64
 	// changed: caches of the FS dropping what repairs change (changed.go).
 	changed changedChain
-	// The subvolume reaper (subvol.go): running, and how to stop it.
-	reaping, reapAgain, reapClosed bool
-	reapStop                       context.CancelFunc
-	reapDone                       chan struct{} // closed when the running reaper ends
+	// The background jobs: the subvolume reaper (subvol.go) and the
+	// snapshot filler (snapshot.go).
+	reaper, filler background
 	// delay holds the blocks written and not yet allocated (delalloc.go),
 	// under the engine's writer lock.
 	delay delayed
@@ -96,6 +95,8 @@ type Stats struct {
 // root directory on first mount.
 func Open(dev disk.Device, opts Options) (*FS, error) {
 	f := &FS{opts: opts, opens: map[uint64]int{}, caches: map[uint64]*inodeCache{}}
+	f.reaper = background{name: "subvolume reaper", pass: "subvol_reap", job: func(ctx context.Context) error { return f.reap(ctx, f.e) }}
+	f.filler = background{name: "snapshot filler", pass: "snapshot_fill", job: func(ctx context.Context) error { return f.fillAll(ctx, f.e) }}
 	eo := opts.Engine
 	eo.ReadOnly = opts.ReadOnly
 	eo.NoLog = opts.NoTreeLog

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -102,10 +101,6 @@ type snapState struct {
 	// would bring the fill back under way beside a log replayed without
 	// the copies it needs.
 	ended []endedFill
-	// The background filler: running, and how to stop it.
-	running, again, closed bool
-	stop                   context.CancelFunc
-	done                   chan struct{}
 }
 
 type endedFill struct {
@@ -870,67 +865,21 @@ var (
 	fillAuto = true
 )
 
-// startFiller runs the filler in the background unless it runs already.
+// startFiller runs the filler in the background unless it runs already
+// (not on a read-only mount, nor with NoBackgroundFill).
 func (f *FS) startFiller() {
-	s := &f.snap
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed || f.opts.ReadOnly || f.opts.NoBackgroundFill || !fillAuto {
+	if f.opts.ReadOnly || f.opts.NoBackgroundFill || !fillAuto {
 		return
 	}
-	if s.running {
-		s.again = true
-		return
-	}
-	s.running = true
-	ctx, cancel := context.WithCancel(context.Background())
-	s.stop = cancel
-	done := make(chan struct{})
-	s.done = done
-	go func() {
-		defer close(done)
-		for {
-			err := f.fillAll(ctx, f.e)
-			if err != nil && !errors.Is(err, engine.ErrClosed) && !errors.Is(err, context.Canceled) {
-				f.e.Logger().Warn("snapshot filler stopped; the next mount resumes it (recovery pass snapshot_fill)", "err", err)
-			}
-			s.mu.Lock()
-			if err == nil && s.again {
-				s.again = false
-				s.mu.Unlock()
-				continue
-			}
-			s.running, s.again = false, false
-			s.mu.Unlock()
-			return
-		}
-	}()
+	f.filler.start(f.e.Logger())
 }
 
 // stopFiller stops a running filler and waits for it (Close).
-func (f *FS) stopFiller() {
-	s := &f.snap
-	s.mu.Lock()
-	stop := s.stop
-	s.closed = true
-	s.mu.Unlock()
-	if stop != nil {
-		stop()
-	}
-	f.WaitFill()
-}
+func (f *FS) stopFiller() { f.filler.stop() }
 
 // WaitFill waits until the background filler, if one runs, has nothing
 // left to do.
-func (f *FS) WaitFill() {
-	s := &f.snap
-	s.mu.Lock()
-	running, done := s.running, s.done
-	s.mu.Unlock()
-	if running {
-		<-done
-	}
-}
+func (f *FS) WaitFill() { f.filler.wait() }
 
 // fillAll fills every snapshot under way to its end. It is the pass too
 // (Options.SnapshotFill, run explicitly), with e the engine.

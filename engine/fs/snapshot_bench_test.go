@@ -2,7 +2,6 @@ package fs
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"time"
 
@@ -129,33 +128,7 @@ func BenchmarkSnapshotOverwrite(b *testing.B) {
 			if err := f.Sync(); err != nil {
 				b.Fatal(err)
 			}
-			r := rand.New(rand.NewPCG(3, 3))
-			block := make([]byte, 4096)
-			before := f.Engine().Stats().Refs
-			var elapsed time.Duration
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				t0 := time.Now()
-				for j := 0; j < 1000; j++ {
-					if _, err := f.Write(inos[r.IntN(len(inos))], block, int64(r.IntN(blocks))*4096); err != nil {
-						b.Fatal(err)
-					}
-				}
-				if err := f.Sync(); err != nil {
-					b.Fatal(err)
-				}
-				elapsed += time.Since(t0)
-			}
-			after := f.Engine().Stats().Refs
-			b.ReportMetric(float64(after.TreeMods-before.TreeMods)/float64(b.N), "treemods/commit")
-			b.ReportMetric(float64(after.Merged-before.Merged)/float64(b.N), "merged/commit")
-			b.ReportMetric(elapsed.Seconds()*1000/float64(b.N), "ms/1000writes+commit")
-			b.StopTimer()
-			s := f.Engine().Pin()
-			defer s.Release()
-			if _, err := s.Check(b.Context(), func(x engine.Finding) { b.Errorf("self-check: %s", x) }); err != nil {
-				b.Fatal(err)
-			}
+			overwriteRounds(b, f, inos, blocks)
 		})
 	}
 }

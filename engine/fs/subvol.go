@@ -3,7 +3,6 @@ package fs
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"path"
 	"syscall"
@@ -618,42 +617,7 @@ func holdsSubvols(tx *engine.Tx, id uint64) (bool, error) {
 }
 
 // startReaper runs the reaper in the background unless it runs already.
-func (f *FS) startReaper() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.reapClosed {
-		return
-	}
-	if f.reaping {
-		// It may be past the point where it looks for work: it looks
-		// again before it stops.
-		f.reapAgain = true
-		return
-	}
-	f.reaping = true
-	ctx, cancel := context.WithCancel(context.Background())
-	f.reapStop = cancel
-	done := make(chan struct{})
-	f.reapDone = done
-	go func() {
-		defer close(done)
-		for {
-			err := f.reap(ctx, f.e)
-			if err != nil && !errors.Is(err, engine.ErrClosed) && !errors.Is(err, context.Canceled) {
-				f.e.Logger().Warn("subvolume reaper stopped; the next mount resumes it (recovery pass subvol_reap)", "err", err)
-			}
-			f.mu.Lock()
-			if err == nil && f.reapAgain {
-				f.reapAgain = false
-				f.mu.Unlock()
-				continue
-			}
-			f.reaping, f.reapAgain = false, false
-			f.mu.Unlock()
-			return
-		}
-	}()
-}
+func (f *FS) startReaper() { f.reaper.start(f.e.Logger()) }
 
 // reapBatch bounds the inodes one reaper transaction frees (a variable for
 // the tests).
@@ -880,28 +844,12 @@ func dropDirItems(tx *engine.Tx, dir uint64) error {
 
 // stopReaper stops a running reaper and waits for it (Close): the work
 // left stays recorded for the next mount.
-func (f *FS) stopReaper() {
-	f.mu.Lock()
-	stop := f.reapStop
-	f.reapClosed = true
-	f.mu.Unlock()
-	if stop != nil {
-		stop()
-	}
-	f.WaitReaper()
-}
+func (f *FS) stopReaper() { f.reaper.stop() }
 
 // WaitReaper waits until the background reaper, if one runs, has nothing
 // left to do. Any number of callers may wait, while deletions start
 // others.
-func (f *FS) WaitReaper() {
-	f.mu.Lock()
-	running, done := f.reaping, f.reapDone
-	f.mu.Unlock()
-	if running {
-		<-done
-	}
-}
+func (f *FS) WaitReaper() { f.reaper.wait() }
 
 // reapPending reports whether a deletion is under way (read at open, to
 // restart the reaper on a mount that skipped the pass).
