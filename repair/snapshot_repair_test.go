@@ -116,6 +116,41 @@ func verifySnap(t *testing.T, f *fs.FS, w *snapWant) {
 	}
 }
 
+// snapCopy writes pristine to a new image file in the test's directory.
+func snapCopy(t *testing.T, pristine []byte) string {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), "fs.img")
+	if err := os.WriteFile(img, pristine, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// snapRepair mounts img without the background fill, scrubs it with
+// repair and requires want (nil: any findings) and a corrected report;
+// then it runs the fill to its end. It returns the mount and the report.
+func snapRepair(t *testing.T, img string, want []string) (*fs.FS, *Report) {
+	t.Helper()
+	f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1, NoBackgroundFill: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Scrub(context.Background(), f, "test", ScrubOptions{Repair: true, TempDir: t.TempDir()})
+	if err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	if got := findingIDs(rep); want != nil && !slices.Equal(got, want) || rep.Status != StatusCorrected {
+		f.Close()
+		t.Fatalf("scrub --repair: %s %v, want corrected %v; notes %v", rep.Status, got, want, rep.Notes)
+	}
+	if err := f.Engine().RunPass(context.Background(), "snapshot_fill"); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	return f, rep
+}
+
 // snapWantIDs: the findings of each injection into the snapshot tree (one
 // leaf) of snapImage.
 var snapWantIDs = map[string][]string{
@@ -146,10 +181,7 @@ func TestSnapshotTreeDamage(t *testing.T) {
 	}
 	for _, kind := range inject.Kinds {
 		t.Run(kind, func(t *testing.T) {
-			img := filepath.Join(t.TempDir(), "fs.img")
-			if err := os.WriteFile(img, pristine, 0o600); err != nil {
-				t.Fatal(err)
-			}
+			img := snapCopy(t, pristine)
 			lv := 0
 			if _, err := inject.Offline(img, inject.Options{Tree: format.TreeSnapshot, Kind: kind, Seed: 3, Level: &lv}); err != nil {
 				if errors.Is(err, inject.ErrRefused) {
@@ -161,24 +193,11 @@ func TestSnapshotTreeDamage(t *testing.T) {
 			if got := checkNames(t, img); !slices.Equal(got, want) {
 				t.Fatalf("the offline check finds %v, want %v", got, want)
 			}
-			f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1, NoBackgroundFill: true})
-			if err != nil {
-				t.Fatal(err)
-			}
+			f, rep := snapRepair(t, img, want)
 			defer func() { f.Close() }()
-			rep, err := Scrub(context.Background(), f, "test", ScrubOptions{Repair: true, TempDir: t.TempDir()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := findingIDs(rep); !slices.Equal(got, want) || rep.Status != StatusCorrected {
-				t.Fatalf("scrub --repair: %s %v, want corrected %v; notes %v", rep.Status, got, want, rep.Notes)
-			}
 			t.Logf("notes: %v", rep.Notes)
 			if f.Engine().Sick(engine.StructSnapshot) {
 				t.Fatal("the snapshot tree is still sick")
-			}
-			if err := f.Engine().RunPass(context.Background(), "snapshot_fill"); err != nil {
-				t.Fatal(err)
 			}
 			verifySnap(t, f, w)
 			// Whiteouts lost: the deleted files came back unnamed; the
@@ -255,31 +274,15 @@ func TestSnapshotItemFindings(t *testing.T) {
 		}, []string{"snapshot_fill"}, "marked being filled again"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			img := filepath.Join(t.TempDir(), "fs.img")
-			if err := os.WriteFile(img, pristine, 0o600); err != nil {
-				t.Fatal(err)
-			}
+			img := snapCopy(t, pristine)
 			editImage(t, img, c.edit)
 			if got := checkNames(t, img); !slices.Equal(got, c.want) {
 				t.Fatalf("the offline check finds %v, want %v", got, c.want)
 			}
-			f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1, NoBackgroundFill: true})
-			if err != nil {
-				t.Fatal(err)
-			}
+			f, rep := snapRepair(t, img, c.want)
 			defer func() { f.Close() }()
-			rep, err := Scrub(context.Background(), f, "test", ScrubOptions{Repair: true, TempDir: t.TempDir()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := findingIDs(rep); !slices.Equal(got, c.want) || rep.Status != StatusCorrected {
-				t.Fatalf("scrub --repair: %s %v, want corrected %v; notes %v", rep.Status, got, c.want, rep.Notes)
-			}
 			if !slices.ContainsFunc(rep.Notes, func(n string) bool { return strings.Contains(n, c.note) }) {
 				t.Errorf("no note saying %q: %v", c.note, rep.Notes)
-			}
-			if err := f.Engine().RunPass(context.Background(), "snapshot_fill"); err != nil {
-				t.Fatal(err)
 			}
 			verifySnap(t, f, w)
 			f = remountClean(t, f, img)
@@ -304,10 +307,7 @@ func TestSnapshotInodeTreeDamage(t *testing.T) {
 	ran := 0
 	for seed := uint64(1); seed <= 3; seed++ {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			img := filepath.Join(t.TempDir(), "fs.img")
-			if err := os.WriteFile(img, pristine, 0o600); err != nil {
-				t.Fatal(err)
-			}
+			img := snapCopy(t, pristine)
 			lv := 0
 			if _, err := inject.Offline(img, inject.Options{Tree: format.TreeInode, Kind: inject.Zero, Seed: seed, Level: &lv}); err != nil {
 				if errors.Is(err, inject.ErrRefused) {
@@ -316,21 +316,8 @@ func TestSnapshotInodeTreeDamage(t *testing.T) {
 				t.Fatal(err)
 			}
 			ran++
-			f, err := fs.OpenPath(img, fs.Options{CommitInterval: -1, NoBackgroundFill: true})
-			if err != nil {
-				t.Fatal(err)
-			}
+			f, _ := snapRepair(t, img, nil)
 			defer func() { f.Close() }()
-			rep, err := Scrub(context.Background(), f, "test", ScrubOptions{Repair: true, TempDir: t.TempDir()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if rep.Status != StatusCorrected {
-				t.Fatalf("scrub --repair: %s %v; notes %v", rep.Status, findingIDs(rep), rep.Notes)
-			}
-			if err := f.Engine().RunPass(context.Background(), "snapshot_fill"); err != nil {
-				t.Fatal(err)
-			}
 			for p, data := range w.files {
 				if !strings.HasPrefix(p, "/s/") {
 					continue
