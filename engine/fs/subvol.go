@@ -238,7 +238,8 @@ func (f *FS) CreateSubvol(dir uint64, name string) (SubvolInfo, error) {
 func subvolInfo(id uint64, it *format.SubvolItem) SubvolInfo {
 	s := SubvolInfo{ID: id, RootIno: format.SubvolRootIno(id), UUID: it.UUID.String(), Generation: it.CTransID,
 		CTime:    time.Unix(it.CTime.Sec, int64(it.CTime.Nsec)),
-		ReadOnly: it.Flags&format.SubvolReadOnly != 0, Deleting: it.Flags&format.SubvolDeleting != 0}
+		ReadOnly: it.Flags&format.SubvolReadOnly != 0, Deleting: it.Flags&format.SubvolDeleting != 0,
+		Filling: it.Flags&format.SubvolFilling != 0}
 	if !it.ParentUUID.IsZero() {
 		s.ParentUUID = it.ParentUUID.String()
 	}
@@ -264,7 +265,9 @@ func (f *FS) Subvols() ([]SubvolInfo, error) {
 				return false
 			}
 			s := subvolInfo(k.Obj, it)
-			_, s.Filling = f.snap.fillOf(k.Obj)
+			if _, ok := f.snap.fillOf(k.Obj); ok {
+				s.Filling = true
+			}
 			out = append(out, s)
 			return true
 		})
@@ -396,7 +399,9 @@ func (f *FS) Subvol(id uint64) (SubvolInfo, error) {
 			return ErrNoSuchSubvol
 		}
 		infos := []SubvolInfo{subvolInfo(id, it)}
-		_, infos[0].Filling = f.snap.fillOf(id)
+		if _, ok := f.snap.fillOf(id); ok {
+			infos[0].Filling = true
+		}
 		if err := paths(tx, infos); err != nil {
 			return err
 		}
