@@ -131,9 +131,15 @@ type spec struct {
 	okStatus  []int // exit statuses besides 0 that are not failures
 }
 
-// measure runs s once: pre, (drop caches), the command, post.
+// measure runs s once: a global sync, pre, (drop caches), the command,
+// post. The sync settles every filesystem first, so that no run pays
+// for the writeback another left behind (the peers' loop devices and
+// scrubd's image share the host's disk and page cache: the fio files
+// written before the first run, or a peer's last run, would otherwise
+// still be written back during the next).
 func (b *bench) measure(s spec) (sample, error) {
 	var sm sample
+	syscall.Sync()
 	if s.pre != nil {
 		if err := s.pre(); err != nil {
 			return sm, fmt.Errorf("%s: before: %w", s.label, err)
