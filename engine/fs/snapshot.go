@@ -767,18 +767,7 @@ func (f *FS) CreateSnapshot(src, dir uint64, name string, readonly bool) (Subvol
 		if din, err = mustInode(tx, dir); err != nil {
 			return err
 		}
-		if err := addEntry(tx, dir, din, name, root, rin.Mode); err != nil {
-			return err
-		}
-		din.Nlink++
-		din.Mtime, din.Ctime = ts(now), ts(now)
-		if err := putInode(tx, dir, din); err != nil {
-			return err
-		}
-		if err := putSubvol(tx, id, it); err != nil {
-			return err
-		}
-		if err := putUUIDs(tx, id, it, false); err != nil {
+		if err := linkSubvol(tx, dir, din, name, id, it, rin.Mode, now); err != nil {
 			return err
 		}
 		fi := format.SnapFillItem{Source: sid, Limit: fl.limit, Next: 0}

@@ -209,18 +209,7 @@ func (f *FS) CreateSubvol(dir uint64, name string) (SubvolInfo, error) {
 		if err := putInode(tx, ino, in); err != nil {
 			return err
 		}
-		if err := addEntry(tx, dir, din, name, ino, in.Mode); err != nil {
-			return err
-		}
-		din.Nlink++
-		din.Mtime, din.Ctime = ts(now), ts(now)
-		if err := putInode(tx, dir, din); err != nil {
-			return err
-		}
-		if err := putSubvol(tx, id, it); err != nil {
-			return err
-		}
-		if err := putUUIDs(tx, id, it, false); err != nil {
+		if err := linkSubvol(tx, dir, din, name, id, it, in.Mode, now); err != nil {
 			return err
 		}
 		info, gen = subvolInfo(id, it), tx.Gen()
@@ -233,6 +222,24 @@ func (f *FS) CreateSubvol(dir uint64, name string) (SubvolInfo, error) {
 	f.markFull(info.RootIno, gen)
 	info.Path, _ = f.dirPath(dir, name)
 	return info, nil
+}
+
+// linkSubvol names subvolume id's root (a directory of mode) name in
+// directory dir (din, its inode), and stores the subvolume's item and
+// UUID keys.
+func linkSubvol(tx *engine.Tx, dir uint64, din *format.InodeItem, name string, id uint64, it *format.SubvolItem, mode uint32, now time.Time) error {
+	if err := addEntry(tx, dir, din, name, format.SubvolRootIno(id), mode); err != nil {
+		return err
+	}
+	din.Nlink++
+	din.Mtime, din.Ctime = ts(now), ts(now)
+	if err := putInode(tx, dir, din); err != nil {
+		return err
+	}
+	if err := putSubvol(tx, id, it); err != nil {
+		return err
+	}
+	return putUUIDs(tx, id, it, false)
 }
 
 func subvolInfo(id uint64, it *format.SubvolItem) SubvolInfo {
