@@ -333,12 +333,11 @@ func TestCloneCrashAtEveryFlush(t *testing.T) {
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	type ack struct{ flush, idx int }
 	var states [3][][]byte
-	var acks [3][]ack
+	var acks [3][]crashAck
 	for i := range inos {
 		states[i] = [][]byte{nil}
-		acks[i] = []ack{{rec.Flushes(), 0}}
+		acks[i] = []crashAck{{rec.Flushes(), 0}}
 	}
 	r := rand.New(rand.NewPCG(21, 3))
 	steps := 50
@@ -396,27 +395,18 @@ func TestCloneCrashAtEveryFlush(t *testing.T) {
 			if err := f.Fsync(inos[i]); err != nil {
 				t.Fatal(err)
 			}
-			acks[i] = append(acks[i], ack{rec.Flushes(), len(states[i]) - 1})
+			acks[i] = append(acks[i], crashAck{rec.Flushes(), len(states[i]) - 1})
 		default:
 			if err := f.Sync(); err != nil {
 				t.Fatal(err)
 			}
 			for i := range inos {
-				acks[i] = append(acks[i], ack{rec.Flushes(), len(states[i]) - 1})
+				acks[i] = append(acks[i], crashAck{rec.Flushes(), len(states[i]) - 1})
 			}
 		}
 	}
 	if clones == 0 {
 		t.Fatal("no clone ran")
-	}
-	least := func(as []ack, k int) int {
-		m := 0
-		for _, a := range as {
-			if a.flush <= k {
-				m = max(m, a.idx)
-			}
-		}
-		return m
 	}
 	rng := rand.New(rand.NewPCG(21, 4))
 	stride := 1
@@ -441,7 +431,7 @@ func TestCloneCrashAtEveryFlush(t *testing.T) {
 			for i, ino := range inos {
 				got[i] = fileBytes(t, cf, ino)
 				ok := false
-				for _, h := range states[i][least(acks[i], k):] {
+				for _, h := range states[i][lastAcked(acks[i], k):] {
 					ok = ok || bytes.Equal(got[i], h)
 				}
 				if !ok {

@@ -630,6 +630,22 @@ func (d *flushHook) Flush() error {
 // where it checks every eighth (from an offset the seed picks) and the last;
 // the suite runs these tests without the race detector as well, at every
 // boundary. SCRUBD_CRASH_ALL=1 checks every boundary under the race
+// crashAck says that state idx of a crash test's list was acknowledged
+// durable once the recorder had seen flush flushes.
+type crashAck struct{ flush, idx int }
+
+// lastAcked returns the newest state acks say is durable at flush k: a
+// crash image taken there must hold it or a newer one.
+func lastAcked(acks []crashAck, k int) int {
+	m := 0
+	for _, a := range acks {
+		if a.flush <= k {
+			m = max(m, a.idx)
+		}
+	}
+	return m
+}
+
 // detector too.
 func crashPoints(n int, seed uint64) []int {
 	stride := 1

@@ -325,9 +325,8 @@ func TestExchangeFsyncCrashAtEveryFlush(t *testing.T) {
 	}
 	mapping := [][3]uint64{{a.Ino, b.Ino, c.Ino}} // every state of the names
 	contents := [][]byte{nil}                     // every state of file a
-	type ack struct{ flush, idx int }
-	mapAcks := []ack{{rec.Flushes(), 0}}
-	dataAcks := []ack{{rec.Flushes(), 0}}
+	mapAcks := []crashAck{{rec.Flushes(), 0}}
+	dataAcks := []crashAck{{rec.Flushes(), 0}}
 	var lastTouched []uint64
 	r := rand.New(rand.NewPCG(18, 8))
 	steps := 60
@@ -373,9 +372,9 @@ func TestExchangeFsyncCrashAtEveryFlush(t *testing.T) {
 				if f.Stats().FsyncLogged > before {
 					logged++
 				}
-				dataAcks = append(dataAcks, ack{rec.Flushes(), len(contents) - 1})
+				dataAcks = append(dataAcks, crashAck{rec.Flushes(), len(contents) - 1})
 				if slices.Contains(lastTouched, a.Ino) {
-					mapAcks = append(mapAcks, ack{rec.Flushes(), len(mapping) - 1})
+					mapAcks = append(mapAcks, crashAck{rec.Flushes(), len(mapping) - 1})
 				}
 			}
 		case op < 9: // fsync
@@ -393,20 +392,20 @@ func TestExchangeFsyncCrashAtEveryFlush(t *testing.T) {
 				logged++
 			}
 			if ino == a.Ino {
-				dataAcks = append(dataAcks, ack{rec.Flushes(), len(contents) - 1})
+				dataAcks = append(dataAcks, crashAck{rec.Flushes(), len(contents) - 1})
 			}
 			if slices.Contains(lastTouched, ino) {
 				// An exchange's inodes are marked full: their fsync
 				// commits everything, the names included.
-				mapAcks = append(mapAcks, ack{rec.Flushes(), len(mapping) - 1})
-				dataAcks = append(dataAcks, ack{rec.Flushes(), len(contents) - 1})
+				mapAcks = append(mapAcks, crashAck{rec.Flushes(), len(mapping) - 1})
+				dataAcks = append(dataAcks, crashAck{rec.Flushes(), len(contents) - 1})
 			}
 		default:
 			if err := f.Sync(); err != nil {
 				t.Fatal(err)
 			}
-			mapAcks = append(mapAcks, ack{rec.Flushes(), len(mapping) - 1})
-			dataAcks = append(dataAcks, ack{rec.Flushes(), len(contents) - 1})
+			mapAcks = append(mapAcks, crashAck{rec.Flushes(), len(mapping) - 1})
+			dataAcks = append(dataAcks, crashAck{rec.Flushes(), len(contents) - 1})
 			lastTouched = nil
 		}
 	}
@@ -414,15 +413,6 @@ func TestExchangeFsyncCrashAtEveryFlush(t *testing.T) {
 		t.Fatal("no fsync went through the log")
 	}
 	t.Logf("%d flushes, %d fsyncs logged, %d exchanges", rec.Flushes(), logged, len(mapping)-1)
-	least := func(acks []ack, k int) int {
-		m := 0
-		for _, a := range acks {
-			if a.flush <= k {
-				m = max(m, a.idx)
-			}
-		}
-		return m
-	}
 	rng := rand.New(rand.NewPCG(18, 9))
 	stride := 1
 	switch {
@@ -456,11 +446,11 @@ func TestExchangeFsyncCrashAtEveryFlush(t *testing.T) {
 				got[i] = at.Ino
 			}
 			ok := false
-			for _, mp := range mapping[least(mapAcks, k):] {
+			for _, mp := range mapping[lastAcked(mapAcks, k):] {
 				ok = ok || mp == got
 			}
 			if !ok {
-				t.Fatalf("%s: names map to %v, no state at or after the acknowledged one (%d of %d)", name, got, least(mapAcks, k), len(mapping))
+				t.Fatalf("%s: names map to %v, no state at or after the acknowledged one (%d of %d)", name, got, lastAcked(mapAcks, k), len(mapping))
 			}
 			at, err := cf.GetAttr(a.Ino)
 			if err != nil {
@@ -472,7 +462,7 @@ func TestExchangeFsyncCrashAtEveryFlush(t *testing.T) {
 				t.Fatalf("%s: read a: %v", name, err)
 			}
 			ok = false
-			for _, h := range contents[least(dataAcks, k):] {
+			for _, h := range contents[lastAcked(dataAcks, k):] {
 				ok = ok || bytes.Equal(buf[:n], h)
 			}
 			if !ok {

@@ -272,9 +272,8 @@ func TestSnapshotCrashAtEveryFlush(t *testing.T) {
 	rec := disk.NewRecorder(smallDev(t).Bytes())
 	f := mount(t, nopClose{rec}, Options{})
 	r := rand.New(rand.NewPCG(41, 7))
-	type ack struct{ flush, idx int }
 	states := []map[string]string{treeStateOf(t, f)}
-	acks := []ack{{rec.Flushes(), 0}}
+	acks := []crashAck{{rec.Flushes(), 0}}
 	record := func(sync bool) {
 		if sync {
 			if err := f.Sync(); err != nil {
@@ -283,7 +282,7 @@ func TestSnapshotCrashAtEveryFlush(t *testing.T) {
 		}
 		states = append(states, treeStateOf(t, f))
 		if sync {
-			acks = append(acks, ack{rec.Flushes(), len(states) - 1})
+			acks = append(acks, crashAck{rec.Flushes(), len(states) - 1})
 		}
 	}
 	a, err := f.CreateSubvol(RootIno, "a")
@@ -345,15 +344,6 @@ func TestSnapshotCrashAtEveryFlush(t *testing.T) {
 	}
 	f.WaitReaper()
 	record(true)
-	least := func(k int) int {
-		m := 0
-		for _, a := range acks {
-			if a.flush <= k {
-				m = max(m, a.idx)
-			}
-		}
-		return m
-	}
 	rng := rand.New(rand.NewPCG(41, 8))
 	stride := 1
 	if testing.Short() || raceEnabled {
@@ -374,7 +364,7 @@ func TestSnapshotCrashAtEveryFlush(t *testing.T) {
 			}
 			got := treeStateOf(t, cf)
 			ok := false
-			for _, s := range states[least(k):] {
+			for _, s := range states[lastAcked(acks, k):] {
 				ok = ok || maps.Equal(got, s)
 			}
 			if !ok {

@@ -259,9 +259,8 @@ func TestSubvolCrashAtEveryFlush(t *testing.T) {
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	type ack struct{ flush, idx int }
 	states := []svState{{}}
-	acks := []ack{{rec.Flushes(), 0}}
+	acks := []crashAck{{rec.Flushes(), 0}}
 	r := rand.New(rand.NewPCG(31, 7))
 	fill := func(sv SubvolInfo, files int) {
 		d, err := f.Mkdir(sv.RootIno, "d", NewInode{Mode: syscall.S_IFDIR | 0o755})
@@ -290,7 +289,7 @@ func TestSubvolCrashAtEveryFlush(t *testing.T) {
 		}
 		states = append(states, svStateOf(t, f))
 		if fsync {
-			acks = append(acks, ack{rec.Flushes(), len(states) - 1})
+			acks = append(acks, crashAck{rec.Flushes(), len(states) - 1})
 		}
 	}
 	a, err := f.CreateSubvol(RootIno, "a")
@@ -317,15 +316,6 @@ func TestSubvolCrashAtEveryFlush(t *testing.T) {
 	}
 	f.WaitReaper()
 	record(true)
-	least := func(k int) int {
-		m := 0
-		for _, a := range acks {
-			if a.flush <= k {
-				m = max(m, a.idx)
-			}
-		}
-		return m
-	}
 	rng := rand.New(rand.NewPCG(31, 8))
 	stride := 1
 	if testing.Short() || raceEnabled {
@@ -357,7 +347,7 @@ func TestSubvolCrashAtEveryFlush(t *testing.T) {
 			}
 			got := svStateOf(t, cf)
 			ok := false
-			for _, s := range states[least(k):] {
+			for _, s := range states[lastAcked(acks, k):] {
 				ok = ok || maps.Equal(got, s)
 			}
 			if !ok {
