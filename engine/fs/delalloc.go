@@ -122,6 +122,16 @@ func (f *FS) bufferWrite(tx *engine.Tx, ino uint64, in *format.InodeItem, p []by
 		if err := f.flushAll(tx); err != nil {
 			return err
 		}
+		// The write-out stored ino's item with its new block count;
+		// the caller's copy, which it stores after the write, must
+		// not put the old one back.
+		cur, ok, err := getInode(tx, ino)
+		if err != nil {
+			return err
+		}
+		if ok {
+			*in = *cur
+		}
 	}
 	df := f.dirty(ino)
 	// Blocks the write adds to the buffer, and the old contents of the
