@@ -87,6 +87,7 @@ const (
 	ErrUUIDOrphan      ErrorID = 93 // a uuid tree key naming no subvolume, or a UUID its subvolume does not have
 	ErrSnapFill        ErrorID = 94 // a snapshot fill item naming no live snapshot of a live source
 	ErrSnapWhiteout    ErrorID = 95 // a snapshot whiteout of a subvolume with no fill under way
+	ErrInodeBlocks     ErrorID = 96 // a regular file's block count differs from the blocks its file extent items map
 )
 
 var errorNames = map[ErrorID]string{
@@ -104,7 +105,7 @@ var errorNames = map[ErrorID]string{
 	ErrRmapMissing: "rmap_missing", ErrRmapOrphan: "rmap_orphan", ErrRmapLength: "rmap_length",
 	ErrRmapDataOwner: "rmap_data_owner", ErrRmapMapping: "rmap_data_mapping", ErrExtentOverlap: "extent_overlap", ErrExtentPastEOF: "extent_past_eof", ErrExtentNoRmap: "extent_no_rmap", ErrExtentNoAlloc: "extent_no_alloc",
 	ErrCsumMissing: "csum_missing", ErrCsumOrphan: "csum_orphan",
-	ErrNlink: "nlink_mismatch", ErrDirentDangling: "dirent_dangling", ErrDirentType: "dirent_type",
+	ErrNlink: "nlink_mismatch", ErrInodeBlocks: "inode_blocks", ErrDirentDangling: "dirent_dangling", ErrDirentType: "dirent_type",
 	ErrDirentIndex: "dirent_index", ErrDirNotDir: "dirent_parent_not_dir", ErrDeletedList: "deleted_list",
 	ErrFreeOverlap: "free_overlap", ErrSpaceLost: "space_lost", ErrFreeNotMerged: "free_not_merged",
 	ErrBlockCrossLink: "block_cross_linked", ErrRmapSick: "rmap_sick", ErrTreeUntrusted: "tree_untrusted", ErrDataChecksum: "data_checksum",

@@ -26,7 +26,8 @@ import (
 //	               the device
 //	extent.go      file extents against the rmap, the allocations and sizes
 //	csum.go        checksum items against the data extents
-//	inode.go       link counts against the directory entries
+//	inode.go       link counts against the directory entries, block
+//	               counts against the file extents
 //	deleted.go     the deleted inodes (read by inode.go)
 //	dir.go         directory entries against the inodes they name
 //	subvol.go      subvolumes against their roots, inodes and UUIDs
@@ -78,6 +79,16 @@ type checkState struct {
 	// pastEOF: the file extent items past their file's size (seq: the
 	// size), found before fexts is sorted by extent.
 	pastEOF *recArr[fileExt]
+	// fileBlocks: per file, the blocks its extent items map (by inode,
+	// the walk's order); curBlocks is the file being walked (when
+	// blocksOpen), added once the walk moves past it.
+	fileBlocks *recArr[fileBlocks]
+	curBlocks  fileBlocks
+	blocksOpen bool
+	// extentItemsLost: the walk of the extent tree found fewer items
+	// than its nodes count (a wrong item count does not make a tree
+	// broken): some file's sum may lack an item.
+	extentItemsLost bool
 
 	xattr  xattrState  // xattr.go
 	subvol subvolState // subvol.go
@@ -117,6 +128,7 @@ func newCheckState(c *engine.Checking, sb *format.Super) *checkState {
 	st.frees = newRecArr(st, "free extents", freeCodec)
 	st.fexts = newRecArr(st, "file extents", fextCodec)
 	st.pastEOF = newRecArr(st, "file extents past EOF", fextCodec)
+	st.fileBlocks = newRecArr(st, "file block counts", fileBlocksCodec)
 	st.csums = newRecArr(st, "checksum items", csumCodec)
 	st.inodes = newRecArr(st, "inodes", inodeCodec)
 	st.deleted = newRecArr(st, "deleted inodes", u64Codec)
@@ -183,7 +195,13 @@ func Check(ctx context.Context, s *engine.Snapshot, fn func(engine.Finding)) (*e
 // ticks a check of an undamaged image makes.
 func CheckTicked(ctx context.Context, s *engine.Snapshot, fn func(engine.Finding), tick func()) (*engine.CheckResult, error) {
 	sb := s.Super()
-	st := newCheckState(s.StartCheck(fn), &sb)
+	var st *checkState
+	st = newCheckState(s.StartCheck(func(f engine.Finding) {
+		if f.ID == engine.ErrTreeItemCount && f.Tree == format.TreeExtent {
+			st.extentItemsLost = true
+		}
+		fn(f)
+	}), &sb)
 	defer st.close()
 	items := map[format.TreeID]engine.ItemChecker{}
 	for i := range opsTable {

@@ -379,15 +379,38 @@ var csumCodec = codec[csumRec]{size: 16,
 	put: func(b []byte, v csumRec) { be.PutUint64(b, uint64(v.start)); be.PutUint64(b[8:], v.n) },
 	get: func(b []byte) csumRec { return csumRec{format.BlockNr(be.Uint64(b)), be.Uint64(b[8:])} }}
 
-var inodeCodec = codec[nsInode]{size: 24,
+var inodeCodec = codec[nsInode]{size: 32,
 	put: func(b []byte, v nsInode) {
 		be.PutUint64(b, v.ino)
 		be.PutUint32(b[8:], v.mode)
 		be.PutUint32(b[12:], v.nlink)
 		be.PutUint64(b[16:], v.size)
+		be.PutUint64(b[24:], v.blocks)
 	},
 	get: func(b []byte) nsInode {
-		return nsInode{ino: be.Uint64(b), mode: be.Uint32(b[8:]), nlink: be.Uint32(b[12:]), size: be.Uint64(b[16:])}
+		return nsInode{ino: be.Uint64(b), mode: be.Uint32(b[8:]), nlink: be.Uint32(b[12:]), size: be.Uint64(b[16:]), blocks: be.Uint64(b[24:])}
+	}}
+
+// fileBlocks is what one file's extent items map: the sum of their
+// counts, and whether every one of them could be read (bad: an item that
+// did not decode or overlaps the one before, so the sum is no measure).
+type fileBlocks struct {
+	ino, n uint64
+	bad    bool
+}
+
+// fileBlocksCodec: by inode (the walk's order).
+var fileBlocksCodec = codec[fileBlocks]{size: 17,
+	put: func(b []byte, v fileBlocks) {
+		be.PutUint64(b, v.ino)
+		be.PutUint64(b[8:], v.n)
+		b[16] = 0
+		if v.bad {
+			b[16] = 1
+		}
+	},
+	get: func(b []byte) fileBlocks {
+		return fileBlocks{ino: be.Uint64(b), n: be.Uint64(b[8:]), bad: b[16] == 1}
 	}}
 
 var u64Codec = codec[uint64]{size: 8,

@@ -10,7 +10,8 @@ import (
 // the file's size (the write that extends a file sets its size in the
 // same transaction, and a truncate drops the blocks past the new size);
 // every item's extent must be allocated as data, with a reverse mapping
-// naming the item.
+// naming the item. The walk also sums per file the blocks its items map,
+// for the inode checker's block counts (inode.go).
 var extentCheck = &checker{
 	items: map[format.TreeID]func(*checkState, format.BlockNr, format.Key, []byte){
 		format.TreeExtent: func(st *checkState, _ format.BlockNr, k format.Key, val []byte) {
@@ -20,11 +21,15 @@ var extentCheck = &checker{
 			fe, err := format.DecodeFileExtent(val)
 			if err != nil || uint64(fe.Start)+fe.Len > st.total {
 				st.Reportf(engine.ErrItemBad, format.TreeExtent, format.BlockNr(k.Obj), "file extent %s: %v", k, err)
+				st.countBlocks(k.Obj, 0, true)
 				return
 			}
+			overlap := false
 			if p := &st.lastFext; st.nfexts > 0 && p.ino == k.Obj && p.fb+p.fe.Count > k.Off {
 				st.Reportf(engine.ErrExtentOverlap, format.TreeExtent, fe.Start, "inode %d: the item at block %d maps blocks up to %d, past the item at block %d", k.Obj, p.fb, p.fb+p.fe.Count, k.Off)
+				overlap = true
 			}
+			st.countBlocks(k.Obj, fe.Count, overlap)
 			x := fileExt{ino: k.Obj, fb: k.Off, seq: st.nfexts, fe: fe}
 			st.nfexts++
 			st.lastFext = x
@@ -32,6 +37,32 @@ var extentCheck = &checker{
 		},
 	},
 	cross: checkExtents,
+}
+
+// countBlocks adds an item of file ino mapping n blocks to the file's
+// sum (bad: the item could not be read whole, or overlaps another). The
+// walk meets a file's items one after the other.
+func (st *checkState) countBlocks(ino, n uint64, bad bool) {
+	c := &st.curBlocks
+	if st.blocksOpen && c.ino != ino {
+		st.fileBlocks.add(*c)
+		st.blocksOpen = false
+	}
+	if !st.blocksOpen {
+		*c, st.blocksOpen = fileBlocks{ino: ino}, true
+	}
+	c.n += n
+	c.bad = c.bad || bad
+}
+
+// sortedFileBlocks returns the files' block sums, by inode (once the walk
+// is over).
+func (st *checkState) sortedFileBlocks() *recArr[fileBlocks] {
+	if st.blocksOpen {
+		st.fileBlocks.add(st.curBlocks)
+		st.blocksOpen = false
+	}
+	return st.fileBlocks
 }
 
 // sortedFexts returns the file extent items sorted by (extent start,

@@ -859,7 +859,8 @@ func inodeTreeDamaged(e *engine.Engine) bool {
 
 // repairInode is the inode row's repairer: damage to the inode tree's
 // own blocks (or an item that does not decode) rebuilds it, keeping every
-// item still readable and reconstructing the lost ones; then link counts
+// item still readable and reconstructing the lost ones; then files' block
+// counts are set from their extent items (repairBlocks) and link counts
 // are fixed from the directory entries (repairNlinks), which also adopts
 // into lost+found a reconstructed inode only its data names.
 func repairInode(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*RebuildReport, error) {
@@ -875,6 +876,13 @@ func repairInode(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*Reb
 		rb.Reconstructed = res.Reconstructed
 		rb.Changes = append(rb.Changes, reconstructedChanges(res.Reconstructed)...)
 	}
+	bl, err := repairBlocks(ctx, e) // blocks_repair.go
+	if err != nil {
+		if rb != nil {
+			return nil, fmt.Errorf("inode tree rebuilt (%d inodes reconstructed), then the block-count repair failed: %w", len(rb.Reconstructed), err)
+		}
+		return nil, err
+	}
 	nl, err := repairNlinks(ctx, e, opts)
 	if err != nil {
 		if rb != nil {
@@ -882,6 +890,7 @@ func repairInode(ctx context.Context, e *engine.Engine, opts ScrubOptions) (*Reb
 		}
 		return nil, err
 	}
+	nl = withBlocks(nl, bl)
 	if rb == nil {
 		return nl, nil
 	}

@@ -80,11 +80,11 @@ var opsTable = []Op{
 	{Name: "extent", Trees: []format.TreeID{format.TreeExtent}, Check: extentCheck, Repair: repairExtent, Inputs: []string{"rmap"}},
 	// The inode row rebuilds the inode tree when its blocks are damaged
 	// (inode items lost with a leaf reconstructed from the directory
-	// entries, file extents and rmap), then fixes link counts from the
-	// directory entries. It comes after the extent row, whose items it
-	// reads.
+	// entries, file extents and rmap), then sets files' block counts
+	// from their extent items and fixes link counts from the directory
+	// entries. It comes after the extent row, whose items it reads.
 	{Name: "inode", Trees: []format.TreeID{format.TreeInode}, Check: inodeCheck, Repair: repairInode,
-		Answers: []engine.ErrorID{engine.ErrNlink}, Inputs: []string{"dir", "extent", "rmap"}},
+		Answers: []engine.ErrorID{engine.ErrNlink, engine.ErrInodeBlocks}, Inputs: []string{"dir", "extent", "rmap"}},
 	// The subvolume row rebuilds the subvolume tree from its readable
 	// items, the inodes (a subvolume for every id that has some) and the
 	// uuid tree (their UUIDs) when its blocks are damaged or a subvolume's

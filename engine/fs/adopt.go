@@ -11,7 +11,8 @@ import (
 
 // What the namespace repairs need of the filesystem layer: setting a link
 // count, and linking an inode no directory names any more into
-// /lost+found (created on demand), under its inode number.
+// /lost+found (created on demand), under its inode number; and what the
+// block-count repair needs: setting a file's block count.
 
 // LostFoundName is the directory in the root that adopts inodes no
 // directory names.
@@ -30,6 +31,22 @@ func SetNlink(tx *engine.Tx, ino uint64, n uint32) (old uint32, ok bool, err err
 	}
 	in.Nlink = n
 	in.Ctime = ts(time.Now())
+	return old, true, putInode(tx, ino, in)
+}
+
+// SetBlocks sets inode ino's block count to n in tx, changing nothing
+// else, and returns the count it replaced; ok is false when there is no
+// such inode.
+func SetBlocks(tx *engine.Tx, ino uint64, n uint64) (old uint64, ok bool, err error) {
+	in, ok, err := getInode(tx, ino)
+	if err != nil || !ok {
+		return 0, ok, err
+	}
+	old = in.Blocks
+	if old == n {
+		return old, true, nil
+	}
+	in.Blocks = n
 	return old, true, putInode(tx, ino, in)
 }
 
