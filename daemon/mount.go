@@ -17,8 +17,9 @@ type MountOptions struct {
 	Image, Mountpoint string
 	// FS opens the image (its Logger defaults to Logger).
 	FS sfs.Options
-	// AllowOther and Debug go to the FUSE mount.
+	// AllowOther, Debug and ReadAheadKiB go to the FUSE mount.
 	AllowOther, Debug bool
+	ReadAheadKiB      int
 	// Server configures the control server (Image is set from Image).
 	Server Options
 	Logger *slog.Logger
@@ -50,7 +51,7 @@ func Mount(ctx context.Context, o MountOptions) error {
 	if abs, err := filepath.Abs(o.Image); err == nil {
 		source = abs
 	}
-	srv, err := fuse.Mount(fsys, o.Mountpoint, fuse.Options{AllowOther: o.AllowOther, FsName: source, Debug: o.Debug, Logger: log})
+	srv, err := fuse.Mount(fsys, o.Mountpoint, fuse.Options{AllowOther: o.AllowOther, FsName: source, Debug: o.Debug, Logger: log, ReadAheadKiB: o.ReadAheadKiB})
 	if err != nil {
 		return errors.Join(err, fsys.Close())
 	}

@@ -36,6 +36,23 @@ type mountOptions struct {
 	readOnly       bool
 	rescue         []string
 	versionUpgrade string
+	readAhead      string
+}
+
+// readAheadKiB turns --readahead into the mount's option: 0 becomes
+// negative (the kernel's default), anything else whole KiB.
+func (o *mountOptions) readAheadKiB() (int, error) {
+	if o.readAhead == "0" {
+		return -1, nil
+	}
+	n, err := parseSize(o.readAhead)
+	if err != nil {
+		return 0, usageError(fmt.Errorf("--readahead: %w", err))
+	}
+	if n < 4<<10 || n > 64<<20 {
+		return 0, usageError(fmt.Errorf("--readahead %s: must be 0 or between 4K and 64M", o.readAhead))
+	}
+	return int(n >> 10), nil
 }
 
 // rescues are the --rescue options (btrfs's rescue= mount options).
@@ -238,11 +255,15 @@ EXIT STATUS
 			if err != nil {
 				return err
 			}
+			ra, err := o.readAheadKiB()
+			if err != nil {
+				return err
+			}
 			out := cmd.OutOrStdout()
 			err = daemon.Mount(cmd.Context(), daemon.MountOptions{
 				Image: img, Mountpoint: mountpoint, Logger: log,
 				FS:         fo,
-				AllowOther: o.allowOther, Debug: o.debug,
+				AllowOther: o.allowOther, Debug: o.debug, ReadAheadKiB: ra,
 				Server: daemon.Options{TempDir: global.tmpDir, Schedules: schedules,
 					HistoryDir: global.stateDir, HistoryKeep: o.historyKeep, HistoryMaxAge: o.historyMaxAge,
 					Notify:      daemon.NotifyOptions{Exec: o.notifyExec, Webhook: o.notifyWebhook},
@@ -263,6 +284,7 @@ EXIT STATUS
 	c.Flags().BoolVar(&o.noTreeLog, "notreelog", false, "make every fsync a full commit instead of a log write")
 	c.Flags().BoolVar(&o.noDelalloc, "no-delalloc", false, "allocate every write's blocks at once instead of gathering them until the commit or fsync (delayed allocation)")
 	c.Flags().DurationVar(&o.commitInterval, "commit-interval", 0, "commit this often (0: every 5s, negative: never on a timer); sync(1) and syncfs(2) do not reach a FUSE mount, so a change is durable after an fsync of it (and of its directory), after the next periodic commit, or at unmount")
+	c.Flags().StringVar(&o.readAhead, "readahead", "1M", "the kernel's read-ahead window for the mount's files (at most 64M; 0: the kernel's default, 128K); needs root, otherwise the default stays")
 	c.Flags().BoolVar(&o.allowOther, "allow-other", false, "let other users use the mount (non-root needs user_allow_other in /etc/fuse.conf)")
 	c.Flags().BoolVar(&o.debug, "debug", false, "log every FUSE request (implies --log-level debug)")
 	c.Flags().StringArrayVar(&o.schedule, "schedule", nil, "scrub the metadata on this cron schedule (e.g. \"0 3 * * 0\", @daily)")

@@ -74,6 +74,7 @@ type testMount struct {
 	dir  string
 	fsys *fs.FS
 	srv  *Server
+	opts Options // remount mounts with these
 }
 
 // mount mounts img on a new directory; cleanup unmounts, commits and
@@ -86,12 +87,13 @@ func mount(t *testing.T, img string) *testMount {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	srv, err := Mount(fsys, dir, Options{FsName: img})
+	opts := Options{FsName: img}
+	srv, err := Mount(fsys, dir, opts)
 	if err != nil {
 		fsys.Close()
 		t.Fatal(err)
 	}
-	m := &testMount{t: t, img: img, dir: dir, fsys: fsys, srv: srv}
+	m := &testMount{t: t, img: img, dir: dir, fsys: fsys, srv: srv, opts: opts}
 	t.Cleanup(m.close)
 	return m
 }
@@ -130,7 +132,7 @@ func (m *testMount) remount() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := Mount(fsys, m.dir, Options{})
+	srv, err := Mount(fsys, m.dir, m.opts)
 	if err != nil {
 		fsys.Close()
 		t.Fatal(err)
