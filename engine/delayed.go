@@ -394,12 +394,42 @@ func (e *Engine) refTarget(r refEntry) (format.ExtentItem, bool, error) {
 			err = corruptf(format.TreeAlloc, r.start, "dropping a reference of %s to an extent that is not allocated", r.owner)
 		case r.delta < 0 && uint64(-r.delta) > item.Refs:
 			err = corruptf(format.TreeAlloc, r.start, "dropping %d references of %d", -r.delta, item.Refs)
+		case r.delta > 0 && !found && !e.Degraded(StructAlloc):
+			err = e.lostRecord(r)
 		}
 		if err != nil && !e.Degraded(StructAlloc) && e.spaceDamaged(StructAlloc, err) {
 			continue // again, from the rmap
 		}
 		return item, found, err
 	}
+}
+
+// lostRecord tells, for a reference r gains to an extent the alloc tree
+// has no record of, a new extent from one whose record damage dropped:
+// an extent allocated in the running or the in-flight generation has
+// none yet; any other is in use, its owners in the rmap. Taken for new,
+// the latter would count r's reference alone, and the drop of an older
+// owner (a file block's mapping moving to a later key gains the new owner
+// and drops the old one) would free it while the file still maps it. So
+// rmap records at the start (other owners: r's own is inserted after
+// this) prove the record lost: damage, which degrades the alloc tree,
+// and the extent is then read from the rmap. Only this rare path reads
+// the rmap; a new extent's first reference costs nothing more.
+func (e *Engine) lostRecord(r refEntry) error {
+	if e.isNewExtent(r.start) || e.Degraded(StructRmap) {
+		return nil
+	}
+	n, item, found, err := rmapExtent(e.trees[format.TreeRmap], r.start)
+	if err != nil {
+		if e.rmapDamaged(err) {
+			return nil
+		}
+		return err
+	}
+	if !found {
+		return nil
+	}
+	return corruptf(format.TreeAlloc, r.start, "no record of the extent at %d, which the rmap gives %d owners of %d blocks", r.start, item.Refs, n)
 }
 
 // allocUpdate puts the alloc record of extent [start, start+n) (deletes

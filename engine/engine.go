@@ -919,11 +919,13 @@ func (tx *Tx) Device() disk.Device { return tx.e.dev }
 
 // IsNewExtent reports whether the extent at start was allocated in the
 // running transaction or in a generation being committed (not yet durable).
-func (tx *Tx) IsNewExtent(start format.BlockNr) bool {
-	if _, ok := tx.e.txn.newExtents[start]; ok {
+func (tx *Tx) IsNewExtent(start format.BlockNr) bool { return tx.e.isNewExtent(start) }
+
+func (e *Engine) isNewExtent(start format.BlockNr) bool {
+	if _, ok := e.txn.newExtents[start]; ok {
 		return true
 	}
-	if c := tx.e.inflight.Load(); c != nil {
+	if c := e.inflight.Load(); c != nil {
 		_, ok := c.newExtents[start]
 		return ok
 	}
