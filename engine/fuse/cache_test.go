@@ -13,26 +13,6 @@ import (
 	"github.com/scrubd/scrubd/repair"
 )
 
-// mountWith is mount with options.
-func mountWith(t *testing.T, img string, opts Options) *testMount {
-	t.Helper()
-	needFuse(t)
-	fsys, err := fs.OpenPath(img, fs.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	opts.FsName = img
-	srv, err := Mount(fsys, dir, opts)
-	if err != nil {
-		fsys.Close()
-		t.Fatal(err)
-	}
-	m := &testMount{t: t, img: img, dir: dir, fsys: fsys, srv: srv}
-	t.Cleanup(m.close)
-	return m
-}
-
 func nlinkOf(t *testing.T, path string) uint64 {
 	t.Helper()
 	var st syscall.Stat_t

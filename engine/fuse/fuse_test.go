@@ -81,13 +81,20 @@ type testMount struct {
 // checks the image.
 func mount(t *testing.T, img string) *testMount {
 	t.Helper()
+	return mountWith(t, img, Options{})
+}
+
+// mountWith is mount with the mount's options (remount uses them too;
+// FsName is the image's path).
+func mountWith(t *testing.T, img string, opts Options) *testMount {
+	t.Helper()
 	needFuse(t)
 	fsys, err := fs.OpenPath(img, fs.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	opts := Options{FsName: img}
+	opts.FsName = img
 	srv, err := Mount(fsys, dir, opts)
 	if err != nil {
 		fsys.Close()

@@ -5,8 +5,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"testing"
-
-	"github.com/scrubd/scrubd/engine/fs"
 )
 
 // The mount sets its read-ahead window (0: DefaultReadAheadKiB, a value:
@@ -28,20 +26,8 @@ func TestReadAheadWindow(t *testing.T) {
 		{"kernel", -1, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			img := newImage(t)
-			fsys, err := fs.OpenPath(img, fs.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			dir := t.TempDir()
-			opts := Options{ReadAheadKiB: tc.opt}
-			srv, err := Mount(fsys, dir, opts)
-			if err != nil {
-				fsys.Close()
-				t.Fatal(err)
-			}
-			m := &testMount{t: t, img: img, dir: dir, fsys: fsys, srv: srv, opts: opts}
-			t.Cleanup(m.close)
+			m := mountWith(t, newImage(t), Options{ReadAheadKiB: tc.opt})
+			srv := m.srv
 			got, err := srv.ReadAheadKiB()
 			if err != nil {
 				t.Fatal(err)
