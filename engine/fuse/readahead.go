@@ -17,7 +17,7 @@ import (
 // 128 KiB. The window is a sysfs knob of the mount's BDI,
 // /sys/class/bdi/MAJOR:MINOR/read_ahead_kb (MAJOR:MINOR the mount's
 // st_dev), which root may write; the mount sets it to its largest request,
-// 1 MiB, so a sequential read takes a quarter of the requests of the
+// 1 MiB, so a sequential read takes an eighth of the requests of the
 // kernel's default. See docs/benchmarks.md, "Read-ahead".
 
 // DefaultReadAheadKiB is the read-ahead window a mount sets: its largest
@@ -27,8 +27,7 @@ const DefaultReadAheadKiB = maxWrite >> 10
 // maxReadAheadKiB bounds the setting: larger windows only pin page cache.
 const maxReadAheadKiB = 64 << 10
 
-// bdiRoot is where the kernel lists backing devices (a test points it
-// elsewhere).
+// bdiRoot is where the kernel lists backing devices.
 var bdiRoot = "/sys/class/bdi"
 
 // ReadAheadKiB returns the kernel's read-ahead window of the mount, KiB.
