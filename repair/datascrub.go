@@ -516,11 +516,12 @@ func (d dataStats) rate() float64 {
 // took. res and checkpoint are the resumed cursor and the cursor's
 // receiver, as for scrubData.
 func scrubDataDisk(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool, res *engine.ScrubCursor, checkpoint func(engine.ScrubCursor), scope *dataScope) ([]engine.Finding, dataStats, error) {
-	if first {
-		c.phaseStart("data", 0)
-	} else {
-		c.phaseStart("recheck data", 0)
+	part := "data"
+	if !first {
+		part = "recheck data"
 	}
+	c.partStart(part)
+	defer c.partEnd(part)
 	started := time.Now()
 	e := fsys.Engine()
 	s := e.Pin()

@@ -3,6 +3,7 @@ package repair
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -35,13 +36,16 @@ import (
 // A ScrubControl is safe for concurrent use: the scrub ticks it from its
 // goroutine, any other reads it, pauses, resumes or cancels.
 type ScrubControl struct {
-	mu       sync.Mutex
-	resumed  *sync.Cond
-	phase    string
-	done     uint64
-	total    uint64
-	bytes    uint64
-	started  time.Time
+	mu      sync.Mutex
+	resumed *sync.Cond
+	phase   string
+	done    uint64
+	total   uint64
+	bytes   uint64
+	started time.Time
+	// parts are the parts of the pass running side by side (the check
+	// and the data scrub), whose names the phase joins (partStart).
+	parts    []string
 	paused   bool
 	pausedAt time.Time
 	pausedD  time.Duration // time spent paused so far
@@ -59,6 +63,9 @@ type ScrubControl struct {
 	// afterWork, if set (tests), is called right after the first pass's
 	// last unit of work, with the run held there until it returns.
 	afterWork func()
+	// partStarted, if set (tests), is called after each partStart with
+	// the parts then running, the part held there until it returns.
+	partStarted func(parts []string)
 
 	// Pacing of the data scrub (SetRate).
 	rate      Rate
@@ -205,10 +212,56 @@ func (c *ScrubControl) phaseStart(name string, n uint64) {
 	for c.paused { // a paused run starts no phase: each is a point where a pause takes effect
 		c.resumed.Wait()
 	}
-	c.phase = name
+	c.phase, c.parts = name, nil
 	c.total += n
 	c.phaseAt, c.phaseDone = c.activeLocked(c.now()), c.done
 	c.mu.Unlock()
+}
+
+// partStart begins a part of the pass that may run beside another (the
+// check and the data scrub of one pass): the phase names every part
+// running, in alphabetical order joined by " and " ("check and data",
+// "recheck and recheck data"), or the part alone, as phaseStart would.
+// Like phaseStart it is a point where a pause takes effect. partEnd ends
+// the part: the phase then names those still running (the last one's name
+// stays once none is). Each change of the parts restarts the phase's own
+// rate, which the estimate uses.
+func (c *ScrubControl) partStart(name string) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	for c.paused {
+		c.resumed.Wait()
+	}
+	c.parts = append(c.parts, name)
+	c.partsChangedLocked()
+	hook, parts := c.partStarted, slices.Clone(c.parts)
+	c.mu.Unlock()
+	if hook != nil {
+		hook(parts)
+	}
+}
+
+// partEnd ends the part partStart began.
+func (c *ScrubControl) partEnd(name string) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	if i := slices.Index(c.parts, name); i >= 0 {
+		c.parts = slices.Delete(c.parts, i, i+1)
+		if len(c.parts) > 0 {
+			c.partsChangedLocked()
+		}
+	}
+	c.mu.Unlock()
+}
+
+func (c *ScrubControl) partsChangedLocked() {
+	names := slices.Sorted(slices.Values(c.parts))
+	c.phase = strings.Join(names, " and ")
+	c.phaseAt, c.phaseDone = c.activeLocked(c.now()), c.done
 }
 
 // finishPass marks the first pass complete: done = total. With final

@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"math"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/scrubd/scrubd/engine/format"
 	"github.com/scrubd/scrubd/engine/fs"
 )
 
@@ -198,4 +200,109 @@ func withBigFile(t *testing.T, img string, n int) (string, *fs.FS) {
 		t.Fatal(err)
 	}
 	return img, f
+}
+
+// TestScrubPhaseParts: the phase names the parts of a pass running side by
+// side, in order, and the part still running once the other ends; a phase
+// (a repair) replaces them.
+func TestScrubPhaseParts(t *testing.T) {
+	c := NewScrubControl(nil)
+	c.phaseStart("check", 10)
+	steps := []struct {
+		start bool
+		part  string
+		want  string
+	}{
+		{true, "data", "data"},
+		{true, "check", "check and data"},
+		{false, "check", "data"},
+		{false, "data", "data"},
+		{true, "recheck", "recheck"},
+		{true, "recheck data", "recheck and recheck data"},
+		{false, "recheck data", "recheck"},
+		{false, "nothing running", "recheck"},
+	}
+	for i, s := range steps {
+		if s.start {
+			c.partStart(s.part)
+		} else {
+			c.partEnd(s.part)
+		}
+		if got := c.Progress().Phase; got != s.want {
+			t.Fatalf("step %d (%v %q): phase %q, want %q", i, s.start, s.part, got, s.want)
+		}
+	}
+	c.phaseStart("repair csum", 0)
+	c.partEnd("recheck")
+	if got := c.Progress().Phase; got != "repair csum" {
+		t.Fatalf("after a phase: %q", got)
+	}
+}
+
+// TestScrubCheckBesideData: without a rate limit, a scrub with --data runs
+// its data scrub while the check runs (the check's part waits, up to a
+// minute, for the data scrub's to start: run one after the other, it
+// would wait the minute out and fail); rate-limited, the two run one after
+// the other, the check first. Both runs find the one bad data block,
+// exactly, and verify the same bytes.
+func TestScrubCheckBesideData(t *testing.T) {
+	img, f := withBigFile(t, populatedImage(t), 4<<20)
+	defer f.Close()
+	big, err := f.Lookup(fs.RootIno, "big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := diskOf(t, f, big.Ino, 8192)
+	fh, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fh.WriteAt(bytes.Repeat([]byte{0xee}, format.BlockSize), int64(disk)*format.BlockSize); err != nil {
+		t.Fatal(err)
+	}
+	fh.Close()
+	want := []dataHit{{"/big", big.Ino, 8192, disk}}
+	run := func(rate Rate) ([][]string, *Report) {
+		t.Helper()
+		ctl := NewScrubControl(nil)
+		ctl.SetRate(rate)
+		var mu sync.Mutex
+		var seen [][]string
+		dataStarted := make(chan struct{})
+		var once sync.Once
+		ctl.partStarted = func(parts []string) {
+			mu.Lock()
+			seen = append(seen, parts)
+			mu.Unlock()
+			if slices.Contains(parts, "data") {
+				once.Do(func() { close(dataStarted) })
+			}
+			if !rate.Auto && rate.BytesPerSec == 0 && slices.Equal(parts, []string{"check"}) {
+				select {
+				case <-dataStarted:
+				case <-time.After(time.Minute):
+					t.Error("the check ran a minute without the data scrub beside it")
+				}
+			}
+		}
+		rep, err := Scrub(context.Background(), f, img, ScrubOptions{Data: true, Control: ctl})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := reportHits(rep); rep.Found != 1 || !slices.Equal(got, want) || rep.BytesVerified == 0 {
+			t.Fatalf("report: %d found, data findings %v (want %v), %d bytes verified", rep.Found, got, want, rep.BytesVerified)
+		}
+		return seen, rep
+	}
+	seen, together := run(Rate{})
+	if !slices.ContainsFunc(seen, func(p []string) bool { return len(p) == 2 }) {
+		t.Fatalf("unlimited: parts %q, never the check and the data scrub together", seen)
+	}
+	seen, apart := run(Rate{BytesPerSec: 1 << 30})
+	if want := [][]string{{"check"}, {"data"}}; !slices.EqualFunc(seen, want, slices.Equal) {
+		t.Fatalf("rate-limited: parts %q, want %q", seen, want)
+	}
+	if together.BytesVerified != apart.BytesVerified {
+		t.Fatalf("side by side: %d bytes verified; one after the other: %d", together.BytesVerified, apart.BytesVerified)
+	}
 }

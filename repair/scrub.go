@@ -101,19 +101,21 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 		ctl.phaseStart("check", units)
 	}
 	check := func() (*engine.CheckResult, []engine.Finding, error) {
-		res, found, err := checkEngineTicked(ctx, e, ctl, first)
-		if err == nil && opts.Data {
-			var df []engine.Finding
-			var res *engine.ScrubCursor
+		var res *engine.CheckResult
+		var found []engine.Finding
+		var err error
+		if opts.Data {
+			var cur *engine.ScrubCursor
 			var cp func(engine.ScrubCursor)
 			if first {
-				res, cp = opts.Resume, opts.Checkpoint
+				cur, cp = opts.Resume, opts.Checkpoint
 			}
 			var ds dataStats
-			df, ds, err = scrubData(ctx, fsys, ctl, first, res, cp, scope)
+			res, found, ds, err = checkWithData(ctx, fsys, ctl, first, cur, cp, scope)
 			verified += ds.verified
 			dataRate = ds.rate()
-			found = append(found, df...)
+		} else {
+			res, found, err = checkEngineTicked(ctx, e, ctl, first)
 		}
 		if first && err == nil {
 			err = ctl.finishPass(ctx, !opts.Repair || len(found) == 0) // nothing to repair: the work ends here
@@ -243,11 +245,12 @@ func checkEngineTicked(ctx context.Context, e *engine.Engine, c *ScrubControl, f
 	var out []engine.Finding
 	var tick func()
 	if c != nil {
-		if first {
-			c.phaseStart("check", 0)
-		} else {
-			c.phaseStart("recheck", 0)
+		part := "check"
+		if !first {
+			part = "recheck"
 		}
+		c.partStart(part)
+		defer c.partEnd(part)
 		tick = func() { c.tick(0) }
 	}
 	res, err := s.CheckTicked(ctx, func(f engine.Finding) { out = append(out, f) }, tick)
@@ -259,6 +262,56 @@ func checkEngineTicked(ctx context.Context, e *engine.Engine, c *ScrubControl, f
 		c.addBytes(blocks * format.BlockSize)
 	}
 	return res, out, err
+}
+
+// checkWithData is one pass of a scrub with --data: the check of the
+// metadata and the data scrub (its arguments as scrubData's). The check's
+// findings come first, then the data scrub's; the error is the check's,
+// else the data scrub's.
+//
+// The two run side by side unless the data scrub is rate-limited: the
+// check is mostly CPU (the walk, its sorts and joins) and the data scrub
+// mostly waits for the device, so together they take about as long as
+// the longer of the two instead of their sum. Both read pinned
+// generations and change nothing, so neither sees the other; the
+// findings are those of the two run one after the other. A rate-limited
+// run (--rate, the mount's adaptive scrubs) keeps them one after the
+// other, the check first, so that the run never adds more than one of
+// them to the machine's load. A check that fails stops the data scrub (it
+// would not have started), whose findings and bytes verified until then
+// are still returned with the check's error.
+func checkWithData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool, cur *engine.ScrubCursor,
+	checkpoint func(engine.ScrubCursor), scope *dataScope) (*engine.CheckResult, []engine.Finding, dataStats, error) {
+	e := fsys.Engine()
+	if c.limited() {
+		res, found, err := checkEngineTicked(ctx, e, c, first)
+		if err != nil {
+			return res, found, dataStats{}, err
+		}
+		df, ds, err := scrubData(ctx, fsys, c, first, cur, checkpoint, scope)
+		return res, append(found, df...), ds, err
+	}
+	dctx, stop := context.WithCancel(ctx)
+	defer stop()
+	type dataOut struct {
+		found []engine.Finding
+		st    dataStats
+		err   error
+	}
+	done := make(chan dataOut, 1)
+	go func() {
+		f, st, err := scrubData(dctx, fsys, c, first, cur, checkpoint, scope)
+		done <- dataOut{f, st, err}
+	}()
+	res, found, err := checkEngineTicked(ctx, e, c, first)
+	if err != nil {
+		stop()
+	}
+	d := <-done
+	if err == nil {
+		err = d.err
+	}
+	return res, append(found, d.found...), d.st, err
 }
 
 // dataBlocks is how many 4 KiB blocks of file data a data scrub of e's
