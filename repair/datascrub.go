@@ -112,7 +112,6 @@ const _ = uint16(format.MaxExtentBlocks) + uint16(format.BlockSize)
 type dataPlan struct {
 	maps    []dataMap // sorted by disk block, inode, file block
 	skipped uint64    // mapped blocks the resumed cursor skips
-	counted uint64    // mapped blocks (mappedBlocks)
 	names   *nameTree
 }
 
@@ -210,23 +209,48 @@ func (nt *nameTree) path(ino uint64) string {
 	return nt.paths[ino]
 }
 
+// plannedData is a data scrub planned ahead, on the generation it pins:
+// a scrub with progress counts the blocks its data scrub will read before
+// the pass starts, and the data scrub then reads what was counted instead
+// of walking the trees a second time.
+type plannedData struct {
+	s    *engine.Snapshot
+	plan *dataPlan
+}
+
+// planAhead pins e's last commit and plans its data scrub (res: a resumed
+// cursor). The caller releases it.
+func planAhead(ctx context.Context, e *engine.Engine, res *engine.ScrubCursor) (*plannedData, error) {
+	s := e.Pin()
+	plan, err := planData(ctx, s, nil, res)
+	if err != nil {
+		s.Release()
+		return nil, err
+	}
+	return &plannedData{s: s, plan: plan}, nil
+}
+
+// units is the progress units of the planned data scrub: every block it
+// reads, and those the resumed cursor skips (counted as done at once).
+func (pd *plannedData) units() uint64 {
+	n := pd.plan.skipped
+	for i := range pd.plan.maps {
+		n += uint64(pd.plan.maps[i].n)
+	}
+	return n
+}
+
+// release unpins the planned generation (pd may be nil; release may be
+// called more than once).
+func (pd *plannedData) release() {
+	if pd != nil && pd.s != nil {
+		pd.s.Release()
+		pd.s = nil
+	}
+}
+
 // planData collects what a data scrub of generation s reads (see above).
 func planData(ctx context.Context, s *engine.Snapshot, scope *dataScope, res *engine.ScrubCursor) (*dataPlan, error) {
-	return walkPlan(ctx, s, scope, res, false)
-}
-
-// mappedBlocks counts the blocks a whole data scrub of generation s reads
-// (the units of its progress).
-func mappedBlocks(ctx context.Context, s *engine.Snapshot) uint64 {
-	p, err := walkPlan(ctx, s, nil, nil, true)
-	if err != nil {
-		return 0
-	}
-	return p.counted
-}
-
-// walkPlan is planData; with count, it only counts the blocks (counted).
-func walkPlan(ctx context.Context, s *engine.Snapshot, scope *dataScope, res *engine.ScrubCursor, count bool) (*dataPlan, error) {
 	p := &dataPlan{names: readNames(s)}
 	reach := p.names.reachable()
 	sizes := map[uint64]uint64{}
@@ -256,10 +280,6 @@ func walkPlan(ctx context.Context, s *engine.Snapshot, scope *dataScope, res *en
 		d := fe.Disk(at, fb)
 		if res != nil && res.DiskOrder && d < res.NextDisk {
 			p.skipped += cnt
-			return
-		}
-		if count {
-			p.counted += cnt
 			return
 		}
 		last := uint64(format.BlockSize)
@@ -515,7 +535,10 @@ func (d dataStats) rate() float64 {
 // the essay above): its findings, the bytes verified, and how long it
 // took. res and checkpoint are the resumed cursor and the cursor's
 // receiver, as for scrubData.
-func scrubDataDisk(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool, res *engine.ScrubCursor, checkpoint func(engine.ScrubCursor), scope *dataScope) ([]engine.Finding, dataStats, error) {
+//
+// With pre set (the plan made ahead for the same res and no scope), it
+// reads that plan's generation; pre stays the caller's to release.
+func scrubDataDisk(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool, res *engine.ScrubCursor, checkpoint func(engine.ScrubCursor), scope *dataScope, pre *plannedData) ([]engine.Finding, dataStats, error) {
 	part := "data"
 	if !first {
 		part = "recheck data"
@@ -524,11 +547,17 @@ func scrubDataDisk(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool
 	defer c.partEnd(part)
 	started := time.Now()
 	e := fsys.Engine()
-	s := e.Pin()
-	defer s.Release()
-	plan, err := planData(ctx, s, scope, res)
-	if err != nil {
-		return nil, dataStats{}, err
+	var s *engine.Snapshot
+	var plan *dataPlan
+	if pre != nil && pre.s != nil {
+		s, plan = pre.s, pre.plan
+	} else {
+		s = e.Pin()
+		defer s.Release()
+		var err error
+		if plan, err = planData(ctx, s, scope, res); err != nil {
+			return nil, dataStats{}, err
+		}
 	}
 	var out []engine.Finding
 	var st dataStats

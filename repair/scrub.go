@@ -86,6 +86,8 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 			return nil, fmt.Errorf("the data written since generation %d: %w", opts.Since, err)
 		}
 	}
+	var pre *plannedData // the first pass's data scrub, planned to count its blocks
+	defer func() { pre.release() }()
 	if ctl != nil {
 		// The whole first pass's units, known before it starts, so the
 		// percentage never goes back when the data scrub begins.
@@ -96,7 +98,12 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 		case scope != nil:
 			units += scope.blocks
 		case opts.Data:
-			units += dataBlocks(e)
+			// Canceled meanwhile (its only error), the data scrub plans
+			// again, and the check reports the cancellation.
+			if p, err := planAhead(ctx, e, opts.Resume); err == nil {
+				pre = p
+				units += pre.units()
+			}
 		}
 		ctl.phaseStart("check", units)
 	}
@@ -107,11 +114,13 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 		if opts.Data {
 			var cur *engine.ScrubCursor
 			var cp func(engine.ScrubCursor)
+			var planned *plannedData
 			if first {
-				cur, cp = opts.Resume, opts.Checkpoint
+				cur, cp, planned = opts.Resume, opts.Checkpoint, pre
 			}
 			var ds dataStats
-			res, found, ds, err = checkWithData(ctx, fsys, ctl, first, cur, cp, scope)
+			res, found, ds, err = checkWithData(ctx, fsys, ctl, first, cur, cp, scope, planned)
+			pre.release() // the first pass's generation is not read again
 			verified += ds.verified
 			dataRate = ds.rate()
 		} else {
@@ -281,14 +290,14 @@ func checkEngineTicked(ctx context.Context, e *engine.Engine, c *ScrubControl, f
 // would not have started), whose findings and bytes verified until then
 // are still returned with the check's error.
 func checkWithData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool, cur *engine.ScrubCursor,
-	checkpoint func(engine.ScrubCursor), scope *dataScope) (*engine.CheckResult, []engine.Finding, dataStats, error) {
+	checkpoint func(engine.ScrubCursor), scope *dataScope, pre *plannedData) (*engine.CheckResult, []engine.Finding, dataStats, error) {
 	e := fsys.Engine()
 	if c.limited() {
 		res, found, err := checkEngineTicked(ctx, e, c, first)
 		if err != nil {
 			return res, found, dataStats{}, err
 		}
-		df, ds, err := scrubData(ctx, fsys, c, first, cur, checkpoint, scope)
+		df, ds, err := scrubDataDisk(ctx, fsys, c, first, cur, checkpoint, scope, pre)
 		return res, append(found, df...), ds, err
 	}
 	dctx, stop := context.WithCancel(ctx)
@@ -300,7 +309,7 @@ func checkWithData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool
 	}
 	done := make(chan dataOut, 1)
 	go func() {
-		f, st, err := scrubData(dctx, fsys, c, first, cur, checkpoint, scope)
+		f, st, err := scrubDataDisk(dctx, fsys, c, first, cur, checkpoint, scope, pre)
 		done <- dataOut{f, st, err}
 	}()
 	res, found, err := checkEngineTicked(ctx, e, c, first)
@@ -314,15 +323,6 @@ func checkWithData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool
 	return res, append(found, d.found...), d.st, err
 }
 
-// dataBlocks is how many 4 KiB blocks of file data a data scrub of e's
-// last commit reads: those the regular files the directory tree reaches
-// map, up to their sizes (datascrub.go).
-func dataBlocks(e *engine.Engine) uint64 {
-	s := e.Pin()
-	defer s.Release()
-	return mappedBlocks(context.Background(), s)
-}
-
 // scrubData reads the file data of the committed generation and reports
 // each block that fails its checksum, by path, offset, inode and disk
 // block: in disk order, at device speed (datascrub.go). It returns the
@@ -330,7 +330,7 @@ func dataBlocks(e *engine.Engine) uint64 {
 // from that cursor (a disk-order one, or an inode-order one of an older
 // build); checkpoint, if set, is told the position after each run read.
 func scrubData(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool, res *engine.ScrubCursor, checkpoint func(engine.ScrubCursor), scope *dataScope) ([]engine.Finding, dataStats, error) {
-	return scrubDataDisk(ctx, fsys, c, first, res, checkpoint, scope)
+	return scrubDataDisk(ctx, fsys, c, first, res, checkpoint, scope, nil)
 }
 
 // scrubDataByFile is the data scrub as it was before the disk-order one:
