@@ -136,6 +136,10 @@ func readNames(s *engine.Snapshot) *nameTree {
 	if !ok {
 		return nt
 	}
+	// Half the directory tree's items are index items (the others are the
+	// entries by name hash): sized once, the slice is not copied as it
+	// grows, nor its fresh pages touched twice.
+	nt.ents = make([]nameEnt, 0, presize(t.Items/2))
 	cur, from := uint64(0), 0
 	// Damage stops the walk: the check reports it; the files it hides are
 	// not read, as a walk through the filesystem could not reach them.
@@ -249,6 +253,13 @@ func (pd *plannedData) release() {
 	}
 }
 
+// presize is the capacity to give a slice of about n records, n an item
+// count a root item records: bounded, since a damaged count can be any
+// number (the slice then grows as it would have).
+func presize(n uint64) int {
+	return int(min(n, 1<<22))
+}
+
 // planData collects what a data scrub of generation s reads (see above).
 func planData(ctx context.Context, s *engine.Snapshot, scope *dataScope, res *engine.ScrubCursor) (*dataPlan, error) {
 	p := &dataPlan{names: readNames(s)}
@@ -268,6 +279,9 @@ func planData(ctx context.Context, s *engine.Snapshot, scope *dataScope, res *en
 	t, ok := s.ScanTree(format.TreeExtent)
 	if !ok {
 		return p, nil
+	}
+	if scope == nil {
+		p.maps = make([]dataMap, 0, presize(t.Items)) // about one mapping per file extent item
 	}
 	total := s.TotalBlocks()
 	stopped := map[uint64]bool{} // files whose extent items stop at damage
