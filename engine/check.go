@@ -559,10 +559,11 @@ type adviser struct {
 	done []uint64 // chunks advised, a bit each
 }
 
-// newAdviser returns the adviser of an offline check of e, or nil.
+// newAdviser returns the adviser of an offline check of e (or of any walk
+// of an engine opened with Options.ReadAhead), or nil.
 func newAdviser(e *Engine) *adviser {
 	f, ok := e.dev.(*disk.File)
-	if !ok || !e.tolerant {
+	if !ok || !(e.tolerant || e.opts.ReadAhead) {
 		return nil
 	}
 	chunks := (e.totalBlocks + raChunk - 1) / raChunk

@@ -50,6 +50,14 @@ type Options struct {
 	// Update instead of at commit, so nothing merges across operations. It
 	// exists to measure what the queue saves.
 	NoDelayedRefs bool
+	// ReadAhead says the engine's device serves nobody else (an offline
+	// scrub): walks of whole trees (the check's, the data scrub's plan)
+	// have the kernel read the neighbourhood of the blocks they are about
+	// to read into the page cache, a few large device reads instead of one
+	// per block (check.go's adviser; an offline check always does). A
+	// mount leaves it off: it would fill the page cache its readers share
+	// with the data around the metadata.
+	ReadAhead bool
 	// NoLog disables the fsync log (--notreelog): AppendLog returns
 	// ErrNoLog and callers commit instead.
 	NoLog bool
@@ -1315,6 +1323,8 @@ type Snapshot struct {
 	e        *Engine
 	v        *view
 	released atomic.Bool
+	advOnce  sync.Once
+	adv      *adviser // ScanTreeAhead's, shared by its walks
 }
 
 // Pin pins the last committed generation.
@@ -1367,6 +1377,17 @@ func (s *Snapshot) ScanTree(id format.TreeID) (*eb.Tree, bool) {
 		return nil, false
 	}
 	return eb.Open(viewStore{e: s.e, ring: &scanRing{}}, id, eb.Ptr{Block: ri.Root.Block, Gen: ri.Root.Gen}, int(ri.Root.Level), ri.Items), true
+}
+
+// ScanTreeAhead is ScanTree for an Ascend over a whole tree from a cold
+// cache: the walk reads each interior node's children ahead, neighbours
+// in one read, and with Options.ReadAhead has the kernel read their
+// neighbourhood (the check's walks' checkStore and adviser, the adviser
+// shared by the snapshot's walks), instead of one device request per
+// node. Same rules as ScanTree; walks of different trees may run at once.
+func (s *Snapshot) ScanTreeAhead(id format.TreeID) (*eb.Tree, bool) {
+	s.advOnce.Do(func() { s.adv = newAdviser(s.e) })
+	return s.checkTree(id, newCheckStore(s.e, s.adv))
 }
 
 // Release unpins the snapshot; blocks only it kept alive become reusable.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -132,7 +133,7 @@ type nameEnt struct {
 // creation order: the order ReadDir lists).
 func readNames(s *engine.Snapshot) *nameTree {
 	nt := &nameTree{dirs: map[uint64][2]int{}}
-	t, ok := s.ScanTree(format.TreeDir)
+	t, ok := s.ScanTreeAhead(format.TreeDir)
 	if !ok {
 		return nt
 	}
@@ -167,11 +168,14 @@ func readNames(s *engine.Snapshot) *nameTree {
 }
 
 // walk visits the regular files in depth-first order from the root, each
-// time it meets one (a hard-linked file once per name), with its path.
-func (nt *nameTree) walk(fn func(ino uint64, path string)) {
+// time it meets one (a hard-linked file once per name), with a function
+// returning its path (built only when asked: reachability needs none).
+func (nt *nameTree) walk(fn func(ino uint64, path func() string)) {
 	seen := map[uint64]bool{}
-	var visit func(dir uint64, path string)
-	visit = func(dir uint64, path string) {
+	var names []string // the path's components, down to the entry visited
+	path := func() string { return "/" + strings.Join(names, "/") }
+	var visit func(dir uint64)
+	visit = func(dir uint64) {
 		if seen[dir] { // a loop only damage makes
 			return
 		}
@@ -181,22 +185,23 @@ func (nt *nameTree) walk(fn func(ino uint64, path string)) {
 			return
 		}
 		for _, de := range nt.ents[r[0]:r[1]] {
-			p := path + "/" + de.name
+			names = append(names, de.name)
 			switch de.mode & syscall.S_IFMT {
 			case syscall.S_IFDIR:
-				visit(de.ino, p)
+				visit(de.ino)
 			case syscall.S_IFREG:
-				fn(de.ino, p)
+				fn(de.ino, path)
 			}
+			names = names[:len(names)-1]
 		}
 	}
-	visit(fs.RootIno, "")
+	visit(fs.RootIno)
 }
 
 // reachable returns the regular files the walk from the root meets.
 func (nt *nameTree) reachable() map[uint64]bool {
-	m := map[uint64]bool{}
-	nt.walk(func(ino uint64, _ string) { m[ino] = true })
+	m := make(map[uint64]bool, len(nt.ents))
+	nt.walk(func(ino uint64, _ func() string) { m[ino] = true })
 	return m
 }
 
@@ -204,9 +209,9 @@ func (nt *nameTree) reachable() map[uint64]bool {
 func (nt *nameTree) path(ino uint64) string {
 	if nt.paths == nil {
 		nt.paths = map[uint64]string{}
-		nt.walk(func(ino uint64, p string) {
+		nt.walk(func(ino uint64, p func() string) {
 			if _, ok := nt.paths[ino]; !ok {
-				nt.paths[ino] = p
+				nt.paths[ino] = p()
 			}
 		})
 	}
@@ -261,41 +266,61 @@ func presize(n uint64) int {
 }
 
 // planData collects what a data scrub of generation s reads (see above).
+//
+// The three trees it reads are walked at once, each in a goroutine of its
+// own: from a cold cache a walk mostly waits for the device, and three
+// walks keep three requests in flight. The directory tree's walk (names,
+// reachability) runs beside the other two; the extent tree's walk joins
+// each file's extent items with its size as it goes, from the inode
+// tree's walk running ahead (both trees are keyed by inode number); the
+// mappings of files the directory tree does not reach are dropped at the
+// end.
 func planData(ctx context.Context, s *engine.Snapshot, scope *dataScope, res *engine.ScrubCursor) (*dataPlan, error) {
-	p := &dataPlan{names: readNames(s)}
-	reach := p.names.reachable()
-	sizes := map[uint64]uint64{}
-	if t, ok := s.ScanTree(format.TreeInode); ok {
-		_ = t.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
-			if k.Type != format.TypeInodeItem || !reach[k.Obj] {
-				return true
+	p := &dataPlan{}
+	var reach map[uint64]bool
+	named := make(chan struct{})
+	go func() {
+		defer close(named)
+		p.names = readNames(s)
+		reach = p.names.reachable()
+	}()
+	defer func() { <-named }() // never return with the walk running
+	sizes := make(chan []fileSize, 4)
+	quit, sized := make(chan struct{}), make(chan struct{})
+	defer func() { close(quit); <-sized }()
+	go func() {
+		defer close(sized)
+		readSizes(s, sizes, quit)
+	}()
+	var pending []fileSize // a batch from sizes, its files below the walk's dropped
+	sizeOf := func(ino uint64) (uint64, bool) {
+		for {
+			for len(pending) > 0 && pending[0].ino < ino {
+				pending = pending[1:]
 			}
-			if in, err := format.DecodeInodeItem(v); err == nil && in.Mode&syscall.S_IFMT == syscall.S_IFREG {
-				sizes[k.Obj] = in.Size
+			if len(pending) > 0 {
+				return pending[0].size, pending[0].ino == ino
 			}
-			return true
-		})
+			b, ok := <-sizes
+			if !ok {
+				return 0, false
+			}
+			pending = b
+		}
 	}
-	t, ok := s.ScanTree(format.TreeExtent)
+	t, ok := s.ScanTreeAhead(format.TreeExtent)
 	if !ok {
+		<-named
 		return p, nil
 	}
 	if scope == nil {
 		p.maps = make([]dataMap, 0, presize(t.Items)) // about one mapping per file extent item
 	}
 	total := s.TotalBlocks()
-	stopped := map[uint64]bool{} // files whose extent items stop at damage
+	stopped := uint64(0) // a file whose extent items stop at damage (+1; 0: none)
 	var n int
 	add := func(ino, fb, cnt uint64, fe format.FileExtent, at, size uint64) {
-		if res != nil && ino < res.NextIno {
-			p.skipped += cnt
-			return
-		}
 		d := fe.Disk(at, fb)
-		if res != nil && res.DiskOrder && d < res.NextDisk {
-			p.skipped += cnt
-			return
-		}
 		last := uint64(format.BlockSize)
 		if end := (fb + cnt) * format.BlockSize; end > size {
 			last = size - (fb+cnt-1)*format.BlockSize
@@ -306,17 +331,17 @@ func planData(ctx context.Context, s *engine.Snapshot, scope *dataScope, res *en
 		if n++; n%4096 == 0 && ctx.Err() != nil {
 			return false
 		}
-		if k.Type != format.TypeFileExtent || stopped[k.Obj] {
+		if k.Type != format.TypeFileExtent || stopped == k.Obj+1 {
 			return true
 		}
-		size, ok := sizes[k.Obj]
+		size, ok := sizeOf(k.Obj)
 		if !ok {
 			return true
 		}
 		fe, err := format.DecodeFileExtent(v)
 		if err != nil || uint64(fe.Start)+fe.Len > total {
 			// A read of the file stops here: so does the scrub.
-			stopped[k.Obj] = true
+			stopped = k.Obj + 1
 			return true
 		}
 		sizeBlocks := (size + format.BlockSize - 1) / format.BlockSize
@@ -336,14 +361,70 @@ func planData(ctx context.Context, s *engine.Snapshot, scope *dataScope, res *en
 		}
 		return true
 	})
+	<-named
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	_ = err // damage: the check reports it; what was collected is read
+	// Only the files the directory tree reaches, less what the resumed
+	// cursor skips.
+	k := 0
+	for _, m := range p.maps {
+		if !reach[m.ino] {
+			continue
+		}
+		if res != nil && (m.ino < res.NextIno || (res.DiskOrder && m.disk < res.NextDisk)) {
+			p.skipped += uint64(m.n)
+			continue
+		}
+		p.maps[k] = m
+		k++
+	}
+	p.maps = p.maps[:k]
 	slices.SortFunc(p.maps, func(a, b dataMap) int {
 		return cmp.Or(cmp.Compare(a.disk, b.disk), cmp.Compare(a.ino, b.ino), cmp.Compare(a.fb, b.fb))
 	})
 	return p, nil
+}
+
+// fileSize is a regular file's size.
+type fileSize struct{ ino, size uint64 }
+
+// readSizes walks the inode tree of s and sends the sizes of its regular
+// files to out, in batches in inode order, until the walk ends (damage
+// ends it: the files after it are not read, as before) or quit closes;
+// then it closes out.
+func readSizes(s *engine.Snapshot, out chan<- []fileSize, quit <-chan struct{}) {
+	defer close(out)
+	t, ok := s.ScanTreeAhead(format.TreeInode)
+	if !ok {
+		return
+	}
+	const batch = 4096
+	b := make([]fileSize, 0, batch)
+	stop := false
+	send := func() {
+		select {
+		case out <- b:
+			b = make([]fileSize, 0, batch)
+		case <-quit:
+			stop = true
+		}
+	}
+	_ = t.Ascend(format.Key{}, func(k format.Key, v []byte) bool {
+		if k.Type != format.TypeInodeItem {
+			return true
+		}
+		if in, err := format.DecodeInodeItem(v); err == nil && in.Mode&syscall.S_IFMT == syscall.S_IFREG {
+			if b = append(b, fileSize{k.Obj, in.Size}); len(b) == batch {
+				send()
+			}
+		}
+		return !stop
+	})
+	if len(b) > 0 && !stop {
+		send()
+	}
 }
 
 // dataRun is a run of contiguous disk blocks read at once.

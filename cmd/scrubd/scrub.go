@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/scrubd/scrubd/daemon"
+	"github.com/scrubd/scrubd/engine"
 	"github.com/scrubd/scrubd/engine/format"
 	"github.com/scrubd/scrubd/engine/fs"
 	"github.com/scrubd/scrubd/history"
@@ -175,7 +176,8 @@ func scrubImage(ctx context.Context, img string, o scrubOptions, log *slog.Logge
 	if err := checkOffline(img); err != nil {
 		return nil, err
 	}
-	fsys, err := fs.OpenPath(img, fs.Options{ReadOnly: !repairIt, CommitInterval: -1, Logger: log})
+	// Nothing else reads the image: its walks read ahead.
+	fsys, err := fs.OpenPath(img, fs.Options{ReadOnly: !repairIt, CommitInterval: -1, Logger: log, Engine: engine.Options{ReadAhead: true}})
 	if errors.Is(err, format.ErrCorrupt) {
 		// Damage the engine cannot mount past (today: the root or
 		// free-space tree) is still damage to report, as fsck does.

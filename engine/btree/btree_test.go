@@ -372,3 +372,70 @@ func TestSplitRootLeafBelowFirstKey(t *testing.T) {
 		checkTree(t, tr, s, m)
 	}
 }
+
+// prefetchStore is a MemStore that records what Ascend hands it to read
+// ahead, and which reads it was handed beforehand.
+type prefetchStore struct {
+	*MemStore
+	ahead  map[[2]uint64]bool // {block, level} handed to Prefetch
+	calls  int
+	reads  int
+	missed []string // reads below the root not handed to Prefetch first
+	root   format.BlockNr
+}
+
+func (s *prefetchStore) Prefetch(tree format.TreeID, kids []Ptr, level int) {
+	s.calls++
+	for _, k := range kids {
+		s.ahead[[2]uint64{uint64(k.Block), uint64(level)}] = true
+	}
+}
+
+func (s *prefetchStore) Read(tree format.TreeID, p Ptr, level int) (format.Node, error) {
+	s.reads++
+	if p.Block != s.root && !s.ahead[[2]uint64{uint64(p.Block), uint64(level)}] {
+		s.missed = append(s.missed, fmt.Sprintf("block %d level %d", p.Block, level))
+	}
+	return s.MemStore.Read(tree, p, level)
+}
+
+// TestAscendPrefetch checks Ascend over a Prefetcher: the same items from
+// every start key as over a plain store, and every node below the root it
+// reads handed to Prefetch, for its level, before it is read.
+func TestAscendPrefetch(t *testing.T) {
+	s := NewMemStore(false)
+	tr, _ := Create(s, format.TreeFree)
+	for i := uint64(0); i < 40000; i++ {
+		if err := tr.Insert(format.Key{Obj: i * 2, Type: format.TypeFreeExtent}, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if tr.Level < 2 {
+		t.Fatalf("tree of level %d: want at least 2, so that interior nodes below the root are read ahead", tr.Level)
+	}
+	collect := func(tt *Tree, from format.Key) []format.Key {
+		var out []format.Key
+		if err := tt.Ascend(from, func(k format.Key, v []byte) bool {
+			out = append(out, k)
+			return true
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	for _, from := range []uint64{0, 1, 2, 777, 40001, 79998, 79999, 90000} {
+		fk := format.Key{Obj: from}
+		ps := &prefetchStore{MemStore: s, ahead: map[[2]uint64]bool{}, root: tr.Root.Block}
+		pt := Open(ps, tr.ID, tr.Root, tr.Level, tr.Items)
+		got, want := collect(pt, fk), collect(tr, fk)
+		if !slices.Equal(got, want) {
+			t.Fatalf("from %d: %d items with prefetch, %d without", from, len(got), len(want))
+		}
+		if len(ps.missed) > 0 {
+			t.Fatalf("from %d: %d of %d reads not handed to Prefetch first, e.g. %s", from, len(ps.missed), ps.reads, ps.missed[0])
+		}
+		if len(want) > 0 && ps.calls == 0 {
+			t.Fatalf("from %d: Prefetch never called", from)
+		}
+	}
+}

@@ -12,8 +12,26 @@ type frame struct {
 // Ascend calls fn for every item with key >= from in increasing key order,
 // until fn returns false. The value slice is valid only during fn, and fn
 // must not modify the tree.
+//
+// Over a Store that is a Prefetcher, Ascend hands it the children of each
+// interior node it goes down into (those from the one it walks first on),
+// as Check does: the walk then reads neighbouring nodes in one read.
 func (t *Tree) Ascend(from format.Key, fn func(k format.Key, v []byte) bool) error {
 	var stack [format.MaxLevel + 1]frame
+	pf, _ := t.Store.(Prefetcher)
+	var kids []Ptr
+	prefetch := func(n format.Node, from int) {
+		lv := n.Level()
+		if pf == nil || lv < 1 || lv > format.MaxLevel {
+			return
+		}
+		kids = kids[:0]
+		for i := from; i < n.NrItems(); i++ {
+			b, g := n.Child(i)
+			kids = append(kids, Ptr{b, g})
+		}
+		pf.Prefetch(t.ID, kids, lv-1)
+	}
 	d := 0
 	p, level := t.Root, t.Level
 	for {
@@ -28,6 +46,7 @@ func (t *Tree) Ascend(from format.Key, fn func(k format.Key, v []byte) bool) err
 		}
 		slot := n.ChildSlot(from)
 		stack[d] = frame{n, slot}
+		prefetch(n, slot)
 		b, g := n.Child(slot)
 		p, level, d = Ptr{b, g}, level-1, d+1
 	}
@@ -60,6 +79,9 @@ func (t *Tree) Ascend(from format.Key, fn func(k format.Key, v []byte) bool) err
 			}
 			d++
 			stack[d] = frame{n, 0}
+			if !n.IsLeaf() {
+				prefetch(n, 0)
+			}
 		}
 	}
 }
