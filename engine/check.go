@@ -559,16 +559,29 @@ type adviser struct {
 	done []uint64 // chunks advised, a bit each
 }
 
-// newAdviser returns the adviser of an offline check of e (or of any walk
-// of an engine opened with Options.ReadAhead), or nil.
-func newAdviser(e *Engine) *adviser {
-	f, ok := e.dev.(*disk.File)
-	if !ok || !(e.tolerant || e.opts.ReadAhead) {
-		return nil
-	}
-	chunks := (e.totalBlocks + raChunk - 1) / raChunk
-	return &adviser{f: f, done: make([]uint64, (chunks+63)/64)}
+// adviser returns the adviser of s's walks (one per snapshot, created at
+// the first walk), or nil when they may not have the kernel read ahead:
+// an offline check (CheckImage) always may, an engine opened with
+// Options.ReadAhead too, and a snapshot its holder allowed
+// (AllowReadAhead); only on an image file or block device.
+func (s *Snapshot) adviser() *adviser {
+	s.advOnce.Do(func() {
+		e := s.e
+		f, ok := e.dev.(*disk.File)
+		if !ok || !(e.tolerant || e.opts.ReadAhead || s.readAhead.Load()) {
+			return
+		}
+		chunks := (e.totalBlocks + raChunk - 1) / raChunk
+		s.adv = &adviser{f: f, done: make([]uint64, (chunks+63)/64)}
+	})
+	return s.adv
 }
+
+// AllowReadAhead lets the walks of s have the kernel read ahead, as an
+// offline check's do: a scrub that is not rate-limited asks for it (the
+// kernel's read-ahead of a plain walk fills the page cache with about as
+// much). Call it before the first walk.
+func (s *Snapshot) AllowReadAhead() { s.readAhead.Store(true) }
 
 // advise reads ahead the chunks of bs (sorted) not read ahead yet,
 // adjacent chunks with one call.
@@ -677,7 +690,7 @@ type treeWalks struct {
 var errWalkStopped = errors.New("check walk stopped")
 
 func newTreeWalks(s *Snapshot) *treeWalks {
-	w := &treeWalks{s: s, quit: make(chan struct{}), adv: newAdviser(s.e)}
+	w := &treeWalks{s: s, quit: make(chan struct{}), adv: s.adviser()}
 	for _, id := range s.Trees() {
 		if _, ok := s.v.roots[id]; ok {
 			w.ids = append(w.ids, id)

@@ -55,8 +55,8 @@ type Options struct {
 	// have the kernel read the neighbourhood of the blocks they are about
 	// to read into the page cache, a few large device reads instead of one
 	// per block (check.go's adviser; an offline check always does). A
-	// mount leaves it off: it would fill the page cache its readers share
-	// with the data around the metadata.
+	// mount leaves it off and allows it per snapshot instead
+	// (Snapshot.AllowReadAhead: a scrub that is not rate-limited).
 	ReadAhead bool
 	// NoLog disables the fsync log (--notreelog): AppendLog returns
 	// ErrNoLog and callers commit instead.
@@ -1323,8 +1323,11 @@ type Snapshot struct {
 	e        *Engine
 	v        *view
 	released atomic.Bool
-	advOnce  sync.Once
-	adv      *adviser // ScanTreeAhead's, shared by its walks
+	// The walks' adviser (check.go), shared by them; readAhead: the
+	// holder allowed one (AllowReadAhead).
+	advOnce   sync.Once
+	adv       *adviser
+	readAhead atomic.Bool
 }
 
 // Pin pins the last committed generation.
@@ -1381,13 +1384,12 @@ func (s *Snapshot) ScanTree(id format.TreeID) (*eb.Tree, bool) {
 
 // ScanTreeAhead is ScanTree for an Ascend over a whole tree from a cold
 // cache: the walk reads each interior node's children ahead, neighbours
-// in one read, and with Options.ReadAhead has the kernel read their
-// neighbourhood (the check's walks' checkStore and adviser, the adviser
-// shared by the snapshot's walks), instead of one device request per
-// node. Same rules as ScanTree; walks of different trees may run at once.
+// in one read, and where allowed (Snapshot.adviser) has the kernel read
+// their neighbourhood: the check's walks' store and adviser, instead of
+// one device request per node. Same rules as ScanTree; walks of
+// different trees may run at once.
 func (s *Snapshot) ScanTreeAhead(id format.TreeID) (*eb.Tree, bool) {
-	s.advOnce.Do(func() { s.adv = newAdviser(s.e) })
-	return s.checkTree(id, newCheckStore(s.e, s.adv))
+	return s.checkTree(id, newCheckStore(s.e, s.adviser()))
 }
 
 // Release unpins the snapshot; blocks only it kept alive become reusable.

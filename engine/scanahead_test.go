@@ -10,15 +10,17 @@ import (
 )
 
 // TestScanTreeAhead walks the inode tree of an image file, three levels
-// deep, with ScanTreeAhead (the adviser on and off, several walks at once)
-// and checks it reads exactly what Tree reads.
+// deep, with ScanTreeAhead (several walks at once; the kernel's read-ahead
+// off, on by Options.ReadAhead, and on by Snapshot.AllowReadAhead) and
+// checks it reads exactly what Tree reads.
 func TestScanTreeAhead(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "scan.img")
 	if err := MkfsPath(img, 64<<20, false, MkfsOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, ra := range []bool{false, true} {
-		e, err := OpenPath(img, Options{CommitInterval: -1, ReadAhead: ra})
+	for i, mode := range []string{"off", "engine", "snapshot"} {
+		ra := i > 0
+		e, err := OpenPath(img, Options{CommitInterval: -1, ReadAhead: mode == "engine"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -47,6 +49,9 @@ func TestScanTreeAhead(t *testing.T) {
 			}
 		}
 		s := e.Pin()
+		if mode == "snapshot" {
+			s.AllowReadAhead()
+		}
 		if ri, _ := s.Root(format.TreeInode); ri.Root.Level < 2 {
 			t.Fatalf("inode tree of level %d: want at least 2", ri.Root.Level)
 		}
@@ -82,7 +87,7 @@ func TestScanTreeAhead(t *testing.T) {
 		// adviser, shared); without, not.
 		advised := s.adv != nil && slices.ContainsFunc(s.adv.done, func(w uint64) bool { return w != 0 })
 		if advised != ra {
-			t.Errorf("read ahead %v: adviser used %v", ra, advised)
+			t.Errorf("read ahead %s: adviser used %v", mode, advised)
 		}
 		s.Release()
 		mustCheck(t, e)

@@ -227,10 +227,11 @@ type plannedData struct {
 	plan *dataPlan
 }
 
-// planAhead pins e's last commit and plans its data scrub (res: a resumed
-// cursor). The caller releases it.
-func planAhead(ctx context.Context, e *engine.Engine, res *engine.ScrubCursor) (*plannedData, error) {
+// planAhead pins e's last commit and plans its data scrub (c: the run's
+// control; res: a resumed cursor). The caller releases it.
+func planAhead(ctx context.Context, e *engine.Engine, c *ScrubControl, res *engine.ScrubCursor) (*plannedData, error) {
 	s := e.Pin()
+	c.allowReadAhead(s)
 	plan, err := planData(ctx, s, nil, res)
 	if err != nil {
 		s.Release()
@@ -649,6 +650,7 @@ func scrubDataDisk(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool
 	} else {
 		s = e.Pin()
 		defer s.Release()
+		c.allowReadAhead(s)
 		var err error
 		if plan, err = planData(ctx, s, scope, res); err != nil {
 			return nil, dataStats{}, err
@@ -768,6 +770,16 @@ func scrubDataDisk(ctx context.Context, fsys *fs.FS, c *ScrubControl, first bool
 	}
 	st.elapsed = time.Since(started)
 	return sortData(out), st, nil
+}
+
+// allowReadAhead lets the walks of s (the check's, the data scrub's plan)
+// have the kernel read ahead when c is a run that is not rate-limited:
+// an operator's scrub run to finish, not the mount's own gentle ones (an
+// offline scrub's engine always allows it).
+func (c *ScrubControl) allowReadAhead(s *engine.Snapshot) {
+	if c != nil && !c.limited() {
+		s.AllowReadAhead()
+	}
 }
 
 // limited says whether the run's data scrub is rate-limited.

@@ -100,7 +100,7 @@ func Scrub(ctx context.Context, fsys *fs.FS, target string, opts ScrubOptions) (
 		case opts.Data:
 			// Canceled meanwhile (its only error), the data scrub plans
 			// again, and the check reports the cancellation.
-			if p, err := planAhead(ctx, e, opts.Resume); err == nil {
+			if p, err := planAhead(ctx, e, ctl, opts.Resume); err == nil {
 				pre = p
 				units += pre.units()
 			}
@@ -251,6 +251,7 @@ func checkEngine(ctx context.Context, e *engine.Engine) (*engine.CheckResult, []
 func checkEngineTicked(ctx context.Context, e *engine.Engine, c *ScrubControl, first bool) (*engine.CheckResult, []engine.Finding, error) {
 	s := e.Pin()
 	defer s.Release()
+	c.allowReadAhead(s)
 	var out []engine.Finding
 	var tick func()
 	if c != nil {
