@@ -183,7 +183,8 @@ func (b *bench) autoImageGB() int {
 	c := b.cfg
 	bytes := float64(c.files)*(4096+4096) + float64(c.treeFiles)*2*(2048+4096) +
 		float64(2*c.fragMiB)*(1<<20) + c.dataGB*(1<<30) +
-		float64(c.seqMiB+4*c.readerMiB+c.randMiB)*(1<<20)
+		float64(c.seqMiB+4*c.readerMiB+c.randMiB)*(1<<20) +
+		float64(2*c.seqMiB)*(1<<20) // the copy group's source and its copy (ext4 copies the bytes)
 	gb := int(bytes*1.5/(1<<30)) + 2
 	return max(gb, 2)
 }
