@@ -311,8 +311,7 @@ func planData(ctx context.Context, s *engine.Snapshot, scope *dataScope, res *en
 	}
 	t, ok := s.ScanTreeAhead(format.TreeExtent)
 	if !ok {
-		<-named
-		return p, nil
+		return p, nil // p.names is set once the deferred wait returns
 	}
 	if scope == nil {
 		p.maps = make([]dataMap, 0, presize(t.Items)) // about one mapping per file extent item
