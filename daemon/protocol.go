@@ -135,7 +135,9 @@ type Status struct {
 	Running         string `json:"running,omitempty"` // "scrub" or "inject" while one runs
 	// State is the scrub's: "idle", "running" or "paused".
 	State string `json:"state"`
-	// Progress is the running scrub's (absent when idle).
+	// Progress is the running scrub's: absent when idle, and absent too
+	// in the moments a run is "running" but not yet started or already
+	// ended (claimed and not yet begun, or making its report).
 	Progress  *repair.ScrubProgress `json:"progress,omitempty"`
 	LastScrub *Last                 `json:"last_scrub,omitempty"`
 	// Schedules are the mount's scheduled scrubs, soonest first;

@@ -125,7 +125,11 @@ func withClient(ctx context.Context, target string, call func(context.Context, *
 func scrubState(st *daemon.Status) string {
 	p := st.Progress
 	if p == nil {
-		return "idle"
+		// Idle, or a run starting or making its report.
+		if st.State == "" {
+			return "idle"
+		}
+		return st.State
 	}
 	s := fmt.Sprintf("%s: %s, %.1f%% (%s of %s)", st.State, p.Phase, p.Percent, humanize.Comma(int64(p.Done)), humanize.Comma(int64(p.Total)))
 	if p.RateBytesS > 0 {
