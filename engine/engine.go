@@ -171,6 +171,9 @@ type Engine struct {
 	// the writer lock, and by each ReadHold (a data read out of the
 	// lock); Close takes it before closing the device.
 	flushing sync.RWMutex
+	// logs orders the fsync log's flushes: an fsync that appends nothing
+	// returns only once the groups appended before it are flushed.
+	logs logFlushes
 
 	// Writer state, guarded by wmu.
 	wmu       writerLock
@@ -1189,7 +1192,9 @@ func (e *Engine) lockCommits() (unlock func()) {
 // record, so whichever superblock a crash leaves, the records or the
 // commit hold them; once the commit is durable the blocks may be reused,
 // and the flush no longer matters. A failed flush fails the engine, as a
-// failed write-out does.
+// failed write-out does. An fn that appends nothing may have found its
+// changes in a group another fsync appended and is still flushing: such an
+// fsync returns once every group appended before it is flushed.
 func (e *Engine) FsyncView(fn func(tx *Tx) error) error {
 	return e.fsync(&Tx{e: e, view: true, logging: true}, fn)
 }
@@ -1206,6 +1211,7 @@ func (e *Engine) FsyncUpdate(fn func(tx *Tx) error) error {
 func (e *Engine) fsync(tx *Tx, fn func(tx *Tx) error) error {
 	e.fsyncing.Add(1)
 	defer e.fsyncing.Add(-1)
+	var seq uint64 // the log groups appended up to this fsync's
 	err := func() error {
 		e.lockWriter()
 		defer e.wmu.Unlock()
@@ -1224,22 +1230,84 @@ func (e *Engine) fsync(tx *Tx, fn func(tx *Tx) error) error {
 			return err
 		}
 		if tx.flush {
+			e.logs.appended++
 			// Taken before the writer lock is released: Close, which
 			// waits for it, cannot close the device under the flush.
 			e.flushing.RLock()
 		}
+		seq = e.logs.appended
 		return nil
 	}()
-	if err != nil || !tx.flush {
+	if err != nil {
 		return err
+	}
+	if !tx.flush {
+		// Nothing appended, but a group an earlier fsync appended may
+		// hold this one's changes (it found them logged) and still be
+		// flushing.
+		return e.logs.wait(seq)
 	}
 	defer e.flushing.RUnlock()
 	if err := e.dev.Flush(); err != nil {
 		err = fmt.Errorf("flush the fsync log: %w", err)
 		e.failWrites(err)
+		e.logs.flushed(seq, err)
 		return err
 	}
+	e.logs.flushed(seq, nil)
 	return nil
+}
+
+// logFlushes counts the fsync log's groups appended and those flushed.
+// Groups are appended one at a time under the writer lock and each is
+// flushed after the lock is released, so flushes may end out of order;
+// but a flush started after group n was written covers every group up to
+// n, so done is the highest group whose own flush has returned.
+type logFlushes struct {
+	appended uint64 // under the writer lock
+
+	mu      sync.Mutex
+	done    uint64
+	err     error         // the first failed flush's (the engine then fails writes)
+	changed chan struct{} // closed when done or err changes, if anyone waits
+}
+
+// flushed records the end of group seq's flush.
+func (l *logFlushes) flushed(seq uint64, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case err != nil && l.err == nil:
+		l.err = err
+	case err == nil && seq > l.done:
+		l.done = seq
+	}
+	if l.changed != nil {
+		close(l.changed)
+		l.changed = nil
+	}
+}
+
+// wait returns once every group up to seq is flushed, or the error of a
+// failed flush (after which nothing the log holds is known durable).
+func (l *logFlushes) wait(seq uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for {
+		switch {
+		case l.err != nil:
+			return l.err
+		case l.done >= seq:
+			return nil
+		}
+		if l.changed == nil {
+			l.changed = make(chan struct{})
+		}
+		ch := l.changed
+		l.mu.Unlock()
+		<-ch
+		l.mu.Lock()
+	}
 }
 
 // Freeze commits the running transaction and runs fn on the committed
