@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -139,5 +140,24 @@ func TestPopulateDeterministic(t *testing.T) {
 	}
 	if sums[0] != sums[1] || !strings.Contains(sums[0], "frag/a") {
 		t.Fatal("populate wrote different content")
+	}
+}
+
+// checkSpace refuses images that cannot fit in the working directory, and
+// lets small ones through.
+func TestCheckSpace(t *testing.T) {
+	b := &bench{dir: t.TempDir()}
+	if err := b.checkSpace(1 << 30); err == nil || !strings.Contains(err.Error(), "--image-gb") {
+		t.Fatalf("four images of 1 EiB: %v", err)
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(b.dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if free := int64(st.Bavail) * st.Bsize; free < 2<<30 {
+		t.Skipf("only %d bytes free here", free)
+	}
+	if err := b.checkSpace(0); err != nil {
+		t.Fatalf("images of 0 GiB: %v", err)
 	}
 }

@@ -142,6 +142,9 @@ func (b *bench) run() error {
 	}
 	b.header.ImageGiB = size
 	b.header.Config = c.describe()
+	if err := b.checkSpace(size); err != nil {
+		return err
+	}
 	if err := b.makeImages(size); err != nil {
 		return err
 	}
@@ -187,6 +190,24 @@ func (b *bench) autoImageGB() int {
 		float64(2*c.seqMiB)*(1<<20) // the copy group's source and its copy (ext4 copies the bytes)
 	gb := int(bytes*1.5/(1<<30)) + 2
 	return max(gb, 2)
+}
+
+// checkSpace refuses a run whose images do not fit in the working
+// directory's filesystem: the images are written whole, and a host that
+// runs out of space under a loop device fails its writes (the peer's
+// filesystem turns read-only mid-run) rather than any one row.
+func (b *bench) checkSpace(sizeGB int) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(b.dir, &st); err != nil {
+		return fmt.Errorf("free space of %s: %w", b.dir, err)
+	}
+	free := int64(st.Bavail) * st.Bsize
+	need := int64(1+len(peers))*int64(sizeGB)<<30 + 1<<30 // the images, and a GiB for the rest
+	if free < need {
+		return fmt.Errorf("the %d images of %d GiB need %.1f GiB in %s, which has %.1f GiB free: free space, pass a smaller --image-gb, or --workdir elsewhere",
+			1+len(peers), sizeGB, float64(need)/(1<<30), b.dir, float64(free)/(1<<30))
+	}
+	return nil
 }
 
 // makeImages makes the scrubd image and the three peers' images on loop
