@@ -31,7 +31,7 @@ type bench struct {
 
 	images map[string]string // fs name -> image file
 	loops  map[string]string // fs name -> loop device
-	mnts   map[string]string // fs name -> mountpoint ("loopback" too)
+	mnts   map[string]string // fs name -> mountpoint (the loopbacks too)
 	server map[string]*server
 
 	content contentStats
