@@ -1,7 +1,6 @@
 package repair
 
 import (
-	"bytes"
 	"cmp"
 	"encoding/binary"
 	"fmt"
@@ -182,16 +181,11 @@ func (r *recArr[T]) sortBy(keyLen int, tie func(a, b []byte) int) {
 		return
 	}
 	r.sorted = true
-	less := func(a, b []byte) bool {
-		if c := cmpWords(a, b, keyLen); c != 0 || tie == nil {
-			return c < 0
-		}
-		return tie(a, b) < 0
-	}
-	// Sorted in the heap, run by run, and merged (xfile.SortBuffered):
-	// the array's pages never enter the resident set, and a stream that
-	// comes sorted already (the rmap records by start are, but for the
-	// few of one start) costs one pass of reads.
+	// Sorted in the heap, run by run (a radix sort on the key bytes: the
+	// keys are big-endian), and merged (xfile.SortBufferedKey): the
+	// array's pages never enter the resident set, and a stream that comes
+	// sorted already (the rmap records by start are, but for the few of
+	// one start) costs one pass of reads.
 	r.flush()
 	r.rn = 0 // the window's records move
 	if r.st.err != nil {
@@ -200,30 +194,15 @@ func (r *recArr[T]) sortBy(keyLen int, tie func(a, b []byte) int) {
 	if r.st.sortBuf == nil {
 		r.st.sortBuf = make([]byte, sortBufSize)
 	}
-	if err := r.a.SortBuffered(less, r.st.sortBuf); err != nil {
+	if err := r.a.SortBufferedKey(keyLen, tie, r.st.sortBuf); err != nil {
 		r.st.fail(err)
 	}
 }
 
-// sortBufSize is the heap buffer of the check's sorts: runs of this
-// size are sorted in it, then merged.
+// sortBufSize is the heap buffer of the check's sorts: runs of half its
+// size are sorted in it (the other half is the radix sort's scratch),
+// then merged.
 var sortBufSize = 4 << 20 // a variable for tests
-
-// cmpWords compares the first keyLen bytes (a multiple of 8) of a and b
-// as big-endian words: as bytes.Compare would, a word at a time.
-func cmpWords(a, b []byte, keyLen int) int {
-	a, b = a[:keyLen], b[:keyLen]
-	for len(a) >= 8 {
-		if x, y := be.Uint64(a), be.Uint64(b); x != y {
-			if x < y {
-				return -1
-			}
-			return 1
-		}
-		a, b = a[8:], b[8:]
-	}
-	return bytes.Compare(a, b)
-}
 
 func (r *recArr[T]) close() {
 	if r.a != nil {

@@ -1,6 +1,7 @@
 package xfile
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 )
@@ -22,11 +23,44 @@ import (
 // must not be used by other goroutines meanwhile. On error the records
 // may be permuted but none is lost.
 func (a *Array) SortBuffered(less func(a, b []byte) bool, buf []byte) error {
+	rs := int(a.rs)
+	return a.sortBuffered(less, buf, len(buf)/rs, func(b []byte, cnt int) {
+		sortRecords(b, rs, cnt, less)
+	})
+}
+
+// SortBufferedKey is SortBuffered for records that compare by their first
+// keyLen bytes as unsigned bytes (bytes.Compare), then, on equal keys, by
+// tie (nil: records with equal keys come in any order). Its runs are
+// sorted by a radix sort on the key bytes (radix.go), without
+// comparisons, in one half of buf with the other half as scratch, so buf
+// must hold at least four records. Keys whose leading bytes are shared,
+// as big-endian inode and block numbers' are, sort several times faster
+// than by SortBuffered.
+func (a *Array) SortBufferedKey(keyLen int, tie func(a, b []byte) int, buf []byte) error {
+	rs := int(a.rs)
+	if keyLen < 1 || keyLen > rs {
+		return fmt.Errorf("%s: sort: a key of %d bytes in %d-byte records: %w", a.f.name, keyLen, rs, ErrRecordSize)
+	}
+	less := func(x, y []byte) bool {
+		if c := bytes.Compare(x[:keyLen], y[:keyLen]); c != 0 || tie == nil {
+			return c < 0
+		}
+		return tie(x, y) < 0
+	}
+	half := len(buf) / 2 / rs * rs
+	return a.sortBuffered(less, buf, half/rs, func(b []byte, cnt int) {
+		radixSortRecords(b, buf[half:], rs, cnt, keyLen, tie)
+	})
+}
+
+// sortBuffered sorts runs of per records in buf with sortRun, then merges
+// them by less.
+func (a *Array) sortBuffered(less func(a, b []byte) bool, buf []byte, per int, sortRun func(b []byte, cnt int)) error {
 	if a.f.osf == nil {
 		return ErrClosed
 	}
 	rs := int(a.rs)
-	per := len(buf) / rs // records per run
 	if per < 2 {
 		return fmt.Errorf("%s: sort: a buffer of %d bytes for %d-byte records: %w", a.f.name, len(buf), rs, ErrRecordSize)
 	}
@@ -52,7 +86,7 @@ func (a *Array) SortBuffered(less func(a, b []byte) bool, buf []byte) error {
 			inOrder = false
 		}
 		if !sorted {
-			sortRecords(b, rs, cnt, less)
+			sortRun(b, cnt)
 			if err := a.writeAt(b, lo); err != nil {
 				return err
 			}

@@ -3,6 +3,7 @@ package xfile
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"math/rand/v2"
 	"testing"
 )
@@ -24,50 +25,64 @@ func TestSortBuffered(t *testing.T) {
 		{"runs sorted, not the whole", 1000, 100, func(r *rand.Rand, i int) uint64 { return uint64(i % 100) }},
 		{"tiny", 1, 2, func(r *rand.Rand, i int) uint64 { return 0 }},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			r := rand.New(rand.NewPCG(1, uint64(tc.n)))
-			a, err := NewArray(Options{Dir: t.TempDir()}, rs)
-			if err != nil {
-				t.Fatal(err)
+		for _, byKey := range []bool{false, true} {
+			name := tc.name
+			if byKey {
+				name += ", by key"
 			}
-			defer a.Close()
-			want := make([][]byte, tc.n)
-			rec := make([]byte, rs)
-			for i := range want {
-				binary.BigEndian.PutUint64(rec, tc.gen(r, i))
-				binary.BigEndian.PutUint32(rec[8:], uint32(i))
-				want[i] = append([]byte(nil), rec...)
+			t.Run(name, func(t *testing.T) {
+				r := rand.New(rand.NewPCG(1, uint64(tc.n)))
+				a, err := NewArray(Options{Dir: t.TempDir()}, rs)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer a.Close()
+				want := make([][]byte, tc.n)
+				rec := make([]byte, rs)
+				for i := range want {
+					binary.BigEndian.PutUint64(rec, tc.gen(r, i))
+					binary.BigEndian.PutUint32(rec[8:], uint32(i))
+					want[i] = append([]byte(nil), rec...)
+					if _, err := a.Append(rec); err != nil {
+						t.Fatal(err)
+					}
+				}
+				buf := make([]byte, tc.bufRec*rs+5)
+				sort := func() error { return a.SortBuffered(less, buf) }
+				if byKey {
+					// Half of buf is the radix sort's scratch: as many
+					// runs, of the same size, from twice the buffer.
+					buf = make([]byte, 2*tc.bufRec*rs+5)
+					sort = func() error { return a.SortBufferedKey(8, nil, buf) }
+				}
+				if err := sort(); err != nil {
+					t.Fatal(err)
+				}
+				if a.Len() != uint64(tc.n) {
+					t.Fatalf("len %d, want %d", a.Len(), tc.n)
+				}
+				seen := make([]bool, tc.n)
+				var prev []byte
+				for i := uint64(0); i < a.Len(); i++ {
+					if err := a.Get(i, rec); err != nil {
+						t.Fatal(err)
+					}
+					if prev != nil && less(rec, prev) {
+						t.Fatalf("record %d out of order", i)
+					}
+					id := binary.BigEndian.Uint32(rec[8:])
+					if int(id) >= tc.n || seen[id] || !bytes.Equal(rec, want[id]) {
+						t.Fatalf("record %d: %x lost or duplicated", i, rec)
+					}
+					seen[id] = true
+					prev = append(prev[:0], rec...)
+				}
+				// The array stays usable: append after the sort.
 				if _, err := a.Append(rec); err != nil {
 					t.Fatal(err)
 				}
-			}
-			if err := a.SortBuffered(less, make([]byte, tc.bufRec*rs+5)); err != nil {
-				t.Fatal(err)
-			}
-			if a.Len() != uint64(tc.n) {
-				t.Fatalf("len %d, want %d", a.Len(), tc.n)
-			}
-			seen := make([]bool, tc.n)
-			var prev []byte
-			for i := uint64(0); i < a.Len(); i++ {
-				if err := a.Get(i, rec); err != nil {
-					t.Fatal(err)
-				}
-				if prev != nil && less(rec, prev) {
-					t.Fatalf("record %d out of order", i)
-				}
-				id := binary.BigEndian.Uint32(rec[8:])
-				if int(id) >= tc.n || seen[id] || !bytes.Equal(rec, want[id]) {
-					t.Fatalf("record %d: %x lost or duplicated", i, rec)
-				}
-				seen[id] = true
-				prev = append(prev[:0], rec...)
-			}
-			// The array stays usable: append after the sort.
-			if _, err := a.Append(rec); err != nil {
-				t.Fatal(err)
-			}
-		})
+			})
+		}
 	}
 	a, err := NewArray(Options{}, rs)
 	if err != nil {
@@ -76,8 +91,14 @@ func TestSortBuffered(t *testing.T) {
 	defer a.Close()
 	a.Append(make([]byte, rs))
 	a.Append(make([]byte, rs))
-	if err := a.SortBuffered(less, make([]byte, rs)); err == nil {
-		t.Fatal("a buffer of one record: no error")
+	if err := a.SortBuffered(less, make([]byte, rs)); !errors.Is(err, ErrRecordSize) {
+		t.Fatalf("a buffer of one record: %v", err)
+	}
+	if err := a.SortBufferedKey(8, nil, make([]byte, 3*rs)); !errors.Is(err, ErrRecordSize) {
+		t.Fatalf("by key, a buffer of three records: %v", err)
+	}
+	if err := a.SortBufferedKey(rs+1, nil, make([]byte, 100*rs)); !errors.Is(err, ErrRecordSize) {
+		t.Fatalf("by key, a key longer than the record: %v", err)
 	}
 }
 
