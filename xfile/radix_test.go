@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// radixCase makes n records of rs bytes whose key (the first keyLen
+// radixRecords makes n records of rs bytes whose key (the first keyLen
 // bytes) is drawn by gen, with the record's number in its last 4 bytes.
 func radixRecords(r *rand.Rand, n, rs, keyLen int, gen func(r *rand.Rand, i int, key []byte)) []byte {
 	mem := make([]byte, n*rs)
